@@ -1,0 +1,221 @@
+"""The `compatret` command: index, query and quickstart, with --json for scripts and one-line errors."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from compatret.errors import CompatretError
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a CompatretError (or a bad file) into one `error:` line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CompatretError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except (OSError, ValueError) as exc:
+            click.echo(f"error: {exc.__class__.__name__}: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def emit(obj: Any, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(obj) if as_json else text)
+
+
+@click.group()
+@click.version_option(package_name="compatret")
+def main() -> None:
+    """compatret: retrieval with backward-compatible embeddings. Upgrade the model, keep the index."""
+
+
+@main.group()
+def index() -> None:
+    """Create, fill, inspect and upgrade galleries (LanceDB tables + faiss search)."""
+
+
+@index.command("create")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--model", help="Model alias (minilm-l6, minilm-l3) or compatret model folder.")
+@click.option("--dim", type=int, help="Vector dim, for galleries of precomputed vectors.")
+@click.option("--version-id", help="Name of the model that made the precomputed vectors.")
+@click.option("--json", "as_json", is_flag=True, help="Print the gallery info as JSON.")
+@friendly
+def index_create(directory: str, model: str | None, dim: int | None, version_id: str | None, as_json: bool) -> None:
+    """Create an empty gallery served by MODEL (or by a bare version for --vectors)."""
+    from compatret.index.service import Service
+
+    if model is not None and (dim is not None or version_id is not None):
+        raise CompatretError("give either --model or --dim with --version-id, not both")
+    info = Service.create(directory, model=model, dim=dim, version_id=version_id).info()
+    emit(info, as_json, f"created {directory}: {info['dim']}-d, serving {info['serving_model']}")
+
+
+@index.command("add")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--items", type=click.Path(), help="Items to embed: .jsonl (id, text|title|image_path, metadata) or .parquet.")
+@click.option("--vectors", type=click.Path(), help="Precomputed vectors, .npy of shape (n, dim).")
+@click.option("--ids", type=click.Path(), help="Ids for --vectors, .npy of n strings (default: running numbers).")
+@click.option("--model", help="Model whose space --vectors are in (default: the gallery's stored space).")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def index_add(directory: str, items: str | None, vectors: str | None, ids: str | None, model: str | None, batch_size: int, as_json: bool) -> None:
+    """Add items (embedded with the serving model) or precomputed vectors; one commit per batch."""
+    from compatret.data.items import read_array, read_items
+    from compatret.index.service import Service
+
+    if (items is None) == (vectors is None):
+        raise CompatretError("give exactly one of --items or --vectors")
+    if ids is not None and vectors is None:
+        raise CompatretError("--ids goes with --vectors")
+    if batch_size < 1:
+        raise CompatretError("--batch-size must be >= 1")
+    service = Service.open(directory)
+    if items is not None:
+        added = service.add_items(read_items(items), batch_size=batch_size, progress=not as_json)
+    else:
+        vec = read_array(vectors, "vectors")  # type: ignore[arg-type]
+        id_list = [str(i) for i in read_array(ids, "ids").tolist()] if ids is not None else None
+        added = service.add_vectors(vec, ids=id_list, model=model)
+    emit({"added": added, "rows": service.gallery.count()}, as_json, f"added {added} rows; {service.gallery.count()} in all")
+
+
+@index.command("delete")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--id", "ids", multiple=True, required=True, help="Id to delete (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def index_delete(directory: str, ids: tuple[str, ...], as_json: bool) -> None:
+    """Delete rows by id (all or nothing: an unknown id deletes none)."""
+    from compatret.index.service import Service
+
+    service = Service.open(directory)
+    n = service.delete(list(ids))
+    emit({"deleted": n, "rows": service.gallery.count()}, as_json, f"deleted {n} rows; {service.gallery.count()} left")
+
+
+@index.command("upgrade")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--model", required=True, help="The new model: its lineage must reach the gallery's model.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def index_upgrade(directory: str, model: str, as_json: bool) -> None:
+    """Make a compatible model the serving model in O(1): nothing is re-embedded."""
+    import time
+
+    from compatret.index.service import Service
+
+    service = Service.open(directory)
+    before = service.meta.serving.id
+    t0 = time.perf_counter()
+    meta = service.upgrade(model)
+    dt = time.perf_counter() - t0
+    plan = service.plan()
+    out = {"previous": before, "serving": meta.serving.id, "vector_model": meta.vector_model.id,
+           "query_dims": plan.dims, "transforms": len(plan.gallery_transforms), "seconds": dt}
+    emit(out, as_json, f"serving {meta.serving.id} (was {before}); stored {meta.vector_model.id} vectors searched as they are, "
+                       f"{plan.dims} shared dims; {dt * 1000:.1f} ms")
+
+
+@index.command("info")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def index_info(directory: str, as_json: bool) -> None:
+    """Rows, dims, serving model and its lineage, search kernel, history."""
+    from compatret.index.service import Service
+
+    info = Service.open(directory).info()
+    lineage = " -> ".join(f"{v['id']}[{v['compat']['kind']}{'(' + str(v['compat']['dims']) + ')' if 'dims' in v['compat'] else ''}]" for v in info["lineage"])
+    text = "\n".join(
+        [
+            f"gallery        {info['path']}",
+            f"rows           {info['rows']}",
+            f"vectors        {info['dim']}-d {info['metric']}, made by {info['vector_model']}",
+            f"serving        {info['serving_model']}",
+            f"lineage        {lineage}",
+            f"query plan     {info['query_plan']['dims']} shared dims, {info['query_plan']['transforms']} transforms",
+            f"kernel         {info['kernel']}",
+            f"table version  {info['table_version']}",
+        ]
+        + [f"history        {h['time']} {h['event']} {h.get('model', '')}" for h in info["history"]]
+    )
+    emit(info, as_json, text)
+
+
+@main.command("query")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--text", "texts", multiple=True, help="A text query (repeatable).")
+@click.option("--queries", type=click.Path(), help="Query file: .txt (one per line), .jsonl or .parquet.")
+@click.option("--vectors", type=click.Path(), help="Query vectors, .npy of shape (n, dim) in --model's space.")
+@click.option("-k", "k", type=int, default=10, show_default=True)
+@click.option("--model", help="Query model (default: the serving model); any descendant of the gallery's model.")
+@click.option("--payload", is_flag=True, help="Include stored text/metadata of each hit.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per query: ids and scores, best first.")
+@friendly
+def query(directory: str, texts: tuple[str, ...], queries: str | None, vectors: str | None, k: int, model: str | None, payload: bool, as_json: bool) -> None:
+    """Search a gallery: queries are embedded with the query model and mapped into the gallery's space."""
+    from compatret.data.items import read_array, read_queries
+    from compatret.index.service import Service
+
+    given = sum(bool(x) for x in (texts, queries, vectors))
+    if given != 1:
+        raise CompatretError("give exactly one of --text, --queries or --vectors")
+    service = Service.open(directory)
+    if vectors is not None:
+        results = service.query(vectors=read_array(vectors, "query vectors"), model=model, k=k, include_payload=payload)
+        labels = [f"vector {i}" for i in range(len(results))]
+    else:
+        qs = list(texts) if texts else read_queries(queries)  # type: ignore[arg-type]
+        is_image = service.meta.modality == "image"
+        results = service.query(images=qs, model=model, k=k, include_payload=payload) if is_image else service.query(texts=qs, model=model, k=k, include_payload=payload)
+        labels = [q if isinstance(q, str) else f"image {i}" for i, q in enumerate(qs)]
+    if as_json:
+        for r in results:
+            click.echo(json.dumps(r.to_dict()))
+        return
+    for label, r in zip(labels, results):
+        click.echo(f"# {label}")
+        for rank, (i, s) in enumerate(zip(r.ids, r.scores), 1):
+            extra = ""
+            if r.payloads is not None and r.payloads[rank - 1].get("text"):
+                extra = "  " + r.payloads[rank - 1]["text"][:80]
+            click.echo(f"{rank:>3}  {s:.4f}  {i}{extra}")
+
+
+@main.command("quickstart")
+@click.option("--workdir", type=click.Path(file_okay=False), default="indexes/quickstart", show_default=True,
+              help="Empty folder for the models and galleries it makes.")
+@click.option("--data", type=click.Path(file_okay=False), help="Image folder with train.parquet/test.parquet (default: bundled digits).")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def quickstart(workdir: str, data: str | None, as_json: bool) -> None:
+    """Train v1, build its gallery, train a compatible v2, upgrade without backfill, and compare."""
+    from compatret.quickstart import run_quickstart
+
+    if data is not None and not Path(data).is_dir():
+        raise CompatretError(f"--data {data} is not a folder")
+    report = run_quickstart(workdir, data=data, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    click.echo(report.table())
+    click.echo(f"\nupgrade v1 -> v2-bct took {report.upgrade_seconds * 1000:.1f} ms and re-embedded nothing")
+    click.echo(f"upgrade to v2-independent refused: {report.refused}")
+    click.echo(f"models and galleries in {workdir}; total {report.seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

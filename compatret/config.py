@@ -1,0 +1,29 @@
+"""Where things live: the data folder and the default index home, each behind one setting."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from compatret.errors import CompatretError
+
+
+def data_dir() -> Path:
+    """Folder of the shared data sets: $COMPATRET_DATA, else ../shared/data beside the checkout."""
+    env = os.environ.get("COMPATRET_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def dataset(name: str) -> Path:
+    """Path of one shared data set, with a clear error when it is missing."""
+    path = data_dir() / name
+    if not path.exists():
+        raise CompatretError(f"data set {name!r} not found at {path} (set COMPATRET_DATA)")
+    return path
+
+
+def index_home() -> Path:
+    """Default home of indexes made by the CLI: $COMPATRET_INDEXES, else ./indexes."""
+    return Path(os.environ.get("COMPATRET_INDEXES", "indexes"))

@@ -1,0 +1,1 @@
+"""Retrieval and cross-model compatibility metrics."""

@@ -1,0 +1,1 @@
+"""Classifier and transformation heads used to train compatible image embeddings."""

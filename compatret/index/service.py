@@ -1,0 +1,311 @@
+"""Open a gallery, add to it, upgrade its serving model in O(1), and query it with any compatible model."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from compatret.encoders import ALIASES, Encoder, load_encoder, load_version
+from compatret.errors import CompatretError
+from compatret.index.gallery import Gallery, GalleryMeta
+from compatret.index.search import Kernel, backend_name, make_kernel
+from compatret.index.search_index import SearchIndex
+from compatret.versions import CompatPlan, ModelVersion, apply_plan, normalize, resolve
+
+TRANSFORMS_DIR = "transforms"
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Top-k of one query, best first; payloads only when asked for."""
+
+    ids: list[str]
+    scores: list[float]
+    payloads: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ids": self.ids, "scores": self.scores}
+        if self.payloads is not None:
+            out["payloads"] = self.payloads
+        return out
+
+
+def _source_of(spec: str) -> str:
+    """What to store so the model can be loaded later: an alias, or an absolute folder path."""
+    path = Path(spec)
+    return str(path.resolve()) if path.exists() else spec
+
+
+def _read_item_image(item: dict[str, Any]) -> bytes | None:
+    if item.get("image") is not None:
+        return bytes(item["image"])
+    if item.get("image_path") is not None:
+        try:
+            return Path(item["image_path"]).read_bytes()
+        except OSError as exc:
+            raise CompatretError(f"cannot read image {item['image_path']}: {exc.strerror}") from exc
+    return None
+
+
+class Service:
+    """One gallery plus its search index and the encoders that query it."""
+
+    def __init__(self, gallery: Gallery, kernel: str = "auto") -> None:
+        self.gallery = gallery
+        self.kernel_name = kernel
+        self._index: SearchIndex | None = None
+        self._encoders: dict[str, Encoder] = {}
+        self._derived: dict[CompatPlan, Kernel] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------
+    @staticmethod
+    def create(path: str | Path, model: str | None = None, dim: int | None = None, version_id: str | None = None, modality: str | None = None) -> Service:
+        """A new, empty gallery served by `model` (a spec), or by a bare version for raw vectors."""
+        if model is not None:
+            version = load_version(model)
+            sources = {version.id: _source_of(model)}
+        elif dim is not None and version_id:
+            version = ModelVersion(version_id, dim, modality or "vector", method="external")
+            sources = {}
+        else:
+            raise CompatretError("give --model, or both --dim and --version-id")
+        meta = GalleryMeta(dim=version.dim, vector_model=version, serving=version, modality=modality or version.modality, sources=sources)
+        gallery = Gallery.create(path, meta)
+        gallery.set_meta(gallery.record("create", model=version.id))
+        return Service(gallery)
+
+    @staticmethod
+    def open(path: str | Path, kernel: str = "auto") -> Service:
+        return Service(Gallery.open(path), kernel)
+
+    @property
+    def meta(self) -> GalleryMeta:
+        return self.gallery.meta
+
+    @property
+    def index(self) -> SearchIndex:
+        if self._index is None or self._index.table_version != self.gallery.version:
+            self._index = SearchIndex.load(self.gallery)
+            self._derived.clear()
+        return self._index
+
+    # ---- models ----------------------------------------------------------------------
+    def _version(self, model: str | None) -> ModelVersion:
+        meta = self.meta
+        if model is None:
+            return meta.serving
+        for v in (meta.serving, meta.vector_model):
+            if model == v.id:
+                return v
+        return load_version(model)
+
+    def encoder(self, model: str | None = None) -> Encoder:
+        """The encoder of `model` (default: the serving model), loaded once."""
+        meta = self.meta
+        version = self._version(model)
+        spec = model if model is not None and model not in (meta.serving.id, meta.vector_model.id) else meta.sources.get(version.id)
+        if spec is None:
+            raise CompatretError(f"model {version.id!r} has no weights recorded in this gallery: query with --vectors")
+        if spec not in self._encoders:
+            self._encoders[spec] = load_encoder(spec)
+        return self._encoders[spec]
+
+    def _to_stored_space(self, vectors: np.ndarray, version: ModelVersion) -> np.ndarray:
+        """Vectors of `version` -> the gallery's stored space (truncation for prefix rules)."""
+        meta = self.meta
+        plan = resolve(version, meta.vector_model, self.gallery.path)
+        if plan.gallery_transforms or plan.dims != meta.dim:
+            raise CompatretError(
+                f"vectors of {version.id!r} cannot be stored in the {meta.vector_model.id!r} space of this gallery"
+            )
+        if vectors.ndim != 2 or vectors.shape[1] != version.dim:
+            raise CompatretError(f"vectors must have shape (n, {version.dim}), got {vectors.shape}")
+        if not np.isfinite(vectors).all():
+            raise CompatretError("vectors contain NaN or infinity")
+        return normalize(vectors[:, : plan.dims])
+
+    # ---- writes ----------------------------------------------------------------------
+    def _check_new_ids(self, ids: Sequence[str]) -> None:
+        if len(set(ids)) != len(ids):
+            raise CompatretError("duplicate ids in the input")
+        if any(not i for i in ids):
+            raise CompatretError("ids must be non-empty strings")
+        taken = self.index.contains(ids)
+        if taken:
+            raise CompatretError(f"{len(taken)} ids already in the gallery, e.g. {taken[0]!r}")
+
+    def _default_ids(self, n: int) -> list[str]:
+        start = self.index.size
+        return [str(start + i) for i in range(n)]
+
+    def add_vectors(self, vectors: np.ndarray, ids: Sequence[str] | None = None, model: str | None = None, batch_size: int = 100_000) -> int:
+        """Store precomputed vectors of `model` (default: the gallery's stored space)."""
+        version = self._version(model) if model is not None else self.meta.vector_model
+        vectors = self._to_stored_space(np.asarray(vectors, dtype=np.float32), version)
+        ids = [str(i) for i in ids] if ids is not None else self._default_ids(len(vectors))
+        if len(ids) != len(vectors):
+            raise CompatretError(f"{len(ids)} ids for {len(vectors)} vectors")
+        self._check_new_ids(ids)
+        index = self.index
+        for s in tqdm(range(0, len(ids), batch_size), desc="add", unit="batch", disable=len(ids) <= batch_size):
+            chunk_ids, chunk = ids[s : s + batch_size], vectors[s : s + batch_size]
+            v = self.gallery.add_rows(chunk_ids, chunk, model_version=version.id)
+            index.append(np.asarray(chunk_ids), chunk, v)
+        index.save(self.gallery)
+        return len(ids)
+
+    def add_items(self, items: Sequence[dict[str, Any]], batch_size: int = 256, progress: bool = True) -> int:
+        """Embed items with the serving model and store them, one commit per batch."""
+        if not items:
+            return 0
+        meta = self.meta
+        ids = [str(it["id"]) if it.get("id") is not None else None for it in items]
+        defaults = iter(self._default_ids(len(items)))
+        ids = [i if i is not None else next(defaults) for i in ids]
+        self._check_new_ids(ids)
+        texts = [it.get("text") for it in items]
+        images = [_read_item_image(it) for it in items]
+        is_image = meta.modality == "image"
+        payload = images if is_image else texts
+        missing = [i for i, p in zip(ids, payload) if p is None]
+        if missing:
+            raise CompatretError(f"{len(missing)} items have no {'image' if is_image else 'text'}, e.g. id {missing[0]!r}")
+        encoder = self.encoder()
+        index = self.index
+        bar = tqdm(total=len(items), desc="embed+add", unit="item", disable=not progress)
+        for s in range(0, len(items), batch_size):
+            sl = slice(s, s + batch_size)
+            batch = [{"title": it.get("title"), "text": it.get("text")} for it in items[sl]] if not is_image else images[sl]
+            vecs = self._to_stored_space(encoder.encode_items(batch, batch_size=batch_size), meta.serving)
+            v = self.gallery.add_rows(
+                ids[sl], vecs, model_version=meta.serving.id, texts=texts[sl], images=images[sl],
+                metadata=[it.get("metadata") for it in items[sl]],
+            )
+            index.append(np.asarray(ids[sl]), vecs, v)
+            bar.update(len(vecs))
+        bar.close()
+        index.save(self.gallery)
+        return len(items)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete rows by id (unknown ids are an error: nothing is deleted then)."""
+        ids = [str(i) for i in ids]
+        present = set(self.index.contains(ids))
+        unknown = [i for i in ids if i not in present]
+        if unknown:
+            raise CompatretError(f"{len(unknown)} ids not in the gallery, e.g. {unknown[0]!r}")
+        v = self.gallery.delete(ids)
+        self.index.remove(ids, v)
+        self.index.save(self.gallery)
+        return len(ids)
+
+    def upgrade(self, model: str) -> GalleryMeta:
+        """Make a compatible model the serving model: one metadata commit, nothing re-embedded."""
+        meta = self.meta
+        version = load_version(model)
+        if version.modality != meta.modality and meta.modality != "vector":
+            raise CompatretError(f"model {version.id!r} is for {version.modality}, this gallery holds {meta.modality}")
+        model_dir = Path(model)
+        for node in version.lineage():
+            if node.compat.kind == "transform":
+                src = model_dir / TRANSFORMS_DIR / f"{node.id}.npy"
+                if not src.exists():
+                    raise CompatretError(f"model {version.id!r} lacks its transform file {src}")
+                (self.gallery.path / TRANSFORMS_DIR).mkdir(exist_ok=True)
+                shutil.copyfile(src, self.gallery.path / TRANSFORMS_DIR / src.name)
+        resolve(version, meta.vector_model, self.gallery.path)  # refuses an incompatible model
+        sources = dict(meta.sources)
+        if (model_dir / "encoder.json").exists() or model in ALIASES:
+            sources[version.id] = _source_of(model)
+        new_meta = replace(
+            self.gallery.record("upgrade", model=version.id, previous=meta.serving.id),
+            serving=version,
+            sources=sources,
+        )
+        old = self.gallery.version
+        self.gallery.set_meta(new_meta)
+        SearchIndex.follow_metadata_commit(self.gallery, old)
+        self._encoders.clear()
+        return new_meta
+
+    # ---- reads -----------------------------------------------------------------------
+    def plan(self, model: str | None = None) -> CompatPlan:
+        return resolve(self._version(model), self.meta.vector_model, self.gallery.path)
+
+    def _kernel_for(self, plan: CompatPlan) -> Kernel:
+        index = self.index
+        if plan.dims == self.meta.dim and not plan.gallery_transforms:
+            return index.kernel(self.kernel_name)
+        if plan not in self._derived:
+            _, g = apply_plan(plan, None, index.vectors)
+            self._derived[plan] = make_kernel(self.kernel_name, g)
+        return self._derived[plan]
+
+    def query(
+        self,
+        texts: Sequence[str] | None = None,
+        images: Sequence[Any] | None = None,
+        vectors: np.ndarray | None = None,
+        model: str | None = None,
+        k: int = 10,
+        include_payload: bool = False,
+    ) -> list[QueryResult]:
+        """Top-k for each query, embedded (or given as vectors) in `model`'s space, default serving."""
+        if sum(x is not None for x in (texts, images, vectors)) != 1:
+            raise CompatretError("give exactly one of texts, images or vectors")
+        if k < 1:
+            raise CompatretError(f"k must be >= 1, got {k}")
+        version = self._version(model)
+        plan = resolve(version, self.meta.vector_model, self.gallery.path)
+        if vectors is None:
+            enc = self.encoder(model)
+            vectors = enc.encode_queries(list(texts if texts is not None else images))  # type: ignore[arg-type]
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != version.dim:
+            raise CompatretError(f"query vectors must have shape (n, {version.dim}) for model {version.id!r}, got {vectors.shape}")
+        q, _ = apply_plan(plan, vectors, None)
+        scores, pos = self._kernel_for(plan).search(q, k)
+        ids = self.index.ids
+        results = []
+        for srow, prow in zip(scores, pos):
+            keep = prow >= 0
+            results.append(QueryResult(ids[prow[keep]].tolist(), srow[keep].astype(float).tolist()))
+        if include_payload:
+            fetched = self.gallery.fetch([i for r in results for i in r.ids])
+            results = [replace(r, payloads=[_public_payload(fetched.get(i)) for i in r.ids]) for r in results]
+        return results
+
+    def info(self) -> dict[str, Any]:
+        meta = self.meta
+        return {
+            "path": str(self.gallery.path),
+            "rows": self.gallery.count(),
+            "dim": meta.dim,
+            "metric": meta.metric,
+            "modality": meta.modality,
+            "vector_model": meta.vector_model.id,
+            "serving_model": meta.serving.id,
+            "lineage": [
+                {"id": v.id, "dim": v.dim, "method": v.method, "compat": v.compat.to_dict()} for v in meta.serving.lineage()
+            ],
+            "query_plan": {"dims": self.plan().dims, "transforms": len(self.plan().gallery_transforms)},
+            "table_version": self.gallery.version,
+            "kernel": backend_name(self.kernel_name),
+            "history": list(meta.history),
+        }
+
+
+def _public_payload(row: dict[str, Any] | None) -> dict[str, Any]:
+    """Payload without raw image bytes (JSON-safe): text, metadata, model version, image size."""
+    if row is None:
+        return {}
+    out = {k: row[k] for k in ("text", "metadata", "model_version") if row.get(k) is not None}
+    if row.get("image") is not None:
+        out["image_bytes"] = len(row["image"])
+    return out
+

@@ -1,0 +1,1 @@
+"""Compatibility losses: small modules, one per file, each returning its named parts."""

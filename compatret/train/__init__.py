@@ -1,0 +1,1 @@
+"""Trainers: classification-style for image encoders, retrieval-style for text encoders."""

@@ -1,0 +1,141 @@
+"""Classification-style training of image embedders, with an optional compatibility loss.
+
+Seeds, per-epoch checkpoints with resume, a progress bar, CPU or GPU chosen at run time.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+CompatLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+CHECKPOINT = "last.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str | None = None
+    crop_padding: int = 4
+    flip: bool = True
+    checkpoint_dir: str | None = None
+    progress: bool = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(device: str | None) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def augment(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding (one offset per batch) and random horizontal flips."""
+    if padding > 0:
+        h, w = x.shape[-2:]
+        dy, dx = (int(v) for v in torch.randint(0, 2 * padding + 1, (2,), generator=gen))
+        x = F.pad(x, (padding,) * 4)[..., dy : dy + h, dx : dx + w]
+    if flip:
+        mask = torch.rand(x.shape[0], generator=gen) < 0.5
+        x = torch.where(mask.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
+    return x
+
+
+@torch.no_grad()
+def embed(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: str | None = None) -> torch.Tensor:
+    """Features of a whole tensor of images (eval mode), on the CPU."""
+    device = pick_device(device)
+    was_training = model.training
+    model.eval().to(device)
+    out = [model(x[s : s + batch_size].to(device)).cpu() for s in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def train_image_model(
+    model: nn.Module,
+    classifier: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    compat_loss: CompatLoss | None = None,
+    desc: str = "train",
+) -> list[dict[str, float]]:
+    """Train model+classifier by cross-entropy (+ compat_loss(features, labels, images)).
+
+    Returns the per-epoch mean of each loss part. With cfg.checkpoint_dir set, each epoch
+    ends with a checkpoint and a rerun resumes after the last finished epoch.
+    """
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    model.to(device).train()
+    classifier.to(device).train()
+    params = [p for p in list(model.parameters()) + list(classifier.parameters()) if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    steps_per_epoch = max(1, (len(images) + cfg.batch_size - 1) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, float]] = []
+    start = 0
+    ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT if cfg.checkpoint_dir else None
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        classifier.load_state_dict(state["classifier"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        start, history = state["epoch"], state["history"]
+    bar = tqdm(range(start, cfg.epochs), desc=desc, unit="epoch", disable=not cfg.progress, initial=start, total=cfg.epochs)
+    for epoch in bar:
+        sums: dict[str, float] = {}
+        order = torch.randperm(len(images), generator=gen)
+        for s in range(0, len(images), cfg.batch_size):
+            idx = order[s : s + cfg.batch_size]
+            x = augment(images[idx], cfg.crop_padding, cfg.flip, gen).to(device)
+            y = labels[idx].to(device)
+            feats = model(x)
+            parts = {"ce": F.cross_entropy(classifier(feats), y)}
+            if compat_loss is not None:
+                extra = compat_loss(feats, y, x)
+                parts.update({k: v for k, v in extra.items() if k != "total"})
+                loss = parts["ce"] + extra["total"]
+            else:
+                loss = parts["ce"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+        history.append({k: v / len(images) for k, v in sums.items()})
+        bar.set_postfix({k: f"{v:.3f}" for k, v in history[-1].items()})
+        if ckpt is not None:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save(
+                {"model": model.state_dict(), "classifier": classifier.state_dict(), "opt": opt.state_dict(),
+                 "sched": sched.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                 "epoch": epoch + 1, "history": history},
+                tmp,
+            )
+            tmp.replace(ckpt)
+    model.eval()
+    return history

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compatret.index.search import FaissKernel, NumpyKernel, TorchKernel, backend_name, make_kernel
+from compatret.versions import normalize
+
+
+def agree(ref: tuple[np.ndarray, np.ndarray], got: tuple[np.ndarray, np.ndarray], atol: float = 1e-4) -> None:
+    """Scores equal; ids equal except where neighbours tie within atol."""
+    np.testing.assert_allclose(got[0], ref[0], atol=atol)
+    for i in range(len(ref[1])):
+        for j in range(ref[1].shape[1]):
+            if got[1][i, j] != ref[1][i, j]:
+                assert abs(got[0][i, j] - ref[0][i, j]) <= atol
+
+
+@pytest.mark.parametrize("n,d", [(1000, 32), (5000, 384)])
+def test_kernels_agree_with_numpy(n, d):
+    rng = np.random.default_rng(n)
+    x = normalize(rng.normal(size=(n, d)))
+    q = normalize(rng.normal(size=(50, d)))
+    ref = NumpyKernel(x).search(q, 10)
+    agree(ref, FaissKernel.from_vectors(x, use_gpu=False).search(q, 10))
+    agree(ref, TorchKernel(x, "cpu").search(q, 10))
+
+
+def test_ties_are_tolerated_but_scores_match():
+    x = normalize(np.array([[1, 0], [1, 0], [0, 1], [1, 1]], dtype=np.float32))
+    q = normalize(np.array([[1, 0]], dtype=np.float32))
+    ref = NumpyKernel(x).search(q, 2)
+    got = FaissKernel.from_vectors(x, use_gpu=False).search(q, 2)
+    assert set(got[1][0]) == {0, 1}
+    agree(ref, got)
+
+
+def test_k_larger_than_gallery_and_empty():
+    x = normalize(np.eye(3, dtype=np.float32))
+    s, i = make_kernel("faiss", x).search(x, 10)
+    assert s.shape == (3, 3) and (i[:, 0] == np.arange(3)).all()
+    s, i = FaissKernel.from_vectors(np.zeros((0, 3), np.float32), use_gpu=False).search(x, 5)
+    assert s.shape == (3, 0)
+
+
+def test_auto_kernel_is_cpu_here():
+    assert backend_name("auto") in ("faiss-cpu", "faiss-gpu", "torch-cuda")
+    with pytest.raises(ValueError):
+        make_kernel("bogus", np.eye(2, dtype=np.float32))

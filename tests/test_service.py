@@ -1,0 +1,121 @@
+"""Galleries on real LanceDB tables with real faiss search: writes, upgrades, lineage, recovery."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compatret import Compat, CompatretError, ModelVersion
+from compatret.index.gallery import Gallery
+from compatret.index.search_index import SearchIndex
+from compatret.index.service import Service
+from compatret.versions import normalize
+
+
+def vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
+    return normalize(np.random.default_rng(seed).normal(size=(n, d)))
+
+
+def model_folder(tmp_path, version: ModelVersion):
+    d = tmp_path / version.id
+    d.mkdir()
+    version.save(d)
+    return d
+
+
+def test_add_query_reopen_delete(tmp_path):
+    x = vectors(500, 16)
+    s = Service.create(tmp_path / "g", dim=16, version_id="v1")
+    s.add_vectors(x, ids=[f"doc{i}" for i in range(500)], batch_size=128)
+    assert s.gallery.count() == 500
+    res = s.query(vectors=x[:5], k=3)
+    assert [r.ids[0] for r in res] == [f"doc{i}" for i in range(5)]
+    assert all(r.scores == sorted(r.scores, reverse=True) for r in res)
+    s2 = Service.open(tmp_path / "g")
+    assert s2.query(vectors=x[7:8], k=1)[0].ids == ["doc7"]
+    s2.delete(["doc7", "doc8"])
+    s3 = Service.open(tmp_path / "g")
+    assert s3.gallery.count() == 498
+    assert s3.query(vectors=x[7:8], k=1)[0].ids != ["doc7"]
+    exact = normalize(np.delete(x, [7, 8], axis=0)) @ x[9]
+    assert s3.query(vectors=x[9:10], k=1)[0].scores[0] == pytest.approx(exact.max(), abs=1e-5)
+
+
+def test_bad_input_writes_nothing(tmp_path):
+    s = Service.create(tmp_path / "g", dim=8, version_id="v1")
+    s.add_vectors(vectors(10, 8), ids=[str(i) for i in range(10)])
+    version = s.gallery.version
+    with pytest.raises(CompatretError, match="already in the gallery"):
+        s.add_vectors(vectors(3, 8), ids=["a", "b", "3"])
+    with pytest.raises(CompatretError, match="duplicate"):
+        s.add_vectors(vectors(2, 8), ids=["x", "x"])
+    with pytest.raises(CompatretError, match="shape"):
+        s.add_vectors(vectors(2, 9), ids=["p", "q"])
+    bad = vectors(2, 8)
+    bad[0, 0] = np.nan
+    with pytest.raises(CompatretError, match="NaN"):
+        s.add_vectors(bad)
+    with pytest.raises(CompatretError, match="not in the gallery"):
+        s.delete(["1", "nope"])
+    assert s.gallery.version == version and s.gallery.count() == 10
+
+
+def test_stale_cache_is_rebuilt_from_the_table(tmp_path):
+    x = vectors(50, 8)
+    s = Service.create(tmp_path / "g", dim=8, version_id="v1")
+    s.add_vectors(x)
+    # a write that reached the table but not the cache (a crash between the two)
+    Gallery.open(tmp_path / "g").add_rows(["late"], vectors(1, 8, seed=9), model_version="v1")
+    s2 = Service.open(tmp_path / "g")
+    assert s2.index.size == 51
+    assert s2.query(vectors=vectors(1, 8, seed=9), k=1)[0].ids == ["late"]
+    # a corrupted cache file is rebuilt too
+    (tmp_path / "g" / "search" / "vectors.npy").write_bytes(b"garbage")
+    assert Service.open(tmp_path / "g").index.size == 51
+
+
+def test_upgrade_is_metadata_only_and_keeps_cache(tmp_path):
+    v1 = ModelVersion("v1", 8)
+    v2 = ModelVersion("v2", 12, parent=v1, compat=Compat.prefix(8), method="bt2")
+    s = Service.create(tmp_path / "g", model=str(model_folder(tmp_path, v1)))
+    x = vectors(100, 8)
+    s.add_vectors(x)
+    state_before = SearchIndex._state(s.gallery)
+    s.upgrade(str(model_folder(tmp_path, v2)))
+    s2 = Service.open(tmp_path / "g")
+    assert s2.meta.serving.id == "v2" and s2.meta.vector_model.id == "v1"
+    assert SearchIndex._state(s2.gallery)["table_version"] == s2.gallery.version != state_before["table_version"]
+    # a v2 query (12-d) whose first 8 dims are a stored vector finds it
+    q = np.hstack([x[3:4], np.ones((1, 4), np.float32)])
+    assert s2.query(vectors=q, k=1)[0].ids == ["3"]
+    assert s2.query(vectors=x[3:4], model="v1", k=1)[0].ids == ["3"]
+    with pytest.raises(CompatretError, match="shape"):
+        s2.query(vectors=x[3:4], k=1)
+
+
+def test_incompatible_upgrade_is_refused(tmp_path):
+    v1 = ModelVersion("v1", 8)
+    s = Service.create(tmp_path / "g", model=str(model_folder(tmp_path, v1)))
+    before = s.meta
+    with pytest.raises(CompatretError, match="not compatible"):
+        s.upgrade(str(model_folder(tmp_path, ModelVersion("stranger", 8))))
+    assert Service.open(tmp_path / "g").meta == before
+
+
+def test_transform_upgrade_maps_stored_vectors(tmp_path):
+    v1 = ModelVersion("v1", 6)
+    s = Service.create(tmp_path / "g", model=str(model_folder(tmp_path, v1)))
+    x = vectors(200, 6)
+    s.add_vectors(x)
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(6, 6)).astype(np.float32)
+    v2 = ModelVersion("v2", 6, parent=v1, compat=Compat.transform("transforms/v2.npy"), method="fct")
+    folder = model_folder(tmp_path, v2)
+    (folder / "transforms").mkdir()
+    np.save(folder / "transforms" / "v2.npy", np.vstack([w, np.zeros((1, 6), np.float32)]))
+    s.upgrade(str(folder))
+    # a v2 query equal to the transformed stored vector 5 finds it
+    res = Service.open(tmp_path / "g").query(vectors=x[5:6] @ w, k=1)
+    assert res[0].ids == ["5"] and res[0].scores[0] == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(CompatretError, match="cannot be stored"):
+        s.add_vectors(vectors(1, 6), model="v2")

@@ -91,7 +91,8 @@ def run_quickstart(workdir: str | Path, data: str | None = None, progress: bool 
     fit_image_version("v1", "independent", train.subset(train.labels < old_classes), spec, cfg, models / "v1")
     fit_image_version("v2-bct", "bct", train, spec, cfg, models / "v2-bct", parent_dir=models / "v1",
                       num_classes=n_classes, compat_weight=BCT_WEIGHT, align_weight=ALIGN_WEIGHT)
-    fit_image_version("v2-independent", "independent", train, spec, cfg, models / "v2-independent")
+    other_seed = TrainConfig(**{**cfg.__dict__, "seed": cfg.seed + 1})  # independent = its own init too
+    fit_image_version("v2-independent", "independent", train, spec, other_seed, models / "v2-independent")
 
     ids = [f"test-{i}" for i in range(len(test.images))]
     items = [{"id": i, "image": img, "metadata": {"label": int(y)}} for i, img, y in zip(ids, test.images, test.labels)]

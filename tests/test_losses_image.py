@@ -9,7 +9,8 @@ from torch import nn
 from compatret.evaluation.compat_metrics import retrieval_scores
 from compatret.heads.basis_transform import BasisTransform
 from compatret.heads.orthogonal import OrthogonalProjection
-from compatret.losses.bt2 import BT2Loss, build_pseudo_classifier
+from compatret.losses.bct import influence_weights
+from compatret.losses.bt2 import BT2Loss
 from compatret.losses.hoc import DSimplexLoss, HOCLoss
 from compatret.losses.oca import OCALoss, class_means
 
@@ -79,15 +80,6 @@ def test_bt2_loss_parts_and_gradients() -> None:
     assert new.grad[:, :OLD_DIM].abs().sum() > 0
     with pytest.raises(ValueError):
         crit(new, torch.randn(10, OLD_DIM + 1), labels)
-
-
-def test_pseudo_classifier_uses_old_rows_then_class_means() -> None:
-    old_w = torch.randn(2, 3)
-    feats = torch.tensor([[1.0, 0, 0], [3.0, 0, 0], [0, 2.0, 0], [0, 4.0, 0]])
-    labels = torch.tensor([2, 2, 3, 3])
-    pseudo = build_pseudo_classifier(old_w, feats, labels, num_classes=4)
-    torch.testing.assert_close(pseudo[:2], old_w)
-    torch.testing.assert_close(pseudo[2:], torch.tensor([[2.0, 0, 0], [0, 3.0, 0]]))
 
 
 def test_oca_loss_ignores_new_classes() -> None:
@@ -184,7 +176,7 @@ def test_toy_old_model_is_a_good_retriever(toy: dict) -> None:
 
 
 def test_bt2_training_makes_prefix_compatible(toy: dict, independent_top1: float) -> None:
-    pseudo = build_pseudo_classifier(toy["old_clf"], toy["old_train"], toy["y"], NUM_CLASSES)
+    pseudo = influence_weights(toy["old_clf"], toy["old_train"], toy["y"], NUM_CLASSES)
     crit = BT2Loss(pseudo)
     top1 = _train_new(
         toy, BasisTransform(OLD_DIM, EXTRA_DIM), lambda f: crit(f, toy["old_train"], toy["y"])

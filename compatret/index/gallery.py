@@ -92,6 +92,7 @@ class Gallery:
     def __init__(self, path: Path, table: Any) -> None:
         self.path = path
         self.table = table
+        self._meta: tuple[int, GalleryMeta] | None = None
 
     @staticmethod
     def create(path: str | Path, meta: GalleryMeta) -> Gallery:
@@ -113,10 +114,16 @@ class Gallery:
 
     @property
     def meta(self) -> GalleryMeta:
-        raw = (self.table.schema.field("vector").metadata or {}).get(META_KEY.encode())
-        if raw is None:
-            raise CompatretError(f"{self.path} is a LanceDB table without compatret metadata")
-        return GalleryMeta.from_json(raw.decode())
+        return self.meta_at(self.version)
+
+    def meta_at(self, version: int) -> GalleryMeta:
+        """The metadata of the current table, parsed once per table version (queries stay cheap)."""
+        if self._meta is None or self._meta[0] != version:
+            raw = (self.table.schema.field("vector").metadata or {}).get(META_KEY.encode())
+            if raw is None:
+                raise CompatretError(f"{self.path} is a LanceDB table without compatret metadata")
+            self._meta = (version, GalleryMeta.from_json(raw.decode()))
+        return self._meta[1]
 
     def set_meta(self, meta: GalleryMeta) -> None:
         """One metadata-only commit: O(1) whatever the gallery size."""

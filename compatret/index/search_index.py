@@ -30,7 +30,7 @@ class SearchIndex:
     """Row ids aligned with their vectors, plus the kernels built over them."""
 
     def __init__(self, ids: np.ndarray, vectors: np.ndarray, table_version: int) -> None:
-        self.ids = ids
+        self.ids = np.asarray(ids).astype(object)  # Python strs: hits become lists without conversion
         self.vectors = vectors
         self.table_version = table_version
         self._kernels: dict[str, Kernel] = {}
@@ -74,7 +74,7 @@ class SearchIndex:
         d = self._dir(gallery)
         d.mkdir(exist_ok=True)
         (d / "state.json").unlink(missing_ok=True)
-        _atomic_save(d / "ids.npy", self.ids)
+        _atomic_save(d / "ids.npy", np.asarray(self.ids, dtype=str))
         _atomic_save(d / "vectors.npy", self.vectors)
         self.mark_version(gallery, self.table_version)
 
@@ -98,13 +98,14 @@ class SearchIndex:
             os.replace(tmp, d / "state.json")
 
     def append(self, ids: np.ndarray, vectors: np.ndarray, table_version: int) -> None:
-        self.ids = np.concatenate([self.ids.astype(str), ids.astype(str)])
+        self.ids = np.concatenate([self.ids, np.asarray(ids).astype(str).astype(object)])
         self.vectors = np.concatenate([self.vectors, vectors.astype(np.float32)])
         self.table_version = table_version
         self._invalidate()
 
     def remove(self, ids: Sequence[str], table_version: int) -> None:
-        keep = ~np.isin(self.ids, np.asarray(list(ids), dtype=str))
+        gone = set(ids)
+        keep = np.fromiter((i not in gone for i in self.ids), dtype=bool, count=len(self.ids))
         self.ids = self.ids[keep]
         self.vectors = self.vectors[keep]
         self.table_version = table_version

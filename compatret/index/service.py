@@ -61,6 +61,7 @@ class Service:
         self._index: SearchIndex | None = None
         self._encoders: dict[str, Encoder] = {}
         self._derived: dict[CompatPlan, Kernel] = {}
+        self._plans: dict[tuple[ModelVersion, ModelVersion], CompatPlan] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
     @staticmethod
@@ -95,8 +96,8 @@ class Service:
         return self._index
 
     # ---- models ----------------------------------------------------------------------
-    def _version(self, model: str | None) -> ModelVersion:
-        meta = self.meta
+    def _version(self, model: str | None, meta: GalleryMeta | None = None) -> ModelVersion:
+        meta = meta or self.meta
         if model is None:
             return meta.serving
         for v in (meta.serving, meta.vector_model):
@@ -235,11 +236,17 @@ class Service:
 
     # ---- reads -----------------------------------------------------------------------
     def plan(self, model: str | None = None) -> CompatPlan:
-        return resolve(self._version(model), self.meta.vector_model, self.gallery.path)
+        meta = self.meta
+        return self._plan(self._version(model, meta), meta)
 
-    def _kernel_for(self, plan: CompatPlan) -> Kernel:
-        index = self.index
-        if plan.dims == self.meta.dim and not plan.gallery_transforms:
+    def _plan(self, version: ModelVersion, meta: GalleryMeta) -> CompatPlan:
+        key = (version, meta.vector_model)
+        if key not in self._plans:
+            self._plans[key] = resolve(version, meta.vector_model, self.gallery.path)
+        return self._plans[key]
+
+    def _kernel_for(self, plan: CompatPlan, index: SearchIndex, meta: GalleryMeta) -> Kernel:
+        if plan.dims == meta.dim and not plan.gallery_transforms:
             return index.kernel(self.kernel_name)
         if plan not in self._derived:
             _, g = apply_plan(plan, None, index.vectors)
@@ -260,8 +267,10 @@ class Service:
             raise CompatretError("give exactly one of texts, images or vectors")
         if k < 1:
             raise CompatretError(f"k must be >= 1, got {k}")
-        version = self._version(model)
-        plan = resolve(version, self.meta.vector_model, self.gallery.path)
+        index = self.index  # one table-version check per call
+        meta = self.gallery.meta_at(index.table_version)
+        version = self._version(model, meta)
+        plan = self._plan(version, meta)
         if vectors is None:
             enc = self.encoder(model)
             vectors = enc.encode_queries(list(texts if texts is not None else images))  # type: ignore[arg-type]
@@ -269,12 +278,13 @@ class Service:
         if vectors.ndim != 2 or vectors.shape[1] != version.dim:
             raise CompatretError(f"query vectors must have shape (n, {version.dim}) for model {version.id!r}, got {vectors.shape}")
         q, _ = apply_plan(plan, vectors, None)
-        scores, pos = self._kernel_for(plan).search(q, k)
-        ids = self.index.ids
-        results = []
-        for srow, prow in zip(scores, pos):
-            keep = prow >= 0
-            results.append(QueryResult(ids[prow[keep]].tolist(), srow[keep].astype(float).tolist()))
+        scores, pos = self._kernel_for(plan, index, meta).search(q, k)
+        id_rows = index.ids[pos].tolist()
+        score_rows = scores.tolist()
+        if (pos < 0).any():  # fewer hits than k (faiss pads with -1)
+            id_rows = [[i for i, p in zip(r, pr) if p >= 0] for r, pr in zip(id_rows, pos)]
+            score_rows = [[x for x, p in zip(r, pr) if p >= 0] for r, pr in zip(score_rows, pos)]
+        results = [QueryResult(i, sc) for i, sc in zip(id_rows, score_rows)]
         if include_payload:
             fetched = self.gallery.fetch([i for r in results for i in r.ids])
             results = [replace(r, payloads=[_public_payload(fetched.get(i)) for i in r.ids]) for r in results]

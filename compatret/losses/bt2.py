@@ -5,31 +5,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compatret.losses.oca import class_means
-
-
-def build_pseudo_classifier(
-    old_weight: torch.Tensor, old_feats: torch.Tensor, labels: torch.Tensor, num_classes: int
-) -> torch.Tensor:
-    """Extend a frozen old classifier to ``num_classes`` rows for the influence loss.
-
-    Rows for the old classes are the old classifier's rows; classes the old model
-    never saw get the class mean of their old-model features, so every training
-    label has a prototype in the old space.
-    """
-    num_old = old_weight.shape[0]
-    if num_classes < num_old:
-        raise ValueError(f"num_classes {num_classes} < old classes {num_old}")
-    means = class_means(old_feats.detach(), labels, num_classes)
-    return torch.cat([old_weight.detach().to(means.dtype), means[num_old:]], dim=0)
-
 
 class BT2Loss(nn.Module):
     """Make ``new[:, :old_dim]`` interchangeable with the old feature of the same image.
 
     ``"cosine"`` is the mean ``1 - cos(new[:, :old_dim], old)``; ``"influence"``
     is BCT's cross-entropy of the normalised prefix through the normalised, frozen
-    ``old_classifier`` (``[C, old_dim]``, see :func:`build_pseudo_classifier`)
+    ``old_classifier`` (``[C, old_dim]``, see :func:`compatret.losses.bct.influence_weights`)
     scaled by ``scale``; ``"total"`` is their weighted sum. The extra dims are
     left to the task loss.
     """

@@ -3,8 +3,8 @@
     python eval/search_bench/run.py            # writes eval/search_bench/results.{json,md}
 
 Synthetic: 100,000 x 384 clustered unit vectors. SciFact: its whole corpus (5,183 abstracts)
-embedded with MiniLM-L6, queried by its first 1,000 claims. 1,000 queries, k = 10, best of 3
-runs each. Upgrade: `upgrade` on a 1,000,000-vector gallery, beside the time a full backfill
+embedded with MiniLM-L6, queried by its first 1,000 claims. 1,000 queries, k = 10, best of 5
+runs each (LanceDB: one run). Upgrade: `upgrade` on a 1,000,000-vector gallery, beside the time a full backfill
 would take at this machine's measured MiniLM-L6 encoding rate.
 """
 
@@ -33,7 +33,7 @@ K = 10
 N_QUERIES = 1000
 
 
-def best_of(fn, runs: int = 3) -> float:
+def best_of(fn, runs: int = 5) -> float:
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()

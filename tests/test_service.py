@@ -7,7 +7,7 @@ import pytest
 
 from compatret import Compat, CompatretError, ModelVersion
 from compatret.index.gallery import Gallery
-from compatret.index.search_index import SearchIndex
+from compatret.index.search_index import CACHE_DIR
 from compatret.index.service import Service
 from compatret.versions import normalize
 
@@ -65,12 +65,13 @@ def test_stale_cache_is_rebuilt_from_the_table(tmp_path):
     s = Service.create(tmp_path / "g", dim=8, version_id="v1")
     s.add_vectors(x)
     # a write that reached the table but not the cache (a crash between the two)
-    Gallery.open(tmp_path / "g").add_rows(["late"], vectors(1, 8, seed=9), model_version="v1")
+    g = Gallery.open(tmp_path / "g")
+    g.add_rows(["late"], vectors(1, 8, seed=9), g.meta.vector_model)
     s2 = Service.open(tmp_path / "g")
     assert s2.index.size == 51
     assert s2.query(vectors=vectors(1, 8, seed=9), k=1)[0].ids == ["late"]
     # a corrupted cache file is rebuilt too
-    (tmp_path / "g" / "search" / "vectors.npy").write_bytes(b"garbage")
+    next((tmp_path / "g" / "search").glob("index-*.npz")).write_bytes(b"garbage")
     assert Service.open(tmp_path / "g").index.size == 51
 
 
@@ -80,11 +81,12 @@ def test_upgrade_is_metadata_only_and_keeps_cache(tmp_path):
     s = Service.create(tmp_path / "g", model=str(model_folder(tmp_path, v1)))
     x = vectors(100, 8)
     s.add_vectors(x)
-    state_before = SearchIndex._state(s.gallery)
+    before = s.gallery.version
     s.upgrade(str(model_folder(tmp_path, v2)))
     s2 = Service.open(tmp_path / "g")
     assert s2.meta.serving.id == "v2" and s2.meta.vector_model.id == "v1"
-    assert SearchIndex._state(s2.gallery)["table_version"] == s2.gallery.version != state_before["table_version"]
+    assert s2.gallery.version != before
+    assert (tmp_path / "g" / CACHE_DIR / f"index-{s2.gallery.version}.npz").exists()  # no rebuild needed
     # a v2 query (12-d) whose first 8 dims are a stored vector finds it
     q = np.hstack([x[3:4], np.ones((1, 4), np.float32)])
     assert s2.query(vectors=q, k=1)[0].ids == ["3"]
@@ -117,5 +119,27 @@ def test_transform_upgrade_maps_stored_vectors(tmp_path):
     # a v2 query equal to the transformed stored vector 5 finds it
     res = Service.open(tmp_path / "g").query(vectors=x[5:6] @ w, k=1)
     assert res[0].ids == ["5"] and res[0].scores[0] == pytest.approx(1.0, abs=1e-5)
-    with pytest.raises(CompatretError, match="cannot be stored"):
-        s.add_vectors(vectors(1, 6), model="v2")
+    # v2 rows are stored in v2's own space and found beside the mapped v1 rows
+    s.add_vectors(vectors(1, 6, seed=5), ids=["new"], model="v2")
+    assert Service.open(tmp_path / "g").query(vectors=vectors(1, 6, seed=5), k=1)[0].ids == ["new"]
+
+
+def test_mixed_version_gallery_ranks_both_versions(tmp_path):
+    """v1 rows (8-d) and v2 rows (12-d, prefix(8)) in one gallery, one merged ranking."""
+    v1 = ModelVersion("v1", 8)
+    v2 = ModelVersion("v2", 12, parent=v1, compat=Compat.prefix(8), method="bt2")
+    s = Service.create(tmp_path / "g", model=str(model_folder(tmp_path, v1)))
+    base = vectors(40, 12, seed=3)
+    s.add_vectors(base[:20, :8], ids=[f"a{i}" for i in range(20)])
+    s.upgrade(str(model_folder(tmp_path, v2)))
+    s.add_vectors(base[20:], ids=[f"b{i}" for i in range(20)], model="v2")
+    s = Service.open(tmp_path / "g")
+    assert s.rows_by_version() == {"v1": 20, "v2": 20}
+    assert (tmp_path / "g").exists() and "vector_12" in s.gallery.table.schema.names
+    for i in (3, 25):  # the query equal to a row's full v2 vector finds it, whichever version stored it
+        res = s.query(vectors=base[i : i + 1], k=40)[0]
+        assert res.ids[0] == (f"a{i}" if i < 20 else f"b{i - 20}")
+        assert len(res.ids) == 40 and res.scores == sorted(res.scores, reverse=True)
+    # an ancestor model cannot read v2 rows: refused rather than half-answered
+    with pytest.raises(CompatretError, match="not compatible"):
+        s.query(vectors=base[:1, :8], model="v1", k=3)

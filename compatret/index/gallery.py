@@ -25,8 +25,11 @@ FORMAT = 1
 class GalleryMeta:
     """What a gallery knows about itself; stored in the `vector` field's metadata.
 
-    vector_model made (the space of) the stored vectors; serving embeds queries and new
-    items. `sources` maps model ids to the spec their weights load from.
+    vector_model made the gallery's first vectors (column `vector`, `dim` wide); serving
+    embeds queries, new items and backfilled rows. `versions` holds the record of every model
+    that has written rows (each row names its own in `model_version`); `sources` maps model
+    ids to the spec their weights load from. `ann` picks the search structure, `merge` how
+    scores from rows of different versions are ranked together (see Service.query).
     """
 
     dim: int
@@ -36,6 +39,21 @@ class GalleryMeta:
     metric: str = "cosine"
     sources: dict[str, str] = field(default_factory=dict)
     history: tuple[dict[str, Any], ...] = ()
+    versions: dict[str, ModelVersion] = field(default_factory=dict)
+    ann: str = "auto"
+    merge: str = "raw"
+
+    def version(self, version_id: str) -> ModelVersion:
+        """The record of a model that wrote rows here."""
+        if version_id == self.vector_model.id:
+            return self.vector_model
+        if version_id not in self.versions:
+            raise CompatretError(f"rows of unknown model version {version_id!r} in {self.vector_model.id} gallery")
+        return self.versions[version_id]
+
+    def column(self, version: ModelVersion) -> str:
+        """The vector column a model's rows live in: one column per vector width."""
+        return "vector" if version.dim == self.dim else f"vector_{version.dim}"
 
     def to_json(self) -> str:
         return json.dumps(
@@ -48,6 +66,9 @@ class GalleryMeta:
                 "serving": self.serving.to_dict(),
                 "sources": self.sources,
                 "history": list(self.history),
+                "versions": {k: v.to_dict() for k, v in self.versions.items()},
+                "ann": self.ann,
+                "merge": self.merge,
             }
         )
 
@@ -64,6 +85,9 @@ class GalleryMeta:
             metric=d.get("metric", "cosine"),
             sources=dict(d.get("sources", {})),
             history=tuple(d.get("history", [])),
+            versions={k: ModelVersion.from_dict(v) for k, v in d.get("versions", {}).items()},
+            ann=d.get("ann", "auto"),
+            merge=d.get("merge", "raw"),
         )
 
 
@@ -71,6 +95,7 @@ def _schema(meta: GalleryMeta) -> pa.Schema:
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
+            pa.field("title", pa.string()),
             pa.field("text", pa.string()),
             pa.field("image", pa.binary()),
             pa.field("metadata", pa.string()),
@@ -112,6 +137,10 @@ class Gallery:
             raise CompatretError(f"no gallery at {p} (create one with `compatret index create`)")
         return Gallery(p, _connect(p).open_table(TABLE))
 
+    def open_snapshot(self) -> Any:
+        """A second handle on the same table, for reading old versions without moving this one."""
+        return _connect(self.path).open_table(TABLE)
+
     @property
     def meta(self) -> GalleryMeta:
         return self.meta_at(self.version)
@@ -143,35 +172,64 @@ class Gallery:
     def count(self) -> int:
         return int(self.table.count_rows())
 
+    def ensure_column(self, version: ModelVersion) -> str:
+        """Register a model that is about to write rows: its record and its vector column."""
+        meta = self.meta
+        col = meta.column(version)
+        if col not in self.table.schema.names:
+            self.table.add_columns(pa.field(col, pa.list_(pa.float32(), version.dim)))
+        if version.id != meta.vector_model.id and meta.versions.get(version.id) != version:
+            self.set_meta(replace(self.meta, versions={**meta.versions, version.id: version}))
+        return col
+
+    def _vector_array(self, vectors: np.ndarray, dim: int) -> pa.Array:
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
+        return pa.FixedSizeListArray.from_arrays(flat, dim)
+
     def add_rows(
         self,
         ids: Sequence[str],
         vectors: np.ndarray,
-        model_version: str,
+        version: ModelVersion,
         texts: Sequence[str | None] | None = None,
         images: Sequence[bytes | None] | None = None,
         metadata: Sequence[dict[str, Any] | None] | None = None,
+        titles: Sequence[str | None] | None = None,
     ) -> int:
         """Append one batch as a single commit; returns the new table version."""
         n = len(ids)
-        dim = self.meta.dim
-        if vectors.shape != (n, dim):
-            raise CompatretError(f"vectors have shape {vectors.shape}, expected ({n}, {dim})")
-        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
+        if vectors.shape != (n, version.dim):
+            raise CompatretError(f"vectors have shape {vectors.shape}, expected ({n}, {version.dim})")
+        col = self.ensure_column(version)
+        columns: dict[str, Any] = {
+            "id": pa.array([str(i) for i in ids], pa.string()),
+            "title": pa.array(list(titles) if titles is not None else [None] * n, pa.string()),
+            "text": pa.array(list(texts) if texts is not None else [None] * n, pa.string()),
+            "image": pa.array(list(images) if images is not None else [None] * n, pa.binary()),
+            "metadata": pa.array(
+                [json.dumps(m) if m else None for m in metadata] if metadata is not None else [None] * n, pa.string()
+            ),
+            "model_version": pa.array([version.id] * n, pa.string()),
+        }
+        schema = self.table.schema
+        for name in schema.names:
+            if name.startswith("vector"):
+                dim = schema.field(name).type.list_size
+                columns[name] = self._vector_array(vectors, dim) if name == col else pa.nulls(n, schema.field(name).type)
+        self.table.add(pa.table(columns, schema=schema))
+        return self.version
+
+    def update_vectors(self, ids: Sequence[str], vectors: np.ndarray, version: ModelVersion) -> int:
+        """Replace the vectors of existing rows (a backfill batch) in one commit."""
+        col = self.ensure_column(version)
         batch = pa.table(
             {
                 "id": pa.array([str(i) for i in ids], pa.string()),
-                "text": pa.array(list(texts) if texts is not None else [None] * n, pa.string()),
-                "image": pa.array(list(images) if images is not None else [None] * n, pa.binary()),
-                "metadata": pa.array(
-                    [json.dumps(m) if m else None for m in metadata] if metadata is not None else [None] * n, pa.string()
-                ),
-                "model_version": pa.array([model_version] * n, pa.string()),
-                "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
-            },
-            schema=self.table.schema,
+                "model_version": pa.array([version.id] * len(ids), pa.string()),
+                col: self._vector_array(vectors, version.dim),
+            }
         )
-        self.table.add(batch)
+        self.table.merge_insert("id").when_matched_update_all().execute(batch)
         return self.version
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -181,16 +239,34 @@ class Gallery:
             self.table.delete(f"id IN ({quoted})")
         return self.version
 
-    def scan_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """All (ids, vectors), reading only those two columns, for (re)building the search index."""
-        dim = self.meta.dim
+    def scan_groups(self) -> dict[str, Any]:
+        """All rows' ids and current vectors, grouped by the model version that made them."""
+        from compatret.index.search_index import Group
+
+        meta = self.meta
         n = self.count()
         if n == 0:
-            return np.zeros(0, dtype=str), np.zeros((0, dim), np.float32)
-        t = self.table.search().select(["id", "vector"]).limit(n).to_arrow()
-        ids = t.column("id").to_numpy().astype(str)
-        vec = t.column("vector").combine_chunks().values.to_numpy().reshape(-1, dim)
-        return ids, np.ascontiguousarray(vec, dtype=np.float32)
+            return {}
+        cols = [c for c in self.table.schema.names if c.startswith("vector")]
+        t = self.table.search().select(["id", "model_version", *cols]).limit(n).to_arrow()
+        versions = t.column("model_version").to_numpy(zero_copy_only=False).astype(str)
+        ids = t.column("id").to_numpy(zero_copy_only=False).astype(str).astype(object)
+        groups = {}
+        for v in np.unique(versions):
+            record = meta.version(str(v))
+            mask = versions == v
+            col = t.column(meta.column(record)).filter(pa.array(mask)).combine_chunks()
+            vec = col.values.to_numpy(zero_copy_only=False).reshape(-1, record.dim)
+            groups[str(v)] = Group(str(v), ids[mask], np.ascontiguousarray(vec, dtype=np.float32))
+        return groups
+
+    def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Raw text/title/image of rows, for re-embedding them."""
+        if not ids:
+            return {}
+        quoted = ", ".join("'" + str(i).replace("'", "''") + "'" for i in ids)
+        rows = self.table.search().where(f"id IN ({quoted})").select(["id", "title", "text", "image"]).limit(len(ids)).to_arrow().to_pylist()
+        return {r["id"]: r for r in rows}
 
     def fetch(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Payloads (text, image, metadata, model_version) of the given ids."""
@@ -200,7 +276,7 @@ class Gallery:
         rows = (
             self.table.search()
             .where(f"id IN ({quoted})")
-            .select(["id", "text", "image", "metadata", "model_version"])
+            .select(["id", "title", "text", "image", "metadata", "model_version"])
             .limit(len(set(ids)))
             .to_arrow()
             .to_pylist()

@@ -100,6 +100,41 @@ class NumpyKernel:
 
 
 KERNELS = ("auto", "faiss", "faiss-gpu", "torch", "numpy")
+ANN_KINDS = ("auto", "flat", "ivf", "hnsw")
+FLAT_BELOW = 200_000  # rows: exact search is fast enough below this, and loses nothing
+
+
+def resolve_ann(kind: str, rows: int) -> str:
+    """`auto` is exact (flat) for small galleries and IVF from FLAT_BELOW rows on."""
+    if kind not in ANN_KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; choose from {ANN_KINDS}")
+    if kind == "auto":
+        return "flat" if rows < FLAT_BELOW else "ivf"
+    return kind
+
+
+def ann_index(kind: str, vectors: np.ndarray) -> "faiss.Index":  # noqa: F821
+    """An approximate inner-product index over `vectors`: IVF (k-means lists) or HNSW (graph).
+
+    IVF: sqrt-rule list count (4 * sqrt(n)), trained on at most 64 lists' worth of samples
+    per list, nprobe = lists / 32 (>= 8). HNSW: 32 links, efSearch 128.
+    """
+    import faiss
+
+    n, d = vectors.shape
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.add(vectors)
+        index.hnsw.efSearch = 128
+        return index
+    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = vectors if n <= 64 * nlist else vectors[np.random.default_rng(0).choice(n, 64 * nlist, replace=False)]
+    index.train(sample)
+    index.add(vectors)
+    index.nprobe = max(8, nlist // 32)
+    return index
 
 
 def backend_name(name: str) -> str:
@@ -111,8 +146,14 @@ def backend_name(name: str) -> str:
     return {"faiss": "faiss-cpu"}.get(name, name)
 
 
-def make_kernel(name: str, vectors: np.ndarray) -> Kernel:
-    """Build a kernel by name; `auto` is faiss GPU, else torch CUDA, else faiss CPU."""
+def make_kernel(name: str, vectors: np.ndarray, ann: str = "flat") -> Kernel:
+    """Build a kernel by name; `auto` is faiss GPU, else torch CUDA, else faiss CPU.
+
+    ann = ivf or hnsw builds an approximate faiss index instead (on the GPU when faiss sees one).
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if ann in ("ivf", "hnsw") and len(vectors):
+        return FaissKernel(ann_index(ann, vectors), use_gpu=(faiss_gpus() > 0 and ann == "ivf") if name in ("auto", "faiss-gpu") else False)
     if name == "auto":
         if faiss_gpus() > 0:
             return FaissKernel.from_vectors(vectors, use_gpu=True)

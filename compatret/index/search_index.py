@@ -1,14 +1,16 @@
-"""The search side of a gallery: ids and vectors cached next to the table, checked by table version.
+"""The search side of a gallery: each model version's rows and vectors, cached next to the table.
 
-The LanceDB table is the truth. The cache (`search/` in the gallery folder) is written with
-atomic renames, its state file last; a cache whose recorded table version differs from the
-table's is rebuilt from the table, so a crash between the two writes costs time, not data.
+The LanceDB table is the truth. The cache is one file per table version
+(`search/index-<version>.npz`), written to a temporary name and renamed into place, so a
+reader never sees a half-written or mixed cache, even with a backfill writing from another
+process. A table version without its cache file is rebuilt from the table: a crash costs
+time, never data.
 """
 
 from __future__ import annotations
 
-import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -20,108 +22,132 @@ from compatret.index.search import Kernel, make_kernel
 CACHE_DIR = "search"
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+@dataclass
+class Group:
+    """The rows whose current vector was made by one model version."""
+
+    version: str
+    ids: np.ndarray  # object array of str: hits become lists without conversion
+    vectors: np.ndarray  # float32 [n, dim of that version], L2-normalised
+
+
+def _cache_file(gallery: Gallery, table_version: int) -> Path:
+    return gallery.path / CACHE_DIR / f"index-{table_version}.npz"
 
 
 class SearchIndex:
-    """Row ids aligned with their vectors, plus the kernels built over them."""
+    """Row ids and vectors per model version, plus the kernels built over them."""
 
-    def __init__(self, ids: np.ndarray, vectors: np.ndarray, table_version: int) -> None:
-        self.ids = np.asarray(ids).astype(object)  # Python strs: hits become lists without conversion
-        self.vectors = vectors
+    def __init__(self, groups: dict[str, Group], table_version: int) -> None:
+        self.groups = {k: g for k, g in groups.items() if len(g.ids)}
         self.table_version = table_version
-        self._kernels: dict[str, Kernel] = {}
-        self._pos: dict[str, int] | None = None
+        self._kernels: dict[tuple[str, str, str], Kernel] = {}
+        self._pos: dict[str, str] | None = None
 
     @property
     def size(self) -> int:
-        return len(self.ids)
+        return sum(len(g.ids) for g in self.groups.values())
 
-    @staticmethod
-    def _dir(gallery: Gallery) -> Path:
-        return gallery.path / CACHE_DIR
+    @property
+    def ids(self) -> np.ndarray:
+        """All ids, group after group."""
+        if not self.groups:
+            return np.zeros(0, dtype=object)
+        return np.concatenate([g.ids for g in self.groups.values()])
 
-    @staticmethod
-    def _state(gallery: Gallery) -> dict[str, int] | None:
-        state = SearchIndex._dir(gallery) / "state.json"
-        try:
-            return json.loads(state.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+    def counts(self) -> dict[str, int]:
+        return {v: len(g.ids) for v, g in self.groups.items()}
 
+    # ---- persistence -------------------------------------------------------------------
     @staticmethod
     def load(gallery: Gallery) -> SearchIndex:
-        """The cached index if it matches the table, else one rebuilt from the table (and saved)."""
-        d = SearchIndex._dir(gallery)
-        state = SearchIndex._state(gallery)
-        if state is not None and state.get("table_version") == gallery.version:
+        """The cached index of the table's current version, else one rebuilt from the table."""
+        version = gallery.version
+        path = _cache_file(gallery, version)
+        if path.exists():
             try:
-                ids = np.load(d / "ids.npy")
-                vectors = np.load(d / "vectors.npy", mmap_mode="r")
-                if len(ids) == len(vectors) == state.get("rows"):
-                    return SearchIndex(ids, np.ascontiguousarray(vectors), gallery.version)
-            except (FileNotFoundError, ValueError, OSError):
+                with np.load(path, allow_pickle=False) as z:
+                    names = [str(v) for v in z["versions"]]
+                    groups = {v: Group(v, z[f"ids_{i}"].astype(object), z[f"vec_{i}"]) for i, v in enumerate(names)}
+                return SearchIndex(groups, version)
+            except (OSError, ValueError, KeyError):
                 pass
-        ids, vectors = gallery.scan_vectors()
-        index = SearchIndex(ids, vectors, gallery.version)
+        index = SearchIndex(gallery.scan_groups(), version)
         index.save(gallery)
         return index
 
     def save(self, gallery: Gallery) -> None:
-        d = self._dir(gallery)
+        d = gallery.path / CACHE_DIR
         d.mkdir(exist_ok=True)
-        (d / "state.json").unlink(missing_ok=True)
-        _atomic_save(d / "ids.npy", np.asarray(self.ids, dtype=str))
-        _atomic_save(d / "vectors.npy", self.vectors)
-        self.mark_version(gallery, self.table_version)
+        target = _cache_file(gallery, self.table_version)
+        tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
+        arrays: dict[str, np.ndarray] = {"versions": np.array(list(self.groups), dtype=str)}
+        for i, g in enumerate(self.groups.values()):
+            arrays[f"ids_{i}"] = np.asarray(g.ids, dtype=str)
+            arrays[f"vec_{i}"] = g.vectors
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, target)
+        self._drop_other_caches(gallery, keep=target.name)
 
-    def mark_version(self, gallery: Gallery, table_version: int) -> None:
-        """Record that the cache matches `table_version` (after a metadata-only commit, say)."""
-        self.table_version = table_version
-        d = self._dir(gallery)
-        d.mkdir(exist_ok=True)
-        tmp = d / "state.json.tmp"
-        tmp.write_text(json.dumps({"table_version": table_version, "rows": self.size}))
-        os.replace(tmp, d / "state.json")
+    @staticmethod
+    def _drop_other_caches(gallery: Gallery, keep: str) -> None:
+        for f in (gallery.path / CACHE_DIR).glob("index-*.npz"):
+            if f.name != keep:
+                f.unlink(missing_ok=True)
 
     @staticmethod
     def follow_metadata_commit(gallery: Gallery, old_version: int) -> None:
-        """Carry a valid cache across a commit that changed no rows, without reading it."""
-        state = SearchIndex._state(gallery)
-        if state is not None and state.get("table_version") == old_version:
-            d = SearchIndex._dir(gallery)
-            tmp = d / "state.json.tmp"
-            tmp.write_text(json.dumps({**state, "table_version": gallery.version}))
-            os.replace(tmp, d / "state.json")
+        """Carry a cache across a commit that changed no rows: a hard link, O(1) at any size."""
+        old, new = _cache_file(gallery, old_version), _cache_file(gallery, gallery.version)
+        if old.exists() and not new.exists():
+            try:
+                os.link(old, new)
+            except OSError:
+                return
 
-    def append(self, ids: np.ndarray, vectors: np.ndarray, table_version: int) -> None:
-        self.ids = np.concatenate([self.ids, np.asarray(ids).astype(str).astype(object)])
-        self.vectors = np.concatenate([self.vectors, vectors.astype(np.float32)])
+    # ---- updates that follow a committed write -----------------------------------------
+    def add(self, version: str, ids: Sequence[str], vectors: np.ndarray, table_version: int) -> None:
+        new_ids = np.asarray([str(i) for i in ids], dtype=object)
+        g = self.groups.get(version)
+        if g is None:
+            self.groups[version] = Group(version, new_ids, np.ascontiguousarray(vectors, dtype=np.float32))
+        else:
+            g.ids = np.concatenate([g.ids, new_ids])
+            g.vectors = np.concatenate([g.vectors, vectors.astype(np.float32)])
         self.table_version = table_version
-        self._invalidate()
+        self._invalidate(version)
 
     def remove(self, ids: Sequence[str], table_version: int) -> None:
         gone = set(ids)
-        keep = np.fromiter((i not in gone for i in self.ids), dtype=bool, count=len(self.ids))
-        self.ids = self.ids[keep]
-        self.vectors = self.vectors[keep]
+        for v, g in list(self.groups.items()):
+            keep = np.fromiter((i not in gone for i in g.ids), dtype=bool, count=len(g.ids))
+            if not keep.all():
+                g.ids, g.vectors = g.ids[keep], g.vectors[keep]
+                self._invalidate(v)
+                if not len(g.ids):
+                    del self.groups[v]
         self.table_version = table_version
-        self._invalidate()
+
+    def move(self, version: str, ids: Sequence[str], vectors: np.ndarray, table_version: int) -> None:
+        """Rows re-embedded by `version` (a backfill batch) leave their old groups."""
+        self.remove(ids, table_version)
+        self.add(version, ids, vectors, table_version)
 
     def contains(self, ids: Sequence[str]) -> list[str]:
-        """Which of `ids` are already present."""
+        """Which of `ids` are present."""
         if self._pos is None:
-            self._pos = {str(i): n for n, i in enumerate(self.ids)}
+            self._pos = {str(i): v for v, g in self.groups.items() for i in g.ids}
         return [i for i in ids if i in self._pos]
 
-    def kernel(self, name: str = "auto") -> Kernel:
-        if name not in self._kernels:
-            self._kernels[name] = make_kernel(name, self.vectors)
-        return self._kernels[name]
+    # ---- kernels -------------------------------------------------------------------------
+    def kernel(self, version: str, name: str = "auto", ann: str = "flat", vectors: np.ndarray | None = None, key: str = "") -> Kernel:
+        """The kernel over one group's vectors (or over `vectors` derived from them, named by key)."""
+        k = (version, name + ":" + ann, key)
+        if k not in self._kernels:
+            self._kernels[k] = make_kernel(name, self.groups[version].vectors if vectors is None else vectors, ann=ann)
+        return self._kernels[k]
 
-    def _invalidate(self) -> None:
-        self._kernels.clear()
+    def _invalidate(self, version: str) -> None:
+        self._kernels = {k: v for k, v in self._kernels.items() if k[0] != version}
         self._pos = None

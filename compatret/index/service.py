@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,7 +14,7 @@ from tqdm.auto import tqdm
 from compatret.encoders import ALIASES, Encoder, load_encoder, load_version
 from compatret.errors import CompatretError
 from compatret.index.gallery import Gallery, GalleryMeta
-from compatret.index.search import Kernel, backend_name, make_kernel
+from compatret.index.search import ANN_KINDS, backend_name, resolve_ann
 from compatret.index.search_index import SearchIndex
 from compatret.versions import CompatPlan, ModelVersion, apply_plan, normalize, resolve
 
@@ -55,17 +56,21 @@ def _read_item_image(item: dict[str, Any]) -> bytes | None:
 class Service:
     """One gallery plus its search index and the encoders that query it."""
 
-    def __init__(self, gallery: Gallery, kernel: str = "auto") -> None:
+    def __init__(self, gallery: Gallery, kernel: str = "auto", refresh_seconds: float = 0.0) -> None:
         self.gallery = gallery
         self.kernel_name = kernel
+        self.refresh_seconds = refresh_seconds
+        self._checked = 0.0
         self._index: SearchIndex | None = None
         self._encoders: dict[str, Encoder] = {}
-        self._derived: dict[CompatPlan, Kernel] = {}
         self._plans: dict[tuple[ModelVersion, ModelVersion], CompatPlan] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
     @staticmethod
-    def create(path: str | Path, model: str | None = None, dim: int | None = None, version_id: str | None = None, modality: str | None = None) -> Service:
+    def create(
+        path: str | Path, model: str | None = None, dim: int | None = None, version_id: str | None = None,
+        modality: str | None = None, ann: str = "auto", merge: str = "raw",
+    ) -> Service:
         """A new, empty gallery served by `model` (a spec), or by a bare version for raw vectors."""
         if model is not None:
             version = load_version(model)
@@ -75,14 +80,18 @@ class Service:
             sources = {}
         else:
             raise CompatretError("give --model, or both --dim and --version-id")
-        meta = GalleryMeta(dim=version.dim, vector_model=version, serving=version, modality=modality or version.modality, sources=sources)
+        if ann not in ANN_KINDS or merge not in ("raw", "shared"):
+            raise CompatretError(f"unknown index kind {ann!r} or merge policy {merge!r}")
+        meta = GalleryMeta(dim=version.dim, vector_model=version, serving=version, modality=modality or version.modality,
+                           sources=sources, ann=ann, merge=merge)
         gallery = Gallery.create(path, meta)
         gallery.set_meta(gallery.record("create", model=version.id))
         return Service(gallery)
 
     @staticmethod
-    def open(path: str | Path, kernel: str = "auto") -> Service:
-        return Service(Gallery.open(path), kernel)
+    def open(path: str | Path, kernel: str = "auto", refresh_seconds: float = 0.0) -> Service:
+        """Open a gallery; refresh_seconds > 0 lets queries use a snapshot up to that old (servers)."""
+        return Service(Gallery.open(path), kernel, refresh_seconds)
 
     @property
     def meta(self) -> GalleryMeta:
@@ -90,9 +99,15 @@ class Service:
 
     @property
     def index(self) -> SearchIndex:
+        """The search index of the table's latest version (or a snapshot, see refresh_seconds)."""
+        now = time.monotonic()
+        if self._index is not None and now - self._checked < self.refresh_seconds:
+            return self._index
+        self._checked = now
+        if self.refresh_seconds:
+            self.gallery.table.checkout_latest()  # follow writes made by other processes
         if self._index is None or self._index.table_version != self.gallery.version:
             self._index = SearchIndex.load(self.gallery)
-            self._derived.clear()
         return self._index
 
     # ---- models ----------------------------------------------------------------------
@@ -116,19 +131,14 @@ class Service:
             self._encoders[spec] = load_encoder(spec)
         return self._encoders[spec]
 
-    def _to_stored_space(self, vectors: np.ndarray, version: ModelVersion) -> np.ndarray:
-        """Vectors of `version` -> the gallery's stored space (truncation for prefix rules)."""
-        meta = self.meta
-        plan = resolve(version, meta.vector_model, self.gallery.path)
-        if plan.gallery_transforms or plan.dims != meta.dim:
-            raise CompatretError(
-                f"vectors of {version.id!r} cannot be stored in the {meta.vector_model.id!r} space of this gallery"
-            )
+    def _check_writer(self, vectors: np.ndarray, version: ModelVersion, meta: GalleryMeta) -> np.ndarray:
+        """Rows are stored in their own model's space; the serving model must be able to query them."""
+        resolve(meta.serving, version, self.gallery.path)
         if vectors.ndim != 2 or vectors.shape[1] != version.dim:
             raise CompatretError(f"vectors must have shape (n, {version.dim}), got {vectors.shape}")
         if not np.isfinite(vectors).all():
             raise CompatretError("vectors contain NaN or infinity")
-        return normalize(vectors[:, : plan.dims])
+        return normalize(vectors)
 
     # ---- writes ----------------------------------------------------------------------
     def _check_new_ids(self, ids: Sequence[str]) -> None:
@@ -145,9 +155,10 @@ class Service:
         return [str(start + i) for i in range(n)]
 
     def add_vectors(self, vectors: np.ndarray, ids: Sequence[str] | None = None, model: str | None = None, batch_size: int = 100_000) -> int:
-        """Store precomputed vectors of `model` (default: the gallery's stored space)."""
-        version = self._version(model) if model is not None else self.meta.vector_model
-        vectors = self._to_stored_space(np.asarray(vectors, dtype=np.float32), version)
+        """Store precomputed vectors of `model` (default: the gallery's first model)."""
+        meta = self.meta
+        version = self._version(model, meta) if model is not None else meta.vector_model
+        vectors = self._check_writer(np.asarray(vectors, dtype=np.float32), version, meta)
         ids = [str(i) for i in ids] if ids is not None else self._default_ids(len(vectors))
         if len(ids) != len(vectors):
             raise CompatretError(f"{len(ids)} ids for {len(vectors)} vectors")
@@ -155,8 +166,8 @@ class Service:
         index = self.index
         for s in tqdm(range(0, len(ids), batch_size), desc="add", unit="batch", disable=len(ids) <= batch_size):
             chunk_ids, chunk = ids[s : s + batch_size], vectors[s : s + batch_size]
-            v = self.gallery.add_rows(chunk_ids, chunk, model_version=version.id)
-            index.append(np.asarray(chunk_ids), chunk, v)
+            v = self.gallery.add_rows(chunk_ids, chunk, version)
+            index.add(version.id, chunk_ids, chunk, v)
         index.save(self.gallery)
         return len(ids)
 
@@ -170,9 +181,10 @@ class Service:
         ids = [i if i is not None else next(defaults) for i in ids]
         self._check_new_ids(ids)
         texts = [it.get("text") for it in items]
+        titles = [it.get("title") for it in items]
         images = [_read_item_image(it) for it in items]
         is_image = meta.modality == "image"
-        payload = images if is_image else texts
+        payload = images if is_image else [t if t is not None else ti for t, ti in zip(texts, titles)]
         missing = [i for i, p in zip(ids, payload) if p is None]
         if missing:
             raise CompatretError(f"{len(missing)} items have no {'image' if is_image else 'text'}, e.g. id {missing[0]!r}")
@@ -182,12 +194,12 @@ class Service:
         for s in range(0, len(items), batch_size):
             sl = slice(s, s + batch_size)
             batch = [{"title": it.get("title"), "text": it.get("text")} for it in items[sl]] if not is_image else images[sl]
-            vecs = self._to_stored_space(encoder.encode_items(batch, batch_size=batch_size), meta.serving)
+            vecs = self._check_writer(encoder.encode_items(batch, batch_size=batch_size), meta.serving, meta)
             v = self.gallery.add_rows(
-                ids[sl], vecs, model_version=meta.serving.id, texts=texts[sl], images=images[sl],
-                metadata=[it.get("metadata") for it in items[sl]],
+                ids[sl], vecs, meta.serving, texts=texts[sl], images=images[sl],
+                metadata=[it.get("metadata") for it in items[sl]], titles=titles[sl],
             )
-            index.append(np.asarray(ids[sl]), vecs, v)
+            index.add(meta.serving.id, ids[sl], vecs, v)
             bar.update(len(vecs))
         bar.close()
         index.save(self.gallery)
@@ -219,7 +231,8 @@ class Service:
                     raise CompatretError(f"model {version.id!r} lacks its transform file {src}")
                 (self.gallery.path / TRANSFORMS_DIR).mkdir(exist_ok=True)
                 shutil.copyfile(src, self.gallery.path / TRANSFORMS_DIR / src.name)
-        resolve(version, meta.vector_model, self.gallery.path)  # refuses an incompatible model
+        for writer in (meta.vector_model, *meta.versions.values()):
+            resolve(version, writer, self.gallery.path)  # refuses a model that cannot read every row
         sources = dict(meta.sources)
         if (model_dir / "encoder.json").exists() or model in ALIASES:
             sources[version.id] = _source_of(model)
@@ -236,22 +249,26 @@ class Service:
 
     # ---- reads -----------------------------------------------------------------------
     def plan(self, model: str | None = None) -> CompatPlan:
+        """How `model` (default: serving) compares with the gallery's first model's vectors."""
         meta = self.meta
-        return self._plan(self._version(model, meta), meta)
+        return self._plan(self._version(model, meta), meta.vector_model)
 
-    def _plan(self, version: ModelVersion, meta: GalleryMeta) -> CompatPlan:
-        key = (version, meta.vector_model)
+    def _plan(self, query: ModelVersion, rows: ModelVersion) -> CompatPlan:
+        key = (query, rows)
         if key not in self._plans:
-            self._plans[key] = resolve(version, meta.vector_model, self.gallery.path)
+            self._plans[key] = resolve(query, rows, self.gallery.path)
         return self._plans[key]
 
-    def _kernel_for(self, plan: CompatPlan, index: SearchIndex, meta: GalleryMeta) -> Kernel:
-        if plan.dims == meta.dim and not plan.gallery_transforms:
-            return index.kernel(self.kernel_name)
-        if plan not in self._derived:
-            _, g = apply_plan(plan, None, index.vectors)
-            self._derived[plan] = make_kernel(self.kernel_name, g)
-        return self._derived[plan]
+    def _search_group(self, index: SearchIndex, group: str, plan: CompatPlan, q: np.ndarray, k: int, ann: str) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of one version's rows, in the plan's space; positions become ids."""
+        g = index.groups[group]
+        if plan.dims == g.vectors.shape[1] and not plan.gallery_transforms:
+            kernel = index.kernel(group, self.kernel_name, ann)
+        else:
+            _, mapped = apply_plan(plan, None, g.vectors)
+            kernel = index.kernel(group, self.kernel_name, ann, vectors=mapped, key=f"{plan.dims}:{plan.gallery_transforms}")
+        scores, pos = kernel.search(q, k)
+        return scores, np.where(pos >= 0, g.ids[np.maximum(pos, 0)], None)
 
     def query(
         self,
@@ -262,7 +279,13 @@ class Service:
         k: int = 10,
         include_payload: bool = False,
     ) -> list[QueryResult]:
-        """Top-k for each query, embedded (or given as vectors) in `model`'s space, default serving."""
+        """Top-k for each query, embedded (or given as vectors) in `model`'s space, default serving.
+
+        Each model version present in the gallery is searched in the space its Compat plan
+        gives, and the hits are merged by score: `raw` (default) compares each row in the
+        widest space it shares with the query; `shared` compares every row in the space
+        shared by all versions present (chosen by the backfill-curve benchmark).
+        """
         if sum(x is not None for x in (texts, images, vectors)) != 1:
             raise CompatretError("give exactly one of texts, images or vectors")
         if k < 1:
@@ -270,31 +293,59 @@ class Service:
         index = self.index  # one table-version check per call
         meta = self.gallery.meta_at(index.table_version)
         version = self._version(model, meta)
-        plan = self._plan(version, meta)
         if vectors is None:
             enc = self.encoder(model)
             vectors = enc.encode_queries(list(texts if texts is not None else images))  # type: ignore[arg-type]
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != version.dim:
             raise CompatretError(f"query vectors must have shape (n, {version.dim}) for model {version.id!r}, got {vectors.shape}")
-        q, _ = apply_plan(plan, vectors, None)
-        scores, pos = self._kernel_for(plan, index, meta).search(q, k)
-        id_rows = index.ids[pos].tolist()
-        score_rows = scores.tolist()
-        if (pos < 0).any():  # fewer hits than k (faiss pads with -1)
-            id_rows = [[i for i, p in zip(r, pr) if p >= 0] for r, pr in zip(id_rows, pos)]
-            score_rows = [[x for x, p in zip(r, pr) if p >= 0] for r, pr in zip(score_rows, pos)]
+        plans = {g: self._plan(version, meta.version(g)) for g in index.groups}
+        if not plans:
+            return [QueryResult([], []) for _ in range(len(vectors))]
+        if meta.merge == "shared" and len(plans) > 1:
+            shared = min(p.dims for p in plans.values())
+            plans = {g: replace(p, dims=shared) for g, p in plans.items()}
+        ann = resolve_ann(meta.ann, index.size)
+        parts = []
+        for g, plan in plans.items():
+            q, _ = apply_plan(plan, vectors, None)
+            parts.append(self._search_group(index, g, plan, q, k, ann))
+        if len(parts) == 1:
+            scores, ids = parts[0]
+        else:
+            all_scores = np.concatenate([p[0] for p in parts], axis=1)
+            all_ids = np.concatenate([p[1] for p in parts], axis=1)
+            all_scores = np.where(all_ids == None, -np.inf, all_scores)  # noqa: E711
+            top = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
+            scores, ids = np.take_along_axis(all_scores, top, 1), np.take_along_axis(all_ids, top, 1)
+        id_rows, score_rows = ids.tolist(), scores.tolist()
+        if any(i is None for row in id_rows for i in row):  # fewer hits than k
+            score_rows = [[x for x, i in zip(r, ir) if i is not None] for r, ir in zip(score_rows, id_rows)]
+            id_rows = [[i for i in r if i is not None] for r in id_rows]
         results = [QueryResult(i, sc) for i, sc in zip(id_rows, score_rows)]
         if include_payload:
             fetched = self.gallery.fetch([i for r in results for i in r.ids])
             results = [replace(r, payloads=[_public_payload(fetched.get(i)) for i in r.ids]) for r in results]
         return results
 
+    def rows_by_version(self) -> dict[str, int]:
+        """How many rows each model version made: the backfill progress."""
+        meta = self.meta
+        out = {}
+        for v in (meta.vector_model.id, *meta.versions):
+            n = self.gallery.table.count_rows(f"model_version = '{v}'")
+            if n:
+                out[v] = int(n)
+        return out
+
     def info(self) -> dict[str, Any]:
         meta = self.meta
         return {
             "path": str(self.gallery.path),
             "rows": self.gallery.count(),
+            "rows_by_version": self.rows_by_version(),
+            "ann": meta.ann,
+            "merge": meta.merge,
             "dim": meta.dim,
             "metric": meta.metric,
             "modality": meta.modality,

@@ -1,0 +1,63 @@
+"""History, rollback and pruning: every upgrade and backfill batch is a LanceDB version."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+from typing import Any
+
+from compatret.errors import CompatretError
+from compatret.index.gallery import META_KEY, GalleryMeta
+from compatret.index.service import Service
+
+
+def history(service: Service) -> list[dict[str, Any]]:
+    """One entry per table version: when, how many rows, which model served, what happened."""
+    table = service.gallery.table
+    snapshot = service.gallery.open_snapshot()
+    out: list[dict[str, Any]] = []
+    seen_events, rows_before = 0, 0
+    for v in table.list_versions():
+        snapshot.checkout(v["version"])
+        raw = (snapshot.schema.field("vector").metadata or {}).get(META_KEY.encode())
+        meta = GalleryMeta.from_json(raw.decode()) if raw else None
+        rows = int(v.get("metadata", {}).get("total_rows", -1))
+        events = len(meta.history) if meta else 0
+        if events > seen_events and meta is not None:
+            change = str(meta.history[-1].get("event"))
+        elif rows != rows_before:
+            change = f"rows {rows - rows_before:+d}"
+        else:
+            change = "vectors or schema rewritten"
+        out.append({"version": int(v["version"]), "time": v["timestamp"].isoformat(timespec="seconds"), "rows": rows,
+                    "serving": meta.serving.id if meta else None, "change": change})
+        seen_events, rows_before = events, rows
+    return out
+
+
+def rollback(service: Service, to: int) -> GalleryMeta:
+    """Restore the rows, vectors and serving model of version `to` as a new version."""
+    versions = {int(v["version"]) for v in service.gallery.table.list_versions()}
+    if to not in versions:
+        raise CompatretError(f"no version {to} (have {min(versions)}..{max(versions)}; pruned versions are gone)")
+    current = service.gallery.version
+    service.gallery.table.restore(to)
+    restored = service.gallery.meta
+    meta = replace(restored, history=(*restored.history, _event("rollback", to=to, from_version=current)))
+    service.gallery.set_meta(meta)
+    return meta
+
+
+def prune(service: Service, older_than: dt.timedelta) -> dict[str, int]:
+    """Compact the table and delete versions older than `older_than` (the current one stays).
+
+    Files of an unfinished write by another process are kept (delete_unverified=False).
+    """
+    before = len(service.gallery.table.list_versions())
+    service.gallery.table.optimize(cleanup_older_than=older_than)
+    after = len(service.gallery.table.list_versions())
+    return {"versions_before": before, "versions_after": after}
+
+
+def _event(name: str, **details: Any) -> dict[str, Any]:
+    return {"event": name, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **details}

@@ -50,15 +50,19 @@ def index() -> None:
 @click.option("--model", help="Model alias (minilm-l6, minilm-l3) or compatret model folder.")
 @click.option("--dim", type=int, help="Vector dim, for galleries of precomputed vectors.")
 @click.option("--version-id", help="Name of the model that made the precomputed vectors.")
+@click.option("--index", "ann", type=click.Choice(["auto", "flat", "ivf", "hnsw"]), default="auto", show_default=True,
+              help="Search structure: exact (flat) or approximate (ivf, hnsw); auto = flat below 200,000 rows, else ivf.")
+@click.option("--merge", type=click.Choice(["raw", "shared"]), default="raw", show_default=True,
+              help="How hits from rows of different model versions are ranked together.")
 @click.option("--json", "as_json", is_flag=True, help="Print the gallery info as JSON.")
 @friendly
-def index_create(directory: str, model: str | None, dim: int | None, version_id: str | None, as_json: bool) -> None:
+def index_create(directory: str, model: str | None, dim: int | None, version_id: str | None, ann: str, merge: str, as_json: bool) -> None:
     """Create an empty gallery served by MODEL (or by a bare version for --vectors)."""
     from compatret.index.service import Service
 
     if model is not None and (dim is not None or version_id is not None):
         raise CompatretError("give either --model or --dim with --version-id, not both")
-    info = Service.create(directory, model=model, dim=dim, version_id=version_id).info()
+    info = Service.create(directory, model=model, dim=dim, version_id=version_id, ann=ann, merge=merge).info()
     emit(info, as_json, f"created {directory}: {info['dim']}-d, serving {info['serving_model']}")
 
 
@@ -142,17 +146,101 @@ def index_info(directory: str, as_json: bool) -> None:
     text = "\n".join(
         [
             f"gallery        {info['path']}",
-            f"rows           {info['rows']}",
+            f"rows           {info['rows']}  ({', '.join(f'{k}: {v}' for k, v in info['rows_by_version'].items()) or 'empty'})",
             f"vectors        {info['dim']}-d {info['metric']}, made by {info['vector_model']}",
             f"serving        {info['serving_model']}",
             f"lineage        {lineage}",
             f"query plan     {info['query_plan']['dims']} shared dims, {info['query_plan']['transforms']} transforms",
-            f"kernel         {info['kernel']}",
+            f"kernel         {info['kernel']}, index {info['ann']}, merge {info['merge']}",
             f"table version  {info['table_version']}",
         ]
         + [f"history        {h['time']} {h['event']} {h.get('model', '')}" for h in info["history"]]
     )
     emit(info, as_json, text)
+
+
+@index.command("backfill")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--limit", type=int, help="Re-embed at most N rows in this run.")
+@click.option("--fraction", type=float, help="Stop once this fraction of all rows carries serving-model vectors.")
+@click.option("--order", type=click.Choice(["random", "uncertainty"]), default="random", show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def index_backfill(directory: str, limit: int | None, fraction: float | None, order: str, batch_size: int, as_json: bool) -> None:
+    """Re-embed rows with the serving model, one atomic commit per batch; stop any time, rerun to resume."""
+    from compatret.index.backfill import backfill
+    from compatret.index.service import Service
+
+    report = backfill(Service.open(directory), limit, fraction, order, batch_size, progress=not as_json)
+    verb = "stopped after" if report.stopped else "re-embedded"
+    emit(report.to_dict(), as_json, f"{verb} {report.done} rows with {report.serving} ({report.rows_per_s:.1f} rows/s); "
+                                    f"{report.remaining} rows still carry older vectors")
+    if report.stopped:
+        sys.exit(130)
+
+
+@index.command("history")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def index_history(directory: str, as_json: bool) -> None:
+    """Every table version: time, rows, serving model, what changed."""
+    from compatret.index.history import history
+    from compatret.index.service import Service
+
+    rows = history(Service.open(directory))
+    text = "\n".join(f"{r['version']:>6}  {r['time']}  {r['rows']:>9} rows  serving {r['serving']:<20} {r['change']}" for r in rows)
+    emit(rows, as_json, text)
+
+
+@index.command("rollback")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--to", "to", type=int, required=True, help="Table version to restore (see `index history`).")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def index_rollback(directory: str, to: int, as_json: bool) -> None:
+    """Restore rows, vectors and serving model of an earlier version (as a new version; nothing is lost)."""
+    from compatret.index.history import rollback
+    from compatret.index.service import Service
+
+    service = Service.open(directory)
+    meta = rollback(service, to)
+    emit({"restored": to, "serving": meta.serving.id, "table_version": service.gallery.version}, as_json,
+         f"restored version {to}: serving {meta.serving.id}, now table version {service.gallery.version}")
+
+
+@index.command("prune")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--older-than-days", type=float, default=7.0, show_default=True, help="Delete versions older than this.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def index_prune(directory: str, older_than_days: float, as_json: bool) -> None:
+    """Compact the table and delete old versions (the only command that forgets history)."""
+    import datetime as dt
+
+    from compatret.index.history import prune
+    from compatret.index.service import Service
+
+    if older_than_days < 0:
+        raise CompatretError("--older-than-days must be >= 0")
+    out = prune(Service.open(directory), dt.timedelta(days=older_than_days))
+    emit(out, as_json, f"versions: {out['versions_before']} -> {out['versions_after']}")
+
+
+@main.command("serve")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--refresh-seconds", type=float, default=1.0, show_default=True, help="Max age of the query snapshot.")
+@friendly
+def serve(directory: str, host: str, port: int, refresh_seconds: float) -> None:
+    """Serve a gallery over HTTP (OpenAPI schema at /docs and /openapi.json)."""
+    import uvicorn
+
+    from compatret.index.server import create_app
+
+    uvicorn.run(create_app(directory, refresh_seconds), host=host, port=port, log_level="warning")
 
 
 @main.command("query")
@@ -217,5 +305,9 @@ def quickstart(workdir: str, data: str | None, as_json: bool) -> None:
     click.echo(f"models and galleries in {workdir}; total {report.seconds:.0f} s")
 
 
-if __name__ == "__main__":
-    main()
+from compatret.commands.evaluate import eval_group  # noqa: E402
+from compatret.commands.train import train  # noqa: E402
+
+main.add_command(train)
+main.add_command(eval_group, name="eval")
+

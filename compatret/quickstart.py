@@ -18,7 +18,7 @@ from compatret.encoders import load_encoder
 from compatret.encoders.image import ImageModelSpec
 from compatret.errors import CompatretError
 from compatret.index.service import Service
-from compatret.train.image_methods import fit_image_version
+from compatret.train.image_methods import MethodSpec, fit_image_version
 from compatret.train.image_trainer import TrainConfig
 from compatret.versions import normalize
 
@@ -88,11 +88,11 @@ def run_quickstart(workdir: str | Path, data: str | None = None, progress: bool 
     n_classes = int(train.labels.max()) + 1
     old_classes = int(round(0.7 * n_classes))
     models = work / "models"
-    fit_image_version("v1", "independent", train.subset(train.labels < old_classes), spec, cfg, models / "v1")
-    fit_image_version("v2-bct", "bct", train, spec, cfg, models / "v2-bct", parent_dir=models / "v1",
-                      num_classes=n_classes, compat_weight=BCT_WEIGHT, align_weight=ALIGN_WEIGHT)
+    fit_image_version("v1", MethodSpec("independent"), train.subset(train.labels < old_classes), spec, cfg, models / "v1")
+    bct = MethodSpec("bct", num_classes=n_classes, compat_weight=BCT_WEIGHT, align_weight=ALIGN_WEIGHT)
+    fit_image_version("v2-bct", bct, train, spec, cfg, models / "v2-bct", parent_dir=models / "v1")
     other_seed = TrainConfig(**{**cfg.__dict__, "seed": cfg.seed + 1})  # independent = its own init too
-    fit_image_version("v2-independent", "independent", train, spec, other_seed, models / "v2-independent")
+    fit_image_version("v2-independent", MethodSpec("independent"), train, spec, other_seed, models / "v2-independent")
 
     ids = [f"test-{i}" for i in range(len(test.images))]
     items = [{"id": i, "image": img, "metadata": {"label": int(y)}} for i, img, y in zip(ids, test.images, test.labels)]

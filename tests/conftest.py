@@ -39,3 +39,22 @@ def scifact_subset(data_root: Path) -> dict:
         if d["_id"] in wanted or len(docs) < 300 - len(wanted):
             docs.append({"id": d["_id"], "title": d["title"], "text": d["text"]})
     return {"docs": docs, "queries": {q: queries[q] for q in chosen}, "qrels": {q: qrels[q] for q in chosen}}
+
+
+@pytest.fixture(scope="session")
+def digit_models(tmp_path_factory) -> dict:
+    """Two real, tiny image models on the bundled digits: v1 and a BCT-compatible v2 (seconds)."""
+    from compatret.data.images import load_digits_splits
+    from compatret.encoders.image import ImageModelSpec
+    from compatret.train.image_methods import MethodSpec, fit_image_version
+    from compatret.train.image_trainer import TrainConfig
+
+    root = tmp_path_factory.mktemp("digit_models")
+    train, test = load_digits_splits()
+    spec = ImageModelSpec(width=0.125, in_channels=1, image_size=8, embed_dim=16, mean=(0.3,), std=(0.4,))
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.1, crop_padding=1, flip=False, progress=False)
+    fit_image_version("v1", MethodSpec("independent"), train.subset(train.labels < 7), spec, cfg, root / "v1")
+    bct = MethodSpec("bct", num_classes=10, align_weight=1.0)
+    fit_image_version("v2", bct, train, spec, cfg, root / "v2", parent_dir=root / "v1")
+    items = [{"id": f"d{i}", "image": img, "metadata": {"label": int(y)}} for i, (img, y) in enumerate(zip(test.images, test.labels))]
+    return {"v1": str(root / "v1"), "v2": str(root / "v2"), "items": items}

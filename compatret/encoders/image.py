@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 
 from compatret.encoders.base import ENCODER_FILE, write_encoder_config
 from compatret.errors import CompatretError
+from compatret.heads.basis_transform import BasisTransform
+from compatret.heads.orthogonal import OrthogonalProjection
 from compatret.versions import ModelVersion
 
 WEIGHTS_FILE = "weights.pt"
@@ -23,7 +25,12 @@ WEIGHTS_FILE = "weights.pt"
 
 @dataclass(frozen=True)
 class ImageModelSpec:
-    """Everything needed to rebuild an image embedder: architecture and preprocessing."""
+    """Everything needed to rebuild an image embedder: architecture and preprocessing.
+
+    `extra` names an inference-time neck after the embedding, so the folder alone rebuilds
+    it: {"neck": "bt2", "old_dim": d} (BasisTransform) or {"neck": "oca"} (OrthogonalProjection),
+    both square over embed_dim.
+    """
 
     width: float = 1.0
     in_channels: int = 3
@@ -70,15 +77,28 @@ class CifarResNet18(nn.Module):
         return F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1)
 
 
-class ImageEmbedder(nn.Module):
-    """Backbone -> linear embedding; `neck` holds inference-time heads (BT², OCA) when present."""
+def build_neck(spec: ImageModelSpec) -> nn.Module:
+    """The inference-time head `spec.extra` names (identity when none), so it saves with the model."""
+    name = spec.extra.get("neck")
+    if name is None:
+        return nn.Identity()
+    if name == "bt2":
+        old_dim = int(spec.extra["old_dim"])
+        return BasisTransform(old_dim, spec.embed_dim - old_dim)
+    if name == "oca":
+        return OrthogonalProjection(spec.embed_dim)
+    raise CompatretError(f"unknown image model neck {name!r}")
 
-    def __init__(self, spec: ImageModelSpec, neck: nn.Module | None = None) -> None:
+
+class ImageEmbedder(nn.Module):
+    """Backbone -> linear embedding -> neck (BT² / OCA orthogonal head, or identity)."""
+
+    def __init__(self, spec: ImageModelSpec) -> None:
         super().__init__()
         self.spec = spec
         self.backbone = CifarResNet18(spec.width, spec.in_channels)
         self.embed = nn.Linear(self.backbone.out_dim, spec.embed_dim)
-        self.neck = neck if neck is not None else nn.Identity()
+        self.neck = build_neck(spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.neck(self.embed(self.backbone(x)))
@@ -152,13 +172,15 @@ def save_image_model(model: ImageEmbedder, version: ModelVersion, model_dir: str
     return d
 
 
-def load_image_model(model_dir: str | Path, neck: nn.Module | None = None) -> tuple[ImageEmbedder, dict[str, Any]]:
-    """Rebuild an ImageEmbedder from its folder; returns it and the other saved state (classifier...)."""
+def load_image_model(model_dir: str | Path) -> tuple[ImageEmbedder, dict[str, Any]]:
+    """Rebuild an ImageEmbedder (neck included) from its folder; returns it and the other saved state."""
     d = Path(model_dir)
+    if not (d / ENCODER_FILE).exists() or not (d / WEIGHTS_FILE).exists():
+        raise CompatretError(f"{d} is not an image model folder (needs {ENCODER_FILE} and {WEIGHTS_FILE})")
     cfg = json.loads((d / ENCODER_FILE).read_text())
     spec_d = cfg["spec"]
     spec = ImageModelSpec(**{**spec_d, "mean": tuple(spec_d["mean"]), "std": tuple(spec_d["std"])})
-    model = ImageEmbedder(spec, neck=neck)
+    model = ImageEmbedder(spec)
     state = torch.load(d / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state.pop("model"))
     return model, state

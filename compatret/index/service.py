@@ -330,13 +330,7 @@ class Service:
 
     def rows_by_version(self) -> dict[str, int]:
         """How many rows each model version made: the backfill progress."""
-        meta = self.meta
-        out = {}
-        for v in (meta.vector_model.id, *meta.versions):
-            n = self.gallery.table.count_rows(f"model_version = '{v}'")
-            if n:
-                out[v] = int(n)
-        return out
+        return self.index.counts()
 
     def info(self) -> dict[str, Any]:
         meta = self.meta

@@ -70,7 +70,7 @@ def embed(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: str 
 
 def train_image_model(
     model: nn.Module,
-    classifier: nn.Module,
+    classifier: nn.Module | None,
     images: torch.Tensor,
     labels: torch.Tensor,
     cfg: TrainConfig,
@@ -79,14 +79,19 @@ def train_image_model(
 ) -> list[dict[str, float]]:
     """Train model+classifier by cross-entropy (+ compat_loss(features, labels, images)).
 
-    Returns the per-epoch mean of each loss part. With cfg.checkpoint_dir set, each epoch
-    ends with a checkpoint and a rerun resumes after the last finished epoch.
+    With classifier None the compat_loss is the whole objective (d-Simplex: its loss holds
+    the fixed classifier and weighs CE against HOC itself). Returns the per-epoch mean of
+    each loss part. With cfg.checkpoint_dir set, each epoch ends with a checkpoint and a
+    rerun resumes after the last finished epoch.
     """
+    if classifier is None and compat_loss is None:
+        raise ValueError("train_image_model needs a classifier, a compat_loss or both")
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
+    heads = nn.ModuleList([classifier] if classifier is not None else [])
     model.to(device).train()
-    classifier.to(device).train()
-    params = [p for p in list(model.parameters()) + list(classifier.parameters()) if p.requires_grad]
+    heads.to(device).train()
+    params = [p for p in list(model.parameters()) + list(heads.parameters()) if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     steps_per_epoch = max(1, (len(images) + cfg.batch_size - 1) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
@@ -97,14 +102,14 @@ def train_image_model(
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
-        classifier.load_state_dict(state["classifier"])
+        heads.load_state_dict(state["heads"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
         start, history = state["epoch"], state["history"]
-    bar = tqdm(range(start, cfg.epochs), desc=desc, unit="epoch", disable=not cfg.progress, initial=start, total=cfg.epochs)
-    for epoch in bar:
+    bar = tqdm(desc=desc, unit="batch", disable=not cfg.progress, initial=start * steps_per_epoch, total=cfg.epochs * steps_per_epoch)
+    for epoch in range(start, cfg.epochs):
         sums: dict[str, float] = {}
         order = torch.randperm(len(images), generator=gen)
         for s in range(0, len(images), cfg.batch_size):
@@ -112,30 +117,31 @@ def train_image_model(
             x = augment(images[idx], cfg.crop_padding, cfg.flip, gen).to(device)
             y = labels[idx].to(device)
             feats = model(x)
-            parts = {"ce": F.cross_entropy(classifier(feats), y)}
+            parts = {"ce": F.cross_entropy(classifier(feats), y)} if classifier is not None else {}
+            loss = parts.get("ce", feats.new_zeros(()))
             if compat_loss is not None:
                 extra = compat_loss(feats, y, x)
                 parts.update({k: v for k, v in extra.items() if k != "total"})
-                loss = parts["ce"] + extra["total"]
-            else:
-                loss = parts["ce"]
+                loss = loss + extra["total"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            bar.update(1)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
         history.append({k: v / len(images) for k, v in sums.items()})
-        bar.set_postfix({k: f"{v:.3f}" for k, v in history[-1].items()})
+        bar.set_postfix({"epoch": epoch + 1, **{k: f"{v:.3f}" for k, v in history[-1].items()}})
         if ckpt is not None:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             tmp = ckpt.with_suffix(".tmp")
             torch.save(
-                {"model": model.state_dict(), "classifier": classifier.state_dict(), "opt": opt.state_dict(),
+                {"model": model.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
                  "sched": sched.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
                  "epoch": epoch + 1, "history": history},
                 tmp,
             )
             tmp.replace(ckpt)
+    bar.close()
     model.eval()
     return history

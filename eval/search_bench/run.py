@@ -119,7 +119,7 @@ def upgrade_1m(work: Path) -> dict[str, float]:
     (work / v3.id).mkdir()
     v3.save(work / v3.id)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "compatret.cli", "index", "upgrade", str(work / "big"), "--model", str(work / "big-v3"), "--json"],
+    subprocess.run([sys.executable, "-m", "compatret", "index", "upgrade", str(work / "big"), "--model", str(work / "big-v3"), "--json"],
                    check=True, capture_output=True)
     cli = time.perf_counter() - t0
     return {"rows": float(n), "upgrade_s": in_process, "cli_wall_s": cli}

@@ -1,0 +1,5 @@
+"""`python -m compatret` runs the CLI (what the `compatret` script does)."""
+
+from compatret.cli import main
+
+main()

@@ -1,0 +1,148 @@
+"""Compatibility benchmark on Tiny-ImageNet-100: the BT²/OCA protocol for five methods, plus a 3-step chain.
+
+    .venv/bin/python eval/compat_image/run.py            # the benchmark (about an hour on 2 CPU cores)
+    .venv/bin/python eval/compat_image/run.py --smoke    # plumbing check in under a minute
+
+Trains every model from its recipe in training/ (models go under --work, and a rerun skips
+finished models and resumes an interrupted one), scores every (query, gallery) pair through
+the compatret lineage (leave-one-out on the test split, cosine) and writes results.json,
+results.md and heatmaps next to this file (smoke: into the work folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compatret.config import dataset
+from compatret.data.images import ImageSplit, load_parquet_split
+from compatret.evaluation.compat_matrix import CompatMatrix, compat_matrix, write_compat_report
+from compatret.evaluation.compat_metrics import plot_compat_matrix
+from compatret.train.recipe import ImageRecipe, load_recipe, train_recipe
+
+HERE = Path(__file__).resolve().parent
+RECIPES = HERE.parents[1] / "training"
+DATA = "tinyimagenet100"
+# method -> (old model recipe, new model recipe); old is trained on classes 0-49, new on 0-99
+METHODS = {
+    "independent": ("old", "independent"),
+    "bct": ("old", "bct"),
+    "dsimplex": ("dsimplex_old", "dsimplex"),
+    "bt2": ("old", "bt2"),
+    "oca": ("old", "oca"),
+}
+CHAINS = {m: [f"chain_{m}_{i}" for i in (1, 2, 3)] for m in ("dsimplex", "bt2")}
+
+
+def _recipes(args: argparse.Namespace, work: Path) -> dict[str, ImageRecipe]:
+    """The recipes in training order, relocated under the work folder, with the run's overrides."""
+    names = list(dict.fromkeys([n for pair in METHODS.values() for n in pair] + [n for c in CHAINS.values() for n in c]))
+    out: dict[str, ImageRecipe] = {}
+    for name in names:
+        r = load_recipe(RECIPES / f"{DATA}_{name}.toml")
+        model = replace(r.model, width=args.width or r.model.width, image_size=args.image_size or r.model.image_size)
+        r = replace(
+            r, model=model, out=str(work / Path(r.out).name),
+            parent=str(work / Path(r.parent).name) if r.parent else None,
+            per_class=args.train_per_class or r.per_class,
+        )
+        out[name] = r.with_overrides(epochs=args.epochs)
+    return out
+
+
+def _cell(m: CompatMatrix, i: int, j: int) -> dict[str, float]:
+    return {s: round(float(m.scores[s][i, j]), 2) for s in ("top1", "map")}
+
+
+def _markdown(results: dict[str, Any], ecc: dict[str, dict[str, bool]]) -> str:
+    c = results["config"]
+    lines = [
+        "# Compatibility benchmark: Tiny-ImageNet-100",
+        "",
+        f"Old model: classes 0-49; new models: classes 0-99. CIFAR-style ResNet-18, width {c['width']}, "
+        f"{c['image_size']}x{c['image_size']} input, {c['epochs']} epochs, {c['train_images_per_class']} train images per class; "
+        f"leave-one-out retrieval over {c['test_queries']} test images (cosine). Pairs are query/gallery model.",
+        "",
+        "| method | old/old top-1 | new/old top-1 | new/new top-1 | old/old mAP | new/old mAP | new/new mAP | ECC top-1 | ECC mAP |",
+        "|---|---:|---:|---:|---:|---:|---:|:-:|:-:|",
+    ]
+    for name, r in results["methods"].items():
+        cells = [f"{r[p][s]:.1f}" for s in ("top1", "map") for p in ("old_old", "new_old", "new_new")]
+        marks = ["yes" if ecc[name][s] else "no" for s in ("top1", "map")]
+        lines.append(f"| {name} | " + " | ".join(cells + marks) + " |")
+    lines += ["", "3-step chain (classes 0-32 -> 0-65 -> 0-99), top-1 matrix (rows: query model, columns: gallery model):", ""]
+    for name, r in results["chain"].items():
+        rows = ["/".join("-" if x is None else f"{x:.1f}" for x in row[: i + 1]) for i, row in enumerate(r["matrix"])]
+        lines.append(f"- {name}: AC {r['ac']:.2f}, AM {r['am']:.1f}; rows {'; '.join(rows)} (![{name}](heatmap_chain_{name}.png))")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="20 train images per class, 1 epoch, tiny backbone: a plumbing check")
+    ap.add_argument("--work", type=Path, help="models folder (default runs/compat_image, smoke: runs/compat_image_smoke)")
+    ap.add_argument("--epochs", type=int, help="override the recipes' epochs")
+    ap.add_argument("--width", type=float, help="override the recipes' backbone width")
+    ap.add_argument("--image-size", type=int, help="override the recipes' input resolution")
+    ap.add_argument("--train-per-class", type=int, help="first N train images per class (default: all 500)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    args = ap.parse_args()
+    if args.smoke:
+        args.epochs, args.width, args.image_size, args.train_per_class = 1, 0.125, 16, 20
+    work = args.work or Path("runs") / ("compat_image_smoke" if args.smoke else "compat_image")
+    results_dir = work / "results" if args.smoke else HERE
+    start = time.perf_counter()
+    recipes = _recipes(args, work)
+    for k, (name, r) in enumerate(recipes.items(), 1):
+        print(f"[{k}/{len(recipes)}] {r.id}: {r.method.name}, classes {r.classes[0]}-{r.classes[1]} "
+              f"({time.perf_counter() - start:.0f} s elapsed)", flush=True)
+        outcome = train_recipe(r, device=args.device)
+        print(f"    {'already trained' if outcome.skipped else 'trained'}: {outcome.out}", flush=True)
+
+    test: ImageSplit = load_parquet_split(dataset(DATA), "test")
+    if args.smoke:
+        test = test.head_per_class(5)
+    results: dict[str, Any] = {"methods": {}, "chain": {}}
+    ecc: dict[str, dict[str, bool]] = {}
+    for name, (old, new) in METHODS.items():
+        print(f"evaluating {name} ({time.perf_counter() - start:.0f} s elapsed)", flush=True)
+        m = compat_matrix([recipes[old].out, recipes[new].out], test, raw_unrelated=name == "independent", device=args.device)
+        write_compat_report(m, work / "eval" / name, title=name)
+        plot_compat_matrix(m.scores["top1"], ["old", "new"], results_dir / f"heatmap_{name}.png", f"{name}: top-1 (%)")
+        results["methods"][name] = {"old_old": _cell(m, 0, 0), "new_old": _cell(m, 1, 0), "new_new": _cell(m, 1, 1)}
+        ecc[name] = {s: bool(m.summary(s)["ecc"][1, 0]) for s in ("top1", "map")}
+    for name, chain in CHAINS.items():
+        print(f"evaluating the {name} chain ({time.perf_counter() - start:.0f} s elapsed)", flush=True)
+        m = compat_matrix([recipes[n].out for n in chain], test, device=args.device)
+        write_compat_report(m, work / "eval" / f"chain_{name}", title=f"{name} chain")
+        steps = ["0-32", "0-65", "0-99"]
+        plot_compat_matrix(m.scores["top1"], steps, results_dir / f"heatmap_chain_{name}.png", f"{name} chain: top-1 (%)")
+        top1 = m.to_dict()["top1"]
+        summary = m.summary("top1")
+        results["chain"][name] = {"matrix": top1, "ac": summary["ac"], "am": summary["am"]}
+    ref = recipes["old"]
+    results["config"] = {
+        "data": DATA, "backbone": "CIFAR-style ResNet-18", "width": ref.model.width, "image_size": ref.model.image_size,
+        "embed_dim": ref.model.embed_dim, "epochs": ref.train.epochs, "batch_size": ref.train.batch_size, "lr": ref.train.lr,
+        "train_images_per_class": ref.per_class or 500, "test_queries": len(test.labels),
+        "old_classes": [0, 49], "new_classes": [0, 99], "chain_classes": [[0, 32], [0, 65], [0, 99]],
+        "bct_align_weight": recipes["bct"].method.align(), "extra_dims": recipes["bt2"].method.extra_dims,
+        "simplex_classes": recipes["dsimplex"].method.max_classes, "smoke": args.smoke,
+        "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"), "torch_threads": torch.get_num_threads(),
+        "seconds_this_invocation": round(time.perf_counter() - start),
+    }
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (results_dir / "results.md").write_text(_markdown(results, ecc))
+    print((results_dir / "results.md").read_text())
+    print(f"wrote {results_dir / 'results.json'} in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

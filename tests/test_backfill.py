@@ -1,0 +1,141 @@
+"""Progressive backfill on real galleries: resume after stop and kill -9, rollback, concurrent queries."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from compatret import CompatretError
+from compatret.encoders import load_encoder
+from compatret.index.backfill import backfill, pending_ids
+from compatret.index.history import history, rollback
+from compatret.index.service import Service
+
+
+def upgraded_gallery(tmp_path, digit_models, n: int = 200) -> Service:
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    s.add_items(digit_models["items"][:n], progress=False)
+    s.upgrade(digit_models["v2"])
+    return s
+
+
+def snapshot(path) -> dict[str, tuple[str, np.ndarray]]:
+    """id -> (model version, vector) of every row, read back from the table."""
+    idx = Service.open(path).index
+    return {i: (v, g.vectors[n]) for v, g in idx.groups.items() for n, i in enumerate(g.ids)}
+
+
+def test_backfill_in_steps_equals_direct_encoding(tmp_path, digit_models):
+    s = upgraded_gallery(tmp_path, digit_models)
+    first = backfill(s, limit=50, batch_size=16, progress=False)
+    assert (first.done, first.remaining) == (50, 150)
+    assert Service.open(tmp_path / "g").rows_by_version() == {"v1": 150, "v2": 50}
+    half = backfill(Service.open(tmp_path / "g"), fraction=0.5, progress=False)
+    assert half.done == 50
+    rest = backfill(Service.open(tmp_path / "g"), order="uncertainty", progress=False)
+    assert rest.done == 100 and rest.remaining == 0
+    assert backfill(Service.open(tmp_path / "g"), progress=False).done == 0  # nothing left: a no-op
+    rows = snapshot(tmp_path / "g")
+    items = digit_models["items"][:200]
+    direct = load_encoder(digit_models["v2"]).encode_items([it["image"] for it in items])
+    assert set(rows) == {it["id"] for it in items}
+    for it, vec in zip(items, direct):
+        version, stored = rows[it["id"]]
+        assert version == "v2"
+        np.testing.assert_allclose(stored, vec, atol=1e-5)
+
+
+def test_queries_merge_old_and_new_rows(tmp_path, digit_models):
+    s = upgraded_gallery(tmp_path, digit_models, n=120)
+    backfill(s, limit=60, progress=False)
+    s = Service.open(tmp_path / "g")
+    assert s.rows_by_version() == {"v1": 60, "v2": 60}
+    res = s.query(images=[digit_models["items"][0]["image"]], k=120)[0]
+    assert len(res.ids) == 120 == len(set(res.ids))
+    assert res.scores == sorted(res.scores, reverse=True)
+    assert res.ids[0] == "d0"
+
+
+def test_rollback_restores_serving_model_and_vectors(tmp_path, digit_models):
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    s.add_items(digit_models["items"][:64], progress=False)
+    before = snapshot(tmp_path / "g")
+    point = s.gallery.version
+    s.upgrade(digit_models["v2"])
+    backfill(s, progress=False)
+    assert Service.open(tmp_path / "g").rows_by_version() == {"v2": 64}
+    rollback(Service.open(tmp_path / "g"), point)
+    after = Service.open(tmp_path / "g")
+    assert after.meta.serving.id == "v1" and after.rows_by_version() == {"v1": 64}
+    rows = snapshot(tmp_path / "g")
+    for i, (v, vec) in before.items():
+        assert rows[i][0] == v and np.allclose(rows[i][1], vec)
+    changes = [h["change"] for h in history(after)]
+    assert "upgrade" in changes and changes[-1] == "rollback"
+    with pytest.raises(CompatretError, match="no version"):
+        rollback(after, 10_000)
+
+
+def _backfill_cmd(path, batch_size: int = 4) -> list[str]:
+    return [sys.executable, "-m", "compatret", "index", "backfill", str(path), "--batch-size", str(batch_size), "--json"]
+
+
+def test_kill_9_and_sigint_then_resume(tmp_path, digit_models):
+    n = 300
+    upgraded_gallery(tmp_path, digit_models, n=n)
+    env = {**os.environ, "LANCEDB_LOG": "error"}
+    rng = np.random.default_rng(0)
+    stops = []
+    for sig in (signal.SIGKILL, signal.SIGKILL, signal.SIGINT):
+        left = Service.open(tmp_path / "g").rows_by_version().get("v1", 0)
+        proc = subprocess.Popen(_backfill_cmd(tmp_path / "g", 1), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:  # wait for the first commit of this run
+            if Service.open(tmp_path / "g").rows_by_version().get("v1", 0) < left:
+                break
+            time.sleep(0.05)
+        time.sleep(float(rng.uniform(0, 0.3)))
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            stops.append(sig)
+        code = proc.wait(timeout=60)
+        if sig == signal.SIGINT and proc.poll() is not None and code != 0:
+            err = proc.stderr.read()
+            assert code == 130 and b"Traceback" not in err, err.decode()[-3000:]
+    assert len(stops) >= 2, "the backfill finished before it could be stopped"
+    assert 0 < Service.open(tmp_path / "g").rows_by_version().get("v1", 0) < n
+    done = subprocess.run(_backfill_cmd(tmp_path / "g"), env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    rows = snapshot(tmp_path / "g")
+    items = digit_models["items"][:n]
+    assert len(rows) == n and set(rows) == {it["id"] for it in items}
+    assert Service.open(tmp_path / "g").gallery.count() == n
+    direct = load_encoder(digit_models["v2"]).encode_items([it["image"] for it in items])
+    for it, vec in zip(items, direct):
+        assert rows[it["id"]][0] == "v2"
+        np.testing.assert_allclose(rows[it["id"]][1], vec, atol=1e-5)
+
+
+def test_queries_keep_working_during_backfill(tmp_path, digit_models):
+    upgraded_gallery(tmp_path, digit_models, n=120)
+    proc = subprocess.Popen(_backfill_cmd(tmp_path / "g"), env={**os.environ, "LANCEDB_LOG": "error"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reader = Service.open(tmp_path / "g", refresh_seconds=0.01)
+    query = [digit_models["items"][3]["image"]]
+    answered, versions_seen = 0, set()
+    while proc.poll() is None:
+        res = reader.query(images=query, k=10)[0]
+        assert len(set(res.ids)) == 10 and res.scores == sorted(res.scores, reverse=True)
+        versions_seen.update(reader.index.counts())
+        answered += 1
+    assert proc.returncode == 0 and answered > 3
+    assert versions_seen == {"v1", "v2"}  # queries ran against mixed galleries
+    time.sleep(0.02)
+    final = reader.query(images=query, k=10)[0]
+    assert final.ids[0] == "d3" and final.scores[0] > 0.999

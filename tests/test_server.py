@@ -1,0 +1,84 @@
+"""The HTTP service on loopback, with a real client, while a backfill and an upgrade run."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from compatret.index.service import Service
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(tmp_path, digit_models):
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    s.add_items(digit_models["items"][:150], progress=False)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "compatret", "serve", str(tmp_path / "g"), "--port", str(port), "--refresh-seconds", "0.05"],
+        env={**os.environ, "LANCEDB_LOG": "error"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(proc.stderr.read().decode())
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_http_api_under_upgrade_and_backfill(server, digit_models):
+    c = httpx.Client(base_url=server, timeout=30)
+    assert "/query" in c.get("/openapi.json").json()["paths"]
+    v = c.post("/query", json={"vectors": np.eye(16)[:2].tolist(), "k": 5}).json()
+    assert len(v["results"]) == 2 and len(v["results"][0]["ids"]) == 5
+    # bad requests: 4xx with a message
+    assert c.post("/query", json={"k": 5}).status_code == 400
+    assert c.post("/query", json={"vectors": [[1.0, 2.0]], "k": 5}).status_code == 400
+    assert c.post("/query", json={"vectors": [[1.0] * 16], "k": 0}).status_code == 422
+    r = c.post("/upgrade", json={"model": "/no/such/model"})
+    assert r.status_code == 400 and "unknown model" in r.json()["detail"]
+    assert c.post("/items/delete", json={"ids": ["nope"]}).status_code == 400
+
+    failures = answered = 0
+    vec = np.random.default_rng(0).normal(size=(1, 16)).tolist()
+
+    def ask() -> None:
+        nonlocal failures, answered
+        r = c.post("/query", json={"vectors": vec, "k": 10})
+        answered += 1
+        failures += int(r.status_code != 200 or len(r.json()["results"][0]["ids"]) != 10)
+
+    for _ in range(10):
+        ask()
+    assert c.post("/upgrade", json={"model": digit_models["v2"]}).json()["serving"] == "v2"
+    assert c.post("/backfill", json={"batch_size": 2}).status_code == 202
+    status = c.get("/backfill").json()
+    while status["running"] or status["pending"]:
+        ask()
+        status = c.get("/backfill").json()
+        assert status["last_error"] is None
+    assert status["rows_by_version"] == {"v2": 150}
+    assert failures == 0 and answered > 10
+    assert c.post("/items/delete", json={"ids": ["d0"]}).json() == {"deleted": 1}
+    assert c.get("/health").json()["rows"] == 149

@@ -1,0 +1,139 @@
+"""Recipes and `compatret train image`: validation, a tiny real run on CIFAR-10, resume, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from compatret.cli import main
+from compatret.errors import CompatretError
+from compatret.train import image_trainer
+from compatret.train.recipe import CHECKPOINT_DIR, RECIPE_RECORD, load_recipe, parse_recipe
+from compatret.versions import ModelVersion
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = """
+id = "c10-{name}"
+out = "{out}"
+seed = 0
+[data]
+folder = "cifar10"
+classes = [0, {last}]
+per_class = 8
+[method]
+name = "{method}"
+{parent}
+[model]
+width = 0.125
+image_size = 16
+embed_dim = 16
+[train]
+epochs = 3
+batch_size = 16
+"""
+
+
+def write_recipe(tmp_path: Path, name: str, method: str = "independent", last: int = 3, parent: Path | None = None) -> Path:
+    path = tmp_path / f"{name}.toml"
+    parent_line = f'parent = "{parent}"' if parent else ""
+    path.write_text(TINY.format(name=name, out=tmp_path / name, last=last, method=method, parent=parent_line))
+    return path
+
+
+def test_every_shipped_recipe_is_valid():
+    recipes = [load_recipe(p) for p in sorted((ROOT / "training").glob("*.toml"))]
+    assert len(recipes) >= 15
+    outs = {r.out for r in recipes}
+    for r in recipes:
+        assert r.data == "tinyimagenet100" and r.train.epochs >= 1
+        assert r.parent in outs if r.method.name in ("bct", "bt2", "oca") else r.parent is None or r.parent in outs
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"train": {"lrr": 0.1}}, "unknown key 'lrr'"),
+        ({"train": {"epochs": "ten"}}, "train.epochs: expected int"),
+        ({"method": {"name": "magic"}}, "not one of"),
+        ({"data": {"folder": "cifar10", "classes": [5, 2]}}, "data.classes"),
+        ({"model": {"mean": []}}, "list of numbers"),
+        ({"colour": "blue"}, "unknown key 'colour'"),
+    ],
+)
+def test_bad_recipes_are_named_errors(patch, message):
+    doc = {"id": "x", "out": "o", "data": {"folder": "cifar10", "classes": [0, 1]}, "method": {"name": "bt2"}}
+    with pytest.raises(CompatretError, match=message):
+        parse_recipe({**doc, **patch})
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_train_cli_trains_resumes_and_skips(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("COMPATRET_DATA", str(data_root))
+    straight = write_recipe(tmp_path, "straight")
+    res = run("train", "image", "--recipe", str(straight), "--device", "cpu", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["skipped"] is False and out["version"]["id"] == "c10-straight"
+    assert not (tmp_path / "straight" / CHECKPOINT_DIR).exists()
+
+    # the same job, killed during its third epoch, then rerun: it resumes and ends identical
+    interrupted = write_recipe(tmp_path, "resumed")
+    real_augment, calls = image_trainer.augment, {"n": 0}
+
+    def dying_augment(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 5:  # 32 images / batch 16 = 2 batches per epoch
+            raise KeyboardInterrupt
+        return real_augment(*a, **k)
+
+    monkeypatch.setattr(image_trainer, "augment", dying_augment)
+    assert run("train", "image", "--recipe", str(interrupted), "--device", "cpu").exit_code != 0
+    ckpt = torch.load(tmp_path / "resumed" / CHECKPOINT_DIR / "last.pt", weights_only=False)
+    assert ckpt["epoch"] == 2 and (tmp_path / "resumed" / RECIPE_RECORD).exists()
+    monkeypatch.setattr(image_trainer, "augment", real_augment)
+    again = run("train", "image", "--recipe", str(interrupted), "--device", "cpu")
+    assert again.exit_code == 0, again.output
+    assert "trained c10-resumed" in again.stdout
+    a = torch.load(tmp_path / "straight" / "weights.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed" / "weights.pt", weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+    done = run("train", "image", "--recipe", str(interrupted))
+    assert done.exit_code == 0 and "already trained" in done.stdout
+
+    child = write_recipe(tmp_path, "child", method="bt2", last=5, parent=tmp_path / "straight")
+    res = run("train", "image", "--recipe", str(child), "--device", "cpu", "--epochs", "1")
+    assert res.exit_code == 0, res.output
+    v = ModelVersion.load(tmp_path / "child")
+    assert v.parent.id == "c10-straight" and v.compat.dims == 16 and v.dim == 16 + 32
+
+
+def one_error_line(res) -> str:
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    return lines[0]
+
+
+def test_train_cli_bad_input_is_one_error_line(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("COMPATRET_DATA", str(data_root))
+    bad = tmp_path / "bad.toml"
+    bad.write_text('id = "x"\nout = "o"\n[data]\nfolder = "cifar10"\nclasses = [0, 1]\n[method]\nname = "bt2"\n[train]\nepochs = "ten"\n')
+    assert "train.epochs" in one_error_line(run("train", "image", "--recipe", str(bad)))
+    bad.write_text("id = [unclosed")
+    assert "not valid TOML" in one_error_line(run("train", "image", "--recipe", str(bad)))
+    assert "not found" in one_error_line(run("train", "image", "--recipe", str(tmp_path / "none.toml")))
+    orphan = write_recipe(tmp_path, "orphan", method="bt2", parent=tmp_path / "missing")
+    assert "train it first" in one_error_line(run("train", "image", "--recipe", str(orphan)))
+    nodata = write_recipe(tmp_path, "nodata")
+    nodata.write_text(nodata.read_text().replace('"cifar10"', '"no-such-set"'))
+    assert "not found" in one_error_line(run("train", "image", "--recipe", str(nodata)))

@@ -305,9 +305,13 @@ def quickstart(workdir: str, data: str | None, as_json: bool) -> None:
     click.echo(f"models and galleries in {workdir}; total {report.seconds:.0f} s")
 
 
+# sub-command groups live in compatret/commands (their heavy imports happen inside the commands)
 from compatret.commands.evaluate import eval_group  # noqa: E402
+from compatret.commands.retrieval_eval import retrieval  # noqa: E402
+from compatret.commands.retriever import retriever  # noqa: E402
 from compatret.commands.train import train  # noqa: E402
 
+train.add_command(retriever)
+eval_group.add_command(retrieval)
 main.add_command(train)
 main.add_command(eval_group, name="eval")
-

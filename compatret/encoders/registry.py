@@ -74,11 +74,19 @@ def load_encoder(spec: str, device: str | None = None) -> Encoder:
     cfg_path = path / ENCODER_FILE
     if not cfg_path.exists():
         raise CompatretError(f"model folder {spec} has no {ENCODER_FILE}: it holds a version record only")
-    kind = json.loads(cfg_path.read_text()).get("kind")
+    cfg = json.loads(cfg_path.read_text())
+    kind = cfg.get("kind")
     if kind == "sentence-transformers":
         from compatret.encoders.text import SentenceTransformerEncoder
 
-        return SentenceTransformerEncoder(path, version, device=device)
+        encoder = SentenceTransformerEncoder(path, version, device=device)
+        if cfg.get("item_encoder"):  # query-only model (ADORE): items keep the frozen old encoder
+            from compatret.encoders.two_tower import TwoTowerEncoder
+
+            item_spec = str(cfg["item_encoder"])
+            local = path / item_spec
+            return TwoTowerEncoder(encoder, load_encoder(str(local) if local.exists() else item_spec, device), version)
+        return encoder
     if kind == "image":
         from compatret.encoders.image import ImageEncoder, load_image_model
 

@@ -142,7 +142,8 @@ def main() -> None:
     results["upgrade_1m_cli_wall_s"] = up["cli_wall_s"]
     results["minilm_l6_docs_per_s"] = rate
     results["full_backfill_estimate_s"] = 1_000_000 / rate
-    results["machine"] = {"cpus": os.cpu_count(), "faiss_threads": __import__("faiss").omp_get_max_threads()}
+    results["machine"] = {"cpus": os.cpu_count(), "faiss_threads": __import__("faiss").omp_get_max_threads(),
+                          "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS")}
     (HERE / "results.json").write_text(json.dumps(results, indent=2))
     rows = ["| data | rows | compatret (s) | raw faiss (s) | ratio | LanceDB native (s) | speed-up vs LanceDB | recall@10 |",
             "|---|---|---|---|---|---|---|---|"]

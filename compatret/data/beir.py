@@ -1,0 +1,74 @@
+"""BEIR-format text sets (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) as one typed record."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from compatret.errors import CompatretError
+
+Qrels = dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True)
+class BeirData:
+    """Documents ({"title", "text"} by id), query texts by id, and graded judgements per split."""
+
+    corpus: dict[str, dict[str, str]]
+    queries: dict[str, str]
+    qrels: dict[str, Qrels]
+
+    def split(self, name: str) -> Qrels:
+        """Positive judgements of one split, restricted to queries and documents that exist."""
+        if name not in self.qrels:
+            raise CompatretError(f"no qrels for split {name!r}: have {sorted(self.qrels) or 'none'}")
+        return {
+            q: {d: s for d, s in docs.items() if s > 0 and d in self.corpus}
+            for q, docs in self.qrels[name].items()
+            if q in self.queries and any(s > 0 and d in self.corpus for d, s in docs.items())
+        }
+
+    def items(self) -> list[dict[str, str]]:
+        """The corpus as items for `Service.add_items` (id, title, text)."""
+        return [{"id": i, "title": d.get("title", ""), "text": d.get("text", "")} for i, d in self.corpus.items()]
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        raise CompatretError(f"BEIR folder lacks {path.name}: {path}")
+    rows = []
+    with path.open() as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise CompatretError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
+    return rows
+
+
+def _qrels(path: Path) -> Qrels:
+    out: Qrels = {}
+    with path.open() as fh:
+        for n, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts or (n == 1 and not parts[-1].lstrip("-").isdigit()):
+                continue  # blank line or the query-id/corpus-id/score header
+            if len(parts) < 3:
+                raise CompatretError(f"{path}:{n}: expected query-id, corpus-id, score")
+            out.setdefault(parts[0], {})[parts[1]] = int(parts[-1])
+    return out
+
+
+def load_beir(folder: str | Path, splits: tuple[str, ...] = ("train", "test")) -> BeirData:
+    """Read a BEIR folder; splits without a qrels file are left out (asking for one later errors)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise CompatretError(f"no BEIR data folder at {root}")
+    corpus = {str(d["_id"]): {"title": d.get("title") or "", "text": d.get("text") or ""} for d in _jsonl(root / "corpus.jsonl")}
+    queries = {str(q["_id"]): str(q.get("text", "")) for q in _jsonl(root / "queries.jsonl")}
+    qrels = {s: _qrels(root / "qrels" / f"{s}.tsv") for s in splits if (root / "qrels" / f"{s}.tsv").exists()}
+    if not corpus or not queries:
+        raise CompatretError(f"{root}: empty corpus or queries")
+    return BeirData(corpus, queries, qrels)

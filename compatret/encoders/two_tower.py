@@ -1,0 +1,33 @@
+"""A query-only upgrade (ADORE): new query tower, the frozen old encoder for items.
+
+The gallery keeps the old item vectors, so items added after the upgrade must be embedded
+by the same old encoder; the model folder records it as `item_encoder` in encoder.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from compatret.encoders.base import Encoder
+from compatret.versions import ModelVersion
+
+
+class TwoTowerEncoder:
+    """encode_queries with the trained query tower, encode_items with the frozen item encoder."""
+
+    def __init__(self, queries: Encoder, items: Encoder, version: ModelVersion) -> None:
+        self.queries = queries
+        self.items = items
+        self.version = version
+
+    @property
+    def dim(self) -> int:
+        return self.version.dim
+
+    def encode_queries(self, queries: Sequence[Any], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        return self.queries.encode_queries(queries, batch_size, progress)
+
+    def encode_items(self, items: Sequence[Any], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        return self.items.encode_items(items, batch_size, progress)

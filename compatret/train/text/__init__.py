@@ -1,0 +1,1 @@
+"""Retrieval-style training of text encoders: STAR, ADORE and compatible item encoders (BCT, BT², OCA)."""

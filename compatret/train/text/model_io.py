@@ -1,0 +1,68 @@
+"""Load a trainable SentenceTransformer from a model spec; save a trained one as a compatret model folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from torch import nn
+
+from compatret.encoders.base import ENCODER_FILE, write_encoder_config
+from compatret.encoders.registry import ALIASES, _minilm_l6_dir
+from compatret.errors import CompatretError
+from compatret.train.text.heads import ExtensionHead
+from compatret.versions import VERSION_FILE, ModelVersion
+
+ITEM_ENCODER_DIR = "item_encoder"
+TRAINABLE_ALIASES = {"minilm-l6": _minilm_l6_dir}
+
+
+def load_trainable(spec: str, device: str = "cpu") -> nn.Module:
+    """A SentenceTransformer to fine-tune: the minilm-l6 alias or a sentence-transformers folder.
+
+    Frozen ONNX models (minilm-l3) have no trainable weights: start from another model
+    with --init and train it towards their gallery.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    if spec in TRAINABLE_ALIASES:
+        return SentenceTransformer(str(TRAINABLE_ALIASES[spec]()), device=device)
+    if spec in ALIASES:
+        raise CompatretError(f"{spec} is a frozen model and cannot be trained; start from minilm-l6 (--init)")
+    path = Path(spec)
+    cfg = path / ENCODER_FILE
+    if not cfg.exists() or json.loads(cfg.read_text()).get("kind") != "sentence-transformers":
+        raise CompatretError(f"{spec} is not a sentence-transformers model folder written by compatret")
+    return SentenceTransformer(str(path), device=device)
+
+
+def export_modules(model: nn.Module) -> nn.Module:
+    """The model with training-only structure folded away (ExtensionHead -> Dense)."""
+    from sentence_transformers import SentenceTransformer
+
+    modules = [m.to_dense() if isinstance(m, ExtensionHead) else m for m in model.children()]
+    out = SentenceTransformer(modules=modules, device="cpu")
+    out.max_seq_length = model.max_seq_length  # type: ignore[attr-defined]
+    return out
+
+
+def save_retriever(model: nn.Module, out: str | Path, version: ModelVersion, item_encoder: str | None = None) -> Path:
+    """Write a folder `load_encoder` and `Service.upgrade` accept: weights, version, encoder.json.
+
+    item_encoder (query-only models): the frozen encoder spec for items. An alias is
+    recorded as is; a folder is copied into the model so the model folder stands alone.
+    """
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    export_modules(model).save(str(d))  # type: ignore[attr-defined]
+    settings: dict[str, str] = {}
+    if item_encoder is not None:
+        if item_encoder in ALIASES:
+            settings["item_encoder"] = item_encoder
+        else:
+            shutil.copytree(item_encoder, d / ITEM_ENCODER_DIR, dirs_exist_ok=True)
+            settings["item_encoder"] = ITEM_ENCODER_DIR
+    write_encoder_config(d, "sentence-transformers", **settings)
+    version.save(d)  # written last: its presence marks a finished model
+    return d / VERSION_FILE

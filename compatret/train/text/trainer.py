@@ -1,0 +1,187 @@
+"""One loop for the five retriever methods: seeded batches, checkpoints every few steps, resume.
+
+A hand-written loop rather than SentenceTransformerTrainer: ADORE re-retrieves inside each
+step against frozen gallery vectors, the compat losses need each document's gallery row,
+and the trainer needs `datasets` and `accelerate`, which compatret does not depend on.
+The losses themselves are sentence-transformers' (MultipleNegativesRankingLoss) where they fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from compatret.encoders import load_version
+from compatret.errors import CompatretError
+from compatret.losses.ranking import AdoreLoss, StarLoss
+from compatret.losses.retrieval_compat import CompatRetrievalLoss
+from compatret.train.text.config import RetrieverConfig
+from compatret.train.text.heads import ExtensionHead
+from compatret.train.text.mining import dynamic_candidates
+from compatret.train.text.model_io import load_trainable, save_retriever
+from compatret.train.text.setup import TrainingSet, load_training_set, sample_negatives
+from compatret.versions import VERSION_FILE, Compat, ModelVersion, normalize
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+LOG_FILE = "train_log.json"
+Step = Callable[[np.ndarray, np.random.Generator], dict[str, Tensor]]
+ITEM_TERMS = {"star": "none", "bct": "influence", "bt2": "cosine", "oca": "anchor"}
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_model(cfg: RetrieverConfig, old_dim: int) -> nn.Module:
+    """Start weights, with the extension head for BT²/OCA (old space in the first old_dim dims)."""
+    model = load_trainable(cfg.init or cfg.old, device=_device())
+    model.serve_seq_length = model.max_seq_length  # type: ignore[attr-defined]  # restored on save
+    model.max_seq_length = min(cfg.max_seq_length, model.max_seq_length)  # type: ignore[attr-defined]
+    dim = model.get_embedding_dimension()  # type: ignore[attr-defined]
+    if cfg.method in ("bt2", "oca"):
+        if dim < old_dim:
+            raise CompatretError(f"{cfg.method}: start model has {dim} dims, the gallery {old_dim}")
+        model.append(ExtensionHead(dim, cfg.extra_dims).to(_device()))  # type: ignore[attr-defined]
+    elif cfg.method != "star" and dim != old_dim:
+        raise CompatretError(f"{cfg.method} keeps the old space: start model has {dim} dims, the gallery {old_dim}")
+    return model
+
+
+def new_version(cfg: RetrieverConfig, ts: TrainingSet, dim: int) -> ModelVersion:
+    """identity for ADORE and BCT, prefix(d_old) for BT² and OCA, no parent for STAR."""
+    init = load_version(cfg.init or cfg.old).id
+    vid = f"{init}-{cfg.method}-{cfg.fingerprint()[:8]}"
+    how = f"{cfg.method} (compatret train retriever) on {Path(cfg.train_data).name}/{cfg.split}, init {init}"
+    if cfg.method == "star":
+        return ModelVersion(vid, dim, "text", method=how)
+    compat = Compat.prefix(ts.old_version.dim) if cfg.method in ("bt2", "oca") else Compat.identity()
+    return ModelVersion(vid, dim, "text", parent=ts.old_version, compat=compat, method=how)
+
+
+def _item_step(cfg: RetrieverConfig, ts: TrainingSet, model: nn.Module) -> Step:
+    """Query, positive and hard-negative columns through a STAR or compat loss."""
+    if cfg.method == "star":
+        loss: nn.Module = StarLoss(model)
+    else:
+        old = torch.from_numpy(ts.old_vectors).to(_device())
+        loss = CompatRetrievalLoss(model, old, ITEM_TERMS[cfg.method], cfg.compat_weight, cfg.compat_weight)  # type: ignore[arg-type]
+
+    def step(batch: np.ndarray, rng: np.random.Generator) -> dict[str, Tensor]:
+        q, pos = batch[:, 0], batch[:, 1]
+        negs = sample_negatives(ts, q, cfg.hard_negatives, rng)
+        rows = np.concatenate([pos[:, None], negs], axis=1)
+        columns = [[ts.queries[i] for i in q]] + [[ts.doc_texts[r] for r in rows[:, c]] for c in range(rows.shape[1])]
+        features = [_to_device(model.preprocess(col)) for col in columns]  # type: ignore[attr-defined]
+        return loss(features, torch.from_numpy(rows))
+
+    return step
+
+
+def _adore_step(cfg: RetrieverConfig, ts: TrainingSet, model: nn.Module) -> Step:
+    """Query tower only: retrieve with the current weights, then LambdaRank over what came back."""
+    loss = AdoreLoss()
+    vectors = torch.from_numpy(ts.old_vectors)
+
+    def step(batch: np.ndarray, rng: np.random.Generator) -> dict[str, Tensor]:
+        q = np.unique(batch[:, 0])  # one row per query: all its positives take part
+        features = _to_device(model.preprocess([ts.queries[i] for i in q]))  # type: ignore[attr-defined]
+        emb = model(features)["sentence_embedding"]
+        found = dynamic_candidates(normalize(emb.detach().cpu().numpy()), ts.kernel, [ts.positives[i] for i in q], cfg.depth)
+        items = vectors[np.clip(found.rows, 0, None)].to(emb.device)
+        as_t = lambda a: torch.from_numpy(a).to(emb.device)  # noqa: E731
+        return loss(emb, items, as_t(found.relevant), as_t(found.ranks), as_t(found.mask))
+
+    return step
+
+
+def _to_device(features: dict) -> dict:
+    dev = _device()
+    return {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in features.items()}
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _finished(out: Path, fingerprint: str) -> bool:
+    if not (out / VERSION_FILE).exists():
+        return False
+    log = json.loads((out / LOG_FILE).read_text()) if (out / LOG_FILE).exists() else {}
+    if log.get("fingerprint") != fingerprint:
+        raise CompatretError(f"{out} already holds a different model; choose another --out")
+    return True
+
+
+def train_retriever(cfg: RetrieverConfig, progress: bool = True) -> Path:
+    """Train, checkpointing into cfg.out, resuming a run with the same spec; returns the model folder."""
+    cfg.check()
+    out, fp = Path(cfg.out), cfg.fingerprint()
+    if _finished(out, fp):
+        return out
+    torch.manual_seed(cfg.seed)
+    ts = load_training_set(cfg, progress=progress)
+    model = build_model(cfg, ts.old_version.dim)
+    step_fn = _adore_step(cfg, ts, model) if cfg.method == "adore" else _item_step(cfg, ts, model)
+    per_epoch = max(1, len(ts.pairs) // cfg.batch_size)
+    total = min(per_epoch * cfg.epochs, cfg.max_steps or per_epoch * cfg.epochs)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.01)
+    warmup = max(1, total // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+    start, seconds, history = 0, 0.0, []
+    ckpt = out / CHECKPOINT
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=_device(), weights_only=False)
+        if state["fingerprint"] != fp:
+            raise CompatretError(f"{ckpt} belongs to a different run; choose another --out or delete it")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start, seconds, history = state["step"], state["seconds"], state["history"]
+    model.train()
+    bar = tqdm(total=total, initial=start, desc=f"train {cfg.method}", unit="step", disable=not progress)
+    sums: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for step in range(start, total):
+        epoch, i = divmod(step, per_epoch)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(ts.pairs))
+        batch = ts.pairs[order[i * cfg.batch_size : (i + 1) * cfg.batch_size]]
+        parts = step_fn(batch, np.random.default_rng([cfg.seed, epoch, step]))
+        parts["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        bar.update(1)
+        bar.set_postfix({k: f"{float(v.detach()):.3f}" for k, v in parts.items()})
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
+            n = (step + 1) - (history[-1]["step"] if history else 0)
+            history.append({"step": step + 1, **{k: v / n for k, v in sums.items()}})
+            sums = {}
+            seconds_now = seconds + time.perf_counter() - t0
+            _save_checkpoint(ckpt, {"fingerprint": fp, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "schedule": schedule.state_dict(), "step": step + 1, "seconds": seconds_now, "history": history})
+    bar.close()
+    seconds += time.perf_counter() - t0
+    model.eval()
+    model.max_seq_length = model.serve_seq_length  # type: ignore[attr-defined]  # train short, serve at full length
+    dim = model.get_embedding_dimension()  # type: ignore[attr-defined]
+    version = new_version(cfg, ts, dim)
+    (out / LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (out / LOG_FILE).write_text(json.dumps({"fingerprint": fp, "config": cfg.__dict__, "steps": total,
+                                            "train_seconds": seconds, "history": history}, indent=2))
+    save_retriever(model, out, version, item_encoder=cfg.old if cfg.method == "adore" else None)
+    ckpt.unlink(missing_ok=True)
+    return out

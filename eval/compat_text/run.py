@@ -1,0 +1,202 @@
+"""Compatible text retrievers on SciFact (issue 4): STAR, ADORE, BCT, BT², OCA and cross-architecture.
+
+    python eval/compat_text/run.py            # full protocol -> eval/compat_text/results.{json,md}
+    python eval/compat_text/run.py --smoke    # tiny subset, 2 steps per method, timing-based estimate
+
+Old model all-MiniLM-L6-v2 (minilm-l6): its gallery holds the old item vectors. Training uses
+qrels/train.tsv, scores use qrels/test.tsv. Resumable: finished models, galleries and scores
+are kept in the work folder and skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from compatret.config import dataset, index_home
+from compatret.data.beir import BeirData, load_beir
+from compatret.evaluation.retrieval import build_gallery, evaluate_pair
+from compatret.train.text.config import RetrieverConfig
+from compatret.train.text.trainer import LOG_FILE, train_retriever
+
+HERE = Path(__file__).resolve().parent
+ITEM = dict(epochs=2, batch_size=16, lr=3e-5, hard_negatives=1, max_seq_length=128)
+SETTINGS = {  # chosen so each run fits ~30 min on 2 CPU cores (see the smoke estimate)
+    "star": ITEM,
+    "adore": dict(epochs=10, batch_size=32, lr=2e-5, max_seq_length=128),
+    "bct": ITEM,
+    "bt2": {**ITEM, "extra_dims": 64},
+    "oca": {**ITEM, "extra_dims": 64},
+}
+CROSS = ("bct", ITEM)  # minilm-l6 trained into the frozen minilm-l3 gallery's space
+
+
+def subset(data: BeirData, n_docs: int, n_test: int, seed: int = 0) -> BeirData:
+    """A small corpus that still holds the positives of the kept train and test queries."""
+    rng = random.Random(seed)
+    test = dict(list(data.split("test").items())[:n_test])
+    train = data.split("train")
+    keep = {d for docs in test.values() for d in docs}
+    for q in rng.sample(sorted(train), len(train)):
+        if len(keep) >= n_docs * 2 // 3:
+            break
+        keep |= set(train[q])
+    for d in data.corpus:
+        if len(keep) >= n_docs:
+            break
+        keep.add(d)
+    train = {q: docs for q, docs in train.items() if set(docs) <= keep}
+    return BeirData({d: data.corpus[d] for d in keep}, data.queries, {"train": train, "test": test})
+
+
+def write_beir(data: BeirData, root: Path) -> Path:
+    """The training data as a BEIR folder (what `compatret train retriever` reads)."""
+    if (root / "qrels" / "test.tsv").exists():
+        return root
+    (root / "qrels").mkdir(parents=True, exist_ok=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, **d}) + "\n" for i, d in data.corpus.items()))
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in data.queries.items()))
+    for split, qrels in data.qrels.items():
+        rows = "".join(f"{q}\t{d}\t{s}\n" for q, docs in qrels.items() for d, s in docs.items())
+        (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + rows)
+    return root
+
+
+class Bench:
+    """Work folder with cached scores and timings: every finished piece is skipped on a rerun."""
+
+    def __init__(self, work: Path, data: BeirData, data_dir: Path, max_steps: int | None) -> None:
+        self.work, self.data, self.data_dir, self.max_steps = work, data, data_dir, max_steps
+        self.cache_file = work / "scores.json"
+        self.cache: dict = json.loads(self.cache_file.read_text()) if self.cache_file.exists() else {}
+
+    def _remember(self, key: str, fn):  # noqa: ANN001, ANN202
+        if key not in self.cache:
+            t0 = time.perf_counter()
+            value = fn()
+            self.cache[key] = value
+            self.cache[f"{key}:seconds"] = time.perf_counter() - t0
+            self.cache_file.write_text(json.dumps(self.cache, indent=2))
+        return self.cache[key]
+
+    def gallery(self, model: str, name: str) -> Path:
+        path = self.work / "galleries" / name
+        self._remember(f"gallery:{name}", lambda: str(build_gallery(model, path, self.data, progress=True)))
+        return path
+
+    def score(self, key: str, query_model: str, gallery: Path, unchecked: bool = False) -> dict[str, float]:
+        print(f"[compat_text] scoring {key}", flush=True)
+        return self._remember(f"score:{key}", lambda: evaluate_pair(query_model, gallery, self.data, "test", unchecked=unchecked))
+
+    def train(self, name: str, method: str, old: str, gallery: Path, init: str | None, settings: dict) -> tuple[str, float]:
+        out = self.work / "models" / name
+        print(f"[compat_text] training {name} ({method}, old {old}, init {init or old})", flush=True)
+        cfg = RetrieverConfig(method=method, old=old, gallery=str(gallery), train_data=str(self.data_dir), out=str(out),
+                              init=init, max_steps=self.max_steps, **settings)
+        folder = train_retriever(cfg)
+        log = json.loads((folder / LOG_FILE).read_text())
+        self.cache[f"train:{name}"] = {"steps": log["steps"], "seconds": log["train_seconds"]}
+        return str(folder), log["train_seconds"] / 60
+
+
+def run(work: Path, data: BeirData, data_dir: Path, max_steps: int | None) -> dict:
+    bench = Bench(work, data, data_dir, max_steps)
+    g_old = bench.gallery("minilm-l6", "minilm-l6")
+    old_old = bench.score("old_old", "minilm-l6", g_old)
+    methods = {}
+    for method, settings in SETTINGS.items():
+        model, minutes = bench.train(method, method, "minilm-l6", g_old, None, settings)
+        new_old = bench.score(f"{method}:new_old", model, g_old, unchecked=method == "star")
+        # ADORE embeds items with the frozen old encoder: its own gallery is the old one
+        new_new = new_old if method == "adore" else bench.score(f"{method}:new_new", model, bench.gallery(model, method))
+        methods[method] = {"new_old": new_old, "new_new": new_new, "train_minutes": round(minutes, 2)}
+    g_l3 = bench.gallery("minilm-l3", "minilm-l3")
+    cross_method, cross_settings = CROSS
+    model, cross_minutes = bench.train("cross_arch", cross_method, "minilm-l3", g_l3, "minilm-l6", cross_settings)
+    cross = {
+        "old_old": bench.score("cross:old_old", "minilm-l3", g_l3),
+        "new_old": bench.score("cross:new_old", model, g_l3),
+        "new_new": bench.score("cross:new_new", model, bench.gallery(model, "cross_arch")),
+    }
+    config = {
+        "data": "BEIR SciFact (train on qrels/train.tsv, report qrels/test.tsv)",
+        "corpus_docs": len(data.corpus), "test_queries": len(data.split("test")), "train_queries": len(data.split("train")),
+        "old_model": "minilm-l6 (sentence-transformers/all-MiniLM-L6-v2)",
+        "methods": {m: {**s, "max_steps": max_steps} for m, s in SETTINGS.items()},
+        "cross_arch": {"old_model": "minilm-l3 (paraphrase-MiniLM-L3-v2, ONNX, frozen)", "init": "minilm-l6", "method": cross_method,
+                       **cross_settings, "train_minutes": round(cross_minutes, 2)},
+        "eval_max_seq_length": 256, "metric": "cosine, exact search (compatret Service.query)",
+        "star_new_old": "searched with --ignore-lineage: STAR has no parent, the contract refuses it",
+        "seconds": {k.removesuffix(":seconds"): round(v, 1) for k, v in bench.cache.items() if k.endswith(":seconds")},
+    }
+    return {"old_old": old_old, "methods": methods, "cross_arch": cross, "config": config}
+
+
+def table(results: dict) -> str:
+    """The Markdown table for results.md and the README."""
+    f = lambda s: f"{s['ndcg_at_10']:.3f} / {s['mrr_at_10']:.3f} / {s['recall_at_100']:.3f}"  # noqa: E731
+    lines = ["| model pair | nDCG@10 / MRR@10 / R@100 new→old | new→new | train min |", "|---|---|---|---|",
+             f"| old/old (all-MiniLM-L6-v2) | {f(results['old_old'])} | | |"]
+    for m, r in results["methods"].items():
+        lines.append(f"| {m} | {f(r['new_old'])} | {f(r['new_new'])} | {r['train_minutes']:.1f} |")
+    c = results["cross_arch"]
+    lines += [f"| cross-arch old/old (MiniLM-L3 ONNX) | {f(c['old_old'])} | | |",
+              f"| cross-arch L6 → L3 gallery ({results['config']['cross_arch']['method']}) | {f(c['new_old'])} | {f(c['new_new'])} | "
+              f"{results['config']['cross_arch']['train_minutes']:.1f} |"]
+    return "\n".join(lines) + "\n"
+
+
+def estimate(results: dict, full: BeirData) -> dict:
+    """Full-run minutes from the smoke timings: per-step training time and per-document embedding time."""
+    secs = results["config"]["seconds"]
+    docs = results["config"]["corpus_docs"]
+    pairs = sum(len(d) for d in full.split("train").values())
+    out = {}
+    for name, s in {**SETTINGS, "cross_arch": CROSS[1]}.items():
+        log = json.loads((WORK_SMOKE / "models" / name / LOG_FILE).read_text())
+        per_step = log["train_seconds"] / log["steps"]
+        steps = (pairs // s["batch_size"]) * s["epochs"]
+        out[name] = {"seconds_per_step": round(per_step, 2), "full_steps": steps, "full_train_minutes": round(per_step * steps / 60, 1)}
+    per_doc = max(secs[f"gallery:{g}"] for g in ("minilm-l6", "star")) / docs
+    n_galleries = 7  # l6, l3, star, bct, bt2, oca, cross_arch
+    out["gallery_minutes_each"] = round(per_doc * len(full.corpus) / 60, 1)
+    total = sum(v["full_train_minutes"] for v in out.values() if isinstance(v, dict)) + n_galleries * out["gallery_minutes_each"]
+    out["full_run_minutes"] = round(total + 10, 0)  # + query encoding and scoring
+    return out
+
+
+WORK_SMOKE = index_home() / "compat_text_smoke"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="~150 documents, 30 test queries, 2 steps per method")
+    ap.add_argument("--work", type=Path, help="work folder (default: indexes/compat_text[_smoke])")
+    args = ap.parse_args()
+    full = load_beir(dataset("scifact"))
+    t0 = time.perf_counter()
+    if args.smoke:
+        work = args.work or WORK_SMOKE
+        data = subset(full, n_docs=150, n_test=30)
+        results = run(work, data, write_beir(data, work / "data"), max_steps=2)
+        results["estimate"] = estimate(results, full)
+        out_json, out_md = work / "results.json", work / "results.md"
+    else:
+        work = args.work or index_home() / "compat_text"
+        results = run(work, full, dataset("scifact"), max_steps=None)
+        out_json, out_md = HERE / "results.json", HERE / "results.md"
+    results["config"]["total_minutes"] = round((time.perf_counter() - t0) / 60, 1)
+    out_json.write_text(json.dumps(results, indent=2) + "\n")
+    out_md.write_text("# Compatible text retrievers on SciFact\n\n" + table(results))
+    print(table(results))
+    if "estimate" in results:
+        print(json.dumps(results["estimate"], indent=2))
+    print(f"wrote {out_json} and {out_md}")
+
+
+if __name__ == "__main__":
+    main()

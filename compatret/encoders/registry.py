@@ -87,6 +87,10 @@ def load_encoder(spec: str, device: str | None = None) -> Encoder:
             local = path / item_spec
             return TwoTowerEncoder(encoder, load_encoder(str(local) if local.exists() else item_spec, device), version)
         return encoder
+    if kind == "onnx":  # a frozen exported encoder: {"onnx": file, "tokenizer": tokenizer.json}
+        from compatret.encoders.onnx_text import OnnxTextEncoder
+
+        return OnnxTextEncoder(path / cfg["onnx"], path / cfg["tokenizer"], version, max_length=int(cfg.get("max_length", 128)))
     if kind == "image":
         from compatret.encoders.image import ImageEncoder, load_image_model
 

@@ -103,25 +103,31 @@ class Bench:
         return str(folder), log["train_seconds"] / 60
 
 
-def run(work: Path, data: BeirData, data_dir: Path, max_steps: int | None) -> dict:
+def run(work: Path, data: BeirData, data_dir: Path, max_steps: int | None, only: list[str] | None = None) -> dict:
+    """The whole protocol, or (only=...) some methods; "cross" names the cross-architecture run."""
+    only = only or [*SETTINGS, "cross"]
     bench = Bench(work, data, data_dir, max_steps)
     g_old = bench.gallery("minilm-l6", "minilm-l6")
     old_old = bench.score("old_old", "minilm-l6", g_old)
     methods = {}
     for method, settings in SETTINGS.items():
+        if method not in only:
+            continue
         model, minutes = bench.train(method, method, "minilm-l6", g_old, None, settings)
         new_old = bench.score(f"{method}:new_old", model, g_old, unchecked=method == "star")
         # ADORE embeds items with the frozen old encoder: its own gallery is the old one
         new_new = new_old if method == "adore" else bench.score(f"{method}:new_new", model, bench.gallery(model, method))
         methods[method] = {"new_old": new_old, "new_new": new_new, "train_minutes": round(minutes, 2)}
-    g_l3 = bench.gallery("minilm-l3", "minilm-l3")
     cross_method, cross_settings = CROSS
-    model, cross_minutes = bench.train("cross_arch", cross_method, "minilm-l3", g_l3, "minilm-l6", cross_settings)
-    cross = {
-        "old_old": bench.score("cross:old_old", "minilm-l3", g_l3),
-        "new_old": bench.score("cross:new_old", model, g_l3),
-        "new_new": bench.score("cross:new_new", model, bench.gallery(model, "cross_arch")),
-    }
+    cross, cross_minutes = None, 0.0
+    if "cross" in only:
+        g_l3 = bench.gallery("minilm-l3", "minilm-l3")
+        model, cross_minutes = bench.train("cross_arch", cross_method, "minilm-l3", g_l3, "minilm-l6", cross_settings)
+        cross = {
+            "old_old": bench.score("cross:old_old", "minilm-l3", g_l3),
+            "new_old": bench.score("cross:new_old", model, g_l3),
+            "new_new": bench.score("cross:new_new", model, bench.gallery(model, "cross_arch")),
+        }
     config = {
         "data": "BEIR SciFact (train on qrels/train.tsv, report qrels/test.tsv)",
         "corpus_docs": len(data.corpus), "test_queries": len(data.split("test")), "train_queries": len(data.split("train")),
@@ -132,6 +138,7 @@ def run(work: Path, data: BeirData, data_dir: Path, max_steps: int | None) -> di
         "eval_max_seq_length": 256, "metric": "cosine, exact search (compatret Service.query)",
         "star_new_old": "searched with --ignore-lineage: STAR has no parent, the contract refuses it",
         "seconds": {k.removesuffix(":seconds"): round(v, 1) for k, v in bench.cache.items() if k.endswith(":seconds")},
+        "not_run": [m for m in [*SETTINGS, "cross"] if m not in only],
     }
     return {"old_old": old_old, "methods": methods, "cross_arch": cross, "config": config}
 
@@ -144,6 +151,8 @@ def table(results: dict) -> str:
     for m, r in results["methods"].items():
         lines.append(f"| {m} | {f(r['new_old'])} | {f(r['new_new'])} | {r['train_minutes']:.1f} |")
     c = results["cross_arch"]
+    if c is None:
+        return "\n".join(lines) + "\n"
     lines += [f"| cross-arch old/old (MiniLM-L3 ONNX) | {f(c['old_old'])} | | |",
               f"| cross-arch L6 → L3 gallery ({results['config']['cross_arch']['method']}) | {f(c['new_old'])} | {f(c['new_new'])} | "
               f"{results['config']['cross_arch']['train_minutes']:.1f} |"]
@@ -176,6 +185,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="~150 documents, 30 test queries, 2 steps per method")
     ap.add_argument("--work", type=Path, help="work folder (default: indexes/compat_text[_smoke])")
+    ap.add_argument("--only", nargs="*", choices=[*SETTINGS, "cross"], help="run only these methods (default: all + cross)")
     args = ap.parse_args()
     full = load_beir(dataset("scifact"))
     t0 = time.perf_counter()
@@ -187,7 +197,7 @@ def main() -> None:
         out_json, out_md = work / "results.json", work / "results.md"
     else:
         work = args.work or index_home() / "compat_text"
-        results = run(work, full, dataset("scifact"), max_steps=None)
+        results = run(work, full, dataset("scifact"), max_steps=None, only=args.only)
         out_json, out_md = HERE / "results.json", HERE / "results.md"
     results["config"]["total_minutes"] = round((time.perf_counter() - t0) / 60, 1)
     out_json.write_text(json.dumps(results, indent=2) + "\n")

@@ -1,0 +1,241 @@
+"""Live upgrades, measured: crash safety, ANN recall/speed, service under load, backfill throughput.
+
+    python eval/live_upgrade/run.py                  # all parts that are implemented here
+    python eval/live_upgrade/run.py --parts crash ann
+
+Writes eval/live_upgrade/results.json (merging with parts measured earlier) and results.md.
+The backfill curve on SciFact needs a compatible text model from eval/compat_text and is
+not measured by this script yet (see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("LANCEDB_LOG", "error")
+
+from compatret import ModelVersion  # noqa: E402
+from compatret.config import dataset  # noqa: E402
+from compatret.data.images import load_digits_splits  # noqa: E402
+from compatret.encoders import load_encoder  # noqa: E402
+from compatret.encoders.base import write_encoder_config  # noqa: E402
+from compatret.encoders.image import ImageModelSpec  # noqa: E402
+from compatret.index.backfill import backfill  # noqa: E402
+from compatret.index.search import make_kernel  # noqa: E402
+from compatret.index.service import Service  # noqa: E402
+from compatret.train.image_methods import MethodSpec, fit_image_version  # noqa: E402
+from compatret.train.image_trainer import TrainConfig  # noqa: E402
+from compatret.versions import normalize  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE.parents[1] / ".cache"
+ENV = {**os.environ, "LANCEDB_LOG": "error"}
+
+
+def digit_models(work: Path) -> tuple[str, str, list[dict[str, Any]]]:
+    """Small real image models (v1, BCT-compatible v2) and all 1,797 digits as items."""
+    train, test = load_digits_splits(test_fraction=0.3)
+    spec = ImageModelSpec(width=0.125, in_channels=1, image_size=8, embed_dim=32, mean=(0.3,), std=(0.4,))
+    cfg = TrainConfig(epochs=5, batch_size=64, lr=0.1, crop_padding=1, flip=False, progress=False)
+    fit_image_version("v1", MethodSpec("independent"), train.subset(train.labels < 7), spec, cfg, work / "v1")
+    fit_image_version("v2", MethodSpec("bct", num_classes=10, align_weight=1.0), train, spec, cfg, work / "v2", parent_dir=work / "v1")
+    images = train.images + test.images
+    items = [{"id": f"d{i}", "image": img} for i, img in enumerate(images)]
+    return str(work / "v1"), str(work / "v2"), items
+
+
+def rows_of(path: Path) -> dict[str, tuple[str, bytes]]:
+    idx = Service.open(path).index
+    return {str(i): (v, g.vectors[n].tobytes()) for v, g in idx.groups.items() for n, i in enumerate(g.ids)}
+
+
+def crash(work: Path, kills: int = 20) -> dict[str, int]:
+    """kill -9 `index backfill` at random moments, resume each time, compare with a clean run."""
+    v1, v2, items = digit_models(work)
+    for name in ("killed", "clean"):
+        s = Service.create(work / name, model=v1)
+        s.add_items(items, progress=False)
+        s.upgrade(v2)
+    subprocess.run([sys.executable, "-m", "compatret", "index", "backfill", str(work / "clean"), "--json"], env=ENV, check=True, capture_output=True)
+    rng = np.random.default_rng(0)
+    cmd = [sys.executable, "-m", "compatret", "index", "backfill", str(work / "killed"), "--batch-size", "8", "--json"]
+    done_kills = 0
+    for n in range(kills):
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(float(rng.uniform(2.5, 6.0)))  # past start-up (~2.5 s) into the batches
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            done_kills += 1
+        proc.wait()
+        print(f"[crash] kill {n + 1}: {Service.open(work / 'killed').rows_by_version()}", flush=True)
+    subprocess.run(cmd, env=ENV, check=True, capture_output=True)
+    a, b = rows_of(work / "killed"), rows_of(work / "clean")
+    return {
+        "kills": done_kills,
+        "rows": len(a),
+        "lost": len(set(b) - set(a)),
+        "duplicated": Service.open(work / "killed").gallery.count() - len(a),
+        "mismatched": sum(1 for i in set(a) & set(b) if a[i] != b[i]),
+    }
+
+
+def ann(work: Path) -> dict[str, dict[str, float]]:
+    """IVF (compatret's default above 200k rows) vs exact search: recall@10 and speed-up."""
+    out = {}
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(2000, 384)).astype(np.float32)
+    x = np.empty((1_000_000, 384), np.float32)
+    for s in range(0, len(x), 100_000):
+        x[s : s + 100_000] = normalize(centers[rng.integers(0, 2000, 100_000)] + 0.35 * rng.normal(size=(100_000, 384)).astype(np.float32))
+    q = normalize(centers[rng.integers(0, 2000, 1000)] + 0.35 * rng.normal(size=(1000, 384)).astype(np.float32))
+    out["synthetic_1m"] = _ann_pair(x, q, "ivf")
+    docs = np.load(CACHE / "scifact_docs.npy")
+    queries = [json.loads(line)["text"] for line in (dataset("scifact") / "queries.jsonl").open()][:1000]
+    qv = load_encoder("minilm-l6").encode_queries(queries)
+    out["scifact"] = _ann_pair(docs, qv, "ivf")
+    return out
+
+
+def _ann_pair(x: np.ndarray, q: np.ndarray, kind: str) -> dict[str, float]:
+    t0 = time.perf_counter()
+    approx = make_kernel("faiss", x, ann=kind)
+    build = time.perf_counter() - t0
+    exact = make_kernel("faiss", x)
+    t0 = time.perf_counter()
+    _, ei = exact.search(q, 10)
+    t_exact = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _, ai = approx.search(q, 10)
+    t_ann = time.perf_counter() - t0
+    recall = float(np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ai, ei)]))
+    print(f"[ann] {len(x)} rows: recall@10 {recall:.4f}, exact {t_exact:.2f}s, {kind} {t_ann:.3f}s, build {build:.0f}s", flush=True)
+    return {"rows": float(len(x)), "recall_at_10": recall, "speedup": t_exact / t_ann, "exact_s": t_exact, "ann_s": t_ann, "build_s": build}
+
+
+def load(work: Path, queries: int = 10_000) -> dict[str, float]:
+    """10,000 HTTP queries from this process to `compatret serve` while a backfill and an upgrade run."""
+    import httpx
+
+    v1, v2, items = digit_models(work)
+    s = Service.create(work / "g", model=v1)
+    s.add_items(items, progress=False)
+    port = 18000 + os.getpid() % 1000
+    server = subprocess.Popen([sys.executable, "-m", "compatret", "serve", str(work / "g"), "--port", str(port), "--refresh-seconds", "0.2"],
+                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    for _ in range(200):
+        try:
+            client.get("/health")
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    vecs = np.random.default_rng(1).normal(size=(64, 32)).tolist()
+
+    def run(n: int) -> tuple[list[float], int]:
+        lat, failed = [], 0
+        for i in range(n):
+            t0 = time.perf_counter()
+            try:
+                r = client.post("/query", json={"vectors": [vecs[i % 64]], "k": 10})
+                failed += int(r.status_code != 200 or len(r.json()["results"][0]["ids"]) != 10)
+            except httpx.HTTPError:
+                failed += 1
+            lat.append((time.perf_counter() - t0) * 1000)
+        return lat, failed
+
+    idle, idle_failed = run(2000)
+    client.post("/upgrade", json={"model": v2})
+    job = subprocess.Popen([sys.executable, "-m", "compatret", "index", "backfill", str(work / "g"), "--batch-size", "2", "--json"],
+                           env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    busy, failed = run(queries)
+    backfill_running_to_end = job.poll() is None
+    job.wait()
+    server.terminate()
+    server.wait()
+    return {"queries": queries, "failed": failed + idle_failed, "p50_ms": float(np.percentile(busy, 50)),
+            "p99_ms": float(np.percentile(busy, 99)), "p50_ms_idle": float(np.percentile(idle, 50)),
+            "p99_ms_idle": float(np.percentile(idle, 99)), "backfill_ran_throughout": backfill_running_to_end}
+
+
+def throughput(work: Path, n_docs: int = 1000) -> float:
+    """Rows/s of `index backfill` over the raw encoding rate of the same model, same docs."""
+    from compatret.encoders.registry import _minilm_l3_onnx, _minilm_l6_dir
+
+    docs = [json.loads(line) for _, line in zip(range(n_docs), (dataset("scifact") / "corpus.jsonl").open())]
+    items = [{"id": d["_id"], "title": d["title"], "text": d["text"]} for d in docs]
+    model = work / "minilm-l3-copy"  # the same weights as a compatible (identity) descendant
+    model.mkdir()
+    shutil.copyfile(_minilm_l3_onnx(), model / "model.onnx")
+    shutil.copyfile(_minilm_l6_dir() / "tokenizer.json", model / "tokenizer.json")
+    write_encoder_config(model, "onnx", onnx="model.onnx", tokenizer="tokenizer.json")
+    ModelVersion("minilm-l3-copy", 384, "text", parent=load_encoder("minilm-l3").version, method="copy").save(model)
+    s = Service.create(work / "g", model="minilm-l3")
+    s.add_items(items, progress=False)
+    s.upgrade(str(model))
+    enc = load_encoder(str(model))
+    t0 = time.perf_counter()
+    enc.encode_items(items, batch_size=64)
+    raw = n_docs / (time.perf_counter() - t0)
+    report = backfill(Service.open(work / "g"), batch_size=64, progress=False)
+    print(f"[throughput] raw {raw:.1f} docs/s, backfill {report.rows_per_s:.1f} rows/s", flush=True)
+    return report.rows_per_s / raw
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", nargs="*", default=["crash", "ann", "load", "throughput"])
+    args = ap.parse_args()
+    out_path = HERE / "results.json"
+    results: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {}
+    CACHE.mkdir(exist_ok=True)
+    for part in args.parts:
+        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+            t0 = time.perf_counter()
+            if part == "crash":
+                results["crash"] = crash(Path(tmp))
+            elif part == "ann":
+                results["ann"] = ann(Path(tmp))
+            elif part == "load":
+                results["load"] = load(Path(tmp))
+            elif part == "throughput":
+                results["backfill_throughput_ratio"] = throughput(Path(tmp))
+            else:
+                raise SystemExit(f"unknown part {part!r}")
+            print(f"[{part}] done in {time.perf_counter() - t0:.0f} s: {json.dumps(results.get(part, results.get('backfill_throughput_ratio')))}", flush=True)
+        results["machine"] = {"cpus": os.cpu_count(), "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS")}
+        out_path.write_text(json.dumps(results, indent=2))
+    (HERE / "results.md").write_text(_table(results))
+    print(_table(results))
+
+
+def _table(r: dict[str, Any]) -> str:
+    lines = ["| check | result |", "|---|---|"]
+    if "crash" in r:
+        c = r["crash"]
+        lines.append(f"| kill -9 during backfill, resumed | {c['kills']} kills, {c['rows']} rows: {c['lost']} lost, {c['duplicated']} duplicated, {c['mismatched']} vectors differ from an uninterrupted run |")
+    if "ann" in r:
+        for k, v in r["ann"].items():
+            lines.append(f"| IVF on {k} ({int(v['rows']):,} rows) | recall@10 {v['recall_at_10']:.4f}, {v['speedup']:.1f}x exact throughput |")
+    if "load" in r:
+        x = r["load"]
+        lines.append(f"| {x['queries']:,} HTTP queries during upgrade + backfill | {x['failed']} failed; p50 {x['p50_ms']:.1f} ms, p99 {x['p99_ms']:.1f} ms (idle: p50 {x['p50_ms_idle']:.1f}, p99 {x['p99_ms_idle']:.1f}) |")
+    if "backfill_throughput_ratio" in r:
+        lines.append(f"| backfill rows/s over raw encoding rate | {r['backfill_throughput_ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,9 @@ def history(service: Service) -> list[dict[str, Any]]:
         meta = GalleryMeta.from_json(raw.decode()) if raw else None
         rows = int(v.get("metadata", {}).get("total_rows", -1))
         events = len(meta.history) if meta else 0
-        if events > seen_events and meta is not None:
+        if not out:
+            change = "table created"
+        elif events > seen_events and meta is not None:
             change = str(meta.history[-1].get("event"))
         elif rows != rows_before:
             change = f"rows {rows - rows_before:+d}"

@@ -136,6 +136,9 @@ def test_queries_keep_working_during_backfill(tmp_path, digit_models):
         answered += 1
     assert proc.returncode == 0 and answered > 3
     assert versions_seen == {"v1", "v2"}  # queries ran against mixed galleries
-    time.sleep(0.02)
+    latest = Service.open(tmp_path / "g").gallery.version
+    deadline = time.time() + 30
+    while reader.index.table_version != latest and time.time() < deadline:  # next snapshot builds in the background
+        time.sleep(0.05)
     final = reader.query(images=query, k=10)[0]
     assert final.ids[0] == "d3" and final.scores[0] > 0.999

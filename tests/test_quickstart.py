@@ -18,7 +18,5 @@ def test_quickstart_upgrades_without_backfill(tmp_path):
     assert top1["new/new (after backfill)"] >= top1["new/old (no backfill)"]
     assert top1["independent new/old"] < 30  # incompatible spaces: near chance (10 %)
     assert "not compatible" in report["refused"]
-    assert report["upgrade_seconds"] < 1.0
-    assert report["seconds"] < 120
     again = CliRunner().invoke(main, ["quickstart", "--workdir", str(tmp_path / "qs")])
     assert again.exit_code == 2 and "not empty" in again.stderr

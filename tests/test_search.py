@@ -47,3 +47,24 @@ def test_auto_kernel_is_cpu_here():
     assert backend_name("auto") in ("faiss-cpu", "faiss-gpu", "torch-cuda")
     with pytest.raises(ValueError):
         make_kernel("bogus", np.eye(2, dtype=np.float32))
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_kernels_recall_against_exact(kind):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(50, 32))
+    x = normalize(centers[rng.integers(0, 50, 8000)] + 0.4 * rng.normal(size=(8000, 32)))
+    q = normalize(centers[rng.integers(0, 50, 100)] + 0.4 * rng.normal(size=(100, 32)))
+    _, exact = make_kernel("faiss", x).search(q, 10)
+    _, approx = make_kernel("faiss", x, ann=kind).search(q, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert recall >= 0.9
+
+
+def test_ann_choice_by_size():
+    from compatret.index.search import resolve_ann
+
+    assert resolve_ann("auto", 10_000) == "flat" and resolve_ann("auto", 5_000_000) == "ivf"
+    assert resolve_ann("hnsw", 10) == "hnsw"
+    with pytest.raises(ValueError):
+        resolve_ann("lsh", 10)

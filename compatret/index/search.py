@@ -117,7 +117,7 @@ def ann_index(kind: str, vectors: np.ndarray) -> "faiss.Index":  # noqa: F821
     """An approximate inner-product index over `vectors`: IVF (k-means lists) or HNSW (graph).
 
     IVF: sqrt-rule list count (4 * sqrt(n)), trained on at most 64 lists' worth of samples
-    per list, nprobe = lists / 32 (>= 8). HNSW: 32 links, efSearch 128.
+    per list, nprobe = lists / 128 (at least 32). HNSW: 32 links, efSearch 128.
     """
     import faiss
 
@@ -133,7 +133,7 @@ def ann_index(kind: str, vectors: np.ndarray) -> "faiss.Index":  # noqa: F821
     sample = vectors if n <= 64 * nlist else vectors[np.random.default_rng(0).choice(n, 64 * nlist, replace=False)]
     index.train(sample)
     index.add(vectors)
-    index.nprobe = max(8, nlist // 32)
+    index.nprobe = min(nlist, max(32, nlist // 128))
     return index
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -61,6 +62,7 @@ class Service:
         self.kernel_name = kernel
         self.refresh_seconds = refresh_seconds
         self._checked = 0.0
+        self._loader: threading.Thread | None = None
         self._index: SearchIndex | None = None
         self._encoders: dict[str, Encoder] = {}
         self._plans: dict[tuple[ModelVersion, ModelVersion], CompatPlan] = {}
@@ -106,9 +108,19 @@ class Service:
         self._checked = now
         if self.refresh_seconds:
             self.gallery.table.checkout_latest()  # follow writes made by other processes
-        if self._index is None or self._index.table_version != self.gallery.version:
+        if self._index is None:
             self._index = SearchIndex.load(self.gallery)
+        elif self._index.table_version != self.gallery.version:
+            if not self.refresh_seconds:
+                self._index = SearchIndex.load(self.gallery)
+            elif self._loader is None or not self._loader.is_alive():
+                self._loader = threading.Thread(target=self._load_in_background, daemon=True)
+                self._loader.start()
         return self._index
+
+    def _load_in_background(self) -> None:
+        """Servers: build the next snapshot on its own table handle; queries keep the current one."""
+        self._index = SearchIndex.load(Gallery.open(self.gallery.path))
 
     # ---- models ----------------------------------------------------------------------
     def _version(self, model: str | None, meta: GalleryMeta | None = None) -> ModelVersion:

@@ -21,6 +21,7 @@ from compatret.errors import CompatretError
 from compatret.index.service import Service
 
 ORDERS = ("random", "uncertainty")
+COMPACT_EVERY = 64  # batches: each commit adds fragments that every later merge must scan
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,9 @@ def backfill(
             index.move(meta.serving.id, ids, vecs, version)
             done += len(ids)
             bar.update(len(ids))
+            if (s // batch_size + 1) % COMPACT_EVERY == 0:
+                service.gallery.table.optimize()  # merges small files; keeps versions younger than 7 days
+                index.table_version = service.gallery.version
     except KeyboardInterrupt:
         stopped = True
     finally:

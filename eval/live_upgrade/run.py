@@ -4,8 +4,7 @@
     python eval/live_upgrade/run.py --parts crash ann
 
 Writes eval/live_upgrade/results.json (merging with parts measured earlier) and results.md.
-The backfill curve on SciFact needs a compatible text model from eval/compat_text and is
-not measured by this script yet (see the README).
+The `curve` part reads the galleries and models that eval/compat_text/run.py builds.
 """
 
 from __future__ import annotations
@@ -161,7 +160,7 @@ def load(work: Path, queries: int = 10_000) -> dict[str, float]:
 
     idle, idle_failed = run(2000)
     client.post("/upgrade", json={"model": v2})
-    job = subprocess.Popen([sys.executable, "-m", "compatret", "index", "backfill", str(work / "g"), "--batch-size", "2", "--json"],
+    job = subprocess.Popen([sys.executable, "-m", "compatret", "index", "backfill", str(work / "g"), "--batch-size", "16", "--json"],
                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     busy, failed = run(queries)
     backfill_running_to_end = job.poll() is None
@@ -197,6 +196,100 @@ def throughput(work: Path, n_docs: int = 1000) -> float:
     return report.rows_per_s / raw
 
 
+CURVE_POINTS = (0, 10, 25, 50, 75, 100)
+KEYS = {"throughput": "backfill_throughput_ratio", "curve": "backfill_curve", "incompatible": "backfill_curve"}
+
+
+def curve(work: Path) -> dict[str, list[list[float]]]:
+    """nDCG@10 on SciFact test while a MiniLM-L6 gallery is backfilled with the BT² text model.
+
+    Uses the galleries and models of eval/compat_text (run it first with --only bt2 star).
+    A row's new vector is read from the full BT² gallery — the exact vector `index backfill`
+    would compute — so each point costs one evaluation, not a re-embedding; rows are taken in
+    the order `index backfill` uses (plan_order). The incompatible contrast mixes MiniLM-L6 and
+    STAR vectors in one space, as a rolling re-index in place does.
+    """
+    from compatret.config import index_home
+    from compatret.data.beir import load_beir
+    from compatret.evaluation.retrieval import evaluate_pair
+    from compatret.index.backfill import pending_ids, plan_order
+
+    base = index_home() / "compat_text"
+    old_g, new_g, model = base / "galleries" / "minilm-l6", base / "galleries" / "bt2", base / "models" / "bt2"
+    data = load_beir(dataset("scifact"))
+    new_groups = Service.open(new_g).index.groups
+    (new_vecs,) = [{str(i): g.vectors[n] for n, i in enumerate(g.ids)} for g in new_groups.values()]
+    out: dict[str, list[list[float]]] = {}
+    for order in ("random", "uncertainty"):
+        g = work / order
+        shutil.copytree(old_g, g)
+        s = Service.open(g)
+        s.upgrade(str(model))
+        queue = plan_order(s, pending_ids(s), order)
+        points, done = [], 0
+        for pct in CURVE_POINTS:
+            target = round(pct / 100 * len(queue))
+            for c in range(done, target, 512):
+                ids = queue[c : min(c + 512, target)]
+                s.gallery.update_vectors(ids, np.stack([new_vecs[i] for i in ids]), s.meta.serving)
+            done = target
+            score = evaluate_pair(str(model), g, data, "test")["ndcg_at_10"]
+            points.append([pct, score])
+            print(f"[curve] {order} {pct}%: nDCG@10 {score:.4f}", flush=True)
+            s = Service.open(g)
+        out[order] = points
+    return out
+
+
+def incompatible(work: Path) -> list[list[float]]:
+    """The contrast: MiniLM-L6 rows replaced by STAR (independently trained) rows in place, queried
+    with STAR queries in one space, as a rolling re-index does elsewhere; compatret refuses this."""
+    from compatret.config import index_home
+    from compatret.data.beir import load_beir
+    from compatret.evaluation.retrieval import evaluate_pair
+    from compatret.index.backfill import _random_key
+
+    base = index_home() / "compat_text"
+    data = load_beir(dataset("scifact"))
+
+    def vectors(gallery: Path) -> dict[str, np.ndarray]:
+        (vecs,) = [{str(i): g.vectors[n] for n, i in enumerate(g.ids)} for g in Service.open(gallery).index.groups.values()]
+        return vecs
+
+    old, star = vectors(base / "galleries" / "minilm-l6"), vectors(base / "galleries" / "star")
+    ids = sorted(old, key=lambda i: _random_key("rolling-reindex", i))
+    points = []
+    for pct in CURVE_POINTS:
+        moved = set(ids[: round(pct / 100 * len(ids))])
+        g = work / f"incompatible-{pct}"
+        mixed = Service.create(g, dim=384, version_id="rolling-reindex")
+        mixed.add_vectors(np.stack([star[i] if i in moved else old[i] for i in ids]), ids=ids)
+        score = evaluate_pair(str(base / "models" / "star"), g, data, "test", unchecked=True)["ndcg_at_10"]
+        points.append([pct, score])
+        print(f"[curve] incompatible {pct}%: nDCG@10 {score:.4f}", flush=True)
+    return points
+
+
+def _plot_curve(curves: dict[str, list[list[float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, pts in curves.items():
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlabel("rows backfilled (%)")
+    ax.set_ylabel("nDCG@10 (SciFact test)")
+    ax.set_title("Backfill MiniLM-L6 -> BT² text model, queries keep running")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", nargs="*", default=["crash", "ann", "load", "throughput"])
@@ -213,13 +306,19 @@ def main() -> None:
                 results["ann"] = ann(Path(tmp))
             elif part == "load":
                 results["load"] = load(Path(tmp))
+            elif part == "curve":
+                results["backfill_curve"] = {**results.get("backfill_curve", {}), **curve(Path(tmp))}
+            elif part == "incompatible":
+                results.setdefault("backfill_curve", {})["incompatible"] = incompatible(Path(tmp))
             elif part == "throughput":
                 results["backfill_throughput_ratio"] = throughput(Path(tmp))
             else:
                 raise SystemExit(f"unknown part {part!r}")
-            print(f"[{part}] done in {time.perf_counter() - t0:.0f} s: {json.dumps(results.get(part, results.get('backfill_throughput_ratio')))}", flush=True)
+            print(f"[{part}] done in {time.perf_counter() - t0:.0f} s: {json.dumps(results.get(KEYS.get(part, part)))}", flush=True)
         results["machine"] = {"cpus": os.cpu_count(), "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS")}
-        out_path.write_text(json.dumps(results, indent=2))
+        out_path.write_text(json.dumps(results, indent=2))  # after each part: a later failure keeps it
+    if results.get("backfill_curve"):
+        _plot_curve(results["backfill_curve"], HERE / "backfill_curve.png")
     (HERE / "results.md").write_text(_table(results))
     print(_table(results))
 
@@ -235,6 +334,8 @@ def _table(r: dict[str, Any]) -> str:
     if "load" in r:
         x = r["load"]
         lines.append(f"| {x['queries']:,} HTTP queries during upgrade + backfill | {x['failed']} failed; p50 {x['p50_ms']:.1f} ms, p99 {x['p99_ms']:.1f} ms (idle: p50 {x['p50_ms_idle']:.1f}, p99 {x['p99_ms_idle']:.1f}) |")
+    for name, pts in r.get("backfill_curve", {}).items():
+        lines.append(f"| backfill curve, {name} order | " + ", ".join(f"{int(p)} %: {v:.3f}" for p, v in pts) + " |")
     if "backfill_throughput_ratio" in r:
         lines.append(f"| backfill rows/s over raw encoding rate | {r['backfill_throughput_ratio']:.2f} |")
     return "\n".join(lines) + "\n"

@@ -60,3 +60,19 @@ def test_unknown_model_spec(tmp_path):
         load_version("no-such-model")
     with pytest.raises(CompatretError, match="not a compatret model folder"):
         load_version(str(tmp_path))
+
+
+def test_onnx_model_folder_loads_like_its_alias(tmp_path, scifact_subset):
+    import shutil
+
+    from compatret.encoders.base import write_encoder_config
+    from compatret.encoders.registry import _minilm_l3_onnx, _minilm_l6_dir
+
+    folder = tmp_path / "l3-copy"
+    folder.mkdir()
+    shutil.copyfile(_minilm_l3_onnx(), folder / "model.onnx")
+    shutil.copyfile(_minilm_l6_dir() / "tokenizer.json", folder / "tokenizer.json")
+    write_encoder_config(folder, "onnx", onnx="model.onnx", tokenizer="tokenizer.json")
+    ModelVersion("l3-copy", 384, "text", parent=load_version("minilm-l3")).save(folder)
+    docs = scifact_subset["docs"][:5]
+    np.testing.assert_allclose(load_encoder(str(folder)).encode_items(docs), load_encoder("minilm-l3").encode_items(docs), atol=1e-6)

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -220,11 +221,12 @@ def curve(work: Path) -> dict[str, list[list[float]]]:
     new_groups = Service.open(new_g).index.groups
     (new_vecs,) = [{str(i): g.vectors[n] for n, i in enumerate(g.ids)} for g in new_groups.values()]
     out: dict[str, list[list[float]]] = {}
-    for order in ("random", "uncertainty"):
-        g = work / order
+    for name, order, merge in (("random", "random", "raw"), ("uncertainty", "uncertainty", "raw"), ("random_shared_merge", "random", "shared")):
+        g = work / name
         shutil.copytree(old_g, g)
         s = Service.open(g)
         s.upgrade(str(model))
+        s.gallery.set_meta(replace(s.meta, merge=merge))
         queue = plan_order(s, pending_ids(s), order)
         points, done = [], 0
         for pct in CURVE_POINTS:
@@ -235,36 +237,34 @@ def curve(work: Path) -> dict[str, list[list[float]]]:
             done = target
             score = evaluate_pair(str(model), g, data, "test")["ndcg_at_10"]
             points.append([pct, score])
-            print(f"[curve] {order} {pct}%: nDCG@10 {score:.4f}", flush=True)
+            print(f"[curve] {name} {pct}%: nDCG@10 {score:.4f}", flush=True)
             s = Service.open(g)
-        out[order] = points
+        out[name] = points
     return out
 
 
 def incompatible(work: Path) -> list[list[float]]:
-    """The contrast: MiniLM-L6 rows replaced by STAR (independently trained) rows in place, queried
-    with STAR queries in one space, as a rolling re-index does elsewhere; compatret refuses this."""
+    """The contrast: a rolling re-index in place with a model trained independently of the old one
+    (paraphrase-MiniLM-L3-v2, same 384 dims, unrelated space). Rows switch from MiniLM-L6 to L3
+    vectors and L3 queries search them as one space — what compatret refuses to do."""
     from compatret.config import index_home
     from compatret.data.beir import load_beir
     from compatret.evaluation.retrieval import evaluate_pair
     from compatret.index.backfill import _random_key
 
-    base = index_home() / "compat_text"
     data = load_beir(dataset("scifact"))
-
-    def vectors(gallery: Path) -> dict[str, np.ndarray]:
-        (vecs,) = [{str(i): g.vectors[n] for n, i in enumerate(g.ids)} for g in Service.open(gallery).index.groups.values()]
-        return vecs
-
-    old, star = vectors(base / "galleries" / "minilm-l6"), vectors(base / "galleries" / "star")
+    (old,) = [{str(i): g.vectors[n] for n, i in enumerate(g.ids)}
+              for g in Service.open(index_home() / "compat_text" / "galleries" / "minilm-l6").index.groups.values()]
+    docs = data.items()
+    l3 = dict(zip([d["id"] for d in docs], load_encoder("minilm-l3").encode_items(docs, progress=True)))
     ids = sorted(old, key=lambda i: _random_key("rolling-reindex", i))
     points = []
     for pct in CURVE_POINTS:
         moved = set(ids[: round(pct / 100 * len(ids))])
         g = work / f"incompatible-{pct}"
         mixed = Service.create(g, dim=384, version_id="rolling-reindex")
-        mixed.add_vectors(np.stack([star[i] if i in moved else old[i] for i in ids]), ids=ids)
-        score = evaluate_pair(str(base / "models" / "star"), g, data, "test", unchecked=True)["ndcg_at_10"]
+        mixed.add_vectors(np.stack([l3[i] if i in moved else old[i] for i in ids]), ids=ids)
+        score = evaluate_pair("minilm-l3", g, data, "test", unchecked=True)["ndcg_at_10"]
         points.append([pct, score])
         print(f"[curve] incompatible {pct}%: nDCG@10 {score:.4f}", flush=True)
     return points

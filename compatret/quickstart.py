@@ -20,7 +20,7 @@ from compatret.errors import CompatretError
 from compatret.index.service import Service
 from compatret.train.image_methods import MethodSpec, fit_image_version
 from compatret.train.image_trainer import TrainConfig
-from compatret.versions import normalize
+from compatret.evaluation.compat_metrics import retrieval_scores
 
 
 # BCT influence loss at the paper's weight, plus a cosine pull to the old feature of the same
@@ -61,9 +61,7 @@ def _top1_from_service(service: Service, split: ImageSplit, ids: list[str], mode
 
 def _top1_raw(queries: np.ndarray, gallery: np.ndarray, labels: np.ndarray) -> float:
     """The same measure on raw vectors, for the pair compatret refuses to compare."""
-    sims = normalize(queries) @ normalize(gallery).T
-    np.fill_diagonal(sims, -np.inf)
-    return 100.0 * float((labels[sims.argmax(1)] == labels).mean())
+    return retrieval_scores(queries, gallery, labels, labels, leave_one_out=True)["top1"]
 
 
 def _load(data: str | None) -> tuple[ImageSplit, ImageSplit, ImageModelSpec, TrainConfig]:

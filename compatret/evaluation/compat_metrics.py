@@ -8,12 +8,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from compatret.versions import normalize
+
 _CHUNK = 1024
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def retrieval_scores(
@@ -33,7 +30,7 @@ def retrieval_scores(
     models (old gallery, new queries): that is the compatibility test. Works in
     query chunks so 5k x 5k takes about a second.
     """
-    q, g = _normalise(query_feats), _normalise(gallery_feats)
+    q, g = normalize(query_feats), normalize(gallery_feats)
     ql, gl = np.asarray(query_labels), np.asarray(gallery_labels)
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"feature dims differ: {q.shape[1]} vs {g.shape[1]}")

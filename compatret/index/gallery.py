@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -235,8 +235,7 @@ class Gallery:
     def delete(self, ids: Sequence[str]) -> int:
         """Delete rows by id in one commit; returns the new table version."""
         if ids:
-            quoted = ", ".join("'" + str(i).replace("'", "''") + "'" for i in ids)
-            self.table.delete(f"id IN ({quoted})")
+            self.table.delete(_id_filter(ids))
         return self.version
 
     def scan_groups(self) -> dict[str, Any]:
@@ -262,28 +261,24 @@ class Gallery:
 
     def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Raw text/title/image of rows, for re-embedding them."""
-        if not ids:
-            return {}
-        quoted = ", ".join("'" + str(i).replace("'", "''") + "'" for i in ids)
-        rows = self.table.search().where(f"id IN ({quoted})").select(["id", "title", "text", "image"]).limit(len(ids)).to_arrow().to_pylist()
-        return {r["id"]: r for r in rows}
+        return self._rows(ids, ["id", "title", "text", "image"])
 
     def fetch(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Payloads (text, image, metadata, model_version) of the given ids."""
-        if not ids:
-            return {}
-        quoted = ", ".join("'" + str(i).replace("'", "''") + "'" for i in set(ids))
-        rows = (
-            self.table.search()
-            .where(f"id IN ({quoted})")
-            .select(["id", "title", "text", "image", "metadata", "model_version"])
-            .limit(len(set(ids)))
-            .to_arrow()
-            .to_pylist()
-        )
-        out = {}
-        for r in rows:
+        rows = self._rows(ids, ["id", "title", "text", "image", "metadata", "model_version"])
+        for r in rows.values():
             r["metadata"] = json.loads(r["metadata"]) if r["metadata"] else None
-            out[r["id"]] = r
-        return out
+        return rows
 
+    def _rows(self, ids: Sequence[str], columns: list[str]) -> dict[str, dict[str, Any]]:
+        unique = set(ids)
+        if not unique:
+            return {}
+        rows = self.table.search().where(_id_filter(unique)).select(columns).limit(len(unique)).to_arrow().to_pylist()
+        return {r["id"]: r for r in rows}
+
+
+def _id_filter(ids: Iterable[str]) -> str:
+    """A SQL filter matching these ids (quotes escaped)."""
+    quoted = ", ".join("'" + str(i).replace("'", "''") + "'" for i in ids)
+    return f"id IN ({quoted})"

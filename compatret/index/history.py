@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import replace
 from typing import Any
 
 from compatret.errors import CompatretError
@@ -44,8 +43,7 @@ def rollback(service: Service, to: int) -> GalleryMeta:
         raise CompatretError(f"no version {to} (have {min(versions)}..{max(versions)}; pruned versions are gone)")
     current = service.gallery.version
     service.gallery.table.restore(to)
-    restored = service.gallery.meta
-    meta = replace(restored, history=(*restored.history, _event("rollback", to=to, from_version=current)))
+    meta = service.gallery.record("rollback", to=to, from_version=current)
     service.gallery.set_meta(meta)
     return meta
 
@@ -60,6 +58,3 @@ def prune(service: Service, older_than: dt.timedelta) -> dict[str, int]:
     after = len(service.gallery.table.list_versions())
     return {"versions_before": before, "versions_after": after}
 
-
-def _event(name: str, **details: Any) -> dict[str, Any]:
-    return {"event": name, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **details}

@@ -153,7 +153,8 @@ def make_kernel(name: str, vectors: np.ndarray, ann: str = "flat") -> Kernel:
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if ann in ("ivf", "hnsw") and len(vectors):
-        return FaissKernel(ann_index(ann, vectors), use_gpu=(faiss_gpus() > 0 and ann == "ivf") if name in ("auto", "faiss-gpu") else False)
+        on_gpu = name in ("auto", "faiss-gpu") and ann == "ivf" and faiss_gpus() > 0  # faiss has no GPU HNSW
+        return FaissKernel(ann_index(ann, vectors), use_gpu=on_gpu)
     if name == "auto":
         if faiss_gpus() > 0:
             return FaissKernel.from_vectors(vectors, use_gpu=True)

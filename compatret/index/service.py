@@ -127,7 +127,7 @@ class Service:
         meta = meta or self.meta
         if model is None:
             return meta.serving
-        for v in (meta.serving, meta.vector_model):
+        for v in (meta.serving, meta.vector_model, *meta.versions.values()):
             if model == v.id:
                 return v
         return load_version(model)
@@ -135,7 +135,7 @@ class Service:
     def encoder(self, model: str | None = None) -> Encoder:
         """The encoder of `model` (default: the serving model), loaded once."""
         meta = self.meta
-        version = self._version(model)
+        version = self._version(model, meta)
         spec = model if model is not None and model not in (meta.serving.id, meta.vector_model.id) else meta.sources.get(version.id)
         if spec is None:
             raise CompatretError(f"model {version.id!r} has no weights recorded in this gallery: query with --vectors")
@@ -235,16 +235,16 @@ class Service:
         version = load_version(model)
         if version.modality != meta.modality and meta.modality != "vector":
             raise CompatretError(f"model {version.id!r} is for {version.modality}, this gallery holds {meta.modality}")
-        model_dir = Path(model)
-        for node in version.lineage():
-            if node.compat.kind == "transform":
-                src = model_dir / TRANSFORMS_DIR / f"{node.id}.npy"
-                if not src.exists():
-                    raise CompatretError(f"model {version.id!r} lacks its transform file {src}")
-                (self.gallery.path / TRANSFORMS_DIR).mkdir(exist_ok=True)
-                shutil.copyfile(src, self.gallery.path / TRANSFORMS_DIR / src.name)
         for writer in (meta.vector_model, *meta.versions.values()):
             resolve(version, writer, self.gallery.path)  # refuses a model that cannot read every row
+        model_dir = Path(model)
+        transforms = [model_dir / TRANSFORMS_DIR / f"{n.id}.npy" for n in version.lineage() if n.compat.kind == "transform"]
+        missing = [t for t in transforms if not t.exists()]
+        if missing:
+            raise CompatretError(f"model {version.id!r} lacks its transform file {missing[0]}")
+        for src in transforms:  # only once the upgrade is known to be valid: a refusal changes nothing
+            (self.gallery.path / TRANSFORMS_DIR).mkdir(exist_ok=True)
+            shutil.copyfile(src, self.gallery.path / TRANSFORMS_DIR / src.name)
         sources = dict(meta.sources)
         if (model_dir / "encoder.json").exists() or model in ALIASES:
             sources[version.id] = _source_of(model)
@@ -331,7 +331,7 @@ class Service:
             top = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
             scores, ids = np.take_along_axis(all_scores, top, 1), np.take_along_axis(all_ids, top, 1)
         id_rows, score_rows = ids.tolist(), scores.tolist()
-        if any(i is None for row in id_rows for i in row):  # fewer hits than k
+        if (ids == None).any():  # noqa: E711  fewer hits than k (elementwise, in numpy)
             score_rows = [[x for x, i in zip(r, ir) if i is not None] for r, ir in zip(score_rows, id_rows)]
             id_rows = [[i for i in r if i is not None] for r in id_rows]
         results = [QueryResult(i, sc) for i, sc in zip(id_rows, score_rows)]
@@ -346,6 +346,7 @@ class Service:
 
     def info(self) -> dict[str, Any]:
         meta = self.meta
+        plan = self.plan()
         return {
             "path": str(self.gallery.path),
             "rows": self.gallery.count(),
@@ -360,7 +361,7 @@ class Service:
             "lineage": [
                 {"id": v.id, "dim": v.dim, "method": v.method, "compat": v.compat.to_dict()} for v in meta.serving.lineage()
             ],
-            "query_plan": {"dims": self.plan().dims, "transforms": len(self.plan().gallery_transforms)},
+            "query_plan": {"dims": plan.dims, "transforms": len(plan.gallery_transforms)},
             "table_version": self.gallery.version,
             "kernel": backend_name(self.kernel_name),
             "history": list(meta.history),

@@ -87,3 +87,45 @@ def test_bt2_extends_the_space_and_resumes_after_interruption(text_env, tmp_path
     service.upgrade(str(folder))
     assert service.plan().dims == 384
     assert train_retriever(cfg, progress=False) == folder  # finished: a rerun is a no-op
+
+
+def test_alignment_map_recovers_a_linear_relation():
+    import torch
+
+    from compatret.train.text.heads import alignment_map
+
+    gen = torch.Generator().manual_seed(0)
+    new = torch.nn.functional.normalize(torch.randn(500, 24, generator=gen), dim=1)
+    true = torch.linalg.qr(torch.randn(24, 16, generator=gen))[0]  # an isometry keeps rows unit-norm up to scale
+    old = new @ true
+    dense = alignment_map(new, old)
+    mapped = dense({"sentence_embedding": new})["sentence_embedding"]
+    cos = torch.nn.functional.cosine_similarity(mapped, torch.nn.functional.normalize(old, dim=1), dim=1)
+    assert cos.min() > 0.98
+
+
+def test_cross_architecture_starts_aligned_to_a_frozen_onnx_gallery(text_env, tmp_path):  # noqa: F811
+    from compatret.data.beir import load_beir
+    from compatret.train.text.setup import gallery_vectors
+
+    corpus = load_beir(text_env.beir, splits=("train",)).corpus
+    ids = sorted(corpus)
+    l3 = Service.create(tmp_path / "l3", model="minilm-l3")
+    l3.add_vectors(load_encoder("minilm-l3").encode_items([corpus[i] for i in ids], batch_size=64), ids=ids)
+    cfg = RetrieverConfig(method="bct", old="minilm-l3", init="minilm-l6", gallery=str(tmp_path / "l3"),
+                          train_data=str(text_env.beir), out=str(tmp_path / "cross"), align_docs=len(ids), max_steps=1,
+                          **{**FAST, "lr": 1e-6})
+    folder = train_retriever(cfg, progress=False)
+    version = ModelVersion.load(folder)
+    assert version.compat.kind == "identity" and version.parent is not None and version.parent.id == "minilm-l3"
+    stored = dict(zip(*gallery_vectors(Service.open(tmp_path / "l3"), "minilm-l3")))
+    sample = ids[:40]
+    old = np.stack([stored[i] for i in sample])
+    new = load_encoder(str(folder)).encode_items([corpus[i] for i in sample])
+    raw = load_encoder("minilm-l6").encode_items([corpus[i] for i in sample])
+
+    def mean_cos(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.mean(np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+
+    assert mean_cos(new, old) > mean_cos(raw, old) + 0.3  # aligned into L3's space; L6 alone is not in it
+    assert Service.open(tmp_path / "l3").upgrade(str(folder)).serving.id == version.id

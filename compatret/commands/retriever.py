@@ -24,13 +24,15 @@ from compatret.train.text.config import METHODS
 @click.option("--lr", type=float, default=2e-5, show_default=True)
 @click.option("--extra-dims", type=int, default=64, show_default=True, help="Extension dims for bt2/oca.")
 @click.option("--hard-negatives", type=int, default=1, show_default=True, help="Static hard negatives per query (star/bct/bt2/oca).")
+@click.option("--align-docs", type=int, default=0, show_default=True,
+              help="Fit a linear map from --init's space into the old one on this many gallery documents first (cross-architecture).")
 @click.option("--max-seq-length", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-steps", type=int, help="Stop after this many steps (default: all epochs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @friendly
 def retriever(method: str, old: str, gallery: str, train_data: str, out: str | None, init: str | None, split: str,
-              epochs: int, batch_size: int, lr: float, extra_dims: int, hard_negatives: int, max_seq_length: int,
+              epochs: int, batch_size: int, lr: float, extra_dims: int, hard_negatives: int, align_docs: int, max_seq_length: int,
               seed: int, max_steps: int | None, as_json: bool) -> None:
     """Fine-tune a text retriever on hard negatives; rerun the same command to resume after an interruption."""
     from compatret.config import index_home
@@ -41,7 +43,7 @@ def retriever(method: str, old: str, gallery: str, train_data: str, out: str | N
     cfg = RetrieverConfig(
         method=method, old=old, gallery=gallery, train_data=train_data, out=out or str(index_home() / "models" / method),
         init=init, split=split, epochs=epochs, batch_size=batch_size, lr=lr, extra_dims=extra_dims, seed=seed,
-        max_steps=max_steps, hard_negatives=hard_negatives, max_seq_length=max_seq_length,
+        max_steps=max_steps, hard_negatives=hard_negatives, align_docs=align_docs, max_seq_length=max_seq_length,
     )
     folder = train_retriever(cfg, progress=not as_json)
     version = ModelVersion.load(folder)

@@ -14,7 +14,12 @@ METHODS = ("star", "adore", "bct", "bt2", "oca")
 
 @dataclass(frozen=True)
 class RetrieverConfig:
-    """method: star|adore|bct|bt2|oca; old: the gallery's model; init: start weights (default: old)."""
+    """method: star|adore|bct|bt2|oca; old: the gallery's model; init: start weights (default: old).
+
+    align_docs: before training, fit a linear map from the start model's space into the old
+    space by least squares on this many gallery documents (0 = none). For a start model of
+    another architecture than the old one, whose space is unrelated to the gallery's.
+    """
 
     method: str
     old: str
@@ -33,6 +38,7 @@ class RetrieverConfig:
     depth: int = 200
     max_seq_length: int = 256
     compat_weight: float = 1.0
+    align_docs: int = 0
     checkpoint_every: int = 25
 
     def check(self) -> None:
@@ -48,8 +54,10 @@ class RetrieverConfig:
             raise CompatretError("max-steps must be >= 1")
         if self.lr <= 0:
             raise CompatretError("lr must be > 0")
-        if self.hard_negatives < 0 or self.compat_weight < 0:
-            raise CompatretError("hard-negatives and compat-weight must be >= 0")
+        if self.hard_negatives < 0 or self.compat_weight < 0 or self.align_docs < 0:
+            raise CompatretError("hard-negatives, compat-weight and align-docs must be >= 0")
+        if self.align_docs and self.method == "star":
+            raise CompatretError("star trains an independent space: align-docs applies to the compatible methods")
         if self.method in ("bt2", "oca") and self.extra_dims < 1:
             raise CompatretError(f"{self.method} needs extra-dims >= 1")
         if not Path(self.gallery).exists():

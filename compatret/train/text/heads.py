@@ -1,4 +1,5 @@
-"""The BT²/OCA extension head on a SentenceTransformer, and its export to a stock Dense module.
+"""Heads on a SentenceTransformer: the BT²/OCA extension head (exported as a stock Dense module)
+and the least-squares alignment map into an old model's space.
 
 Training uses the structured head (orthogonal map over [h; E h]); a saved model holds the
 equivalent single linear map as sentence-transformers' own Dense module, because
@@ -48,3 +49,21 @@ class ExtensionHead(nn.Module):
 
         m = self.linear_map().detach().cpu().clone()
         return Dense(self.dim, self.dim + self.extra_dims, bias=False, activation_function=nn.Identity(), init_weight=m)
+
+
+@torch.no_grad()
+def alignment_map(new: Tensor, old: Tensor) -> nn.Module:
+    """Dense(d_new -> d_old) minimising ||normalize(new) W - normalize(old)||² + ridge||W||²: the new space read as the old one.
+
+    A start model of another architecture shares no coordinates with the gallery; this
+    least-squares fit over documents both models embedded is where compatible training
+    then starts from (a cross-architecture upgrade would otherwise begin near chance).
+    """
+    from sentence_transformers.base.modules.dense import Dense
+
+    x = torch.nn.functional.normalize(new.double(), dim=1)
+    y = torch.nn.functional.normalize(old.double(), dim=1)
+    gram = x.T @ x
+    ridge = 1e-3 * gram.trace() / len(gram)  # keeps the fit defined with fewer documents than dims
+    w = torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=gram.dtype), x.T @ y)  # [d_new, d_old]
+    return Dense(new.shape[1], old.shape[1], bias=False, activation_function=nn.Identity(), init_weight=w.T.float().contiguous())

@@ -24,7 +24,7 @@ from compatret.errors import CompatretError
 from compatret.losses.ranking import AdoreLoss, StarLoss
 from compatret.losses.retrieval_compat import CompatRetrievalLoss
 from compatret.train.text.config import RetrieverConfig
-from compatret.train.text.heads import ExtensionHead
+from compatret.train.text.heads import ExtensionHead, alignment_map
 from compatret.train.text.mining import dynamic_candidates
 from compatret.train.text.model_io import load_trainable, save_retriever
 from compatret.train.text.setup import TrainingSet, load_training_set, sample_negatives
@@ -40,11 +40,14 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def build_model(cfg: RetrieverConfig, old_dim: int) -> nn.Module:
-    """Start weights, with the extension head for BT²/OCA (old space in the first old_dim dims)."""
+def build_model(cfg: RetrieverConfig, ts: TrainingSet) -> nn.Module:
+    """Start weights, aligned to the old space when asked, with the extension head for BT²/OCA."""
+    old_dim = ts.old_vectors.shape[1]
     model = load_trainable(cfg.init or cfg.old, device=_device())
     model.serve_seq_length = model.max_seq_length  # type: ignore[attr-defined]  # restored on save
     model.max_seq_length = min(cfg.max_seq_length, model.max_seq_length)  # type: ignore[attr-defined]
+    if cfg.align_docs:
+        model.append(_fit_alignment(model, ts, cfg.align_docs, cfg.seed).to(_device()))  # type: ignore[attr-defined]
     dim = model.get_embedding_dimension()  # type: ignore[attr-defined]
     if cfg.method in ("bt2", "oca"):
         if dim < old_dim:
@@ -53,6 +56,14 @@ def build_model(cfg: RetrieverConfig, old_dim: int) -> nn.Module:
     elif cfg.method != "star" and dim != old_dim:
         raise CompatretError(f"{cfg.method} keeps the old space: start model has {dim} dims, the gallery {old_dim}")
     return model
+
+
+def _fit_alignment(model: nn.Module, ts: TrainingSet, n_docs: int, seed: int) -> nn.Module:
+    """Least-squares map from the start model's embeddings of n gallery documents to their stored old vectors."""
+    known = np.flatnonzero([t is not None for t in ts.doc_texts])
+    rows = np.sort(np.random.default_rng(seed).choice(known, size=min(n_docs, len(known)), replace=False))
+    new = model.encode([ts.doc_texts[r] for r in rows], batch_size=64, convert_to_tensor=True, show_progress_bar=True)  # type: ignore[attr-defined]
+    return alignment_map(new.cpu(), torch.from_numpy(ts.old_vectors[rows]))
 
 
 def new_version(cfg: RetrieverConfig, ts: TrainingSet, dim: int) -> ModelVersion:
@@ -131,7 +142,7 @@ def train_retriever(cfg: RetrieverConfig, progress: bool = True) -> Path:
         return out
     torch.manual_seed(cfg.seed)
     ts = load_training_set(cfg, progress=progress)
-    model = build_model(cfg, ts.old_version.dim)
+    model = build_model(cfg, ts)
     step_fn = _adore_step(cfg, ts, model) if cfg.method == "adore" else _item_step(cfg, ts, model)
     per_epoch = max(1, len(ts.pairs) // cfg.batch_size)
     total = min(per_epoch * cfg.epochs, cfg.max_steps or per_epoch * cfg.epochs)

@@ -70,6 +70,8 @@ class RetrieverConfig:
         d = asdict(self)
         for key in ("out", "checkpoint_every"):
             d.pop(key)
+        if not d["align_docs"]:
+            d.pop("align_docs")  # added later: unset, it keeps the fingerprints of runs that predate it
         for key in ("gallery", "train_data"):
             d[key] = str(Path(d[key]).resolve())
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

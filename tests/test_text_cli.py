@@ -47,6 +47,8 @@ def test_eval_retrieval_bad_input(text_env, args):  # noqa: F811
         (["--method", "star", "--batch-size", "1"], "batch-size"),
         (["--method", "bct", "--old", "minilm-l3"], "no vectors of 'minilm-l3'"),
         (["--method", "adore", "--init", "minilm-l3"], "frozen"),
+        (["--method", "bct", "--align-docs", "-1"], "align-docs"),
+        (["--method", "star", "--align-docs", "100"], "align-docs applies to the compatible methods"),
     ],
 )
 def test_train_retriever_bad_input(text_env, tmp_path, extra, message):  # noqa: F811

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from compatret.cli import emit, friendly
+from compatret.commands.output import emit, friendly
 from compatret.errors import CompatretError
 
 

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from compatret.cli import friendly
+from compatret.commands.output import friendly
 
 
 @click.command("retrieval")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from compatret.cli import emit, friendly
+from compatret.commands.output import emit, friendly
 from compatret.errors import CompatretError
 
 

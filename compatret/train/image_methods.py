@@ -23,7 +23,8 @@ from compatret.losses.bct import BCTLoss, influence_weights
 from compatret.losses.bt2 import BT2Loss
 from compatret.losses.hoc import DSimplexLoss
 from compatret.losses.oca import OCALoss, class_means
-from compatret.train.image_trainer import CompatLoss, TrainConfig, embed, pick_device, seed_everything, train_image_model
+from compatret.train.image_trainer import CompatLoss, TrainConfig, embed, pick_device, train_image_model
+from compatret.train.seeding import seed_everything
 from compatret.versions import Compat, ModelVersion
 
 METHODS = ("independent", "bct", "dsimplex", "bt2", "oca")

@@ -5,16 +5,16 @@ Seeds, per-epoch checkpoints with resume, a progress bar, CPU or GPU chosen at r
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
+
+from compatret.train.seeding import seed_everything
 
 CompatLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 CHECKPOINT = "last.pt"
@@ -33,12 +33,6 @@ class TrainConfig:
     flip: bool = True
     checkpoint_dir: str | None = None
     progress: bool = True
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def pick_device(device: str | None) -> str:

@@ -23,6 +23,7 @@ from compatret.encoders import load_version
 from compatret.errors import CompatretError
 from compatret.losses.ranking import AdoreLoss, StarLoss
 from compatret.losses.retrieval_compat import CompatRetrievalLoss
+from compatret.train.seeding import seed_everything
 from compatret.train.text.config import RetrieverConfig
 from compatret.train.text.heads import ExtensionHead, alignment_map
 from compatret.train.text.mining import dynamic_candidates
@@ -140,7 +141,7 @@ def train_retriever(cfg: RetrieverConfig, progress: bool = True) -> Path:
     out, fp = Path(cfg.out), cfg.fingerprint()
     if _finished(out, fp):
         return out
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed)
     ts = load_training_set(cfg, progress=progress)
     model = build_model(cfg, ts)
     step_fn = _adore_step(cfg, ts, model) if cfg.method == "adore" else _item_step(cfg, ts, model)

@@ -17,10 +17,10 @@ from compatret.data.images import ImageSplit, load_digits_splits, load_parquet_s
 from compatret.encoders import load_encoder
 from compatret.encoders.image import ImageModelSpec
 from compatret.errors import CompatretError
+from compatret.evaluation.compat_metrics import retrieval_scores
 from compatret.index.service import Service
 from compatret.train.image_methods import MethodSpec, fit_image_version
 from compatret.train.image_trainer import TrainConfig
-from compatret.evaluation.compat_metrics import retrieval_scores
 
 
 # BCT influence loss plus a cosine pull to the old feature of the same image, both at weight 2:

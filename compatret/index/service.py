@@ -242,8 +242,9 @@ class Service:
         missing = [t for t in transforms if not t.exists()]
         if missing:
             raise CompatretError(f"model {version.id!r} lacks its transform file {missing[0]}")
-        for src in transforms:  # only once the upgrade is known to be valid: a refusal changes nothing
+        if transforms:  # only once the upgrade is known to be valid: a refusal changes nothing
             (self.gallery.path / TRANSFORMS_DIR).mkdir(exist_ok=True)
+        for src in transforms:
             shutil.copyfile(src, self.gallery.path / TRANSFORMS_DIR / src.name)
         sources = dict(meta.sources)
         if (model_dir / "encoder.json").exists() or model in ALIASES:

@@ -58,8 +58,14 @@ def digit_models(work: Path) -> tuple[str, str, list[dict[str, Any]]]:
 
 
 def rows_of(path: Path) -> dict[str, tuple[str, np.ndarray]]:
+    """id -> (model version, stored vector) of every row of a gallery."""
     idx = Service.open(path).index
     return {str(i): (v, g.vectors[n]) for v, g in idx.groups.items() for n, i in enumerate(g.ids)}
+
+
+def vectors_of(path: Path) -> dict[str, np.ndarray]:
+    """id -> stored vector of every row of a gallery."""
+    return {i: vec for i, (_, vec) in rows_of(path).items()}
 
 
 def crash(work: Path, kills: int = 20) -> dict[str, int]:
@@ -207,8 +213,7 @@ def curve(work: Path) -> dict[str, list[list[float]]]:
     Uses the galleries and models of eval/compat_text (run it first with --only bt2 star).
     A row's new vector is read from the full BT² gallery — the exact vector `index backfill`
     would compute — so each point costs one evaluation, not a re-embedding; rows are taken in
-    the order `index backfill` uses (plan_order). The incompatible contrast mixes MiniLM-L6 and
-    STAR vectors in one space, as a rolling re-index in place does.
+    the order `index backfill` uses (plan_order). The incompatible contrast is `incompatible()`.
     """
     from compatret.config import index_home
     from compatret.data.beir import load_beir
@@ -218,8 +223,7 @@ def curve(work: Path) -> dict[str, list[list[float]]]:
     base = index_home() / "compat_text"
     old_g, new_g, model = base / "galleries" / "minilm-l6", base / "galleries" / "bt2", base / "models" / "bt2"
     data = load_beir(dataset("scifact"))
-    new_groups = Service.open(new_g).index.groups
-    (new_vecs,) = [{str(i): g.vectors[n] for n, i in enumerate(g.ids)} for g in new_groups.values()]
+    new_vecs = vectors_of(new_g)
     out: dict[str, list[list[float]]] = {}
     for name, order, merge in (("random", "random", "raw"), ("uncertainty", "uncertainty", "raw"), ("random_shared_merge", "random", "shared")):
         g = work / name
@@ -253,8 +257,7 @@ def incompatible(work: Path) -> list[list[float]]:
     from compatret.index.backfill import _random_key
 
     data = load_beir(dataset("scifact"))
-    (old,) = [{str(i): g.vectors[n] for n, i in enumerate(g.ids)}
-              for g in Service.open(index_home() / "compat_text" / "galleries" / "minilm-l6").index.groups.values()]
+    old = vectors_of(index_home() / "compat_text" / "galleries" / "minilm-l6")
     docs = data.items()
     l3 = dict(zip([d["id"] for d in docs], load_encoder("minilm-l3").encode_items(docs, progress=True)))
     ids = sorted(old, key=lambda i: _random_key("rolling-reindex", i))

@@ -45,10 +45,7 @@ class ExtensionHead(nn.Module):
 
     def to_dense(self) -> nn.Module:
         """The same map as a sentence-transformers Dense module (no bias, no activation)."""
-        from sentence_transformers.base.modules.dense import Dense
-
-        m = self.linear_map().detach().cpu().clone()
-        return Dense(self.dim, self.dim + self.extra_dims, bias=False, activation_function=nn.Identity(), init_weight=m)
+        return _linear_dense(self.linear_map().detach().cpu().clone())
 
 
 @torch.no_grad()
@@ -59,11 +56,17 @@ def alignment_map(new: Tensor, old: Tensor) -> nn.Module:
     least-squares fit over documents both models embedded is where compatible training
     then starts from (a cross-architecture upgrade would otherwise begin near chance).
     """
-    from sentence_transformers.base.modules.dense import Dense
-
     x = torch.nn.functional.normalize(new.double(), dim=1)
     y = torch.nn.functional.normalize(old.double(), dim=1)
     gram = x.T @ x
     ridge = 1e-3 * gram.trace() / len(gram)  # keeps the fit defined with fewer documents than dims
     w = torch.linalg.solve(gram + ridge * torch.eye(len(gram), dtype=gram.dtype), x.T @ y)  # [d_new, d_old]
-    return Dense(new.shape[1], old.shape[1], bias=False, activation_function=nn.Identity(), init_weight=w.T.float().contiguous())
+    return _linear_dense(w.T.float().contiguous())
+
+
+def _linear_dense(weight: Tensor) -> nn.Module:
+    """sentence-transformers' own Dense module computing x @ weight.T (no bias, no activation)."""
+    from sentence_transformers.base.modules.dense import Dense
+
+    out_dim, in_dim = weight.shape
+    return Dense(in_dim, out_dim, bias=False, activation_function=nn.Identity(), init_weight=weight)

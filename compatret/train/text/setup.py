@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -32,6 +33,11 @@ class TrainingSet:
     pairs: np.ndarray  # [P, 2]: query index, positive row
     doc_texts: list[str | None]
     negatives: list[np.ndarray] | None  # static (STAR-style) negatives per query
+
+    @cached_property
+    def text_rows(self) -> np.ndarray:
+        """Gallery rows whose document text is known: the only ones a step can embed."""
+        return np.flatnonzero([t is not None for t in self.doc_texts])
 
 
 def gallery_vectors(service: Service, version_id: str) -> tuple[list[str], np.ndarray]:
@@ -72,7 +78,7 @@ def load_training_set(cfg: RetrieverConfig, progress: bool = True) -> TrainingSe
 
 def sample_negatives(ts: TrainingSet, query_idx: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """n static hard negatives per query (random corpus rows when a query has too few)."""
-    known = np.flatnonzero([t is not None for t in ts.doc_texts])
+    known = ts.text_rows
     assert ts.negatives is not None
     out = np.empty((len(query_idx), n), dtype=np.int64)
     for i, q in enumerate(query_idx):

@@ -61,7 +61,7 @@ def build_model(cfg: RetrieverConfig, ts: TrainingSet) -> nn.Module:
 
 def _fit_alignment(model: nn.Module, ts: TrainingSet, n_docs: int, seed: int) -> nn.Module:
     """Least-squares map from the start model's embeddings of n gallery documents to their stored old vectors."""
-    known = np.flatnonzero([t is not None for t in ts.doc_texts])
+    known = ts.text_rows
     rows = np.sort(np.random.default_rng(seed).choice(known, size=min(n_docs, len(known)), replace=False))
     new = model.encode([ts.doc_texts[r] for r in rows], batch_size=64, convert_to_tensor=True, show_progress_bar=True)  # type: ignore[attr-defined]
     return alignment_map(new.cpu(), torch.from_numpy(ts.old_vectors[rows]))

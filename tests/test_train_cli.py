@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from compatret.cli import main
 from compatret.errors import CompatretError
 from compatret.train import image_trainer
+from compatret.train.parallel import train_recipes
 from compatret.train.recipe import CHECKPOINT_DIR, RECIPE_RECORD, load_recipe, parse_recipe
 from compatret.versions import ModelVersion
 
@@ -137,3 +138,32 @@ def test_train_cli_bad_input_is_one_error_line(tmp_path, data_root, monkeypatch)
     nodata = write_recipe(tmp_path, "nodata")
     nodata.write_text(nodata.read_text().replace('"cifar10"', '"no-such-set"'))
     assert "not found" in one_error_line(run("train", "image", "--recipe", str(nodata)))
+
+
+def test_train_recipes_runs_parents_first_two_at_a_time(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("COMPATRET_DATA", str(data_root))
+    old = load_recipe(write_recipe(tmp_path, "old"))
+    recipes = {
+        "child": load_recipe(write_recipe(tmp_path, "child", method="bt2", last=5, parent=tmp_path / "old")),
+        "old": old,
+        "other": load_recipe(write_recipe(tmp_path, "other", last=5)),
+    }
+    seen: list[str] = []
+    done = train_recipes(recipes, jobs=2, device="cpu", on_done=lambda name, _: seen.append(name))
+    assert sorted(done) == sorted(recipes) and seen.index("old") < seen.index("child")
+    assert not any(o.skipped for o in done.values())
+    child = ModelVersion.load(tmp_path / "child")
+    assert child.parent is not None and child.parent.id == "c10-old" and child.dim == 16 + 32
+    again = train_recipes(recipes, jobs=2, device="cpu")
+    assert all(o.skipped for o in again.values())
+
+
+def test_train_recipes_refuses_cycles_and_missing_parents(tmp_path):
+    a = load_recipe(write_recipe(tmp_path, "a", method="bt2", parent=tmp_path / "b"))
+    b = load_recipe(write_recipe(tmp_path, "b", method="bt2", parent=tmp_path / "a"))
+    with pytest.raises(CompatretError, match="cycle"):
+        train_recipes({"a": a, "b": b}, jobs=2)
+    with pytest.raises(CompatretError, match="neither trained"):
+        train_recipes({"a": a}, jobs=2)
+    with pytest.raises(CompatretError, match="jobs"):
+        train_recipes({}, jobs=0)

@@ -1,6 +1,6 @@
 """Compatibility benchmark on Tiny-ImageNet-100: the BT²/OCA protocol for five methods, plus a 3-step chain.
 
-    .venv/bin/python eval/compat_image/run.py --epochs 6 # the benchmark as measured (78 min on 2 CPU cores)
+    .venv/bin/python eval/compat_image/run.py --jobs 2   # the benchmark as measured (2 CPU cores)
     .venv/bin/python eval/compat_image/run.py --smoke    # plumbing check in under a minute
 
 Trains every model from its recipe in training/ (models go under --work, and a rerun skips
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ from compatret.config import dataset
 from compatret.data.images import ImageSplit, load_parquet_split
 from compatret.evaluation.compat_matrix import CompatMatrix, compat_matrix, write_compat_report
 from compatret.evaluation.compat_metrics import plot_compat_matrix
-from compatret.train.recipe import ImageRecipe, load_recipe, train_recipe
+from compatret.train.parallel import train_recipes
+from compatret.train.recipe import ImageRecipe, TrainOutcome, load_recipe
 
 HERE = Path(__file__).resolve().parent
 RECIPES = HERE.parents[1] / "training"
@@ -60,13 +62,20 @@ def _cell(m: CompatMatrix, i: int, j: int) -> dict[str, float]:
     return {s: round(float(m.scores[s][i, j]), 2) for s in ("top1", "map")}
 
 
+def _epochs_text(epochs: dict[str, int]) -> str:
+    """'6 epochs (chain_dsimplex_1, ...: 12)': the common schedule and the recipes that differ."""
+    common = Counter(epochs.values()).most_common(1)[0][0]
+    others = {e: [n for n, x in epochs.items() if x == e] for e in sorted(set(epochs.values()) - {common})}
+    return f"{common} epochs" + "".join(f" ({', '.join(names)}: {e})" for e, names in others.items())
+
+
 def _markdown(results: dict[str, Any], ecc: dict[str, dict[str, bool]]) -> str:
     c = results["config"]
     lines = [
         "# Compatibility benchmark: Tiny-ImageNet-100",
         "",
         f"Old model: classes 0-49; new models: classes 0-99. CIFAR-style ResNet-18, width {c['width']}, "
-        f"{c['image_size']}x{c['image_size']} input, {c['epochs']} epochs, {c['train_images_per_class']} train images per class; "
+        f"{c['image_size']}x{c['image_size']} input, {_epochs_text(c['epochs'])}, {c['train_images_per_class']} train images per class; "
         f"leave-one-out retrieval over {c['test_queries']} test images (cosine). Pairs are query/gallery model.",
         "",
         "| method | old/old top-1 | new/old top-1 | new/new top-1 | old/old mAP | new/old mAP | new/new mAP | ECC top-1 | ECC mAP |",
@@ -92,6 +101,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, help="override the recipes' input resolution")
     ap.add_argument("--train-per-class", type=int, help="first N train images per class (default: all 500)")
     ap.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    ap.add_argument("--jobs", type=int, default=1, help="models trained at once, each in its own process (default 1)")
     args = ap.parse_args()
     if args.smoke:
         args.epochs, args.width, args.image_size, args.train_per_class = 1, 0.125, 16, 20
@@ -99,11 +109,13 @@ def main() -> None:
     results_dir = work / "results" if args.smoke else HERE
     start = time.perf_counter()
     recipes = _recipes(args, work)
-    for k, (name, r) in enumerate(recipes.items(), 1):
-        print(f"[{k}/{len(recipes)}] {r.id}: {r.method.name}, classes {r.classes[0]}-{r.classes[1]} "
-              f"({time.perf_counter() - start:.0f} s elapsed)", flush=True)
-        outcome = train_recipe(r, device=args.device)
-        print(f"    {'already trained' if outcome.skipped else 'trained'}: {outcome.out}", flush=True)
+    print(f"training {len(recipes)} models, {args.jobs} at a time (finished ones are skipped)", flush=True)
+
+    def report(name: str, outcome: TrainOutcome) -> None:
+        state = "already trained" if outcome.skipped else "trained"
+        print(f"    {name}: {state} ({time.perf_counter() - start:.0f} s elapsed): {outcome.out}", flush=True)
+
+    train_recipes(recipes, jobs=args.jobs, device=args.device, on_done=report)
 
     test: ImageSplit = load_parquet_split(dataset(DATA), "test")
     if args.smoke:
@@ -129,7 +141,7 @@ def main() -> None:
     ref = recipes["old"]
     results["config"] = {
         "data": DATA, "backbone": "CIFAR-style ResNet-18", "width": ref.model.width, "image_size": ref.model.image_size,
-        "embed_dim": ref.model.embed_dim, "epochs": ref.train.epochs, "batch_size": ref.train.batch_size, "lr": ref.train.lr,
+        "embed_dim": ref.model.embed_dim, "epochs": {n: r.train.epochs for n, r in recipes.items()}, "batch_size": ref.train.batch_size, "lr": ref.train.lr,
         "train_images_per_class": ref.per_class or 500, "test_queries": len(test.labels),
         "old_classes": [0, 49], "new_classes": [0, 99], "chain_classes": [[0, 32], [0, 65], [0, 99]],
         "bct_align_weight": recipes["bct"].method.align(), "extra_dims": recipes["bt2"].method.extra_dims,

@@ -1,0 +1,76 @@
+"""Train many recipes, each after its parent, up to N at a time in spawned processes.
+
+A benchmark or a model family is a small tree of recipes (old -> new, chains). On a machine
+with several cores, independent branches train side by side; each worker gets its share of
+the cores for torch. Workers are spawned, never forked (forked torch/lancedb state hangs).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from compatret.errors import CompatretError
+from compatret.train.recipe import ImageRecipe, TrainOutcome, train_recipe
+
+
+def _train_in_worker(recipe: ImageRecipe, device: str | None, threads: int) -> TrainOutcome:
+    torch.set_num_threads(threads)
+    return train_recipe(recipe, device=device, progress=False)
+
+
+def _order_check(recipes: dict[str, ImageRecipe]) -> None:
+    """Every parent is either one of the recipes' outputs or an existing folder."""
+    outs = {Path(r.out) for r in recipes.values()}
+    for name, r in recipes.items():
+        if r.parent is not None and Path(r.parent) not in outs and not Path(r.parent).exists():
+            raise CompatretError(f"recipe {name!r}: parent {r.parent} is neither trained nor made by another recipe")
+
+
+def train_recipes(
+    recipes: dict[str, ImageRecipe],
+    jobs: int = 1,
+    device: str | None = None,
+    on_done: Callable[[str, TrainOutcome], None] | None = None,
+) -> dict[str, TrainOutcome]:
+    """Train every recipe (finished ones are skipped), a parent before its children.
+
+    jobs=1 trains in this process, in the given order, with a progress bar; jobs>1 runs up to
+    `jobs` recipes at once, each in a spawned process with cpu_count // jobs torch threads.
+    """
+    if jobs < 1:
+        raise CompatretError(f"jobs must be >= 1, got {jobs}")
+    _order_check(recipes)
+    done: dict[str, TrainOutcome] = {}
+    if jobs == 1:
+        for name, r in recipes.items():
+            done[name] = train_recipe(r, device=device)
+            if on_done:
+                on_done(name, done[name])
+        return done
+    made_by = {Path(r.out): name for name, r in recipes.items()}
+
+    def ready(r: ImageRecipe) -> bool:
+        return r.parent is None or made_by.get(Path(r.parent), "") in done or Path(r.parent) not in made_by
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pending = dict(recipes)
+    running: dict[Future[TrainOutcome], str] = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while pending or running:
+            for name in [n for n, r in pending.items() if ready(r)]:
+                running[pool.submit(_train_in_worker, pending.pop(name), device, threads)] = name
+            if not running:
+                raise CompatretError(f"recipes {sorted(pending)} wait on each other's outputs (a parent cycle)")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                done[name] = future.result()
+                if on_done:
+                    on_done(name, done[name])
+    return done

@@ -21,6 +21,15 @@ META_KEY = "compatret"
 FORMAT = 1
 
 
+@dataclass
+class Group:
+    """The rows whose current vector was made by one model version."""
+
+    version: str
+    ids: np.ndarray  # object array of str: hits become lists without conversion
+    vectors: np.ndarray  # float32 [n, dim of that version], L2-normalised
+
+
 @dataclass(frozen=True)
 class GalleryMeta:
     """What a gallery knows about itself; stored in the `vector` field's metadata.
@@ -238,10 +247,8 @@ class Gallery:
             self.table.delete(_id_filter(ids))
         return self.version
 
-    def scan_groups(self) -> dict[str, Any]:
+    def scan_groups(self) -> dict[str, Group]:
         """All rows' ids and current vectors, grouped by the model version that made them."""
-        from compatret.index.search_index import Group
-
         meta = self.meta
         n = self.count()
         if n == 0:
@@ -250,7 +257,7 @@ class Gallery:
         t = self.table.search().select(["id", "model_version", *cols]).limit(n).to_arrow()
         versions = t.column("model_version").to_numpy(zero_copy_only=False).astype(str)
         ids = t.column("id").to_numpy(zero_copy_only=False).astype(str).astype(object)
-        groups = {}
+        groups: dict[str, Group] = {}
         for v in np.unique(versions):
             record = meta.version(str(v))
             mask = versions == v

@@ -10,25 +10,15 @@ time, never data.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from compatret.index.gallery import Gallery
+from compatret.index.gallery import Gallery, Group
 from compatret.index.search import Kernel, make_kernel
 
 CACHE_DIR = "search"
-
-
-@dataclass
-class Group:
-    """The rows whose current vector was made by one model version."""
-
-    version: str
-    ids: np.ndarray  # object array of str: hits become lists without conversion
-    vectors: np.ndarray  # float32 [n, dim of that version], L2-normalised
 
 
 def _cache_file(gallery: Gallery, table_version: int) -> Path:

@@ -41,7 +41,8 @@ def train_recipes(
     """Train every recipe (finished ones are skipped), a parent before its children.
 
     jobs=1 trains in this process, in the given order, with a progress bar; jobs>1 runs up to
-    `jobs` recipes at once, each in a spawned process with cpu_count // jobs torch threads.
+    `jobs` recipes at once, each in a spawned process with cpu_count // jobs torch threads,
+    the recipes that head the most training (their own and their descendants') first.
     """
     if jobs < 1:
         raise CompatretError(f"jobs must be >= 1, got {jobs}")
@@ -54,16 +55,25 @@ def train_recipes(
                 on_done(name, done[name])
         return done
     made_by = {Path(r.out): name for name, r in recipes.items()}
+    parent_of = {n: made_by.get(Path(r.parent)) if r.parent else None for n, r in recipes.items()}
 
-    def ready(r: ImageRecipe) -> bool:
-        return r.parent is None or made_by.get(Path(r.parent), "") in done or Path(r.parent) not in made_by
+    def ready(name: str) -> bool:
+        return parent_of[name] is None or parent_of[name] in done
+
+    def work(name: str) -> int:
+        """Epochs x classes of a recipe and all its descendants: the training that waits on it."""
+        r = recipes[name]
+        own = r.train.epochs * (r.classes[1] - r.classes[0] + 1)
+        return own + sum(work(child) for child, p in parent_of.items() if p == name)
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pending = dict(recipes)
     running: dict[Future[TrainOutcome], str] = {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         while pending or running:
-            for name in [n for n, r in pending.items() if ready(r)]:
+            # free slots go to the ready recipes heading the most work, so long chains start early
+            free = jobs - len(running)
+            for name in sorted((n for n in pending if ready(n)), key=work, reverse=True)[:free]:
                 running[pool.submit(_train_in_worker, pending.pop(name), device, threads)] = name
             if not running:
                 raise CompatretError(f"recipes {sorted(pending)} wait on each other's outputs (a parent cycle)")

@@ -163,7 +163,21 @@ def test_train_recipes_refuses_cycles_and_missing_parents(tmp_path):
     b = load_recipe(write_recipe(tmp_path, "b", method="bt2", parent=tmp_path / "a"))
     with pytest.raises(CompatretError, match="cycle"):
         train_recipes({"a": a, "b": b}, jobs=2)
-    with pytest.raises(CompatretError, match="neither trained"):
+    with pytest.raises(CompatretError, match="train it first"):
         train_recipes({"a": a}, jobs=2)
     with pytest.raises(CompatretError, match="jobs"):
         train_recipes({}, jobs=0)
+
+
+def test_train_cli_trains_a_family_parents_first(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("COMPATRET_DATA", str(data_root))
+    old = write_recipe(tmp_path, "old")
+    child = write_recipe(tmp_path, "child", method="bt2", last=5, parent=tmp_path / "old")
+    res = run("train", "image", "--recipe", str(child), "--recipe", str(old), "--device", "cpu", "--json")
+    assert res.exit_code == 0, res.output
+    records = json.loads(res.stdout)
+    assert [r["version"]["id"] for r in records] == ["c10-old", "c10-child"]
+    assert ModelVersion.load(tmp_path / "child").parent.id == "c10-old"
+    both = ["--recipe", str(old), "--recipe", str(child)]
+    assert "single --recipe" in one_error_line(run("train", "image", *both, "--out", str(tmp_path / "x")))
+    assert "jobs" in one_error_line(run("train", "image", *both, "--jobs", "0"))

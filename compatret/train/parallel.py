@@ -11,12 +11,12 @@ import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
 from compatret.errors import CompatretError
-from compatret.train.recipe import ImageRecipe, TrainOutcome, train_recipe
+from compatret.train.recipe import ImageRecipe, TrainOutcome, is_trained, train_recipe
 
 
 def _train_in_worker(recipe: ImageRecipe, device: str | None, threads: int) -> TrainOutcome:
@@ -25,11 +25,13 @@ def _train_in_worker(recipe: ImageRecipe, device: str | None, threads: int) -> T
 
 
 def _order_check(recipes: dict[str, ImageRecipe]) -> None:
-    """Every parent is either one of the recipes' outputs or an existing folder."""
+    """Every parent is either one of the recipes' outputs or a trained model folder."""
     outs = {Path(r.out) for r in recipes.values()}
     for name, r in recipes.items():
-        if r.parent is not None and Path(r.parent) not in outs and not Path(r.parent).exists():
-            raise CompatretError(f"recipe {name!r}: parent {r.parent} is neither trained nor made by another recipe")
+        if r.parent is not None and Path(r.parent) not in outs and not is_trained(r.parent):
+            raise CompatretError(
+                f"recipe {name!r}: parent model {r.parent} is not trained and no recipe given makes it: train it first"
+            )
 
 
 def train_recipes(
@@ -37,23 +39,19 @@ def train_recipes(
     jobs: int = 1,
     device: str | None = None,
     on_done: Callable[[str, TrainOutcome], None] | None = None,
+    progress: bool = True,
 ) -> dict[str, TrainOutcome]:
     """Train every recipe (finished ones are skipped), a parent before its children.
 
-    jobs=1 trains in this process, in the given order, with a progress bar; jobs>1 runs up to
-    `jobs` recipes at once, each in a spawned process with cpu_count // jobs torch threads,
-    the recipes that head the most training (their own and their descendants') first.
+    jobs=1 trains in this process, in the given order (parents moved first), with a progress
+    bar unless progress=False; jobs>1 runs up to `jobs` recipes at once, each in a spawned process with
+    cpu_count // jobs torch threads, the recipes that head the most training (their own and
+    their descendants') first.
     """
     if jobs < 1:
         raise CompatretError(f"jobs must be >= 1, got {jobs}")
     _order_check(recipes)
     done: dict[str, TrainOutcome] = {}
-    if jobs == 1:
-        for name, r in recipes.items():
-            done[name] = train_recipe(r, device=device)
-            if on_done:
-                on_done(name, done[name])
-        return done
     made_by = {Path(r.out): name for name, r in recipes.items()}
     parent_of = {n: made_by.get(Path(r.parent)) if r.parent else None for n, r in recipes.items()}
 
@@ -66,8 +64,23 @@ def train_recipes(
         own = r.train.epochs * (r.classes[1] - r.classes[0] + 1)
         return own + sum(work(child) for child, p in parent_of.items() if p == name)
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    def finish(name: str, outcome: TrainOutcome) -> None:
+        done[name] = outcome
+        if on_done:
+            on_done(name, outcome)
+
+    def cycle(names: Iterable[str]) -> CompatretError:
+        return CompatretError(f"recipes {sorted(names)} wait on each other's outputs (a parent cycle)")
+
     pending = dict(recipes)
+    if jobs == 1:
+        while pending:
+            name = next((n for n in pending if ready(n)), None)
+            if name is None:
+                raise cycle(pending)
+            finish(name, train_recipe(pending.pop(name), device=device, progress=progress))
+        return done
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     running: dict[Future[TrainOutcome], str] = {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         while pending or running:
@@ -76,11 +89,8 @@ def train_recipes(
             for name in sorted((n for n in pending if ready(n)), key=work, reverse=True)[:free]:
                 running[pool.submit(_train_in_worker, pending.pop(name), device, threads)] = name
             if not running:
-                raise CompatretError(f"recipes {sorted(pending)} wait on each other's outputs (a parent cycle)")
+                raise cycle(pending)
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                name = running.pop(future)
-                done[name] = future.result()
-                if on_done:
-                    on_done(name, done[name])
+                finish(running.pop(future), future.result())
     return done

@@ -165,6 +165,8 @@ def test_train_recipes_refuses_cycles_and_missing_parents(tmp_path):
         train_recipes({"a": a, "b": b}, jobs=2)
     with pytest.raises(CompatretError, match="train it first"):
         train_recipes({"a": a}, jobs=2)
+    with pytest.raises(CompatretError, match="same model folder"):
+        train_recipes({"a": a, "again": a}, jobs=2)
     with pytest.raises(CompatretError, match="jobs"):
         train_recipes({}, jobs=0)
 

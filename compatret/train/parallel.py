@@ -25,8 +25,10 @@ def _train_in_worker(recipe: ImageRecipe, device: str | None, threads: int) -> T
 
 
 def _order_check(recipes: dict[str, ImageRecipe]) -> None:
-    """Every parent is either one of the recipes' outputs or a trained model folder."""
+    """Outputs are distinct; every parent is one of them or a trained model folder."""
     outs = {Path(r.out) for r in recipes.values()}
+    if len(outs) < len(recipes):
+        raise CompatretError("two recipes write the same model folder (out): give each its own")
     for name, r in recipes.items():
         if r.parent is not None and Path(r.parent) not in outs and not is_trained(r.parent):
             raise CompatretError(

@@ -27,23 +27,16 @@ def train_image(
 ) -> None:
     """Train image models from recipes; rerun the same command to resume after an interruption."""
     import torch
-    from tqdm import tqdm
 
     from compatret.train.parallel import train_recipes
     from compatret.train.recipe import load_recipe
 
-    if jobs < 1:
-        raise CompatretError(f"--jobs must be >= 1, got {jobs}")
     if out is not None and len(recipe_files) > 1:
         raise CompatretError("--out names one model folder: give it with a single --recipe")
     jobs_by_file = {f: load_recipe(f).with_overrides(out=out, epochs=epochs) for f in recipe_files}
     if device == "cuda" and not torch.cuda.is_available():
         raise CompatretError("--device cuda, but no CUDA device is available")
-    # jobs > 1: workers train without per-step bars, so count finished models instead
-    bar = tqdm(total=len(jobs_by_file), desc="models", unit="model", disable=as_json or jobs == 1)
-    with bar:
-        outcomes = train_recipes(jobs_by_file, jobs=jobs, device=device, progress=not as_json,
-                                 on_done=lambda _name, _outcome: bar.update())
+    outcomes = train_recipes(jobs_by_file, jobs=jobs, device=device, progress=not as_json)
     records, lines = [], []
     for outcome in outcomes.values():
         v = outcome.version

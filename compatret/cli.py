@@ -48,7 +48,7 @@ def index_create(directory: str, model: str | None, dim: int | None, version_id:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--items", type=click.Path(), help="Items to embed: .jsonl (id, text|title|image_path, metadata) or .parquet.")
 @click.option("--vectors", type=click.Path(), help="Precomputed vectors, .npy of shape (n, dim).")
-@click.option("--ids", type=click.Path(), help="Ids for --vectors, .npy of n strings (default: running numbers).")
+@click.option("--ids", type=click.Path(), help="Ids for --vectors, .npy of n strings (default: fresh uuids).")
 @click.option("--model", help="Model whose space --vectors are in (default: the gallery's stored space).")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -131,6 +131,8 @@ def index_info(directory: str, as_json: bool) -> None:
             f"query plan     {info['query_plan']['dims']} shared dims, {info['query_plan']['transforms']} transforms",
             f"kernel         {info['kernel']}, index {info['ann']}, merge {info['merge']}",
             f"table version  {info['table_version']}",
+            f"unembeddable   {info['unembeddable']} rows have no text or image (backfill skips them)"
+            + (f", e.g. {', '.join(info['unembeddable_examples'])}" if info["unembeddable"] else ""),
         ]
         + [f"history        {h['time']} {h['event']} {h.get('model', '')}" for h in info["history"]]
     )
@@ -152,10 +154,34 @@ def index_backfill(directory: str, limit: int | None, fraction: float | None, or
 
     report = backfill(Service.open(directory), limit, fraction, order, batch_size, progress=not as_json)
     verb = "stopped after" if report.stopped else "re-embedded"
-    emit(report.to_dict(), as_json, f"{verb} {report.done} rows with {report.serving} ({report.rows_per_s:.1f} rows/s); "
-                                    f"{report.remaining} rows still carry older vectors")
+    text = (f"{verb} {report.done} rows with {report.serving} ({report.rows_per_s:.1f} rows/s); "
+            f"{report.remaining} rows still carry older vectors")
+    if report.skipped:
+        text += f"\nskipped {report.skipped} rows with no text or image to re-embed, e.g. {', '.join(report.skipped_examples)}"
+    if report.note:
+        text += f"\n{report.note}"
+    emit(report.to_dict(), as_json, text)
     if report.stopped:
         sys.exit(130)
+
+
+@index.command("verify")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--repair", is_flag=True, help="Rebuild the search cache from the table.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def index_verify(directory: str, repair: bool, as_json: bool) -> None:
+    """Compare the search cache with the table (ids, row versions, vector hashes, lineage); exit 1 on a mismatch."""
+    from compatret.index.gallery import Gallery
+    from compatret.index.verify import verify
+
+    report = verify(Gallery.open(directory), repair=repair)
+    head = (f"table version {report.table_version}: {report.rows} rows in {report.fragments} fragments, "
+            f"{report.cached_fragments} cached" + (" (cache rebuilt)" if report.repaired else ""))
+    body = "ok: the cache matches the table" if report.ok else "\n".join(f"MISMATCH {m}" for m in report.mismatches)
+    emit(report.to_dict(), as_json, f"{head}\n{body}")
+    if not report.ok:
+        sys.exit(1)
 
 
 @index.command("history")

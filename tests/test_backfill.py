@@ -13,7 +13,7 @@ import pytest
 
 from compatret import CompatretError
 from compatret.encoders import load_encoder
-from compatret.index.backfill import backfill, pending_ids
+from compatret.index.backfill import backfill
 from compatret.index.history import history, rollback
 from compatret.index.service import Service
 

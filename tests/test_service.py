@@ -63,7 +63,7 @@ def test_bad_input_writes_nothing(tmp_path):
 def test_stale_cache_is_rebuilt_from_the_table(tmp_path):
     x = vectors(50, 8)
     s = Service.create(tmp_path / "g", dim=8, version_id="v1")
-    s.add_vectors(x)
+    s.add_vectors(x, ids=[str(i) for i in range(len(x))])
     # a write that reached the table but not the cache (a crash between the two)
     g = Gallery.open(tmp_path / "g")
     g.add_rows(["late"], vectors(1, 8, seed=9), g.meta.vector_model)
@@ -71,7 +71,7 @@ def test_stale_cache_is_rebuilt_from_the_table(tmp_path):
     assert s2.index.size == 51
     assert s2.query(vectors=vectors(1, 8, seed=9), k=1)[0].ids == ["late"]
     # a corrupted cache file is rebuilt too
-    next((tmp_path / "g" / "search").glob("index-*.npz")).write_bytes(b"garbage")
+    next((tmp_path / "g" / CACHE_DIR).glob("frag-*.npz")).write_bytes(b"garbage")
     assert Service.open(tmp_path / "g").index.size == 51
 
 
@@ -80,13 +80,16 @@ def test_upgrade_is_metadata_only_and_keeps_cache(tmp_path):
     v2 = ModelVersion("v2", 12, parent=v1, compat=Compat.prefix(8), method="bt2")
     s = Service.create(tmp_path / "g", model=str(model_folder(tmp_path, v1)))
     x = vectors(100, 8)
-    s.add_vectors(x)
+    s.add_vectors(x, ids=[str(i) for i in range(len(x))])
+    s.index  # the cache of the v1 rows
+    cached = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "g" / CACHE_DIR).iterdir()}
     before = s.gallery.version
     s.upgrade(str(model_folder(tmp_path, v2)))
     s2 = Service.open(tmp_path / "g")
     assert s2.meta.serving.id == "v2" and s2.meta.vector_model.id == "v1"
     assert s2.gallery.version != before
-    assert (tmp_path / "g" / CACHE_DIR / f"index-{s2.gallery.version}.npz").exists()  # no rebuild needed
+    s2.index  # a metadata commit changes no fragment: the cache is used as it is, nothing rewritten
+    assert {f.name: f.stat().st_mtime_ns for f in (tmp_path / "g" / CACHE_DIR).iterdir()} == cached
     # a v2 query (12-d) whose first 8 dims are a stored vector finds it
     q = np.hstack([x[3:4], np.ones((1, 4), np.float32)])
     assert s2.query(vectors=q, k=1)[0].ids == ["3"]
@@ -108,7 +111,7 @@ def test_transform_upgrade_maps_stored_vectors(tmp_path):
     v1 = ModelVersion("v1", 6)
     s = Service.create(tmp_path / "g", model=str(model_folder(tmp_path, v1)))
     x = vectors(200, 6)
-    s.add_vectors(x)
+    s.add_vectors(x, ids=[str(i) for i in range(len(x))])
     rng = np.random.default_rng(1)
     w = rng.normal(size=(6, 6)).astype(np.float32)
     v2 = ModelVersion("v2", 6, parent=v1, compat=Compat.transform("transforms/v2.npy"), method="fct")

@@ -92,7 +92,7 @@ def build_gallery(model: str, gallery_dir: str | Path, data: BeirData, batch_siz
     else:
         service = Service.create(path, model=model)
     items = data.items()
-    have = set(service.index.contains([it["id"] for it in items]))
+    have = set(service.gallery.existing([it["id"] for it in items]))
     todo = [it for it in items if it["id"] not in have]
     for s in range(0, len(todo), 1024):  # one resumable chunk at a time
         service.add_items(todo[s : s + 1024], batch_size=batch_size, progress=progress)

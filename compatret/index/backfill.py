@@ -10,6 +10,7 @@ and new vectors are compatible.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,21 +19,31 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from compatret.errors import CompatretError
+from compatret.index.gallery import sql_quote
 from compatret.index.service import Service
 
 ORDERS = ("random", "uncertainty")
 COMPACT_EVERY = 64  # batches: each commit adds fragments that every later merge must scan
 
 
+def compact_every() -> int:
+    """Batches between compactions: $COMPATRET_COMPACT_EVERY, else COMPACT_EVERY."""
+    return max(1, int(os.environ.get("COMPATRET_COMPACT_EVERY", COMPACT_EVERY)))
+
+
 @dataclass(frozen=True)
 class BackfillReport:
-    """What one run did; `remaining` rows still carry vectors of older models."""
+    """What one run did; `remaining` rows still carry vectors of older models and can be re-embedded;
+    `skipped` rows cannot (stored as bare vectors, with no text or image to embed)."""
 
     done: int
     remaining: int
     seconds: float
     stopped: bool
     serving: str
+    skipped: int = 0
+    skipped_examples: tuple[str, ...] = ()
+    note: str = ""
 
     @property
     def rows_per_s(self) -> float:
@@ -40,14 +51,35 @@ class BackfillReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"done": self.done, "remaining": self.remaining, "seconds": self.seconds,
-                "rows_per_s": self.rows_per_s, "stopped": self.stopped, "serving": self.serving}
+                "rows_per_s": self.rows_per_s, "stopped": self.stopped, "serving": self.serving,
+                "skipped": self.skipped, "skipped_examples": list(self.skipped_examples), "note": self.note}
 
 
-def pending_ids(service: Service) -> list[str]:
-    """Ids of rows whose vector was made by a model other than the serving one."""
-    index = service.index
-    serving = service.meta.serving.id
-    return [str(i) for v, g in index.groups.items() if v != serving for i in g.ids]
+def _payload_filter(modality: str) -> str:
+    """Rows that hold something the serving model can embed."""
+    if modality == "image":
+        return "image IS NOT NULL"
+    return "((text IS NOT NULL AND text != '') OR (title IS NOT NULL AND title != ''))"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Rows not yet written by the serving model, read from the table."""
+
+    ids: list[str]  # re-embeddable
+    unembeddable: list[str]  # no text or image stored: skipped, never invented
+
+
+def pending_rows(service: Service) -> Pending:
+    """Rows whose vector was made by a model other than the serving one (from the table itself)."""
+    gallery = service.gallery
+    gallery.latest_version()
+    meta = gallery.meta
+    older = f"model_version != {sql_quote(meta.serving.id)}"
+    has = _payload_filter(meta.modality)
+    ids = gallery.scan(["id"], where=f"{older} AND {has}").column("id").to_pylist()
+    bare = gallery.scan(["id"], where=f"{older} AND NOT {has}").column("id").to_pylist()
+    return Pending([str(i) for i in ids], [str(i) for i in bare])
 
 
 def _random_key(serving: str, row_id: str) -> str:
@@ -59,7 +91,8 @@ def crowding(service: Service, ids: list[str], neighbours: int = 10) -> dict[str
     """Uncertainty proxy from the old vectors alone: mean cosine to a row's nearest neighbours
     in its own version's space. Rows in crowded regions are the ones an old model is least
     able to tell apart, so their old vectors are the least reliable (after FastFill's
-    uncertainty ordering, Jaeckle et al. 2023, without its trained uncertainty head)."""
+    uncertainty ordering, Jaeckle et al. 2023, without its trained uncertainty head).
+    An ordering heuristic, so it may read the search view; rows the view lacks go last."""
     index = service.index
     wanted = set(ids)
     out: dict[str, float] = {}
@@ -80,7 +113,7 @@ def plan_order(service: Service, ids: list[str], order: str) -> list[str]:
         return sorted(ids, key=lambda i: _random_key(serving, i))
     if order == "uncertainty":
         score = crowding(service, ids)
-        return sorted(ids, key=lambda i: (-score[i], i))
+        return sorted(ids, key=lambda i: (-score.get(i, -np.inf), i))
     raise CompatretError(f"unknown order {order!r}; choose from {ORDERS}")
 
 
@@ -99,7 +132,11 @@ def backfill(
     progress: bool = True,
 ) -> BackfillReport:
     """Re-embed pending rows with the serving model until `limit` rows are done this run, or
-    until `fraction` of all rows carry serving-model vectors (whichever is given; else all)."""
+    until `fraction` of all rows carry serving-model vectors (whichever is given; else all).
+
+    Each batch is read, embedded, then committed under the writer lock (held for the commit
+    only, so other writers interleave); a row deleted or re-embedded meanwhile is left alone.
+    """
     if limit is not None and fraction is not None:
         raise CompatretError("give --limit or --fraction, not both")
     if fraction is not None and not 0.0 <= fraction <= 1.0:
@@ -108,41 +145,42 @@ def backfill(
         raise CompatretError(f"--limit must be >= 0, got {limit}")
     if batch_size < 1:
         raise CompatretError("--batch-size must be >= 1")
-    meta = service.meta
-    if meta.modality == "vector" or meta.serving.id not in meta.sources:
-        raise CompatretError(f"serving model {meta.serving.id!r} has no weights recorded here: nothing can re-embed rows")
-    pending = pending_ids(service)
-    total = service.index.size
-    todo = len(pending)
+    gallery = service.gallery
+    pending = pending_rows(service)
+    meta = gallery.meta
+    serving = meta.serving
+    if pending.ids and (meta.modality == "vector" or serving.id not in meta.sources):
+        raise CompatretError(f"serving model {serving.id!r} has no weights recorded here: nothing can re-embed rows")
+    total = gallery.count()
+    todo = len(pending.ids)
     if fraction is not None:
-        todo = max(0, min(todo, int(round(fraction * total)) - (total - len(pending))))
+        todo = max(0, min(todo, int(round(fraction * total)) - (total - len(pending.ids) - len(pending.unembeddable))))
     elif limit is not None:
         todo = min(todo, limit)
-    queue = plan_order(service, pending, order)[:todo]
-    encoder = service.encoder()
-    index = service.index
-    done, stopped = 0, False
+    queue = plan_order(service, pending.ids, order)[:todo]
+    encoder = service.encoder() if queue else None
+    every = compact_every()
+    done, stopped, note = 0, False, ""
     start = time.perf_counter()
-    bar = tqdm(total=len(queue), desc=f"backfill -> {meta.serving.id}", unit="row", disable=not progress)
+    bar = tqdm(total=len(queue), desc=f"backfill -> {serving.id}", unit="row", disable=not progress)
     try:
-        for s in range(0, len(queue), batch_size):
-            ids = queue[s : s + batch_size]
-            rows = service.gallery.payloads(ids)
-            missing = [i for i in ids if i not in rows]
-            if missing:  # deleted since the queue was planned
-                ids = [i for i in ids if i in rows]
-            vecs = encoder.encode_items(_inputs(rows, ids, meta.modality), batch_size=batch_size)
-            version = service.gallery.update_vectors(ids, vecs, meta.serving)
-            index.move(meta.serving.id, ids, vecs, version)
+        for n, s in enumerate(range(0, len(queue), batch_size), 1):
+            rows = gallery.payloads(queue[s : s + batch_size])
+            ids = [i for i in queue[s : s + batch_size] if i in rows and rows[i]["model_version"] != serving.id]
+            if ids:
+                vecs = encoder.encode_items(_inputs(rows, ids, meta.modality), batch_size=batch_size)  # type: ignore[union-attr]
+                with gallery.writing("backfill"):
+                    if gallery.meta.serving.id != serving.id:
+                        note = f"serving model changed to {gallery.meta.serving.id!r} during the run: rerun to continue"
+                        break
+                    gallery.update_vectors(ids, vecs, serving)
+                    if n % every == 0:
+                        gallery.compact()
             done += len(ids)
             bar.update(len(ids))
-            if (s // batch_size + 1) % COMPACT_EVERY == 0:
-                service.gallery.table.optimize()  # merges small files; keeps versions younger than 7 days
-                index.table_version = service.gallery.version
     except KeyboardInterrupt:
         stopped = True
     finally:
         bar.close()
-    if done and not stopped:
-        index.save(service.gallery)
-    return BackfillReport(done, len(pending) - done, time.perf_counter() - start, stopped, meta.serving.id)
+    return BackfillReport(done, len(pending.ids) - done, time.perf_counter() - start, stopped, serving.id,
+                          len(pending.unembeddable), tuple(pending.unembeddable[:5]), note)

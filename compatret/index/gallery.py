@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from compatret.errors import CompatretError
+from compatret.index.writer_lock import retry_commit, writer_lock
 from compatret.versions import ModelVersion
 
 os.environ.setdefault("LANCEDB_LOG", "error")
 
 TABLE = "gallery"
+ID_FILTER_MAX = 1024  # ids per `id IN (...)` filter before a plain scan of the id column is cheaper
 META_KEY = "compatret"
 FORMAT = 1
 
@@ -120,13 +123,25 @@ def _connect(path: Path) -> Any:
     return lancedb.connect(str(path))
 
 
+def meta_of_schema(schema: pa.Schema, where: Path) -> GalleryMeta:
+    """The compatret metadata kept in a table schema's `vector` field."""
+    raw = (schema.field("vector").metadata or {}).get(META_KEY.encode())
+    if raw is None:
+        raise CompatretError(f"{where} is a LanceDB table without compatret metadata")
+    return GalleryMeta.from_json(raw.decode())
+
+
 class Gallery:
-    """The durable half of an index: rows in LanceDB, each write one atomic commit."""
+    """The durable half of an index, and its only truth: rows in LanceDB, each write one commit.
+
+    Writes go through `writing()`, which holds the gallery's writer lock and first moves
+    this handle to the latest version, so a write never builds on a stale view.
+    """
 
     def __init__(self, path: Path, table: Any) -> None:
         self.path = path
         self.table = table
-        self._meta: tuple[int, GalleryMeta] | None = None
+        self._metas: dict[int, GalleryMeta] = {}
 
     @staticmethod
     def create(path: str | Path, meta: GalleryMeta) -> Gallery:
@@ -136,7 +151,10 @@ class Gallery:
         if meta.metric != "cosine":
             raise CompatretError(f"unsupported metric {meta.metric!r}: compatret scores by cosine")
         p.mkdir(parents=True, exist_ok=True)
-        table = _connect(p).create_table(TABLE, schema=_schema(meta))
+        with writer_lock(p, "index create"):
+            if (p / f"{TABLE}.lance").exists():
+                raise CompatretError(f"{p} already holds a gallery")
+            table = _connect(p).create_table(TABLE, schema=_schema(meta))
         return Gallery(p, table)
 
     @staticmethod
@@ -150,25 +168,44 @@ class Gallery:
         """A second handle on the same table, for reading old versions without moving this one."""
         return _connect(self.path).open_table(TABLE)
 
+    def dataset(self, version: int | None = None) -> Any:
+        """The Lance dataset at `version` (default: this handle's), for fragment-level reads."""
+        import lance
+
+        return lance.dataset(str(self.path / f"{TABLE}.lance"), version=self.version if version is None else version)
+
+    def latest_version(self) -> int:
+        """Move this handle to the newest committed version (other processes' writes included)."""
+        self.table.checkout_latest()
+        return self.version
+
+    @contextmanager
+    def writing(self, command: str) -> Iterator[None]:
+        """Hold the writer lock and read the latest version: the frame of every write."""
+        with writer_lock(self.path, command):
+            self.table.checkout_latest()
+            yield
+
     @property
     def meta(self) -> GalleryMeta:
         return self.meta_at(self.version)
 
     def meta_at(self, version: int) -> GalleryMeta:
-        """The metadata of the current table, parsed once per table version (queries stay cheap)."""
-        if self._meta is None or self._meta[0] != version:
-            raw = (self.table.schema.field("vector").metadata or {}).get(META_KEY.encode())
-            if raw is None:
-                raise CompatretError(f"{self.path} is a LanceDB table without compatret metadata")
-            self._meta = (version, GalleryMeta.from_json(raw.decode()))
-        return self._meta[1]
+        """The metadata as committed at table `version` (parsed once per version)."""
+        if version not in self._metas:
+            schema = self.dataset(version).schema
+            if len(self._metas) > 16:
+                self._metas.clear()
+            self._metas[version] = meta_of_schema(schema, self.path)
+        return self._metas[version]
 
     def set_meta(self, meta: GalleryMeta) -> None:
         """One metadata-only commit: O(1) whatever the gallery size."""
-        self.table.update_field_metadata({"path": "vector", "metadata": {META_KEY: meta.to_json()}})
+        update = {"path": "vector", "metadata": {META_KEY: meta.to_json()}}
+        retry_commit(lambda: self.table.update_field_metadata(update), "metadata update", self.table.checkout_latest)
 
     def record(self, event: str, **details: Any) -> GalleryMeta:
-        """Append an event to the gallery history (returned, not yet written)."""
+        """The current metadata with an event appended to its history (returned, not yet written)."""
         import datetime as dt
 
         entry = {"event": event, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **details}
@@ -186,7 +223,8 @@ class Gallery:
         meta = self.meta
         col = meta.column(version)
         if col not in self.table.schema.names:
-            self.table.add_columns(pa.field(col, pa.list_(pa.float32(), version.dim)))
+            field_ = pa.field(col, pa.list_(pa.float32(), version.dim))
+            retry_commit(lambda: self.table.add_columns(field_), "new vector column", self.table.checkout_latest)
         if version.id != meta.vector_model.id and meta.versions.get(version.id) != version:
             self.set_meta(replace(self.meta, versions={**meta.versions, version.id: version}))
         return col
@@ -225,11 +263,16 @@ class Gallery:
             if name.startswith("vector"):
                 dim = schema.field(name).type.list_size
                 columns[name] = self._vector_array(vectors, dim) if name == col else pa.nulls(n, schema.field(name).type)
-        self.table.add(pa.table(columns, schema=schema))
+        batch = pa.table(columns, schema=schema)
+        retry_commit(lambda: self.table.add(batch), "add", self.table.checkout_latest)
         return self.version
 
     def update_vectors(self, ids: Sequence[str], vectors: np.ndarray, version: ModelVersion) -> int:
-        """Replace the vectors of existing rows (a backfill batch) in one commit."""
+        """Replace the vectors of existing rows (a backfill batch) in one commit.
+
+        Only rows still present and not yet written by `version` are touched: a row deleted
+        since the batch was read stays deleted (merge_insert never inserts here).
+        """
         col = self.ensure_column(version)
         batch = pa.table(
             {
@@ -238,54 +281,71 @@ class Gallery:
                 col: self._vector_array(vectors, version.dim),
             }
         )
-        self.table.merge_insert("id").when_matched_update_all().execute(batch)
+        def merge() -> None:
+            self.table.merge_insert("id").when_matched_update_all(where=f"target.model_version != {sql_quote(version.id)}").execute(batch)
+
+        retry_commit(merge, "backfill batch", self.table.checkout_latest)
         return self.version
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete rows by id in one commit; returns the new table version."""
         if ids:
-            self.table.delete(_id_filter(ids))
+            retry_commit(lambda: self.table.delete(_id_filter(ids)), "delete", self.table.checkout_latest)
         return self.version
 
-    def scan_groups(self) -> dict[str, Group]:
-        """All rows' ids and current vectors, grouped by the model version that made them."""
+    def compact(self) -> None:
+        """Merge small files into larger ones; deletes no version (only `index prune` forgets)."""
+        retry_commit(lambda: self.table.compact_files(), "compaction", self.table.checkout_latest)
+
+    def existing(self, ids: Sequence[str]) -> list[str]:
+        """Which of `ids` the table holds now (read from the table, never from a cache)."""
+        if len(ids) > ID_FILTER_MAX:  # one pass over the id column beats a filter this long
+            have = self.scan(["id"]).column("id").to_numpy(zero_copy_only=False).astype(str)
+            return [str(i) for i in np.asarray(ids, dtype=str)[np.isin(np.asarray(ids, dtype=str), have)]]
+        return list(self._rows(ids, ["id"]))
+
+    def scan(self, columns: list[str], where: str | None = None, version: int | None = None) -> pa.Table:
+        """Some columns of every row (optionally filtered), read from the table in blocks."""
+        return self.dataset(version).to_table(columns=columns, filter=where)
+
+    def rows_by_version(self) -> dict[str, int]:
+        """Rows per model version at the latest table version."""
+        self.latest_version()
+        counts = self.scan(["model_version"]).column("model_version").value_counts().to_pylist()
+        return dict(sorted((str(c["values"]), int(c["counts"])) for c in counts))
+
+    def rows_of(self, version_id: str) -> tuple[list[str], np.ndarray]:
+        """Ids and stored vectors of the rows a model version made (training data: from the table)."""
         meta = self.meta
-        n = self.count()
-        if n == 0:
-            return {}
-        cols = [c for c in self.table.schema.names if c.startswith("vector")]
-        t = self.table.search().select(["id", "model_version", *cols]).limit(n).to_arrow()
-        versions = t.column("model_version").to_numpy(zero_copy_only=False).astype(str)
-        ids = t.column("id").to_numpy(zero_copy_only=False).astype(str).astype(object)
-        groups: dict[str, Group] = {}
-        for v in np.unique(versions):
-            record = meta.version(str(v))
-            mask = versions == v
-            col = t.column(meta.column(record)).filter(pa.array(mask)).combine_chunks()
-            vec = col.values.to_numpy(zero_copy_only=False).reshape(-1, record.dim)
-            groups[str(v)] = Group(str(v), ids[mask], np.ascontiguousarray(vec, dtype=np.float32))
-        return groups
+        record = meta.version(version_id)
+        t = self.scan(["id", meta.column(record)], where=f"model_version = {sql_quote(version_id)}")
+        vec = t.column(meta.column(record)).combine_chunks().values.to_numpy(zero_copy_only=False).reshape(-1, record.dim)
+        return [str(i) for i in t.column("id").to_pylist()], np.ascontiguousarray(vec, dtype=np.float32)
 
     def payloads(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Raw text/title/image of rows, for re-embedding them."""
-        return self._rows(ids, ["id", "title", "text", "image"])
+        return self._rows(ids, ["id", "title", "text", "image", "model_version"])
 
-    def fetch(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Payloads (text, image, metadata, model_version) of the given ids."""
-        rows = self._rows(ids, ["id", "title", "text", "image", "metadata", "model_version"])
+    def fetch(self, ids: Sequence[str], version: int | None = None) -> dict[str, dict[str, Any]]:
+        """Payloads (text, image, metadata, model_version) of the given ids, as of table `version`."""
+        rows = self._rows(ids, ["id", "title", "text", "image", "metadata", "model_version"], version)
         for r in rows.values():
             r["metadata"] = json.loads(r["metadata"]) if r["metadata"] else None
         return rows
 
-    def _rows(self, ids: Sequence[str], columns: list[str]) -> dict[str, dict[str, Any]]:
+    def _rows(self, ids: Iterable[str], columns: list[str], version: int | None = None) -> dict[str, dict[str, Any]]:
         unique = set(ids)
         if not unique:
             return {}
-        rows = self.table.search().where(_id_filter(unique)).select(columns).limit(len(unique)).to_arrow().to_pylist()
+        rows = self.scan(columns, where=_id_filter(unique), version=version).to_pylist()
         return {r["id"]: r for r in rows}
+
+
+def sql_quote(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + str(text).replace("'", "''") + "'"
 
 
 def _id_filter(ids: Iterable[str]) -> str:
     """A SQL filter matching these ids (quotes escaped)."""
-    quoted = ", ".join("'" + str(i).replace("'", "''") + "'" for i in ids)
-    return f"id IN ({quoted})"
+    return f"id IN ({', '.join(sql_quote(i) for i in ids)})"

@@ -8,6 +8,7 @@ from typing import Any
 from compatret.errors import CompatretError
 from compatret.index.gallery import META_KEY, GalleryMeta
 from compatret.index.service import Service
+from compatret.index.writer_lock import retry_commit
 
 
 def history(service: Service) -> list[dict[str, Any]]:
@@ -38,13 +39,15 @@ def history(service: Service) -> list[dict[str, Any]]:
 
 def rollback(service: Service, to: int) -> GalleryMeta:
     """Restore the rows, vectors and serving model of version `to` as a new version."""
-    versions = {int(v["version"]) for v in service.gallery.table.list_versions()}
-    if to not in versions:
-        raise CompatretError(f"no version {to} (have {min(versions)}..{max(versions)}; pruned versions are gone)")
-    current = service.gallery.version
-    service.gallery.table.restore(to)
-    meta = service.gallery.record("rollback", to=to, from_version=current)
-    service.gallery.set_meta(meta)
+    gallery = service.gallery
+    with gallery.writing("rollback"):
+        versions = {int(v["version"]) for v in gallery.table.list_versions()}
+        if to not in versions:
+            raise CompatretError(f"no version {to} (have {min(versions)}..{max(versions)}; pruned versions are gone)")
+        current = gallery.version
+        retry_commit(lambda: gallery.table.restore(to), "rollback", gallery.table.checkout_latest)
+        meta = gallery.record("rollback", to=to, from_version=current)
+        gallery.set_meta(meta)
     return meta
 
 
@@ -53,8 +56,9 @@ def prune(service: Service, older_than: dt.timedelta) -> dict[str, int]:
 
     Files of an unfinished write by another process are kept (delete_unverified=False).
     """
-    before = len(service.gallery.table.list_versions())
-    service.gallery.table.optimize(cleanup_older_than=older_than)
-    after = len(service.gallery.table.list_versions())
+    gallery = service.gallery
+    with gallery.writing("prune"):
+        before = len(gallery.table.list_versions())
+        retry_commit(lambda: gallery.table.optimize(cleanup_older_than=older_than), "prune", gallery.table.checkout_latest)
+        after = len(gallery.table.list_versions())
     return {"versions_before": before, "versions_after": after}
-

@@ -16,7 +16,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from compatret.errors import CompatretError
-from compatret.index.backfill import backfill, pending_ids
+from compatret.index.backfill import backfill, pending_rows
 from compatret.index.service import Service
 
 
@@ -71,8 +71,10 @@ def create_app(directory: str | Path, refresh_seconds: float = 1.0) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        meta = service.meta
-        return {"status": "ok", "serving": meta.serving.id, "rows": service.index.size}
+        gallery = service.gallery
+        table_version = gallery.latest_version()
+        return {"status": "ok", "serving": gallery.meta_at(table_version).serving.id, "rows": gallery.count(),
+                "table_version": table_version, "snapshot_version": service.index.table_version}
 
     @app.post("/query")
     def query(req: QueryRequest) -> dict[str, Any]:
@@ -107,9 +109,10 @@ def create_app(directory: str | Path, refresh_seconds: float = 1.0) -> FastAPI:
         running = job["thread"] is not None and job["thread"].is_alive()
         with lock:
             by_version = service.rows_by_version()
-            pending = len(pending_ids(service))
-        return {"serving": service.meta.serving.id, "rows_by_version": by_version, "pending": pending,
-                "running": running, "last_report": job["report"], "last_error": job["error"]}
+            pending = pending_rows(service)
+        return {"serving": service.meta.serving.id, "rows_by_version": by_version, "pending": len(pending.ids),
+                "unembeddable": len(pending.unembeddable), "running": running, "last_report": job["report"],
+                "last_error": job["error"]}
 
     @app.post("/backfill", status_code=202)
     def start_backfill(req: BackfillRequest) -> dict[str, Any]:
@@ -123,6 +126,8 @@ def create_app(directory: str | Path, refresh_seconds: float = 1.0) -> FastAPI:
                 job["error"] = None
             except CompatretError as exc:
                 job["error"] = str(exc)
+            except Exception as exc:  # noqa: BLE001  a dead thread must still say why it died
+                job["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
 
         job["thread"] = threading.Thread(target=run, daemon=True)
         job["thread"].start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,9 +30,10 @@ class QueryResult:
     ids: list[str]
     scores: list[float]
     payloads: list[dict[str, Any]] | None = None
+    table_version: int = -1  # the table version this answer was read from
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"ids": self.ids, "scores": self.scores}
+        out: dict[str, Any] = {"ids": self.ids, "scores": self.scores, "table_version": self.table_version}
         if self.payloads is not None:
             out["payloads"] = self.payloads
         return out
@@ -41,6 +43,11 @@ def _source_of(spec: str) -> str:
     """What to store so the model can be loaded later: an alias, or an absolute folder path."""
     path = Path(spec)
     return str(path.resolve()) if path.exists() else spec
+
+
+def new_ids(n: int) -> list[str]:
+    """Fresh row ids, unique by construction (never reused after a delete)."""
+    return [uuid.uuid4().hex for _ in range(n)]
 
 
 def _read_item_image(item: dict[str, Any]) -> bytes | None:
@@ -101,26 +108,24 @@ class Service:
 
     @property
     def index(self) -> SearchIndex:
-        """The search index of the table's latest version (or a snapshot, see refresh_seconds)."""
+        """The view of the table's latest version; servers (refresh_seconds > 0) may get one that old."""
         now = time.monotonic()
         if self._index is not None and now - self._checked < self.refresh_seconds:
             return self._index
         self._checked = now
-        if self.refresh_seconds:
-            self.gallery.table.checkout_latest()  # follow writes made by other processes
         if self._index is None:
-            self._index = SearchIndex.load(self.gallery)
-        elif self._index.table_version != self.gallery.version:
-            if not self.refresh_seconds:
-                self._index = SearchIndex.load(self.gallery)
-            elif self._loader is None or not self._loader.is_alive():
-                self._loader = threading.Thread(target=self._load_in_background, daemon=True)
-                self._loader.start()
+            self._index = SearchIndex.load(self.gallery, self.gallery.latest_version())
+        elif not self.refresh_seconds:
+            self._index = self._index.advanced(self.gallery, self.gallery.latest_version())
+        elif self._loader is None or not self._loader.is_alive():
+            self._loader = threading.Thread(target=self._advance_in_background, args=(self._index,), daemon=True)
+            self._loader.start()
         return self._index
 
-    def _load_in_background(self) -> None:
-        """Servers: build the next snapshot on its own table handle; queries keep the current one."""
-        self._index = SearchIndex.load(Gallery.open(self.gallery.path))
+    def _advance_in_background(self, current: SearchIndex) -> None:
+        """Servers: build the next view on a handle of its own; queries keep the current one."""
+        gallery = Gallery.open(self.gallery.path)
+        self._index = current.advanced(gallery, gallery.version)
 
     # ---- models ----------------------------------------------------------------------
     def _version(self, model: str | None, meta: GalleryMeta | None = None) -> ModelVersion:
@@ -152,111 +157,97 @@ class Service:
             raise CompatretError("vectors contain NaN or infinity")
         return normalize(vectors)
 
-    # ---- writes ----------------------------------------------------------------------
+    # ---- writes: each holds the writer lock and reads the table, never the search view ----
     def _check_new_ids(self, ids: Sequence[str]) -> None:
         if len(set(ids)) != len(ids):
             raise CompatretError("duplicate ids in the input")
         if any(not i for i in ids):
             raise CompatretError("ids must be non-empty strings")
-        taken = self.index.contains(ids)
+        taken = self.gallery.existing(ids)
         if taken:
             raise CompatretError(f"{len(taken)} ids already in the gallery, e.g. {taken[0]!r}")
 
-    def _default_ids(self, n: int) -> list[str]:
-        start = self.index.size
-        return [str(start + i) for i in range(n)]
-
     def add_vectors(self, vectors: np.ndarray, ids: Sequence[str] | None = None, model: str | None = None, batch_size: int = 100_000) -> int:
-        """Store precomputed vectors of `model` (default: the gallery's first model)."""
-        meta = self.meta
-        version = self._version(model, meta) if model is not None else meta.vector_model
-        vectors = self._check_writer(np.asarray(vectors, dtype=np.float32), version, meta)
-        ids = [str(i) for i in ids] if ids is not None else self._default_ids(len(vectors))
-        if len(ids) != len(vectors):
-            raise CompatretError(f"{len(ids)} ids for {len(vectors)} vectors")
-        self._check_new_ids(ids)
-        index = self.index
-        for s in tqdm(range(0, len(ids), batch_size), desc="add", unit="batch", disable=len(ids) <= batch_size):
-            chunk_ids, chunk = ids[s : s + batch_size], vectors[s : s + batch_size]
-            v = self.gallery.add_rows(chunk_ids, chunk, version)
-            index.add(version.id, chunk_ids, chunk, v)
-        index.save(self.gallery)
+        """Store precomputed vectors of `model` (default: the gallery's first model); ids default to uuids."""
+        with self.gallery.writing("add vectors"):
+            meta = self.meta
+            version = self._version(model, meta) if model is not None else meta.vector_model
+            vectors = self._check_writer(np.asarray(vectors, dtype=np.float32), version, meta)
+            ids = [str(i) for i in ids] if ids is not None else new_ids(len(vectors))
+            if len(ids) != len(vectors):
+                raise CompatretError(f"{len(ids)} ids for {len(vectors)} vectors")
+            self._check_new_ids(ids)
+            for s in tqdm(range(0, len(ids), batch_size), desc="add", unit="batch", disable=len(ids) <= batch_size):
+                self.gallery.add_rows(ids[s : s + batch_size], vectors[s : s + batch_size], version)
         return len(ids)
 
     def add_items(self, items: Sequence[dict[str, Any]], batch_size: int = 256, progress: bool = True) -> int:
-        """Embed items with the serving model and store them, one commit per batch."""
+        """Embed items with the serving model and store them, one commit per batch; ids default to uuids."""
         if not items:
             return 0
-        meta = self.meta
-        ids = [str(it["id"]) if it.get("id") is not None else None for it in items]
-        defaults = iter(self._default_ids(len(items)))
-        ids = [i if i is not None else next(defaults) for i in ids]
-        self._check_new_ids(ids)
+        given = [str(it["id"]) if it.get("id") is not None else None for it in items]
+        defaults = iter(new_ids(sum(i is None for i in given)))
+        ids = [i if i is not None else next(defaults) for i in given]
         texts = [it.get("text") for it in items]
         titles = [it.get("title") for it in items]
         images = [_read_item_image(it) for it in items]
-        is_image = meta.modality == "image"
-        payload = images if is_image else [t if t is not None else ti for t, ti in zip(texts, titles)]
-        missing = [i for i, p in zip(ids, payload) if p is None]
-        if missing:
-            raise CompatretError(f"{len(missing)} items have no {'image' if is_image else 'text'}, e.g. id {missing[0]!r}")
-        encoder = self.encoder()
-        index = self.index
-        bar = tqdm(total=len(items), desc="embed+add", unit="item", disable=not progress)
-        for s in range(0, len(items), batch_size):
-            sl = slice(s, s + batch_size)
-            batch = [{"title": it.get("title"), "text": it.get("text")} for it in items[sl]] if not is_image else images[sl]
-            vecs = self._check_writer(encoder.encode_items(batch, batch_size=batch_size), meta.serving, meta)
-            v = self.gallery.add_rows(
-                ids[sl], vecs, meta.serving, texts=texts[sl], images=images[sl],
-                metadata=[it.get("metadata") for it in items[sl]], titles=titles[sl],
-            )
-            index.add(meta.serving.id, ids[sl], vecs, v)
-            bar.update(len(vecs))
-        bar.close()
-        index.save(self.gallery)
+        with self.gallery.writing("add items"):
+            meta = self.meta
+            self._check_new_ids(ids)
+            is_image = meta.modality == "image"
+            payload = images if is_image else [t or ti or None for t, ti in zip(texts, titles)]
+            missing = [i for i, p in zip(ids, payload) if p is None]
+            if missing:
+                raise CompatretError(f"{len(missing)} items have no {'image' if is_image else 'text'}, e.g. id {missing[0]!r}")
+            encoder = self.encoder()
+            bar = tqdm(total=len(items), desc="embed+add", unit="item", disable=not progress)
+            for s in range(0, len(items), batch_size):
+                sl = slice(s, s + batch_size)
+                batch = [{"title": it.get("title"), "text": it.get("text")} for it in items[sl]] if not is_image else images[sl]
+                vecs = self._check_writer(encoder.encode_items(batch, batch_size=batch_size), meta.serving, meta)
+                self.gallery.add_rows(
+                    ids[sl], vecs, meta.serving, texts=texts[sl], images=images[sl],
+                    metadata=[it.get("metadata") for it in items[sl]], titles=titles[sl],
+                )
+                bar.update(len(vecs))
+            bar.close()
         return len(items)
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete rows by id (unknown ids are an error: nothing is deleted then)."""
         ids = [str(i) for i in ids]
-        present = set(self.index.contains(ids))
-        unknown = [i for i in ids if i not in present]
-        if unknown:
-            raise CompatretError(f"{len(unknown)} ids not in the gallery, e.g. {unknown[0]!r}")
-        v = self.gallery.delete(ids)
-        self.index.remove(ids, v)
-        self.index.save(self.gallery)
+        with self.gallery.writing("delete"):
+            present = set(self.gallery.existing(ids))
+            unknown = [i for i in ids if i not in present]
+            if unknown:
+                raise CompatretError(f"{len(unknown)} ids not in the gallery, e.g. {unknown[0]!r}")
+            self.gallery.delete(ids)
         return len(ids)
 
     def upgrade(self, model: str) -> GalleryMeta:
         """Make a compatible model the serving model: one metadata commit, nothing re-embedded."""
-        meta = self.meta
         version = load_version(model)
-        if version.modality != meta.modality and meta.modality != "vector":
-            raise CompatretError(f"model {version.id!r} is for {version.modality}, this gallery holds {meta.modality}")
-        for writer in (meta.vector_model, *meta.versions.values()):
-            resolve(version, writer, self.gallery.path)  # refuses a model that cannot read every row
-        model_dir = Path(model)
-        transforms = [model_dir / TRANSFORMS_DIR / f"{n.id}.npy" for n in version.lineage() if n.compat.kind == "transform"]
-        missing = [t for t in transforms if not t.exists()]
-        if missing:
-            raise CompatretError(f"model {version.id!r} lacks its transform file {missing[0]}")
-        if transforms:  # only once the upgrade is known to be valid: a refusal changes nothing
-            (self.gallery.path / TRANSFORMS_DIR).mkdir(exist_ok=True)
-        for src in transforms:
-            shutil.copyfile(src, self.gallery.path / TRANSFORMS_DIR / src.name)
-        sources = dict(meta.sources)
-        if (model_dir / "encoder.json").exists() or model in ALIASES:
-            sources[version.id] = _source_of(model)
-        new_meta = replace(
-            self.gallery.record("upgrade", model=version.id, previous=meta.serving.id),
-            serving=version,
-            sources=sources,
-        )
-        old = self.gallery.version
-        self.gallery.set_meta(new_meta)
-        SearchIndex.follow_metadata_commit(self.gallery, old)
+        with self.gallery.writing("upgrade"):
+            meta = self.meta
+            if version.modality != meta.modality and meta.modality != "vector":
+                raise CompatretError(f"model {version.id!r} is for {version.modality}, this gallery holds {meta.modality}")
+            for writer in (meta.vector_model, *meta.versions.values()):
+                resolve(version, writer, self.gallery.path)  # refuses a model that cannot read every row
+            model_dir = Path(model)
+            transforms = [model_dir / TRANSFORMS_DIR / f"{n.id}.npy" for n in version.lineage() if n.compat.kind == "transform"]
+            missing = [t for t in transforms if not t.exists()]
+            if missing:
+                raise CompatretError(f"model {version.id!r} lacks its transform file {missing[0]}")
+            if transforms:  # only once the upgrade is known to be valid: a refusal changes nothing
+                (self.gallery.path / TRANSFORMS_DIR).mkdir(exist_ok=True)
+            for src in transforms:
+                shutil.copyfile(src, self.gallery.path / TRANSFORMS_DIR / src.name)
+            sources = dict(meta.sources)
+            if (model_dir / "encoder.json").exists() or model in ALIASES:
+                sources[version.id] = _source_of(model)
+            new_meta = replace(self.gallery.record("upgrade", model=version.id, previous=meta.serving.id),
+                               serving=version, sources=sources)
+            self.gallery.set_meta(new_meta)
         self._encoders.clear()
         return new_meta
 
@@ -335,17 +326,20 @@ class Service:
         if (ids == None).any():  # noqa: E711  fewer hits than k (elementwise, in numpy)
             score_rows = [[x for x, i in zip(r, ir) if i is not None] for r, ir in zip(score_rows, id_rows)]
             id_rows = [[i for i in r if i is not None] for r in id_rows]
-        results = [QueryResult(i, sc) for i, sc in zip(id_rows, score_rows)]
+        results = [QueryResult(i, sc, table_version=index.table_version) for i, sc in zip(id_rows, score_rows)]
         if include_payload:
-            fetched = self.gallery.fetch([i for r in results for i in r.ids])
+            fetched = self.gallery.fetch([i for r in results for i in r.ids], version=index.table_version)
             results = [replace(r, payloads=[_public_payload(fetched.get(i)) for i in r.ids]) for r in results]
         return results
 
     def rows_by_version(self) -> dict[str, int]:
-        """How many rows each model version made: the backfill progress."""
-        return self.index.counts()
+        """How many rows each model version made: the backfill progress, counted in the table."""
+        return self.gallery.rows_by_version()
 
     def info(self) -> dict[str, Any]:
+        from compatret.index.backfill import pending_rows
+
+        bare = pending_rows(self).unembeddable
         meta = self.meta
         plan = self.plan()
         return {
@@ -364,6 +358,8 @@ class Service:
             ],
             "query_plan": {"dims": plan.dims, "transforms": len(plan.gallery_transforms)},
             "table_version": self.gallery.version,
+            "unembeddable": len(bare),
+            "unembeddable_examples": bare[:5],
             "kernel": backend_name(self.kernel_name),
             "history": list(meta.history),
         }

@@ -55,7 +55,7 @@ def compare(name: str, gallery: np.ndarray, queries: np.ndarray, work: Path) -> 
 
     print(f"[{name}] {len(gallery)} x {gallery.shape[1]}, {len(queries)} queries", flush=True)
     service = Service.create(work / name, dim=gallery.shape[1], version_id=f"{name}-v1")
-    service.add_vectors(gallery)
+    service.add_vectors(gallery, ids=[str(i) for i in range(len(gallery))])
     service = Service.open(work / name)
     service.query(vectors=queries[:1], k=K)  # load the search index once, as a server would
 
@@ -66,8 +66,7 @@ def compare(name: str, gallery: np.ndarray, queries: np.ndarray, work: Path) -> 
 
     _, exact = raw.search(queries, K)
     ours = service.query(vectors=queries, k=K)
-    pos = {i: n for n, i in enumerate(service.index.ids)}
-    recall = float(np.mean([len(set(pos[i] for i in r.ids) & set(e)) / K for r, e in zip(ours, exact)]))
+    recall = float(np.mean([len({int(i) for i in r.ids} & set(e)) / K for r, e in zip(ours, exact)]))
 
     table = service.gallery.table
 

@@ -41,12 +41,11 @@ class TrainingSet:
 
 
 def gallery_vectors(service: Service, version_id: str) -> tuple[list[str], np.ndarray]:
-    """Ids and stored vectors of the rows embedded by `version_id`: the old space, as served."""
-    groups = service.index.groups
-    if version_id not in groups:
-        raise CompatretError(f"gallery {service.gallery.path} holds no vectors of {version_id!r} (it has {', '.join(groups) or 'none'})")
-    g = groups[version_id]
-    return [str(i) for i in g.ids], np.ascontiguousarray(g.vectors, dtype=np.float32)
+    """Ids and stored vectors of the rows embedded by `version_id`: the old space, read from the table."""
+    present = list(service.gallery.rows_by_version())
+    if version_id not in present:
+        raise CompatretError(f"gallery {service.gallery.path} holds no vectors of {version_id!r} (it has {', '.join(present) or 'none'})")
+    return service.gallery.rows_of(version_id)
 
 
 def load_training_set(cfg: RetrieverConfig, progress: bool = True) -> TrainingSet:

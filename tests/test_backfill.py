@@ -14,6 +14,7 @@ import pytest
 from compatret import CompatretError
 from compatret.encoders import load_encoder
 from compatret.index.backfill import backfill
+from compatret.index.gallery import Gallery
 from compatret.index.history import history, rollback
 from compatret.index.service import Service
 
@@ -27,8 +28,7 @@ def upgraded_gallery(tmp_path, digit_models, n: int = 200) -> Service:
 
 def snapshot(path) -> dict[str, tuple[str, np.ndarray]]:
     """id -> (model version, vector) of every row, read back from the table."""
-    idx = Service.open(path).index
-    return {i: (v, g.vectors[n]) for v, g in idx.groups.items() for n, i in enumerate(g.ids)}
+    return Gallery.open(path).vectors_by_id()
 
 
 def test_backfill_in_steps_equals_direct_encoding(tmp_path, digit_models):

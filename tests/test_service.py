@@ -66,7 +66,8 @@ def test_stale_cache_is_rebuilt_from_the_table(tmp_path):
     s.add_vectors(x, ids=[str(i) for i in range(len(x))])
     # a write that reached the table but not the cache (a crash between the two)
     g = Gallery.open(tmp_path / "g")
-    g.add_rows(["late"], vectors(1, 8, seed=9), g.meta.vector_model)
+    with g.writing("test"):
+        g.add_rows(["late"], vectors(1, 8, seed=9), g.meta.vector_model)
     s2 = Service.open(tmp_path / "g")
     assert s2.index.size == 51
     assert s2.query(vectors=vectors(1, 8, seed=9), k=1)[0].ids == ["late"]

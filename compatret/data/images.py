@@ -48,7 +48,7 @@ def load_parquet_split(folder: str | Path, split: str) -> ImageSplit:
     return ImageSplit(table.column("image").to_pylist(), labels, classes)
 
 
-def _png(pixels: np.ndarray) -> bytes:
+def png(pixels: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
@@ -67,6 +67,6 @@ def load_digits_splits(test_fraction: float = 0.3, seed: int = 0) -> tuple[Image
     classes = [str(c) for c in range(10)]
 
     def split(idx: np.ndarray) -> ImageSplit:
-        return ImageSplit([_png(pixels[i]) for i in idx], d.target[idx].astype(np.int64), classes)
+        return ImageSplit([png(pixels[i]) for i in idx], d.target[idx].astype(np.int64), classes)
 
     return split(idx_train), split(idx_test)

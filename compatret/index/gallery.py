@@ -142,6 +142,7 @@ class Gallery:
         self.path = path
         self.table = table
         self._metas: dict[int, GalleryMeta] = {}
+        self._writing = 0  # > 0 while this handle holds the writer lock (see writing())
 
     @staticmethod
     def create(path: str | Path, meta: GalleryMeta) -> Gallery:
@@ -184,7 +185,16 @@ class Gallery:
         """Hold the writer lock and read the latest version: the frame of every write."""
         with writer_lock(self.path, command):
             self.table.checkout_latest()
-            yield
+            self._writing += 1
+            try:
+                yield
+            finally:
+                self._writing -= 1
+
+    def _writer(self) -> None:
+        """Every commit goes through here: refused unless this handle holds the writer lock."""
+        if not self._writing:
+            raise CompatretError(f"internal: a write to {self.path} outside Gallery.writing()")
 
     @property
     def meta(self) -> GalleryMeta:
@@ -201,6 +211,7 @@ class Gallery:
 
     def set_meta(self, meta: GalleryMeta) -> None:
         """One metadata-only commit: O(1) whatever the gallery size."""
+        self._writer()
         update = {"path": "vector", "metadata": {META_KEY: meta.to_json()}}
         retry_commit(lambda: self.table.update_field_metadata(update), "metadata update", self.table.checkout_latest)
 
@@ -220,6 +231,7 @@ class Gallery:
 
     def ensure_column(self, version: ModelVersion) -> str:
         """Register a model that is about to write rows: its record and its vector column."""
+        self._writer()
         meta = self.meta
         col = meta.column(version)
         if col not in self.table.schema.names:
@@ -244,6 +256,7 @@ class Gallery:
         titles: Sequence[str | None] | None = None,
     ) -> int:
         """Append one batch as a single commit; returns the new table version."""
+        self._writer()
         n = len(ids)
         if vectors.shape != (n, version.dim):
             raise CompatretError(f"vectors have shape {vectors.shape}, expected ({n}, {version.dim})")
@@ -273,6 +286,7 @@ class Gallery:
         Only rows still present and not yet written by `version` are touched: a row deleted
         since the batch was read stays deleted (merge_insert never inserts here).
         """
+        self._writer()
         col = self.ensure_column(version)
         batch = pa.table(
             {
@@ -289,12 +303,14 @@ class Gallery:
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete rows by id in one commit; returns the new table version."""
+        self._writer()
         if ids:
             retry_commit(lambda: self.table.delete(_id_filter(ids)), "delete", self.table.checkout_latest)
         return self.version
 
     def compact(self) -> None:
         """Merge small files into larger ones; deletes no version (only `index prune` forgets)."""
+        self._writer()
         retry_commit(lambda: self.table.compact_files(), "compaction", self.table.checkout_latest)
 
     def existing(self, ids: Sequence[str]) -> list[str]:
@@ -313,6 +329,14 @@ class Gallery:
         self.latest_version()
         counts = self.scan(["model_version"]).column("model_version").value_counts().to_pylist()
         return dict(sorted((str(c["values"]), int(c["counts"])) for c in counts))
+
+    def vectors_by_id(self) -> dict[str, tuple[str, np.ndarray]]:
+        """id -> (model version, stored vector) of every row at the latest version (checks and benchmarks)."""
+        out: dict[str, tuple[str, np.ndarray]] = {}
+        for v in self.rows_by_version():
+            ids, vecs = self.rows_of(v)
+            out.update((i, (v, x)) for i, x in zip(ids, vecs))
+        return out
 
     def rows_of(self, version_id: str) -> tuple[list[str], np.ndarray]:
         """Ids and stored vectors of the rows a model version made (training data: from the table)."""

@@ -94,7 +94,8 @@ class Service:
         meta = GalleryMeta(dim=version.dim, vector_model=version, serving=version, modality=modality or version.modality,
                            sources=sources, ann=ann, merge=merge)
         gallery = Gallery.create(path, meta)
-        gallery.set_meta(gallery.record("create", model=version.id))
+        with gallery.writing("index create"):
+            gallery.set_meta(gallery.record("create", model=version.id))
         return Service(gallery)
 
     @staticmethod

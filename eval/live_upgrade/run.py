@@ -32,12 +32,12 @@ from compatret.config import dataset  # noqa: E402
 from compatret.data.images import load_digits_splits  # noqa: E402
 from compatret.encoders import load_encoder  # noqa: E402
 from compatret.encoders.base import write_encoder_config  # noqa: E402
-from compatret.encoders.image import ImageModelSpec  # noqa: E402
 from compatret.index.backfill import backfill  # noqa: E402
+from compatret.index.gallery import Gallery  # noqa: E402
 from compatret.index.search import make_kernel  # noqa: E402
 from compatret.index.service import Service  # noqa: E402
-from compatret.train.image_methods import MethodSpec, fit_image_version  # noqa: E402
-from compatret.train.image_trainer import TrainConfig  # noqa: E402
+from compatret.index.verify import verify  # noqa: E402
+from compatret.train.digits import digit_model_pair  # noqa: E402
 from compatret.versions import normalize  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -47,20 +47,15 @@ ENV = {**os.environ, "LANCEDB_LOG": "error"}
 
 def digit_models(work: Path) -> tuple[str, str, list[dict[str, Any]]]:
     """Small real image models (v1, BCT-compatible v2) and all 1,797 digits as items."""
+    v1, v2 = digit_model_pair(work)
     train, test = load_digits_splits(test_fraction=0.3)
-    spec = ImageModelSpec(width=0.125, in_channels=1, image_size=8, embed_dim=32, mean=(0.3,), std=(0.4,))
-    cfg = TrainConfig(epochs=5, batch_size=64, lr=0.1, crop_padding=1, flip=False, progress=False)
-    fit_image_version("v1", MethodSpec("independent"), train.subset(train.labels < 7), spec, cfg, work / "v1")
-    fit_image_version("v2", MethodSpec("bct", num_classes=10, align_weight=1.0), train, spec, cfg, work / "v2", parent_dir=work / "v1")
-    images = train.images + test.images
-    items = [{"id": f"d{i}", "image": img} for i, img in enumerate(images)]
-    return str(work / "v1"), str(work / "v2"), items
+    items = [{"id": f"d{i}", "image": img} for i, img in enumerate(train.images + test.images)]
+    return v1, v2, items
 
 
 def rows_of(path: Path) -> dict[str, tuple[str, np.ndarray]]:
-    """id -> (model version, stored vector) of every row of a gallery."""
-    idx = Service.open(path).index
-    return {str(i): (v, g.vectors[n]) for v, g in idx.groups.items() for n, i in enumerate(g.ids)}
+    """id -> (model version, stored vector) of every row of a gallery, from the table."""
+    return Gallery.open(path).vectors_by_id()
 
 
 def vectors_of(path: Path) -> dict[str, np.ndarray]:
@@ -68,36 +63,74 @@ def vectors_of(path: Path) -> dict[str, np.ndarray]:
     return {i: vec for i, (_, vec) in rows_of(path).items()}
 
 
-def crash(work: Path, kills: int = 20) -> dict[str, int]:
-    """kill -9 `index backfill` at random moments, resume each time, compare with a clean run."""
-    v1, v2, items = digit_models(work)
-    for name in ("killed", "clean"):
-        s = Service.create(work / name, model=v1)
-        s.add_items(items, progress=False)
-        s.upgrade(v2)
-    clean = [sys.executable, "-m", "compatret", "index", "backfill", str(work / "clean"), "--batch-size", "1", "--json"]
-    subprocess.run(clean, env=ENV, check=True, capture_output=True)  # same batch size: same kernels, same bits
-    rng = np.random.default_rng(0)
-    cmd = [sys.executable, "-m", "compatret", "index", "backfill", str(work / "killed"), "--batch-size", "1", "--json"]
-    done_kills = 0
-    for n in range(kills):
-        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(float(rng.uniform(2.0, 4.0)))  # start-up takes ~2.5 s: some kills land before the first commit
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            done_kills += 1
-        proc.wait()
-        print(f"[crash] kill {n + 1}: {Service.open(work / 'killed').rows_by_version()}", flush=True)
-    subprocess.run(cmd, env=ENV, check=True, capture_output=True)
-    a, b = rows_of(work / "killed"), rows_of(work / "clean")
-    return {
-        "kills": done_kills,
-        "rows": len(a),
-        "lost": len(set(b) - set(a)),
-        "duplicated": Service.open(work / "killed").gallery.count() - len(a),
-        "mismatched": sum(1 for i in set(a) & set(b) if a[i][0] != b[i][0] or not np.array_equal(a[i][1], b[i][1])),
-        "max_abs_diff": float(max(np.abs(a[i][1] - b[i][1]).max() for i in set(a) & set(b))),
-    }
+def _first_commit(path: Path, start_version: int, proc: subprocess.Popen, timeout: float = 120) -> bool:
+    """Wait until the run commits its first batch (the table version moves); False if it ended first."""
+    import lance
+
+    uri = str(path / "gallery.lance")
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if lance.dataset(uri).latest_version > start_version:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def crash(work: Path, kills: int = 20, batch_sizes: tuple[int, ...] = (1, 64)) -> dict[str, dict[str, Any]]:
+    """kill -9 `index backfill` at random moments after each run's first commit, resume, compare.
+
+    Each kill is timed from the moment the run's first batch is committed (the table version
+    moves), then lands at a random point of the following ~3 batches, so kills fall while
+    batches are being embedded and committed, not during start-up. The killed gallery is then
+    finished by one more run and compared, bit for bit, with an uninterrupted run.
+    """
+    import lance
+
+    v1, v2, digits = digit_models(work)
+    out: dict[str, dict[str, Any]] = {}
+    for bs in batch_sizes:
+        copies = 1 if bs < 16 else 4  # 1,797 rows at batch size 1; 7,188 at 64: room for 20 kills either way
+        items = [{**it, "id": f"{it['id']}-{copy}"} for copy in range(copies) for it in digits]
+        for name in ("killed", "clean"):
+            s = Service.create(work / f"{name}-{bs}", model=v1)
+            s.add_items(items, progress=False)
+            s.upgrade(v2)
+        clean = [sys.executable, "-m", "compatret", "index", "backfill", str(work / f"clean-{bs}"), "--batch-size", str(bs), "--json"]
+        t0 = time.perf_counter()
+        subprocess.run(clean, env=ENV, check=True, capture_output=True)  # same batch size: same kernels, same bits
+        per_batch = (time.perf_counter() - t0 - 3.0) / max(1, len(items) // bs)  # start-up ~3 s
+        rng = np.random.default_rng(bs)
+        killed = work / f"killed-{bs}"
+        cmd = [sys.executable, "-m", "compatret", "index", "backfill", str(killed), "--batch-size", str(bs), "--json"]
+        landed, after_commit = 0, []
+        for n in range(kills):
+            start = lance.dataset(str(killed / "gallery.lance")).latest_version
+            proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if not _first_commit(killed, start, proc):
+                proc.wait()
+                break
+            delay = float(rng.uniform(0, 3 * max(per_batch, 0.01)))
+            time.sleep(delay)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                landed += 1
+                after_commit.append(delay)
+            proc.wait()
+            print(f"[crash] batch {bs}, kill {n + 1} at +{delay * 1000:.0f} ms: {Gallery.open(killed).rows_by_version()}", flush=True)
+        subprocess.run(cmd, env=ENV, check=True, capture_output=True)
+        a, b = rows_of(killed), rows_of(work / f"clean-{bs}")
+        out[f"batch_{bs}"] = {
+            "kills": landed,
+            "rows": len(a),
+            "lost": len(set(b) - set(a)),
+            "duplicated": Gallery.open(killed).count() - len(a),
+            "mismatched": sum(1 for i in set(a) & set(b) if a[i][0] != b[i][0] or not np.array_equal(a[i][1], b[i][1])),
+            "max_abs_diff": float(max(np.abs(a[i][1] - b[i][1]).max() for i in set(a) & set(b))),
+            "seconds_per_batch": per_batch,
+            "kill_ms_after_first_commit": [round(d * 1000, 1) for d in after_commit],
+            "verify_ok": verify(Gallery.open(killed)).ok,
+        }
+    return out
 
 
 def ann(work: Path) -> dict[str, dict[str, float]]:
@@ -218,7 +251,7 @@ def curve(work: Path) -> dict[str, list[list[float]]]:
     from compatret.config import index_home
     from compatret.data.beir import load_beir
     from compatret.evaluation.retrieval import evaluate_pair
-    from compatret.index.backfill import pending_ids, plan_order
+    from compatret.index.backfill import pending_rows, plan_order
 
     base = index_home() / "compat_text"
     old_g, new_g, model = base / "galleries" / "minilm-l6", base / "galleries" / "bt2", base / "models" / "bt2"
@@ -230,14 +263,16 @@ def curve(work: Path) -> dict[str, list[list[float]]]:
         shutil.copytree(old_g, g)
         s = Service.open(g)
         s.upgrade(str(model))
-        s.gallery.set_meta(replace(s.meta, merge=merge))
-        queue = plan_order(s, pending_ids(s), order)
+        with s.gallery.writing("benchmark: merge policy"):
+            s.gallery.set_meta(replace(s.meta, merge=merge))
+        queue = plan_order(s, pending_rows(s).ids, order)
         points, done = [], 0
         for pct in CURVE_POINTS:
             target = round(pct / 100 * len(queue))
             for c in range(done, target, 512):
                 ids = queue[c : min(c + 512, target)]
-                s.gallery.update_vectors(ids, np.stack([new_vecs[i] for i in ids]), s.meta.serving)
+                with s.gallery.writing("benchmark: backfill from stored vectors"):
+                    s.gallery.update_vectors(ids, np.stack([new_vecs[i] for i in ids]), s.meta.serving)
             done = target
             score = evaluate_pair(str(model), g, data, "test")["ndcg_at_10"]
             points.append([pct, score])
@@ -328,9 +363,10 @@ def main() -> None:
 
 def _table(r: dict[str, Any]) -> str:
     lines = ["| check | result |", "|---|---|"]
-    if "crash" in r:
-        c = r["crash"]
-        lines.append(f"| kill -9 during backfill, resumed | {c['kills']} kills, {c['rows']} rows: {c['lost']} lost, {c['duplicated']} duplicated, {c['mismatched']} vectors differ from an uninterrupted run |")
+    for name, c in r.get("crash", {}).items():
+        lines.append(f"| kill -9 during backfill ({name.replace('_', ' ')}), timed from each run's first commit, resumed | "
+                     f"{c['kills']} kills, {c['rows']} rows: {c['lost']} lost, {c['duplicated']} duplicated, "
+                     f"{c['mismatched']} vectors differ from an uninterrupted run; verify {'ok' if c['verify_ok'] else 'MISMATCH'} |")
     if "ann" in r:
         for k, v in r["ann"].items():
             lines.append(f"| IVF on {k} ({int(v['rows']):,} rows) | recall@10 {v['recall_at_10']:.4f}, {v['speedup']:.1f}x exact throughput |")

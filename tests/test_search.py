@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compatret.index.search import FaissKernel, NumpyKernel, TorchKernel, backend_name, make_kernel
+from compatret.index.search import backend_name, make_kernel
 from compatret.versions import normalize
 
 
@@ -21,16 +21,16 @@ def test_kernels_agree_with_numpy(n, d):
     rng = np.random.default_rng(n)
     x = normalize(rng.normal(size=(n, d)))
     q = normalize(rng.normal(size=(50, d)))
-    ref = NumpyKernel(x).search(q, 10)
-    agree(ref, FaissKernel.from_vectors(x, use_gpu=False).search(q, 10))
-    agree(ref, TorchKernel(x, "cpu").search(q, 10))
+    ref = make_kernel("numpy", x).search(q, 10)
+    agree(ref, make_kernel("faiss", x).search(q, 10))
+    agree(ref, make_kernel("torch", x).search(q, 10))
 
 
 def test_ties_are_tolerated_but_scores_match():
     x = normalize(np.array([[1, 0], [1, 0], [0, 1], [1, 1]], dtype=np.float32))
     q = normalize(np.array([[1, 0]], dtype=np.float32))
-    ref = NumpyKernel(x).search(q, 2)
-    got = FaissKernel.from_vectors(x, use_gpu=False).search(q, 2)
+    ref = make_kernel("numpy", x).search(q, 2)
+    got = make_kernel("faiss", x).search(q, 2)
     assert set(got[1][0]) == {0, 1}
     agree(ref, got)
 
@@ -39,7 +39,7 @@ def test_k_larger_than_gallery_and_empty():
     x = normalize(np.eye(3, dtype=np.float32))
     s, i = make_kernel("faiss", x).search(x, 10)
     assert s.shape == (3, 3) and (i[:, 0] == np.arange(3)).all()
-    s, i = FaissKernel.from_vectors(np.zeros((0, 3), np.float32), use_gpu=False).search(x, 5)
+    s, i = make_kernel("faiss", np.zeros((0, 3), np.float32)).search(x, 5)
     assert s.shape == (3, 0)
 
 

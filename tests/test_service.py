@@ -72,7 +72,7 @@ def test_stale_cache_is_rebuilt_from_the_table(tmp_path):
     assert s2.index.size == 51
     assert s2.query(vectors=vectors(1, 8, seed=9), k=1)[0].ids == ["late"]
     # a corrupted cache file is rebuilt too
-    next((tmp_path / "g" / CACHE_DIR).glob("frag-*.npz")).write_bytes(b"garbage")
+    next((tmp_path / "g" / CACHE_DIR).glob("frag-*/vec-0.npy")).write_bytes(b"garbage")
     assert Service.open(tmp_path / "g").index.size == 51
 
 

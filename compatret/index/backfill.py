@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from compatret.errors import CompatretError
 from compatret.index.gallery import sql_quote
+from compatret.index.search import make_kernel, sample_parts
 from compatret.index.service import Service
 
 ORDERS = ("random", "uncertainty")
@@ -87,23 +88,29 @@ def _random_key(serving: str, row_id: str) -> str:
     return hashlib.blake2b(f"{serving}:{row_id}".encode(), digest_size=8).hexdigest()
 
 
-def crowding(service: Service, ids: list[str], neighbours: int = 10) -> dict[str, float]:
-    """Uncertainty proxy from the old vectors alone: mean cosine to a row's nearest neighbours
-    in its own version's space. Rows in crowded regions are the ones an old model is least
-    able to tell apart, so their old vectors are the least reliable (after FastFill's
-    uncertainty ordering, Jaeckle et al. 2023, without its trained uncertainty head).
-    An ordering heuristic, so it may read the search view; rows the view lacks go last."""
+def crowding(service: Service, ids: list[str], neighbours: int = 10, landmarks: int = 2048) -> dict[str, float]:
+    """Uncertainty proxy from the old vectors alone: mean cosine of a row to its `neighbours`
+    nearest among `landmarks` rows sampled from its own version. Rows in crowded regions are
+    the ones an old model is least able to tell apart, so their old vectors are the least
+    reliable (after FastFill's uncertainty ordering, Jaeckle et al. 2023, without its trained
+    uncertainty head). O(rows x landmarks), never all pairs; an ordering heuristic, so it
+    reads the search view; rows the view lacks go last."""
     index = service.index
-    wanted = set(ids)
+    wanted = np.asarray(ids, dtype=str)
     out: dict[str, float] = {}
-    for version, g in index.groups.items():
-        mask = np.fromiter((i in wanted for i in g.ids), dtype=bool, count=len(g.ids))
-        if not mask.any():
-            continue
-        kernel = index.kernel(version, service.kernel_name, "flat")
-        scores, _ = kernel.search(g.vectors[mask], neighbours + 1)
-        for row_id, s in zip(g.ids[mask], scores[:, 1:].mean(1)):
-            out[str(row_id)] = float(s)
+    rng = np.random.default_rng(0)
+    for version in index.versions():
+        parts = list(index.rows(version))
+        kernel = make_kernel("faiss", sample_parts([(labels, vectors) for _, labels, vectors in parts], landmarks, rng))
+        k = min(neighbours + 1, kernel.ntotal)
+        for row_ids, _, vectors in parts:
+            mask = np.isin(row_ids, wanted)
+            if not mask.any():
+                continue
+            scores, _ = kernel.search(np.asarray(vectors)[mask], k)  # best first
+            own = scores[:, 0] > 1 - 1e-5  # the row itself was sampled as a landmark: skip it
+            mean = np.where(own, scores[:, 1:].sum(1), scores[:, : k - 1].sum(1)) / max(1, k - 1)
+            out.update(zip(row_ids[mask].tolist(), mean.astype(float).tolist()))
     return out
 
 

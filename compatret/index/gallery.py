@@ -350,12 +350,15 @@ class Gallery:
         """Raw text/title/image of rows, for re-embedding them."""
         return self._rows(ids, ["id", "title", "text", "image", "model_version"])
 
-    def fetch(self, ids: Sequence[str], version: int | None = None) -> dict[str, dict[str, Any]]:
-        """Payloads (text, image, metadata, model_version) of the given ids, as of table `version`."""
-        rows = self._rows(ids, ["id", "title", "text", "image", "metadata", "model_version"], version)
-        for r in rows.values():
+    def fetch_rows(self, labels: np.ndarray, version: int) -> dict[str, dict[str, Any]]:
+        """Payloads of rows by their row addresses at table `version`: O(rows asked), no id lookup."""
+        if not len(labels):
+            return {}
+        columns = ["id", "title", "text", "image", "metadata", "model_version"]
+        rows = self.dataset(version)._take_rows(np.unique(labels).tolist(), columns=columns).to_pylist()
+        for r in rows:
             r["metadata"] = json.loads(r["metadata"]) if r["metadata"] else None
-        return rows
+        return {r["id"]: r for r in rows}
 
     def _rows(self, ids: Iterable[str], columns: list[str], version: int | None = None) -> dict[str, dict[str, Any]]:
         unique = set(ids)

@@ -1,18 +1,39 @@
-"""Exact inner-product search kernels (faiss CPU/GPU, torch, numpy) behind one small interface."""
+"""Inner-product search kernels (faiss CPU/GPU exact or IVF/HNSW, torch, numpy) behind one interface.
+
+Every kernel returns int64 *labels* that its caller chose when adding vectors (a gallery uses
+Lance row addresses; `make_kernel` uses row positions), and can be updated in place:
+`add` appends labelled vectors, `remove` drops labels (or whole label ranges). A kernel that
+cannot remove (HNSW, faiss GPU) says so and is rebuilt by its owner.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
+KERNELS = ("auto", "faiss", "faiss-gpu", "torch", "numpy")
+ANN_KINDS = ("auto", "flat", "ivf", "hnsw")
+FLAT_BELOW = 200_000  # rows: exact search is fast enough below this, and loses nothing
+
+Part = tuple[np.ndarray, np.ndarray]  # (labels int64 [n], vectors float32 [n, d])
+
 
 class Kernel(Protocol):
-    """Exact top-k inner product over a fixed matrix of vectors (positions are row numbers)."""
+    """Top-k inner product over labelled vectors; -1 labels pad rows with fewer than k hits."""
 
     name: str
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @property
+    def ntotal(self) -> int: ...
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None: ...
+
+    def remove(self, labels: np.ndarray, ranges: Sequence[tuple[int, int]] = ()) -> bool:
+        """Drop these labels and every label in [lo, hi) of each range; False if unsupported."""
+        ...
 
 
 def faiss_gpus() -> int:
@@ -32,76 +53,111 @@ def torch_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 class FaissKernel:
-    """faiss IndexFlatIP; moved to the GPU when faiss sees one."""
+    """A faiss index with labels: IndexIDMap2 over a flat or HNSW index, or an IVF index.
 
-    def __init__(self, index: "faiss.Index", use_gpu: bool | None = None) -> None:  # noqa: F821
+    `gpu` copies it to every GPU faiss sees; GPU copies are searched, never edited (rebuilt).
+    """
+
+    def __init__(self, index: "faiss.Index", gpu: bool = False, trained_on: int = 0) -> None:  # noqa: F821
+        self.index = index
+        self.gpu = gpu
+        self.trained_on = trained_on  # rows the IVF lists were trained on (0: nothing trained)
+        self.name = "faiss-gpu" if gpu else "faiss-cpu"
+        self._to_device()
+
+    def _to_device(self) -> None:
         import faiss
 
-        self.cpu_index = index
-        use_gpu = faiss_gpus() > 0 if use_gpu is None else use_gpu
-        self.index = faiss.index_cpu_to_all_gpus(index) if use_gpu else index
-        self.name = "faiss-gpu" if use_gpu else "faiss-cpu"
+        self._search_index = faiss.index_cpu_to_all_gpus(self.index) if self.gpu else self.index
 
-    @staticmethod
-    def from_vectors(vectors: np.ndarray, use_gpu: bool | None = None) -> FaissKernel:
-        import faiss
-
-        index = faiss.IndexFlatIP(vectors.shape[1])
-        if len(vectors):
-            index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        return FaissKernel(index, use_gpu)
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        k = min(k, self.index.ntotal)
+        k = min(k, self.ntotal)
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return self._search_index.search(_f32(queries), k)
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        if len(labels):
+            self.index.add_with_ids(_f32(vectors), np.ascontiguousarray(labels, dtype=np.int64))
+            if self.gpu:
+                self._to_device()
+
+    def remove(self, labels: np.ndarray, ranges: Sequence[tuple[int, int]] = ()) -> bool:
+        import faiss
+
+        if self.gpu or isinstance(_inner(self.index), faiss.IndexHNSW):
+            return False
+        keep = [faiss.IDSelectorRange(int(lo), int(hi)) for lo, hi in ranges]
+        if len(labels):
+            keep.append(faiss.IDSelectorBatch(np.ascontiguousarray(labels, dtype=np.int64)))
+        if not keep:
+            return True
+        selector = keep[0]
+        for other in keep[1:]:
+            selector = faiss.IDSelectorOr(selector, other)
+            keep.append(selector)  # faiss holds raw pointers: keep every part alive until removal
+        self.index.remove_ids(selector)
+        return True
 
 
-class TorchKernel:
-    """Matrix product + topk in torch: the fallback on CUDA machines without faiss-gpu."""
+def _inner(index: "faiss.Index") -> "faiss.Index":  # noqa: F821
+    import faiss
 
-    def __init__(self, vectors: np.ndarray, device: str | None = None) -> None:
-        import torch
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
-        self.name = f"torch-{self.device}"
+
+class ArrayKernel:
+    """Vectors and labels held as arrays, searched by torch (CUDA fallback) or numpy (the reference)."""
+
+    def __init__(self, labels: np.ndarray, vectors: np.ndarray, backend: str = "numpy", device: str = "cpu") -> None:
+        self.labels = np.ascontiguousarray(labels, dtype=np.int64)
+        self.vectors = _f32(vectors)
+        self.backend, self.device = backend, device
+        self.name = "numpy" if backend == "numpy" else f"torch-{device}"
+
+    @property
+    def ntotal(self) -> int:
+        return len(self.labels)
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        self.labels = np.concatenate([self.labels, np.asarray(labels, dtype=np.int64)])
+        self.vectors = np.concatenate([self.vectors, _f32(vectors)]) if len(self.vectors) else _f32(vectors)
+
+    def remove(self, labels: np.ndarray, ranges: Sequence[tuple[int, int]] = ()) -> bool:
+        drop = np.isin(self.labels, labels)
+        for lo, hi in ranges:
+            drop |= (self.labels >= lo) & (self.labels < hi)
+        self.labels, self.vectors = self.labels[~drop], self.vectors[~drop]
+        return True
 
     def search(self, queries: np.ndarray, k: int, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, self.ntotal)
+        if k == 0 or not len(queries):
+            return np.zeros((len(queries), k), np.float32), np.zeros((len(queries), k), np.int64)
+        if self.backend == "numpy":
+            scores = _f32(queries) @ self.vectors.T
+            idx = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            return np.take_along_axis(scores, idx, axis=1), self.labels[idx]
         import torch
 
-        k = min(k, self.vectors.shape[0])
-        scores, idx = [], []
+        x = torch.from_numpy(self.vectors).to(self.device)
+        out_s, out_i = [], []
         with torch.no_grad():
             for s in range(0, len(queries), chunk):
-                q = torch.from_numpy(np.ascontiguousarray(queries[s : s + chunk], dtype=np.float32)).to(self.device)
-                v, i = torch.topk(q @ self.vectors.T, k, dim=1)
-                scores.append(v.cpu().numpy())
-                idx.append(i.cpu().numpy())
-        if not scores:
-            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-        return np.concatenate(scores), np.concatenate(idx).astype(np.int64)
-
-
-class NumpyKernel:
-    """The plain reference: full scores then a stable sort. Used to check the others."""
-
-    def __init__(self, vectors: np.ndarray) -> None:
-        self.vectors = np.asarray(vectors, dtype=np.float32)
-        self.name = "numpy"
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        k = min(k, len(self.vectors))
-        scores = queries.astype(np.float32) @ self.vectors.T
-        idx = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(scores, idx, axis=1), idx.astype(np.int64)
-
-
-KERNELS = ("auto", "faiss", "faiss-gpu", "torch", "numpy")
-ANN_KINDS = ("auto", "flat", "ivf", "hnsw")
-FLAT_BELOW = 200_000  # rows: exact search is fast enough below this, and loses nothing
+                q = torch.from_numpy(_f32(queries[s : s + chunk])).to(self.device)
+                v, i = torch.topk(q @ x.T, k, dim=1)
+                out_s.append(v.cpu().numpy())
+                out_i.append(i.cpu().numpy())
+        return np.concatenate(out_s), self.labels[np.concatenate(out_i)]
 
 
 def resolve_ann(kind: str, rows: int) -> str:
@@ -113,28 +169,69 @@ def resolve_ann(kind: str, rows: int) -> str:
     return kind
 
 
-def ann_index(kind: str, vectors: np.ndarray) -> "faiss.Index":  # noqa: F821
-    """An approximate inner-product index over `vectors`: IVF (k-means lists) or HNSW (graph).
+def ivf_lists(n: int) -> int:
+    """sqrt(n) lists (at least 39 training points each): 1,000 at 1M rows, 3,162 at 10M."""
+    return max(1, min(int(round(np.sqrt(n))), n // 39))
 
-    IVF: sqrt-rule list count (4 * sqrt(n)), trained on at most 64 lists' worth of samples
-    per list, nprobe = lists / 128 (at least 32). HNSW: 32 links, efSearch 128.
+
+def ivf_nprobe(nlist: int) -> int:
+    """Lists probed per query: nlist/64, at least 16 (all of them for tiny indexes)."""
+    return min(nlist, max(16, nlist // 64))
+
+
+def sample_parts(parts: Sequence[Part], n: int, rng: np.random.Generator) -> np.ndarray:
+    """About n vectors drawn uniformly from all parts, without concatenating the parts."""
+    total = sum(len(p[0]) for p in parts)
+    if total <= n:
+        return _f32(np.concatenate([p[1] for p in parts]))
+    picks = [p[1][np.sort(rng.choice(len(p[0]), size=int(round(n * len(p[0]) / total)), replace=False))] for p in parts if len(p[0])]
+    return _f32(np.concatenate(picks))
+
+
+def build_kernel(name: str, ann: str, dim: int, parts: Iterable[Part]) -> Kernel:
+    """A kernel over labelled parts, added part by part (one copy of the vectors in memory).
+
+    ann = ivf trains k-means on a sample first (40 points per list, 10 iterations); hnsw uses
+    32 links, efSearch 128. `auto` is faiss on a GPU when faiss sees one, else torch CUDA,
+    else faiss CPU; approximate indexes are always faiss.
     """
     import faiss
 
-    n, d = vectors.shape
-    if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 80
-        index.add(vectors)
-        index.hnsw.efSearch = 128
-        return index
-    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-    sample = vectors if n <= 64 * nlist else vectors[np.random.default_rng(0).choice(n, 64 * nlist, replace=False)]
-    index.train(sample)
-    index.add(vectors)
-    index.nprobe = min(nlist, max(32, nlist // 128))
-    return index
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; choose from {KERNELS}")
+    parts = list(parts)
+    if name in ("torch", "numpy") or (name == "auto" and ann == "flat" and faiss_gpus() == 0 and torch_cuda()):
+        labels = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        vectors = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, dim), np.float32)
+        backend = "numpy" if name == "numpy" else "torch"
+        device = "cuda" if name == "auto" or (backend == "torch" and torch_cuda()) else "cpu"
+        return ArrayKernel(labels, vectors, backend, device)
+    gpu = name == "faiss-gpu" or (name == "auto" and faiss_gpus() > 0 and ann != "hnsw")  # faiss has no GPU HNSW
+    n = sum(len(p[0]) for p in parts)
+    trained_on = 0
+    if ann == "ivf" and n:
+        nlist = ivf_lists(n)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 10
+        index.train(sample_parts(parts, 40 * nlist, np.random.default_rng(0)))
+        index.nprobe = ivf_nprobe(nlist)
+        trained_on = n
+    elif ann == "hnsw":
+        hnsw = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction, hnsw.hnsw.efSearch = 80, 128
+        index = faiss.IndexIDMap2(hnsw)
+    else:
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    kernel = FaissKernel(index, False, trained_on)
+    for labels, vectors in parts:
+        kernel.add(labels, vectors)
+    return FaissKernel(index, gpu, trained_on) if gpu else kernel
+
+
+def make_kernel(name: str, vectors: np.ndarray, ann: str = "flat") -> Kernel:
+    """A kernel over plain vectors whose labels are their row positions."""
+    vectors = _f32(vectors)
+    return build_kernel(name, ann, vectors.shape[1], [(np.arange(len(vectors), dtype=np.int64), vectors)])
 
 
 def backend_name(name: str) -> str:
@@ -144,29 +241,3 @@ def backend_name(name: str) -> str:
             return "faiss-gpu"
         return "torch-cuda" if torch_cuda() else "faiss-cpu"
     return {"faiss": "faiss-cpu"}.get(name, name)
-
-
-def make_kernel(name: str, vectors: np.ndarray, ann: str = "flat") -> Kernel:
-    """Build a kernel by name; `auto` is faiss GPU, else torch CUDA, else faiss CPU.
-
-    ann = ivf or hnsw builds an approximate faiss index instead (on the GPU when faiss sees one).
-    """
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if ann in ("ivf", "hnsw") and len(vectors):
-        on_gpu = name in ("auto", "faiss-gpu") and ann == "ivf" and faiss_gpus() > 0  # faiss has no GPU HNSW
-        return FaissKernel(ann_index(ann, vectors), use_gpu=on_gpu)
-    if name == "auto":
-        if faiss_gpus() > 0:
-            return FaissKernel.from_vectors(vectors, use_gpu=True)
-        if torch_cuda():
-            return TorchKernel(vectors, "cuda")
-        return FaissKernel.from_vectors(vectors, use_gpu=False)
-    if name == "faiss":
-        return FaissKernel.from_vectors(vectors, use_gpu=False)
-    if name == "faiss-gpu":
-        return FaissKernel.from_vectors(vectors, use_gpu=True)
-    if name == "torch":
-        return TorchKernel(vectors)
-    if name == "numpy":
-        return NumpyKernel(vectors)
-    raise ValueError(f"unknown kernel {name!r}; choose from {KERNELS}")

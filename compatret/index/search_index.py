@@ -7,30 +7,37 @@ file grows. So the view is kept per fragment, keyed by the fragment's data file 
 - a fragment whose files and deletion file are unchanged is reused as it is;
 - a fragment with a new deletion file keeps the rows still alive (read from the table's row
   addresses, no data read);
-- a new fragment is read from the table (or from its cache file `search/frag-*.npz`, which
+- a new fragment is read from the table (or from its cache folder `search/frag-*/`, which
   names the data files it was read from and so can never describe other rows).
 
-Refreshing from version V to W therefore costs what changed between them, whichever
-process wrote it, and a reader never mixes two versions: each SearchIndex is the view of
-exactly one table version (`table_version`). A missing or damaged cache file costs time,
-never data.
+Kernels are labelled by Lance row address (fragment id << 32 | offset) and follow the view
+in place: rows of vanished fragments and deleted rows are removed, rows of new fragments
+added, so a write of n rows costs O(n) search work. IVF/HNSW kernels are persisted under
+`search/kernel-*/` with the fragments they cover and are retrained only when their group has
+grown four-fold. Each view is exactly one table version (`table_version`); a missing or
+damaged cache file costs time, never data.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from compatret.index.gallery import Gallery, GalleryMeta, Group
-from compatret.index.search import Kernel, make_kernel
+from compatret.index.gallery import Gallery, GalleryMeta
+from compatret.index.search import Kernel, build_kernel
 
 CACHE_DIR = "search"
-FORMAT = 2
+FORMAT = 3
+RETRAIN_GROWTH = 4.0  # an IVF kernel is retrained once its group holds this many times its training rows
+SAVE_DIRTY = 0.1  # a persisted ANN kernel is rewritten once this fraction of its rows changed
+Mapper = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -38,19 +45,24 @@ class FragmentRows:
     """The live rows of one Lance fragment: ids, row versions, and each row's current vector."""
 
     key: str  # fragment id + digest of its data file names
+    fid: int
     deletion: str | None  # the deletion file these rows reflect
     offsets: np.ndarray  # int64 physical row offsets in the fragment, ascending
-    ids: np.ndarray  # object array of str
+    ids: np.ndarray  # str array
     versions: np.ndarray  # str array: the model version of each row
     vectors: dict[str, np.ndarray]  # version -> float32 [rows of that version, dim], in offset order
+
+    def labels(self, version: str) -> np.ndarray:
+        """Row addresses of this fragment's rows of one version: the labels kernels use."""
+        return (np.int64(self.fid) << np.int64(32)) | self.offsets[self.versions == version]
 
     def keep(self, live: np.ndarray, deletion: str | None) -> FragmentRows | None:
         """These rows restricted to the `live` offsets; None when some live row was never read."""
         mask = np.isin(self.offsets, live)
         if int(mask.sum()) != len(live):
             return None
-        vectors = {v: vec[mask[self.versions == v]] for v, vec in self.vectors.items()}
-        return FragmentRows(self.key, deletion, self.offsets[mask], self.ids[mask], self.versions[mask],
+        vectors = {v: np.asarray(vec)[mask[self.versions == v]] for v, vec in self.vectors.items()}
+        return FragmentRows(self.key, self.fid, deletion, self.offsets[mask], self.ids[mask], self.versions[mask],
                             {v: x for v, x in vectors.items() if len(x)})
 
 
@@ -78,8 +90,8 @@ def read_fragment(fragment: Any, meta: GalleryMeta, key: str, deletion: str | No
         record = meta.version(str(v))
         col = t.column(meta.column(record)).filter(versions == v).combine_chunks()
         vectors[str(v)] = np.ascontiguousarray(col.values.to_numpy(zero_copy_only=False).reshape(-1, record.dim), dtype=np.float32)
-    ids = t.column("id").to_numpy(zero_copy_only=False).astype(str).astype(object)
-    return FragmentRows(key, deletion, offsets[order], ids, versions, vectors)
+    ids = t.column("id").to_numpy(zero_copy_only=False).astype(str)
+    return FragmentRows(key, int(fragment.fragment_id), deletion, offsets[order], ids, versions, vectors)
 
 
 def live_offsets(fragment: Any) -> np.ndarray:
@@ -88,24 +100,39 @@ def live_offsets(fragment: Any) -> np.ndarray:
     return np.sort((t.column("_rowaddr").to_numpy() & 0xFFFFFFFF).astype(np.int64))
 
 
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Move a finished folder into place; a reader meanwhile finds it or falls back to the table."""
+    if target.exists():
+        trash = target.with_name(f".old-{os.getpid()}-{target.name}")
+        os.rename(target, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another process put an equal copy there first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 class FragmentCache:
-    """Per-fragment files under `search/`: written to a temporary name, then renamed into place."""
+    """One folder per fragment under `search/`: row metadata in rows.npz, vectors as .npy (memory-mapped)."""
 
     def __init__(self, gallery_dir: Path) -> None:
         self.dir = gallery_dir / CACHE_DIR
 
     def file(self, key: str) -> Path:
-        return self.dir / f"frag-{key}.npz"
+        return self.dir / f"frag-{key}"
 
     def load(self, key: str) -> FragmentRows | None:
+        d = self.file(key)
         try:
-            with np.load(self.file(key), allow_pickle=False) as z:
+            with np.load(d / "rows.npz", allow_pickle=False) as z:
                 if int(z["format"]) != FORMAT or str(z["key"]) != key:
                     return None
                 names = [str(v) for v in z["vector_versions"]]
-                deletion = str(z["deletion"]) or None
-                return FragmentRows(key, deletion, z["offsets"], z["ids"].astype(object), z["versions"].astype(str),
-                                    {v: z[f"vec_{i}"] for i, v in enumerate(names)})
+                rows = FragmentRows(key, int(z["fid"]), str(z["deletion"]) or None, z["offsets"], z["ids"], z["versions"], {})
+            rows.vectors = {v: np.load(d / f"vec-{i}.npy", mmap_mode="r") for i, v in enumerate(names)}
+            if any(len(x) != int((rows.versions == v).sum()) for v, x in rows.vectors.items()):
+                return None
+            return rows
         except (OSError, ValueError, KeyError):
             return None
 
@@ -113,53 +140,94 @@ class FragmentCache:
         self.dir.mkdir(exist_ok=True)
         target = self.file(rows.key)
         tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
-        arrays: dict[str, Any] = {
-            "format": np.int64(FORMAT), "key": np.str_(rows.key), "deletion": np.str_(rows.deletion or ""),
-            "read_at_version": np.int64(table_version), "offsets": rows.offsets,
-            "ids": np.asarray(rows.ids, dtype=str), "versions": rows.versions.astype(str),
-            "vector_versions": np.array(list(rows.vectors), dtype=str),
-        }
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        np.savez(tmp / "rows.npz", format=np.int64(FORMAT), key=np.str_(rows.key), fid=np.int64(rows.fid),
+                 deletion=np.str_(rows.deletion or ""), read_at_version=np.int64(table_version), offsets=rows.offsets,
+                 ids=rows.ids, versions=rows.versions, vector_versions=np.array(list(rows.vectors), dtype=str))
         for i, vec in enumerate(rows.vectors.values()):
-            arrays[f"vec_{i}"] = vec
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, target)
+            np.save(tmp / f"vec-{i}.npy", vec)
+        _replace_dir(tmp, target)
 
     def drop(self, keys: set[str]) -> None:
-        """Forget files of fragments the table no longer has (a reader still at an older version re-reads them)."""
+        """Forget fragments the table no longer has (a reader still at an older version re-reads them)."""
         for key in keys:
-            self.file(key).unlink(missing_ok=True)
+            shutil.rmtree(self.file(key), ignore_errors=True)
 
     def clear(self) -> None:
-        """Remove every cache file (verify --repair rebuilds them from the table)."""
-        if self.dir.exists():
-            for f in self.dir.iterdir():
-                if f.is_file():
-                    f.unlink(missing_ok=True)
+        """Remove the whole cache (verify --repair rebuilds it from the table)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class KernelState:
+    """A kernel and the fragments (with their deletion state) whose rows it holds."""
+
+    kernel: Kernel
+    covers: dict[str, str | None]
+    fids: dict[str, int] = field(default_factory=dict)  # fragment key -> fragment id (label range)
+    mapper: Mapper | None = None  # how stored vectors enter this kernel's space (None: as stored)
+    dirty: int = 0  # rows added or removed since it was built or saved
+
+
+def _kernel_dir(gallery_dir: Path, key: tuple[str, ...]) -> Path:
+    return gallery_dir / CACHE_DIR / f"kernel-{hashlib.blake2b('|'.join(key).encode(), digest_size=8).hexdigest()}"
+
+
+def _save_kernel(gallery_dir: Path, key: tuple[str, ...], state: KernelState) -> None:
+    import faiss
+
+    target = _kernel_dir(gallery_dir, key)
+    tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    faiss.write_index(state.kernel.index, str(tmp / "index.faiss"))  # type: ignore[attr-defined]
+    (tmp / "state.json").write_text(json.dumps({"key": list(key), "covers": state.covers, "fids": state.fids,
+                                                 "trained_on": state.kernel.trained_on}))  # type: ignore[attr-defined]
+    _replace_dir(tmp, target)
+    state.dirty = 0
+
+
+def _load_kernel(gallery_dir: Path, key: tuple[str, ...]) -> KernelState | None:
+    import faiss
+
+    from compatret.index.search import FaissKernel, faiss_gpus
+
+    d = _kernel_dir(gallery_dir, key)
+    try:
+        state = json.loads((d / "state.json").read_text())
+        if state["key"] != list(key):
+            return None
+        index = faiss.read_index(str(d / "index.faiss"))
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return None
+    gpu = key[1] in ("auto", "faiss-gpu") and key[2] == "ivf" and faiss_gpus() > 0
+    return KernelState(FaissKernel(index, gpu, int(state["trained_on"])), dict(state["covers"]), {k: int(v) for k, v in state["fids"].items()})
 
 
 class SearchIndex:
-    """The rows of one table version, grouped by model version, plus kernels built over them."""
+    """The rows of one table version, per fragment, plus kernels kept in step with them."""
 
-    def __init__(self, fragments: dict[str, FragmentRows], table_version: int) -> None:
+    def __init__(self, fragments: dict[str, FragmentRows], table_version: int, gallery_dir: Path | None = None) -> None:
         self.fragments = fragments
         self.table_version = table_version
-        self._groups: dict[str, Group] = {}
-        self._kernels: dict[tuple[str, str, str], Kernel] = {}
+        self.gallery_dir = gallery_dir
+        self._by_fid = {f.fid: f for f in fragments.values()}
+        self._kernels: dict[tuple[str, ...], KernelState] = {}
 
     @staticmethod
     def load(gallery: Gallery, version: int | None = None) -> SearchIndex:
         """The view of table `version` (default: the gallery handle's), from cache files or the table."""
-        return SearchIndex({}, -1).advanced(gallery, gallery.version if version is None else version)
+        return SearchIndex({}, -1, gallery.path).advanced(gallery, gallery.version if version is None else version)
 
     def advanced(self, gallery: Gallery, version: int) -> SearchIndex:
-        """The view of table `version` as a new object, reading only what changed since this one.
-
-        Unchanged fragments, groups and kernels are shared (none is ever modified in place),
-        so a query still holding this view keeps a consistent snapshot.
-        """
+        """The view of table `version`, reading only what changed since this one (see moved_to)."""
         if version == self.table_version:
             return self
+        return self.moved_to(self.read_fragments(gallery, version), version)
+
+    def read_fragments(self, gallery: Gallery, version: int) -> dict[str, FragmentRows]:
+        """The rows of every fragment of table `version`: reused, trimmed, loaded or read (I/O only)."""
         ds = gallery.dataset(version)
         meta = gallery.meta_at(version)
         cache = FragmentCache(gallery.path)
@@ -173,26 +241,20 @@ class SearchIndex:
                 rows = read_fragment(fragment, meta, key, deletion)
                 cache.save(rows, version)
             fresh[key] = rows
-        changed = {v for k in set(self.fragments) | set(fresh) if self.fragments.get(k) is not fresh.get(k)
-                   for rows in (self.fragments.get(k), fresh.get(k)) if rows is not None for v in rows.vectors}
         cache.drop(set(self.fragments) - set(fresh))
-        out = SearchIndex(fresh, version)
-        out._groups = {v: g for v, g in self._groups.items() if v not in changed}
-        out._kernels = {k: x for k, x in self._kernels.items() if k[0] not in changed}
+        return fresh
+
+    def moved_to(self, fresh: dict[str, FragmentRows], version: int) -> SearchIndex:
+        """A view of `fresh`, taking this view's kernels along (each updated in place by the rows
+        that changed): this older view must not be searched afterwards (Service swaps views
+        under its lock)."""
+        out = SearchIndex(fresh, version, self.gallery_dir)
+        for key, state in self._kernels.items():
+            if out._sync(key, state, self.fragments):
+                out._kernels[key] = state
         return out
 
-    # ---- the grouped view -----------------------------------------------------------------
-    @property
-    def groups(self) -> dict[str, Group]:
-        """Rows per model version (ids and vectors), built once per change of that version's rows."""
-        present = sorted({v for f in self.fragments.values() for v in f.vectors})
-        for v in present:
-            if v not in self._groups:
-                parts = [f for _, f in sorted(self.fragments.items()) if v in f.vectors]
-                ids = np.concatenate([f.ids[f.versions == v] for f in parts])
-                self._groups[v] = Group(v, ids, np.concatenate([f.vectors[v] for f in parts]))
-        return {v: self._groups[v] for v in present}
-
+    # ---- rows ----------------------------------------------------------------------------
     @property
     def size(self) -> int:
         return sum(len(f.ids) for f in self.fragments.values())
@@ -204,9 +266,93 @@ class SearchIndex:
                 out[v] = out.get(v, 0) + len(vec)
         return dict(sorted(out.items()))
 
-    def kernel(self, version: str, name: str = "auto", ann: str = "flat", vectors: np.ndarray | None = None, key: str = "") -> Kernel:
-        """The kernel over one group's vectors (or over `vectors` derived from them, named by key)."""
-        k = (version, name + ":" + ann, key)
-        if k not in self._kernels:
-            self._kernels[k] = make_kernel(name, self.groups[version].vectors if vectors is None else vectors, ann=ann)
-        return self._kernels[k]
+    def versions(self) -> list[str]:
+        """Model versions that have rows in this view."""
+        return sorted({v for f in self.fragments.values() for v in f.vectors})
+
+    def rows(self, version: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(ids, labels, vectors) of one version's rows, fragment by fragment (nothing concatenated)."""
+        for _, f in sorted(self.fragments.items()):
+            if version in f.vectors:
+                yield f.ids[f.versions == version], f.labels(version), f.vectors[version]
+
+    def ids_of(self, labels: np.ndarray) -> np.ndarray:
+        """Row ids of kernel labels (row addresses); None where a label is -1 (no hit)."""
+        out = np.full(labels.shape, None, dtype=object)
+        hit = labels >= 0
+        fids, offs = labels >> 32, labels & 0xFFFFFFFF
+        for fid in np.unique(fids[hit]):
+            f = self._by_fid[int(fid)]
+            m = hit & (fids == fid)
+            pos = np.minimum(np.searchsorted(f.offsets, offs[m]), len(f.offsets) - 1)
+            if not np.array_equal(f.offsets[pos], offs[m]):
+                raise RuntimeError(f"search kernel holds rows that fragment {f.key} does not (stale kernel)")
+            out[m] = f.ids[pos]
+        return out
+
+    # ---- kernels -------------------------------------------------------------------------
+    def search(self, version: str, queries: np.ndarray, k: int, name: str, ann: str,
+               plan_key: str = "", mapper: Mapper | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, labels) among one version's rows, in the plan's space (`mapper` maps stored vectors)."""
+        return self.kernel(version, name, ann, plan_key, mapper).search(queries, k)
+
+    def kernel(self, version: str, name: str, ann: str, plan_key: str = "", mapper: Mapper | None = None) -> Kernel:
+        """The kernel over one version's rows: kept, loaded from disk and brought up to date, or built."""
+        key = (version, name, ann, plan_key)
+        state = self._kernels.get(key)
+        if state is None and ann != "flat" and self.gallery_dir is not None:
+            state = _load_kernel(self.gallery_dir, key)
+            if state is not None and not self._sync(key, state, {}, mapper):
+                state = None
+        if state is None:
+            state = self._build(key, mapper)
+        self._kernels[key] = state
+        return state.kernel
+
+    def _parts(self, version: str, mapper: Mapper | None, keys: list[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        chosen = [self.fragments[k] for k in (keys if keys is not None else sorted(self.fragments))]
+        return [(f.labels(version), np.asarray(mapper(f.vectors[version]) if mapper else f.vectors[version]))
+                for f in chosen if version in f.vectors]
+
+    def _build(self, key: tuple[str, ...], mapper: Mapper | None) -> KernelState:
+        version, name, ann, _ = key
+        parts = self._parts(version, mapper)
+        dim = parts[0][1].shape[1] if parts else 1
+        covered = {k: f for k, f in self.fragments.items() if version in f.vectors}
+        state = KernelState(build_kernel(name, ann, dim, parts), {k: f.deletion for k, f in covered.items()},
+                            {k: f.fid for k, f in covered.items()}, mapper)
+        if ann != "flat" and self.gallery_dir is not None and hasattr(state.kernel, "index"):
+            _save_kernel(self.gallery_dir, key, state)
+        return state
+
+    def _sync(self, key: tuple[str, ...], state: KernelState, before: dict[str, FragmentRows], mapper: Mapper | None = None) -> bool:
+        """Bring a kernel to this view's rows in place; False when it must be rebuilt instead.
+
+        Deleted rows of a fragment still present are removed by label when the older rows are
+        at hand, else the fragment's whole label range is removed and its live rows re-added.
+        """
+        version, _, ann, _ = key
+        mapper = mapper or state.mapper
+        cur = {k: f for k, f in self.fragments.items() if version in f.vectors}
+        gone = [k for k in state.covers if k not in cur]
+        changed = [k for k in state.covers if k in cur and state.covers[k] != cur[k].deletion]
+        exact = [k for k in changed if k in before and version in before[k].vectors]
+        readd = [k for k in changed if k not in exact]
+        ranges = [(state.fids[k] << 32, (state.fids[k] + 1) << 32) for k in gone + readd]
+        labels = [np.setdiff1d(before[k].labels(version), cur[k].labels(version)) for k in exact]
+        removed = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+        if (ranges or len(removed)) and not state.kernel.remove(removed, ranges):
+            return False
+        added = [k for k in cur if k not in state.covers] + readd
+        for labels_, vectors in self._parts(version, mapper, added):
+            state.kernel.add(labels_, vectors)
+        state.covers = {k: f.deletion for k, f in cur.items()}
+        state.fids = {k: f.fid for k, f in cur.items()}
+        state.mapper = mapper
+        state.dirty += len(removed) + sum(len(cur[k].ids) for k in added)
+        trained_on = getattr(state.kernel, "trained_on", 0)
+        if ann == "ivf" and trained_on and state.kernel.ntotal > RETRAIN_GROWTH * trained_on:
+            return False
+        if ann != "flat" and state.dirty > SAVE_DIRTY * max(1, state.kernel.ntotal) and self.gallery_dir is not None:
+            _save_kernel(self.gallery_dir, key, state)
+        return True

@@ -70,6 +70,7 @@ class Service:
         self.refresh_seconds = refresh_seconds
         self._checked = 0.0
         self._loader: threading.Thread | None = None
+        self._lock = threading.RLock()  # a query searches one view; a view moves forward between queries
         self._index: SearchIndex | None = None
         self._encoders: dict[str, Encoder] = {}
         self._plans: dict[tuple[ModelVersion, ModelVersion], CompatPlan] = {}
@@ -110,23 +111,27 @@ class Service:
     @property
     def index(self) -> SearchIndex:
         """The view of the table's latest version; servers (refresh_seconds > 0) may get one that old."""
-        now = time.monotonic()
-        if self._index is not None and now - self._checked < self.refresh_seconds:
+        with self._lock:
+            now = time.monotonic()
+            if self._index is not None and now - self._checked < self.refresh_seconds:
+                return self._index
+            self._checked = now
+            if self._index is None:
+                self._index = SearchIndex.load(self.gallery, self.gallery.latest_version())
+            elif not self.refresh_seconds:
+                self._index = self._index.advanced(self.gallery, self.gallery.latest_version())
+            elif self._loader is None or not self._loader.is_alive():
+                self._loader = threading.Thread(target=self._advance_in_background, args=(self._index,), daemon=True)
+                self._loader.start()
             return self._index
-        self._checked = now
-        if self._index is None:
-            self._index = SearchIndex.load(self.gallery, self.gallery.latest_version())
-        elif not self.refresh_seconds:
-            self._index = self._index.advanced(self.gallery, self.gallery.latest_version())
-        elif self._loader is None or not self._loader.is_alive():
-            self._loader = threading.Thread(target=self._advance_in_background, args=(self._index,), daemon=True)
-            self._loader.start()
-        return self._index
 
     def _advance_in_background(self, current: SearchIndex) -> None:
-        """Servers: build the next view on a handle of its own; queries keep the current one."""
+        """Servers: read the next version's rows on a handle of its own while queries go on, then
+        move the kernels under the lock (a pause as long as the change, not the gallery)."""
         gallery = Gallery.open(self.gallery.path)
-        self._index = current.advanced(gallery, gallery.version)
+        fresh = current.read_fragments(gallery, gallery.version)
+        with self._lock:
+            self._index = current.moved_to(fresh, gallery.version)
 
     # ---- models ----------------------------------------------------------------------
     def _version(self, model: str | None, meta: GalleryMeta | None = None) -> ModelVersion:
@@ -264,16 +269,12 @@ class Service:
             self._plans[key] = resolve(query, rows, self.gallery.path)
         return self._plans[key]
 
-    def _search_group(self, index: SearchIndex, group: str, plan: CompatPlan, q: np.ndarray, k: int, ann: str) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k of one version's rows, in the plan's space; positions become ids."""
-        g = index.groups[group]
-        if plan.dims == g.vectors.shape[1] and not plan.gallery_transforms:
-            kernel = index.kernel(group, self.kernel_name, ann)
-        else:
-            _, mapped = apply_plan(plan, None, g.vectors)
-            kernel = index.kernel(group, self.kernel_name, ann, vectors=mapped, key=f"{plan.dims}:{plan.gallery_transforms}")
-        scores, pos = kernel.search(q, k)
-        return scores, np.where(pos >= 0, g.ids[np.maximum(pos, 0)], None)
+    def _search_group(self, index: SearchIndex, group: str, plan: CompatPlan, q: np.ndarray, k: int, ann: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, row labels) of one version's rows, in the plan's space."""
+        if plan.dims == dim and not plan.gallery_transforms:
+            return index.search(group, q, k, self.kernel_name, ann)
+        key = f"{plan.dims}:{'|'.join(plan.gallery_transforms)}"
+        return index.search(group, q, k, self.kernel_name, ann, key, lambda x: apply_plan(plan, None, x)[1])  # type: ignore[arg-type,return-value]
 
     def query(
         self,
@@ -295,18 +296,31 @@ class Service:
             raise CompatretError("give exactly one of texts, images or vectors")
         if k < 1:
             raise CompatretError(f"k must be >= 1, got {k}")
-        index = self.index  # one table-version check per call
-        meta = self.gallery.meta_at(index.table_version)
-        version = self._version(model, meta)
-        if vectors is None:
-            enc = self.encoder(model)
-            vectors = enc.encode_queries(list(texts if texts is not None else images))  # type: ignore[arg-type]
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != version.dim:
-            raise CompatretError(f"query vectors must have shape (n, {version.dim}) for model {version.id!r}, got {vectors.shape}")
-        plans = {g: self._plan(version, meta.version(g)) for g in index.groups}
+        with self._lock:  # one view for the whole query
+            index = self.index
+            meta = self.gallery.meta_at(index.table_version)
+            version = self._version(model, meta)
+            if vectors is None:
+                enc = self.encoder(model)
+                vectors = enc.encode_queries(list(texts if texts is not None else images))  # type: ignore[arg-type]
+            vectors = np.asarray(vectors, dtype=np.float32)
+            if vectors.ndim != 2 or vectors.shape[1] != version.dim:
+                raise CompatretError(f"query vectors must have shape (n, {version.dim}) for model {version.id!r}, got {vectors.shape}")
+            scores, labels = self._search(index, meta, version, vectors, k)
+            ids = index.ids_of(labels)
+        hit = labels >= 0
+        results = [QueryResult([str(i) for i in ir[h]], [float(x) for x in sr[h]], table_version=index.table_version)
+                   for ir, sr, h in zip(ids, scores, hit)]
+        if include_payload:
+            fetched = self.gallery.fetch_rows(labels[hit], version=index.table_version)
+            results = [replace(r, payloads=[_public_payload(fetched.get(i)) for i in r.ids]) for r in results]
+        return results
+
+    def _search(self, index: SearchIndex, meta: GalleryMeta, version: ModelVersion, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search each version's rows in its plan's space and merge: (scores, labels), -1 labels pad."""
+        plans = {g: self._plan(version, meta.version(g)) for g in index.versions()}
         if not plans:
-            return [QueryResult([], []) for _ in range(len(vectors))]
+            return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
         if meta.merge == "shared" and len(plans) > 1:
             shared = min(p.dims for p in plans.values())
             plans = {g: replace(p, dims=shared) for g, p in plans.items()}
@@ -314,24 +328,14 @@ class Service:
         parts = []
         for g, plan in plans.items():
             q, _ = apply_plan(plan, vectors, None)
-            parts.append(self._search_group(index, g, plan, q, k, ann))
+            parts.append(self._search_group(index, g, plan, q, k, ann, meta.version(g).dim))  # type: ignore[arg-type]
         if len(parts) == 1:
-            scores, ids = parts[0]
-        else:
-            all_scores = np.concatenate([p[0] for p in parts], axis=1)
-            all_ids = np.concatenate([p[1] for p in parts], axis=1)
-            all_scores = np.where(all_ids == None, -np.inf, all_scores)  # noqa: E711
-            top = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
-            scores, ids = np.take_along_axis(all_scores, top, 1), np.take_along_axis(all_ids, top, 1)
-        id_rows, score_rows = ids.tolist(), scores.tolist()
-        if (ids == None).any():  # noqa: E711  fewer hits than k (elementwise, in numpy)
-            score_rows = [[x for x, i in zip(r, ir) if i is not None] for r, ir in zip(score_rows, id_rows)]
-            id_rows = [[i for i in r if i is not None] for r in id_rows]
-        results = [QueryResult(i, sc, table_version=index.table_version) for i, sc in zip(id_rows, score_rows)]
-        if include_payload:
-            fetched = self.gallery.fetch([i for r in results for i in r.ids], version=index.table_version)
-            results = [replace(r, payloads=[_public_payload(fetched.get(i)) for i in r.ids]) for r in results]
-        return results
+            return parts[0]
+        all_scores = np.concatenate([p[0] for p in parts], axis=1)
+        all_labels = np.concatenate([p[1] for p in parts], axis=1)
+        all_scores = np.where(all_labels < 0, -np.inf, all_scores)
+        top = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(all_scores, top, 1), np.take_along_axis(all_labels, top, 1)
 
     def rows_by_version(self) -> dict[str, int]:
         """How many rows each model version made: the backfill progress, counted in the table."""

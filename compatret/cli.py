@@ -47,7 +47,7 @@ def index_create(directory: str, model: str | None, dim: int | None, version_id:
 @index.command("add")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--items", type=click.Path(), help="Items to embed: .jsonl (id, text|title|image_path, metadata) or .parquet.")
-@click.option("--vectors", type=click.Path(), help="Precomputed vectors, .npy of shape (n, dim).")
+@click.option("--vectors", type=click.Path(), help="Precomputed vectors: .npy of shape (n, dim) (memory-mapped), or .parquet with a `vector` column (and `id`).")
 @click.option("--ids", type=click.Path(), help="Ids for --vectors, .npy of n strings (default: fresh uuids).")
 @click.option("--model", help="Model whose space --vectors are in (default: the gallery's stored space).")
 @click.option("--batch-size", type=int, default=256, show_default=True)
@@ -55,7 +55,7 @@ def index_create(directory: str, model: str | None, dim: int | None, version_id:
 @friendly
 def index_add(directory: str, items: str | None, vectors: str | None, ids: str | None, model: str | None, batch_size: int, as_json: bool) -> None:
     """Add items (embedded with the serving model) or precomputed vectors; one commit per batch."""
-    from compatret.data.items import read_array, read_items
+    from compatret.data.items import read_array, read_items, read_vector_table
     from compatret.index.service import Service
 
     if (items is None) == (vectors is None):
@@ -68,9 +68,14 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
     if items is not None:
         added = service.add_items(read_items(items), batch_size=batch_size, progress=not as_json)
     else:
-        vec = read_array(vectors, "vectors")  # type: ignore[arg-type]
-        id_list = [str(i) for i in read_array(ids, "ids").tolist()] if ids is not None else None
-        added = service.add_vectors(vec, ids=id_list, model=model)
+        if str(vectors).endswith(".parquet"):
+            if ids is not None:
+                raise CompatretError("a .parquet of vectors carries its own `id` column: --ids goes with .npy")
+            vec, id_list = read_vector_table(vectors)  # type: ignore[arg-type]
+        else:
+            vec = read_array(vectors, "vectors")  # type: ignore[arg-type]
+            id_list = read_array(ids, "ids").astype(str) if ids is not None else None
+        added = service.add_vectors(vec, ids=id_list, model=model, progress=not as_json)
     emit({"added": added, "rows": service.gallery.count()}, as_json, f"added {added} rows; {service.gallery.count()} in all")
 
 

@@ -93,12 +93,38 @@ def read_queries(path: str | Path) -> list[Any]:
 
 
 def read_array(path: str | Path, what: str) -> np.ndarray:
-    """A .npy file, with a one-line error when it is missing or not an array."""
+    """A .npy file, memory-mapped (a 10M-row file costs no memory until read), with a one-line
+    error when it is missing or not an array."""
     p = Path(path)
     try:
-        arr = np.load(p, allow_pickle=False)
+        return np.load(p, allow_pickle=False, mmap_mode="r")
     except FileNotFoundError as exc:
         raise CompatretError(f"no such file: {p}") from exc
     except (ValueError, OSError) as exc:
         raise CompatretError(f"{p}: not a readable .npy array of {what} ({exc})") from exc
-    return arr
+
+
+def read_vector_table(path: str | Path, vector_column: str = "vector") -> tuple[np.ndarray, list[str] | None]:
+    """Vectors (and ids, when an `id` column exists) from a Parquet file exported by another store.
+
+    The vector column may be a fixed-size or variable list of floats; ids are optional.
+    """
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    try:
+        table = pq.read_table(p)
+    except FileNotFoundError as exc:
+        raise CompatretError(f"no such file: {p}") from exc
+    except Exception as exc:  # noqa: BLE001  pyarrow raises several types for a bad file
+        raise CompatretError(f"{p}: not a readable parquet file ({exc})") from exc
+    if vector_column not in table.column_names:
+        raise CompatretError(f"{p}: no {vector_column!r} column (has {', '.join(table.column_names)})")
+    col = table.column(vector_column).combine_chunks()
+    lengths = set(col.value_lengths().unique().to_pylist()) if hasattr(col, "value_lengths") else {col.type.list_size}
+    if len(lengths) != 1 or None in lengths:
+        raise CompatretError(f"{p}: column {vector_column!r} must hold vectors of one length, found {sorted(map(str, lengths))}")
+    dim = lengths.pop()
+    vectors = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+    ids = [str(i) for i in table.column("id").to_pylist()] if "id" in table.column_names else None
+    return vectors, ids

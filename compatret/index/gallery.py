@@ -20,6 +20,8 @@ os.environ.setdefault("LANCEDB_LOG", "error")
 
 TABLE = "gallery"
 ID_FILTER_MAX = 1024  # ids per `id IN (...)` filter before a plain scan of the id column is cheaper
+ID_INDEX = "id_idx"
+ID_INDEX_LAG = 100_000  # unindexed rows tolerated (a lookup scans them) before the id index is updated
 META_KEY = "compatret"
 FORMAT = 1
 
@@ -284,21 +286,25 @@ class Gallery:
         """Replace the vectors of existing rows (a backfill batch) in one commit.
 
         Only rows still present and not yet written by `version` are touched: a row deleted
-        since the batch was read stays deleted (merge_insert never inserts here).
+        since the batch was read stays deleted (merge_insert never inserts here), and a row
+        another backfill wrote meanwhile is left as it is. Returns the new table version.
         """
         self._writer()
         col = self.ensure_column(version)
+        rows = self._rows(ids, ["id", "model_version"])
+        keep = np.array([i in rows and rows[i]["model_version"] != version.id for i in ids], dtype=bool)
+        if not keep.any():
+            return self.version
         batch = pa.table(
             {
-                "id": pa.array([str(i) for i in ids], pa.string()),
-                "model_version": pa.array([version.id] * len(ids), pa.string()),
-                col: self._vector_array(vectors, version.dim),
+                "id": pa.array([str(i) for i, k in zip(ids, keep) if k], pa.string()),
+                "model_version": pa.array([version.id] * int(keep.sum()), pa.string()),
+                col: self._vector_array(np.asarray(vectors)[keep], version.dim),
             }
         )
-        def merge() -> None:
-            self.table.merge_insert("id").when_matched_update_all(where=f"target.model_version != {sql_quote(version.id)}").execute(batch)
-
-        retry_commit(merge, "backfill batch", self.table.checkout_latest)
+        # (a `where` on when_matched_update_all panics in lancedb 0.40 once `id` has a BTREE index)
+        retry_commit(lambda: self.table.merge_insert("id").when_matched_update_all().execute(batch),
+                     "backfill batch", self.table.checkout_latest)
         return self.version
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -309,26 +315,54 @@ class Gallery:
         return self.version
 
     def compact(self) -> None:
-        """Merge small files into larger ones; deletes no version (only `index prune` forgets)."""
+        """Merge small files into larger ones and bring the id index up to date; deletes no
+        version (only `index prune` forgets)."""
         self._writer()
-        retry_commit(lambda: self.table.compact_files(), "compaction", self.table.checkout_latest)
+        retry_commit(lambda: self.dataset().optimize.compact_files(), "compaction", self.table.checkout_latest)
+        self.table.checkout_latest()
+        self.ensure_id_index(lag=0)
 
-    def existing(self, ids: Sequence[str]) -> list[str]:
+    def ensure_id_index(self, lag: int = ID_INDEX_LAG) -> None:
+        """A BTREE index on `id`, so id lookups (checks, deletes, backfill merges) do not scan the table.
+
+        Created once the table has rows; rows added later are looked up by a scan of the
+        unindexed part only, and join the index once more than `lag` of them wait.
+        """
+        from lancedb.index import BTree
+
+        self._writer()
+        stats = self.table.index_stats(ID_INDEX) if ID_INDEX in {i.name for i in self.table.list_indices()} else None
+        if stats is None:
+            if self.count():
+                retry_commit(lambda: self.table.create_index("id", config=BTree(), name=ID_INDEX), "id index", self.table.checkout_latest)
+        elif stats.num_unindexed_rows > max(lag, stats.num_indexed_rows // 10 if lag else 0):
+            retry_commit(lambda: self.dataset().optimize.optimize_indices(), "id index update", self.table.checkout_latest)
+            self.table.checkout_latest()
+
+
+    def existing(self, ids: Sequence[str] | np.ndarray) -> list[str]:
         """Which of `ids` the table holds now (read from the table, never from a cache)."""
-        if len(ids) > ID_FILTER_MAX:  # one pass over the id column beats a filter this long
-            have = self.scan(["id"]).column("id").to_numpy(zero_copy_only=False).astype(str)
-            return [str(i) for i in np.asarray(ids, dtype=str)[np.isin(np.asarray(ids, dtype=str), have)]]
-        return list(self._rows(ids, ["id"]))
+        if len(ids) <= ID_FILTER_MAX:  # the BTREE index on `id` answers these
+            return list(self._rows(ids, ["id"]))
+        wanted = np.asarray(ids, dtype=str)
+        found: list[str] = []
+        for batch in self.dataset().to_batches(columns=["id"]):  # one streamed pass over the id column
+            have = batch.column("id").to_numpy(zero_copy_only=False).astype(str)
+            found += wanted[np.isin(wanted, have)].tolist()
+        return found
 
     def scan(self, columns: list[str], where: str | None = None, version: int | None = None) -> pa.Table:
         """Some columns of every row (optionally filtered), read from the table in blocks."""
         return self.dataset(version).to_table(columns=columns, filter=where)
 
     def rows_by_version(self) -> dict[str, int]:
-        """Rows per model version at the latest table version."""
+        """Rows per model version at the latest table version (the column streamed in blocks)."""
         self.latest_version()
-        counts = self.scan(["model_version"]).column("model_version").value_counts().to_pylist()
-        return dict(sorted((str(c["values"]), int(c["counts"])) for c in counts))
+        out: dict[str, int] = {}
+        for batch in self.dataset().to_batches(columns=["model_version"]):
+            for c in batch.column("model_version").value_counts().to_pylist():
+                out[str(c["values"])] = out.get(str(c["values"]), 0) + int(c["counts"])
+        return dict(sorted(out.items()))
 
     def vectors_by_id(self) -> dict[str, tuple[str, np.ndarray]]:
         """id -> (model version, stored vector) of every row at the latest version (checks and benchmarks)."""

@@ -164,28 +164,46 @@ class Service:
         return normalize(vectors)
 
     # ---- writes: each holds the writer lock and reads the table, never the search view ----
-    def _check_new_ids(self, ids: Sequence[str]) -> None:
-        if len(set(ids)) != len(ids):
+    def _check_new_ids(self, ids: Sequence[str] | np.ndarray) -> None:
+        arr = np.asarray(ids, dtype=str)
+        if len(np.unique(arr)) != len(arr):
             raise CompatretError("duplicate ids in the input")
-        if any(not i for i in ids):
+        if (np.char.str_len(arr) == 0).any():
             raise CompatretError("ids must be non-empty strings")
-        taken = self.gallery.existing(ids)
+        taken = self.gallery.existing(arr)
         if taken:
             raise CompatretError(f"{len(taken)} ids already in the gallery, e.g. {taken[0]!r}")
 
-    def add_vectors(self, vectors: np.ndarray, ids: Sequence[str] | None = None, model: str | None = None, batch_size: int = 100_000) -> int:
-        """Store precomputed vectors of `model` (default: the gallery's first model); ids default to uuids."""
+    def add_vectors(self, vectors: np.ndarray, ids: Sequence[str] | np.ndarray | None = None, model: str | None = None,
+                    batch_size: int = 100_000, progress: bool = False) -> int:
+        """Store precomputed vectors of `model` (default: the gallery's first model), one commit per batch.
+
+        Streams: the input may be memory-mapped; it is checked in blocks before the first
+        commit (all or nothing) and normalised block by block, so memory beyond the input
+        stays constant. Rows without ids get `<uuid>-<n>` ids, unique by construction.
+        """
         with self.gallery.writing("add vectors"):
             meta = self.meta
             version = self._version(model, meta) if model is not None else meta.vector_model
-            vectors = self._check_writer(np.asarray(vectors, dtype=np.float32), version, meta)
-            ids = [str(i) for i in ids] if ids is not None else new_ids(len(vectors))
-            if len(ids) != len(vectors):
-                raise CompatretError(f"{len(ids)} ids for {len(vectors)} vectors")
-            self._check_new_ids(ids)
-            for s in tqdm(range(0, len(ids), batch_size), desc="add", unit="batch", disable=len(ids) <= batch_size):
-                self.gallery.add_rows(ids[s : s + batch_size], vectors[s : s + batch_size], version)
-        return len(ids)
+            resolve(meta.serving, version, self.gallery.path)
+            if vectors.ndim != 2 or vectors.shape[1] != version.dim:
+                raise CompatretError(f"vectors must have shape (n, {version.dim}), got {vectors.shape}")
+            n = len(vectors)
+            for s in range(0, n, batch_size):
+                if not np.isfinite(vectors[s : s + batch_size]).all():
+                    raise CompatretError(f"vectors contain NaN or infinity (in rows {s}..{min(n, s + batch_size) - 1})")
+            if ids is not None:
+                ids = np.asarray(ids).astype(str)
+                if len(ids) != n:
+                    raise CompatretError(f"{len(ids)} ids for {n} vectors")
+                self._check_new_ids(ids)
+            token = uuid.uuid4().hex
+            for s in tqdm(range(0, n, batch_size), desc="add", unit="batch", disable=not progress or n <= batch_size):
+                e = min(n, s + batch_size)
+                chunk_ids = ids[s:e].tolist() if ids is not None else [f"{token}-{i}" for i in range(s, e)]
+                self.gallery.add_rows(chunk_ids, normalize(vectors[s:e]), version)
+            self.gallery.ensure_id_index()
+        return n
 
     def add_items(self, items: Sequence[dict[str, Any]], batch_size: int = 256, progress: bool = True) -> int:
         """Embed items with the serving model and store them, one commit per batch; ids default to uuids."""
@@ -217,6 +235,7 @@ class Service:
                 )
                 bar.update(len(vecs))
             bar.close()
+            self.gallery.ensure_id_index()
         return len(items)
 
     def delete(self, ids: Sequence[str]) -> int:

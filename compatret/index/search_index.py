@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -40,30 +41,76 @@ SAVE_DIRTY = 0.1  # a persisted ANN kernel is rewritten once this fraction of it
 Mapper = Callable[[np.ndarray], np.ndarray]
 
 
-@dataclass
-class FragmentRows:
-    """The live rows of one Lance fragment: ids, row versions, and each row's current vector."""
+@dataclass(frozen=True)
+class RowsRead:
+    """One fragment's rows as read from the table: never changed afterwards."""
 
-    key: str  # fragment id + digest of its data file names
-    fid: int
-    deletion: str | None  # the deletion file these rows reflect
     offsets: np.ndarray  # int64 physical row offsets in the fragment, ascending
     ids: np.ndarray  # str array
     versions: np.ndarray  # str array: the model version of each row
     vectors: dict[str, np.ndarray]  # version -> float32 [rows of that version, dim], in offset order
 
+
+@dataclass
+class FragmentRows:
+    """The live rows of one Lance fragment: the rows read, and which of them are still alive.
+
+    A deletion only changes `alive` (no vector is copied), so following a delete or a backfill
+    batch costs a boolean mask per touched fragment.
+    """
+
+    key: str  # fragment id + digest of its data file names
+    fid: int
+    deletion: str | None  # the deletion file these rows reflect
+    read: RowsRead
+    alive: np.ndarray | None = None  # over read rows; None: all alive
+
+    def _live(self, arr: np.ndarray) -> np.ndarray:
+        return arr if self.alive is None else arr[self.alive]
+
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        return self._live(self.read.offsets)
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        return self._live(self.read.ids)
+
+    @cached_property
+    def versions(self) -> np.ndarray:
+        return self._live(self.read.versions)
+
+    @cached_property
+    def counts(self) -> dict[str, int]:
+        """Live rows per model version."""
+        if self.alive is None:
+            return {v: len(x) for v, x in self.read.vectors.items()}
+        return {v: int(self.alive[self.read.versions == v].sum()) for v in self.read.vectors if self.alive[self.read.versions == v].any()}
+
+    def vectors(self, version: str) -> np.ndarray:
+        """Live vectors of one version, in offset order (a copy only when rows were deleted)."""
+        vec = self.read.vectors[version]
+        return vec if self.alive is None else np.asarray(vec)[self.alive[self.read.versions == version]]
+
     def labels(self, version: str) -> np.ndarray:
-        """Row addresses of this fragment's rows of one version: the labels kernels use."""
+        """Row addresses of the live rows of one version: the labels kernels use."""
         return (np.int64(self.fid) << np.int64(32)) | self.offsets[self.versions == version]
+
+    def dead_labels(self, since: FragmentRows, version: str) -> np.ndarray:
+        """Labels of `version` rows alive in `since` (the same rows read) and dead here."""
+        before = np.ones(len(self.read.offsets), bool) if since.alive is None else since.alive
+        now = np.ones(len(self.read.offsets), bool) if self.alive is None else self.alive
+        gone = before & ~now & (self.read.versions == version)
+        return (np.int64(self.fid) << np.int64(32)) | self.read.offsets[gone]
 
     def keep(self, live: np.ndarray, deletion: str | None) -> FragmentRows | None:
         """These rows restricted to the `live` offsets; None when some live row was never read."""
-        mask = np.isin(self.offsets, live)
-        if int(mask.sum()) != len(live):
+        pos = np.searchsorted(self.read.offsets, live)
+        if len(live) and (pos[-1] >= len(self.read.offsets) or not np.array_equal(self.read.offsets[pos], live)):
             return None
-        vectors = {v: np.asarray(vec)[mask[self.versions == v]] for v, vec in self.vectors.items()}
-        return FragmentRows(self.key, self.fid, deletion, self.offsets[mask], self.ids[mask], self.versions[mask],
-                            {v: x for v, x in vectors.items() if len(x)})
+        alive = np.zeros(len(self.read.offsets), dtype=bool)
+        alive[pos] = True
+        return FragmentRows(self.key, self.fid, deletion, self.read, None if alive.all() else alive)
 
 
 def fragment_key(fragment: Any) -> str:
@@ -91,7 +138,7 @@ def read_fragment(fragment: Any, meta: GalleryMeta, key: str, deletion: str | No
         col = t.column(meta.column(record)).filter(versions == v).combine_chunks()
         vectors[str(v)] = np.ascontiguousarray(col.values.to_numpy(zero_copy_only=False).reshape(-1, record.dim), dtype=np.float32)
     ids = t.column("id").to_numpy(zero_copy_only=False).astype(str)
-    return FragmentRows(key, int(fragment.fragment_id), deletion, offsets[order], ids, versions, vectors)
+    return FragmentRows(key, int(fragment.fragment_id), deletion, RowsRead(offsets[order], ids, versions, vectors))
 
 
 def live_offsets(fragment: Any) -> np.ndarray:
@@ -128,24 +175,27 @@ class FragmentCache:
                 if int(z["format"]) != FORMAT or str(z["key"]) != key:
                     return None
                 names = [str(v) for v in z["vector_versions"]]
-                rows = FragmentRows(key, int(z["fid"]), str(z["deletion"]) or None, z["offsets"], z["ids"], z["versions"], {})
-            rows.vectors = {v: np.load(d / f"vec-{i}.npy", mmap_mode="r") for i, v in enumerate(names)}
-            if any(len(x) != int((rows.versions == v).sum()) for v, x in rows.vectors.items()):
+                fid, deletion = int(z["fid"]), str(z["deletion"]) or None
+                offsets, ids, versions = z["offsets"], z["ids"], z["versions"]
+            vectors = {v: np.load(d / f"vec-{i}.npy", mmap_mode="r") for i, v in enumerate(names)}
+            if any(len(x) != int((versions == v).sum()) for v, x in vectors.items()):
                 return None
-            return rows
+            return FragmentRows(key, fid, deletion, RowsRead(offsets, ids, versions, vectors))
         except (OSError, ValueError, KeyError):
             return None
 
     def save(self, rows: FragmentRows, table_version: int) -> None:
+        """Write the rows as read (a fragment read fresh from the table has no dead rows)."""
         self.dir.mkdir(exist_ok=True)
         target = self.file(rows.key)
         tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
+        read = rows.read
         np.savez(tmp / "rows.npz", format=np.int64(FORMAT), key=np.str_(rows.key), fid=np.int64(rows.fid),
-                 deletion=np.str_(rows.deletion or ""), read_at_version=np.int64(table_version), offsets=rows.offsets,
-                 ids=rows.ids, versions=rows.versions, vector_versions=np.array(list(rows.vectors), dtype=str))
-        for i, vec in enumerate(rows.vectors.values()):
+                 deletion=np.str_(rows.deletion or ""), read_at_version=np.int64(table_version), offsets=read.offsets,
+                 ids=read.ids, versions=read.versions, vector_versions=np.array(list(read.vectors), dtype=str))
+        for i, vec in enumerate(read.vectors.values()):
             np.save(tmp / f"vec-{i}.npy", vec)
         _replace_dir(tmp, target)
 
@@ -262,19 +312,19 @@ class SearchIndex:
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for f in self.fragments.values():
-            for v, vec in f.vectors.items():
-                out[v] = out.get(v, 0) + len(vec)
+            for v, n in f.counts.items():
+                out[v] = out.get(v, 0) + n
         return dict(sorted(out.items()))
 
     def versions(self) -> list[str]:
         """Model versions that have rows in this view."""
-        return sorted({v for f in self.fragments.values() for v in f.vectors})
+        return sorted({v for f in self.fragments.values() for v in f.counts})
 
     def rows(self, version: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(ids, labels, vectors) of one version's rows, fragment by fragment (nothing concatenated)."""
         for _, f in sorted(self.fragments.items()):
-            if version in f.vectors:
-                yield f.ids[f.versions == version], f.labels(version), f.vectors[version]
+            if version in f.counts:
+                yield f.ids[f.versions == version], f.labels(version), f.vectors(version)
 
     def ids_of(self, labels: np.ndarray) -> np.ndarray:
         """Row ids of kernel labels (row addresses); None where a label is -1 (no hit)."""
@@ -311,14 +361,14 @@ class SearchIndex:
 
     def _parts(self, version: str, mapper: Mapper | None, keys: list[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         chosen = [self.fragments[k] for k in (keys if keys is not None else sorted(self.fragments))]
-        return [(f.labels(version), np.asarray(mapper(f.vectors[version]) if mapper else f.vectors[version]))
-                for f in chosen if version in f.vectors]
+        return [(f.labels(version), np.asarray(mapper(f.vectors(version)) if mapper else f.vectors(version)))
+                for f in chosen if version in f.counts]
 
     def _build(self, key: tuple[str, ...], mapper: Mapper | None) -> KernelState:
         version, name, ann, _ = key
         parts = self._parts(version, mapper)
         dim = parts[0][1].shape[1] if parts else 1
-        covered = {k: f for k, f in self.fragments.items() if version in f.vectors}
+        covered = {k: f for k, f in self.fragments.items() if version in f.counts}
         state = KernelState(build_kernel(name, ann, dim, parts), {k: f.deletion for k, f in covered.items()},
                             {k: f.fid for k, f in covered.items()}, mapper)
         if ann != "flat" and self.gallery_dir is not None and hasattr(state.kernel, "index"):
@@ -333,14 +383,14 @@ class SearchIndex:
         """
         version, _, ann, _ = key
         mapper = mapper or state.mapper
-        cur = {k: f for k, f in self.fragments.items() if version in f.vectors}
+        cur = {k: f for k, f in self.fragments.items() if version in f.counts}
         gone = [k for k in state.covers if k not in cur]
         changed = [k for k in state.covers if k in cur and state.covers[k] != cur[k].deletion]
-        exact = [k for k in changed if k in before and version in before[k].vectors]
+        exact = [k for k in changed if k in before and before[k].read is cur[k].read]
         readd = [k for k in changed if k not in exact]
         ranges = [(state.fids[k] << 32, (state.fids[k] + 1) << 32) for k in gone + readd]
-        labels = [np.setdiff1d(before[k].labels(version), cur[k].labels(version)) for k in exact]
-        removed = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+        dead = [cur[k].dead_labels(before[k], version) for k in exact]
+        removed = np.concatenate(dead) if dead else np.zeros(0, np.int64)
         if (ranges or len(removed)) and not state.kernel.remove(removed, ranges):
             return False
         added = [k for k in cur if k not in state.covers] + readd
@@ -349,7 +399,7 @@ class SearchIndex:
         state.covers = {k: f.deletion for k, f in cur.items()}
         state.fids = {k: f.fid for k, f in cur.items()}
         state.mapper = mapper
-        state.dirty += len(removed) + sum(len(cur[k].ids) for k in added)
+        state.dirty += len(removed) + sum(cur[k].counts[version] for k in added)
         trained_on = getattr(state.kernel, "trained_on", 0)
         if ann == "ivf" and trained_on and state.kernel.ntotal > RETRAIN_GROWTH * trained_on:
             return False

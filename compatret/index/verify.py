@@ -44,8 +44,8 @@ class VerifyReport:
 def _vector_digest(rows: FragmentRows) -> dict[str, str]:
     """id -> hash of (model version, vector bytes)."""
     out: dict[str, str] = {}
-    for v, vec in rows.vectors.items():
-        for i, x in zip(rows.ids[rows.versions == v], vec):
+    for v in rows.counts:
+        for i, x in zip(rows.ids[rows.versions == v], rows.vectors(v)):
             out[str(i)] = hashlib.blake2b(v.encode() + np.ascontiguousarray(x, dtype=np.float32).tobytes(), digest_size=8).hexdigest()
     return out
 

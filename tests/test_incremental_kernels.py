@@ -10,6 +10,7 @@ import pytest
 
 from compatret import Compat, ModelVersion
 from compatret.index.gallery import Gallery
+from compatret.index.history import rollback
 from compatret.index.search_index import CACHE_DIR, FragmentCache
 from compatret.index.service import Service
 from compatret.versions import normalize
@@ -49,12 +50,16 @@ def test_kernels_follow_add_delete_upgrade_backfill(tmp_path, ann):
     assert s.index.kernel("v1", "auto", ann) is kernel and kernel.ntotal == 2600  # updated, not rebuilt
     assert getattr(kernel, "trained_on", 0) == trained  # IVF lists not retrained for 30 % growth
 
+    before_delete = s.gallery.latest_version()
     s.delete(ids[:100])
     gone = s.query(vectors=x[:100], k=5)
     assert not {i for r in gone for i in r.ids} & set(ids[:100])
     if ann != "hnsw":  # faiss HNSW cannot remove: it is rebuilt instead
         assert s.index.kernel("v1", "auto", ann) is kernel
     assert s.index.kernel("v1", "auto", ann).ntotal == 2500
+    rollback(s, before_delete)  # the deleted rows come back, and the same kernels find them again
+    assert found_by_own_vector(s, ids[:100], x[:100]) == 1.0 and s.index.kernel("v1", "auto", ann).ntotal == 2600
+    s.delete(ids[:100])
 
     s.upgrade(folder(tmp_path, v2))  # metadata only: the kernel stays as it is
     assert s.index.kernel("v1", "auto", ann).ntotal == 2500
@@ -120,3 +125,38 @@ def test_transform_plan_maps_each_row_once(tmp_path):
     assert s.query(vectors=vectors(3, 6, 5)[:1] @ w, k=1)[0].ids == ["a"]
     assert [st.kernel for key, st in s.index._kernels.items() if key[3]] == mapped and mapped[0].ntotal == 503
     assert Gallery.open(tmp_path / "g").count() == 503
+
+
+def test_vectors_stream_in_blocks_all_or_nothing_with_an_id_index(tmp_path):
+    """A memory-mapped .npy is checked block by block before anything is written; ids get a BTREE index."""
+    s = Service.create(tmp_path / "g", dim=8, version_id="v1")
+    x = vectors(2500, 8, 0)
+    x[2400, 3] = np.nan  # in the last block: found before the first block is written
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    before = s.gallery.latest_version()
+    with pytest.raises(Exception, match="NaN"):
+        s.add_vectors(mapped, batch_size=1000)
+    assert s.gallery.latest_version() == before and s.gallery.count() == 0
+    x[2400, 3] = 0.5
+    np.save(tmp_path / "x.npy", x)
+    assert s.add_vectors(np.load(tmp_path / "x.npy", mmap_mode="r"), batch_size=1000) == 2500
+    assert "id_idx" in {i.name for i in s.gallery.table.list_indices()}
+    ids = s.gallery.scan(["id"]).column("id").to_pylist()
+    assert len(set(ids)) == 2500 and s.gallery.existing(ids[:3] + ["nope"]) == ids[:3]
+
+
+def test_parquet_vectors_from_another_store(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = vectors(300, 8, 3)
+    pq.write_table(pa.table({"id": [f"p{i}" for i in range(300)], "vector": x.tolist()}), tmp_path / "v.parquet")
+    pq.write_table(pa.table({"emb": x.tolist()}), tmp_path / "bad.parquet")
+    run = [sys.executable, "-m", "compatret", "index"]
+    assert subprocess.run(run + ["create", str(tmp_path / "g"), "--dim", "8", "--version-id", "v1"], capture_output=True).returncode == 0
+    bad = subprocess.run(run + ["add", str(tmp_path / "g"), "--vectors", str(tmp_path / "bad.parquet")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no 'vector' column" in bad.stderr
+    good = subprocess.run(run + ["add", str(tmp_path / "g"), "--vectors", str(tmp_path / "v.parquet"), "--json"], capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    assert Service.open(tmp_path / "g").query(vectors=x[42:43], k=1)[0].ids == ["p42"]

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -130,6 +133,31 @@ def _inputs(rows: dict[str, dict[str, Any]], ids: list[str], modality: str) -> l
     return [{"title": rows[i].get("title"), "text": rows[i].get("text")} for i in ids]
 
 
+@contextmanager
+def stop_on_sigint() -> Iterator[threading.Event]:
+    """Ctrl-C asks the loop to stop after the batch in hand (a second one interrupts at once).
+
+    A KeyboardInterrupt raised inside a native LanceDB or pyarrow call comes back as some other
+    error, so the first Ctrl-C only sets a flag the loop checks between batches. Outside the main
+    thread (a server's backfill) signals cannot be caught, and the flag simply stays clear.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def backfill(
     service: Service,
     limit: int | None = None,
@@ -167,27 +195,29 @@ def backfill(
     queue = plan_order(service, pending.ids, order)[:todo]
     encoder = service.encoder() if queue else None
     every = compact_every()
-    done, stopped, note = 0, False, ""
+    done, note = 0, ""
     start = time.perf_counter()
     bar = tqdm(total=len(queue), desc=f"backfill -> {serving.id}", unit="row", disable=not progress)
-    try:
-        for n, s in enumerate(range(0, len(queue), batch_size), 1):
-            rows = gallery.payloads(queue[s : s + batch_size])
-            ids = [i for i in queue[s : s + batch_size] if i in rows and rows[i]["model_version"] != serving.id]
-            if ids:
-                vecs = encoder.encode_items(_inputs(rows, ids, meta.modality), batch_size=batch_size)  # type: ignore[union-attr]
-                with gallery.writing("backfill"):
-                    if gallery.meta.serving.id != serving.id:
-                        note = f"serving model changed to {gallery.meta.serving.id!r} during the run: rerun to continue"
-                        break
-                    gallery.update_vectors(ids, vecs, serving)
-                    if n % every == 0:
-                        gallery.compact()
-            done += len(ids)
-            bar.update(len(ids))
-    except KeyboardInterrupt:
-        stopped = True
-    finally:
-        bar.close()
+    with stop_on_sigint() as stop:
+        try:
+            for n, s in enumerate(range(0, len(queue), batch_size), 1):
+                if stop.is_set():
+                    break
+                rows = gallery.payloads(queue[s : s + batch_size])
+                ids = [i for i in queue[s : s + batch_size] if i in rows and rows[i]["model_version"] != serving.id]
+                if ids:
+                    vecs = encoder.encode_items(_inputs(rows, ids, meta.modality), batch_size=batch_size)  # type: ignore[union-attr]
+                    with gallery.writing("backfill"):
+                        if gallery.meta.serving.id != serving.id:
+                            note = f"serving model changed to {gallery.meta.serving.id!r} during the run: rerun to continue"
+                            break
+                        gallery.update_vectors(ids, vecs, serving)
+                        if n % every == 0:
+                            gallery.compact()
+                done += len(ids)
+                bar.update(len(ids))
+        finally:
+            bar.close()
+    stopped = stop.is_set()
     return BackfillReport(done, len(pending.ids) - done, time.perf_counter() - start, stopped, serving.id,
                           len(pending.unembeddable), tuple(pending.unembeddable[:5]), note)

@@ -384,15 +384,19 @@ class Gallery:
         """Raw text/title/image of rows, for re-embedding them."""
         return self._rows(ids, ["id", "title", "text", "image", "model_version"])
 
-    def fetch_rows(self, labels: np.ndarray, version: int) -> dict[str, dict[str, Any]]:
-        """Payloads of rows by their row addresses at table `version`: O(rows asked), no id lookup."""
+    def payloads_at(self, labels: np.ndarray, version: int) -> dict[int, dict[str, Any]]:
+        """Text, title, image and metadata of rows by row address at table `version`: O(rows asked).
+
+        Only payload columns are read (ids and versions are known to the caller): a random read
+        of a string id column costs several times the payload's here.
+        """
         if not len(labels):
             return {}
-        columns = ["id", "title", "text", "image", "metadata", "model_version"]
+        columns = ["title", "text", "image", "metadata", "_rowaddr"]
         rows = self.dataset(version)._take_rows(np.unique(labels).tolist(), columns=columns).to_pylist()
         for r in rows:
             r["metadata"] = json.loads(r["metadata"]) if r["metadata"] else None
-        return {r["id"]: r for r in rows}
+        return {int(r.pop("_rowaddr")): r for r in rows}
 
     def _rows(self, ids: Iterable[str], columns: list[str], version: int | None = None) -> dict[str, dict[str, Any]]:
         unique = set(ids)

@@ -202,7 +202,7 @@ def calibrate_nprobe(index: "faiss.IndexIVF", parts: Sequence[Part], target: flo
 
     Each probe row's own label is left out of both rankings, so the check is about its
     neighbours, as for a new query from the same distribution. Exact top-11 streams over the
-    parts (O(probes x rows)); nprobe doubles from 1 until the target is met.
+    parts (O(probes x rows)); nprobe doubles from 1 until the target is met, then is bisected.
     """
     import faiss
 
@@ -218,14 +218,19 @@ def calibrate_nprobe(index: "faiss.IndexIVF", parts: Sequence[Part], target: flo
         top = np.argsort(-all_s, axis=1)[:, :k]
         best_s, best_l = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_l, top, 1)
     truth = [set(row[row != own][:10].tolist()) for row, own in zip(best_l, labels)]
-    nprobe = 1
-    while True:
+    def reaches(nprobe: int) -> bool:
         index.nprobe = nprobe
         _, found = index.search(queries, k)
         got = np.mean([len(set(row[row != own][:10].tolist()) & t) / max(1, len(t)) for row, own, t in zip(found, labels, truth)])
-        if got >= target or nprobe >= index.nlist:
-            return nprobe
-        nprobe = min(index.nlist, nprobe * 2)
+        return bool(got >= target)
+
+    lo, hi = 0, 1  # doubling, then bisection: the smallest nprobe that reaches the target
+    while hi < index.nlist and not reaches(hi):
+        lo, hi = hi, min(index.nlist, hi * 2)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
+    return hi
 
 
 def build_kernel(name: str, ann: str, dim: int, parts: Iterable[Part]) -> Kernel:

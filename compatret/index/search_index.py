@@ -96,12 +96,16 @@ class FragmentRows:
         """Row addresses of the live rows of one version: the labels kernels use."""
         return (np.int64(self.fid) << np.int64(32)) | self.offsets[self.versions == version]
 
-    def dead_labels(self, since: FragmentRows, version: str) -> np.ndarray:
-        """Labels of `version` rows alive in `since` (the same rows read) and dead here."""
-        before = np.ones(len(self.read.offsets), bool) if since.alive is None else since.alive
-        now = np.ones(len(self.read.offsets), bool) if self.alive is None else self.alive
-        gone = before & ~now & (self.read.versions == version)
-        return (np.int64(self.fid) << np.int64(32)) | self.read.offsets[gone]
+    def changes_since(self, since: FragmentRows, version: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Against `since` (the same rows read, another deletion state): labels of `version` rows
+        that died, and labels and vectors of rows that came back (a rollback restores them)."""
+        n = len(self.read.offsets)
+        before = np.ones(n, bool) if since.alive is None else since.alive
+        now = np.ones(n, bool) if self.alive is None else self.alive
+        mine = self.read.versions == version
+        base = np.int64(self.fid) << np.int64(32)
+        back = (now & ~before)[mine]
+        return base | self.read.offsets[before & ~now & mine], base | self.read.offsets[mine][back], np.asarray(self.read.vectors[version])[back]
 
     def keep(self, live: np.ndarray, deletion: str | None) -> FragmentRows | None:
         """These rows restricted to the `live` offsets; None when some live row was never read."""
@@ -110,6 +114,18 @@ class FragmentRows:
             return None
         alive = np.zeros(len(self.read.offsets), dtype=bool)
         alive[pos] = True
+        return FragmentRows(self.key, self.fid, deletion, self.read, None if alive.all() else alive)
+
+    def without(self, deleted: np.ndarray, live_rows: int, deletion: str | None) -> FragmentRows | None:
+        """These rows minus the `deleted` offsets (from the fragment's deletion file: O(deletions));
+        None when the fragment holds rows that were never read (a restore brought them back)."""
+        pos = np.searchsorted(self.read.offsets, deleted)
+        hit = pos < len(self.read.offsets)
+        hit[hit] = self.read.offsets[pos[hit]] == deleted[hit]
+        alive = np.ones(len(self.read.offsets), dtype=bool)
+        alive[pos[hit]] = False
+        if int(alive.sum()) != live_rows:
+            return None
         return FragmentRows(self.key, self.fid, deletion, self.read, None if alive.all() else alive)
 
 
@@ -145,6 +161,34 @@ def live_offsets(fragment: Any) -> np.ndarray:
     """Offsets of the rows a fragment still holds: row addresses only, no column data read."""
     t = fragment.to_table(columns=[], with_row_address=True)
     return np.sort((t.column("_rowaddr").to_numpy() & 0xFFFFFFFF).astype(np.int64))
+
+
+def deleted_offsets(fragment: Any, table_dir: Path) -> np.ndarray | None:
+    """The offsets a fragment's deletion file lists, read directly: O(deletions), not O(rows).
+
+    Lance writes small deletion sets as an Arrow IPC file of uint32 offsets (its format spec);
+    larger ones as a Roaring bitmap, for which this returns None (the caller scans row addresses).
+    """
+    import pyarrow.ipc as ipc
+
+    rel = fragment.deletion_file()
+    if rel is None:
+        return np.zeros(0, np.int64)
+    if not str(rel).endswith(".arrow"):
+        return None
+    try:
+        with ipc.open_file(str(table_dir / rel)) as f:
+            return np.sort(f.read_all().column(0).to_numpy().astype(np.int64))
+    except (OSError, ValueError):
+        return None
+
+
+def follow_deletions(rows: FragmentRows, fragment: Any, table_dir: Path, deletion: str | None) -> FragmentRows | None:
+    """The rows of a fragment whose deletion file changed: from the deletion file when it can be read, else from row addresses."""
+    deleted = deleted_offsets(fragment, table_dir)
+    if deleted is not None:
+        return rows.without(deleted, int(fragment.count_rows()), deletion)
+    return rows.keep(live_offsets(fragment), deletion)
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
@@ -279,6 +323,7 @@ class SearchIndex:
     def read_fragments(self, gallery: Gallery, version: int) -> dict[str, FragmentRows]:
         """The rows of every fragment of table `version`: reused, trimmed, loaded or read (I/O only)."""
         ds = gallery.dataset(version)
+        table_dir = Path(ds.uri)
         meta = gallery.meta_at(version)
         cache = FragmentCache(gallery.path)
         fresh: dict[str, FragmentRows] = {}
@@ -286,7 +331,7 @@ class SearchIndex:
             key, deletion = fragment_key(fragment), deletion_of(fragment)
             rows = self.fragments.get(key) or cache.load(key)
             if rows is not None and rows.deletion != deletion:
-                rows = rows.keep(live_offsets(fragment), deletion)
+                rows = follow_deletions(rows, fragment, table_dir, deletion)
             if rows is None:
                 rows = read_fragment(fragment, meta, key, deletion)
                 cache.save(rows, version)
@@ -326,9 +371,10 @@ class SearchIndex:
             if version in f.counts:
                 yield f.ids[f.versions == version], f.labels(version), f.vectors(version)
 
-    def ids_of(self, labels: np.ndarray) -> np.ndarray:
-        """Row ids of kernel labels (row addresses); None where a label is -1 (no hit)."""
-        out = np.full(labels.shape, None, dtype=object)
+    def ids_of(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row ids and model versions of kernel labels (row addresses); None where a label is -1 (no hit)."""
+        ids = np.full(labels.shape, None, dtype=object)
+        versions = np.full(labels.shape, None, dtype=object)
         hit = labels >= 0
         fids, offs = labels >> 32, labels & 0xFFFFFFFF
         for fid in np.unique(fids[hit]):
@@ -337,8 +383,8 @@ class SearchIndex:
             pos = np.minimum(np.searchsorted(f.offsets, offs[m]), len(f.offsets) - 1)
             if not np.array_equal(f.offsets[pos], offs[m]):
                 raise RuntimeError(f"search kernel holds rows that fragment {f.key} does not (stale kernel)")
-            out[m] = f.ids[pos]
-        return out
+            ids[m], versions[m] = f.ids[pos], f.versions[pos]
+        return ids, versions
 
     # ---- kernels -------------------------------------------------------------------------
     def search(self, version: str, queries: np.ndarray, k: int, name: str, ann: str,
@@ -389,17 +435,18 @@ class SearchIndex:
         exact = [k for k in changed if k in before and before[k].read is cur[k].read]
         readd = [k for k in changed if k not in exact]
         ranges = [(state.fids[k] << 32, (state.fids[k] + 1) << 32) for k in gone + readd]
-        dead = [cur[k].dead_labels(before[k], version) for k in exact]
-        removed = np.concatenate(dead) if dead else np.zeros(0, np.int64)
+        moves = [cur[k].changes_since(before[k], version) for k in exact]
+        removed = np.concatenate([m[0] for m in moves]) if moves else np.zeros(0, np.int64)
         if (ranges or len(removed)) and not state.kernel.remove(removed, ranges):
             return False
         added = [k for k in cur if k not in state.covers] + readd
-        for labels_, vectors in self._parts(version, mapper, added):
+        revived = [(m[1], mapper(m[2]) if mapper else m[2]) for m in moves if len(m[1])]
+        for labels_, vectors in self._parts(version, mapper, added) + revived:
             state.kernel.add(labels_, vectors)
         state.covers = {k: f.deletion for k, f in cur.items()}
         state.fids = {k: f.fid for k, f in cur.items()}
         state.mapper = mapper
-        state.dirty += len(removed) + sum(cur[k].counts[version] for k in added)
+        state.dirty += len(removed) + sum(cur[k].counts[version] for k in added) + sum(len(r[0]) for r in revived)
         trained_on = getattr(state.kernel, "trained_on", 0)
         if ann == "ivf" and trained_on and state.kernel.ntotal > RETRAIN_GROWTH * trained_on:
             return False

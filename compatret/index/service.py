@@ -326,13 +326,14 @@ class Service:
             if vectors.ndim != 2 or vectors.shape[1] != version.dim:
                 raise CompatretError(f"query vectors must have shape (n, {version.dim}) for model {version.id!r}, got {vectors.shape}")
             scores, labels = self._search(index, meta, version, vectors, k)
-            ids = index.ids_of(labels)
+            ids, row_versions = index.ids_of(labels)
         hit = labels >= 0
         results = [QueryResult([str(i) for i in ir[h]], [float(x) for x in sr[h]], table_version=index.table_version)
                    for ir, sr, h in zip(ids, scores, hit)]
-        if include_payload:
-            fetched = self.gallery.fetch_rows(labels[hit], version=index.table_version)
-            results = [replace(r, payloads=[_public_payload(fetched.get(i)) for i in r.ids]) for r in results]
+        if include_payload:  # ids and model versions are in the view; the rest by row address
+            fetched = self.gallery.payloads_at(labels[hit], version=index.table_version)
+            results = [replace(r, payloads=[_public_payload({**fetched[int(lab)], "model_version": v}) for lab, v in zip(lr[h], vr[h])])
+                       for r, lr, vr, h in zip(results, labels, row_versions, hit)]
         return results
 
     def _search(self, index: SearchIndex, meta: GalleryMeta, version: ModelVersion, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -389,10 +390,8 @@ class Service:
         }
 
 
-def _public_payload(row: dict[str, Any] | None) -> dict[str, Any]:
+def _public_payload(row: dict[str, Any]) -> dict[str, Any]:
     """Payload without raw image bytes (JSON-safe): text, metadata, model version, image size."""
-    if row is None:
-        return {}
     out = {k: row[k] for k in ("text", "metadata", "model_version") if row.get(k) is not None}
     if row.get("image") is not None:
         out["image_bytes"] = len(row["image"])

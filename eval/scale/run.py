@@ -7,7 +7,7 @@ Data: float32 vectors with cluster structure (4,096 Gaussian clusters, L2-normal
 once to a memory-mapped .npy under --work; 1,000 test queries and 200 validation queries (for
 tuning LanceDB's search parameters; never the test queries) from the same distribution.
 
-Checks (keys of results.json):
+Checks (keys of results.json; `ivf_weak_structure_1m` is context, not a bar):
 - add: `compatret index add --vectors X.npy` (a separate process) vs a bare LanceDB `table.add`
   of the same 100,000-row batches (id + vector); rows/s ratio and the command's peak RSS;
 - open: a second `compatret query` process on the 10M gallery after a first one built the
@@ -209,6 +209,33 @@ def check_ivf(work: Path, x_path: Path, q: np.ndarray, gallery: Path) -> dict[st
             "speedup": exact_s / ivf_s}
 
 
+def check_ivf_weak_structure(rows: int = 1_000_000) -> dict[str, float]:
+    """The same IVF build on data whose clusters barely separate (noise as large as the centres):
+    where an inverted file stops paying, reported rather than hidden."""
+    import faiss
+
+    from compatret.index.search import build_kernel
+    from compatret.versions import normalize
+
+    rng = np.random.default_rng(7)
+    centers = rng.normal(size=(4096, 128)).astype(np.float32)
+    x = normalize(centers[rng.integers(0, 4096, rows)] + rng.normal(size=(rows, 128)).astype(np.float32))
+    q = normalize(centers[rng.integers(0, 4096, 1000)] + rng.normal(size=(1000, 128)).astype(np.float32))
+    kernel = build_kernel("faiss", "ivf", 128, [(np.arange(rows), x)])
+    flat = faiss.IndexFlatIP(128)
+    flat.add(x)
+    t0 = time.perf_counter()
+    _, exact = flat.search(q, K)
+    exact_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _, found = kernel.search(q, K)
+    ivf_s = time.perf_counter() - t0
+    r = recall(found.tolist(), exact)
+    log(f"weak structure, {rows:,} rows: nprobe {kernel.index.nprobe}/{kernel.index.nlist}, recall {r:.3f}, {exact_s / ivf_s:.2f}x exact")  # type: ignore[attr-defined]
+    return {"rows": float(rows), "nprobe": float(kernel.index.nprobe), "nlist": float(kernel.index.nlist),  # type: ignore[attr-defined]
+            "recall_at_10": r, "speedup": exact_s / ivf_s}
+
+
 def check_upgrade(work: Path, gallery: Path) -> dict[str, float]:
     from compatret.index.service import Service
 
@@ -306,17 +333,17 @@ def check_peer(work: Path, x_path: Path, gallery: Path, q: np.ndarray, qv: np.nd
             out[qi].append(p)
         return out
 
-    tried = []
-    chosen = None
-    for nprobes in (5, 10, 20, 40, 80, 160):
-        for ef in (K * 4, K * 16):
-            rv = recall(lance_search(qv, nprobes, ef), exact_val)
-            tried.append({"nprobes": nprobes, "ef": ef, "validation_recall": rv})
-            if rv >= 0.95 and chosen is None:
-                chosen = (nprobes, ef)
-        if chosen:
-            break
-    nprobes, ef = chosen or (160, K * 16)
+    tried = []  # every setting on the validation queries; the fastest that reaches 0.95 is kept
+    for nprobes in (1, 2, 3, 5, 10, 20, 40, 80):
+        for ef in (K, K * 2, K * 4, K * 16):
+            lance_search(qv[:10], nprobes, ef)
+            t0 = time.perf_counter()
+            found = lance_search(qv, nprobes, ef)
+            tried.append({"nprobes": nprobes, "ef": ef, "validation_recall": recall(found, exact_val),
+                          "validation_qps": len(qv) / (time.perf_counter() - t0)})
+    good = [t_ for t_ in tried if t_["validation_recall"] >= 0.95]
+    best = max(good, key=lambda t_: t_["validation_qps"]) if good else max(tried, key=lambda t_: t_["validation_recall"])
+    nprobes, ef = best["nprobes"], best["ef"]
     lance_search(q[:10], nprobes, ef)
     lance_s = best_of(lambda: lance_search(q, nprobes, ef), 3)
     lance_recall = recall(lance_search(q, nprobes, ef), exact_test)
@@ -332,7 +359,7 @@ def check_peer(work: Path, x_path: Path, gallery: Path, q: np.ndarray, qv: np.nd
             "qps_ratio": (len(q) / ours_s) / (len(q) / lance_s)}
 
 
-PARTS = ("add", "open", "ivf", "upgrade", "payload", "backfill", "transform", "peer")
+PARTS = ("add", "open", "ivf", "weak", "upgrade", "payload", "backfill", "transform", "peer")
 
 
 def main() -> None:
@@ -357,6 +384,8 @@ def main() -> None:
             results["open"] = check_open(args.work, q)
         elif part == "ivf":
             results["ivf"] = check_ivf(args.work, x_path, q, args.work / "g10m")
+        elif part == "weak":
+            results["ivf_weak_structure_1m"] = check_ivf_weak_structure(small)
         elif part == "upgrade":
             results["upgrade"] = check_upgrade(args.work, args.work / "g10m")
         elif part == "payload":
@@ -388,6 +417,10 @@ def table(r: dict[str, Any]) -> str:
     if "ivf" in r:
         v = r["ivf"]
         lines.append(f"| IVF vs exact, 1,000 queries | recall@10 {v['recall_at_10']:.4f}, {v['speedup']:.1f}x exact throughput ({v['ivf_qps']:,.0f} vs {v['exact_qps']:,.1f} q/s) | >= 0.95 at >= 20x |")
+    if "ivf_weak_structure_1m" in r:
+        w = r["ivf_weak_structure_1m"]
+        lines.append(f"| (context) IVF on weakly clustered data, {int(w['rows']):,} rows | calibrated nprobe {int(w['nprobe'])}/{int(w['nlist'])}: recall@10 {w['recall_at_10']:.3f}, "
+                     f"{w['speedup']:.2f}x exact throughput | none |")
     if "upgrade" in r:
         lines.append(f"| upgrade | {r['upgrade']['upgrade_s'] * 1000:.1f} ms | < 1 s |")
     if "payload_1m" in r:

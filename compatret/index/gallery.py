@@ -11,6 +11,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from compatret.errors import CompatretError
 from compatret.index.writer_lock import retry_commit, writer_lock
@@ -283,28 +284,50 @@ class Gallery:
         return self.version
 
     def update_vectors(self, ids: Sequence[str], vectors: np.ndarray, version: ModelVersion) -> int:
-        """Replace the vectors of existing rows (a backfill batch) in one commit.
+        """Replace the vectors of existing rows (a backfill batch) in one commit: O(batch).
 
-        Only rows still present and not yet written by `version` are touched: a row deleted
-        since the batch was read stays deleted (merge_insert never inserts here), and a row
-        another backfill wrote meanwhile is left as it is. Returns the new table version.
+        The rows are found by id in the table (with their row addresses); only rows still
+        present and not yet written by `version` are touched, so a row deleted since the batch
+        was read stays deleted and a row another backfill wrote meanwhile is left as it is.
+        Their new versions are written as one new fragment, the old ones are marked deleted in
+        their fragments' deletion files, and one Lance `Update` commits both. (merge_insert does
+        the same, but its join grows with the table.) Returns the new table version.
         """
+        import lance
+
         self._writer()
         col = self.ensure_column(version)
-        rows = self._rows(ids, ["id", "model_version"])
-        keep = np.array([i in rows and rows[i]["model_version"] != version.id for i in ids], dtype=bool)
-        if not keep.any():
-            return self.version
-        batch = pa.table(
-            {
-                "id": pa.array([str(i) for i, k in zip(ids, keep) if k], pa.string()),
-                "model_version": pa.array([version.id] * int(keep.sum()), pa.string()),
-                col: self._vector_array(np.asarray(vectors)[keep], version.dim),
-            }
-        )
-        # (a `where` on when_matched_update_all panics in lancedb 0.40 once `id` has a BTREE index)
-        retry_commit(lambda: self.table.merge_insert("id").when_matched_update_all().execute(batch),
-                     "backfill batch", self.table.checkout_latest)
+        schema = self.table.schema
+        row_of = {str(i): n for n, i in enumerate(ids)}
+
+        def commit() -> None:  # read and commit against one table version; a retry starts over
+            ds = self.dataset()
+            found = ds.to_table(columns=["id", "title", "text", "image", "metadata", "model_version"],
+                                filter=_id_filter(ids), with_row_address=True)
+            found = found.filter(pc.not_equal(found.column("model_version"), version.id))
+            if not found.num_rows:
+                return
+            take = np.array([row_of[i] for i in found.column("id").to_pylist()], dtype=np.int64)
+            columns: dict[str, Any] = {c: found.column(c) for c in ("id", "title", "text", "image", "metadata")}
+            columns["model_version"] = pa.array([version.id] * found.num_rows, pa.string())
+            for name in schema.names:
+                if name.startswith("vector"):
+                    typ = schema.field(name).type
+                    columns[name] = self._vector_array(np.asarray(vectors)[take], typ.list_size) if name == col else pa.nulls(found.num_rows, typ)
+            new_fragments = lance.fragment.write_fragments(pa.table(columns, schema=schema), ds, schema=ds.schema)
+            addresses = found.column("_rowaddr").to_numpy().astype(np.int64)
+            updated, removed = [], []
+            for fid in np.unique(addresses >> 32):
+                meta = ds.get_fragment(int(fid)).delete_rows((addresses[(addresses >> 32) == fid] & 0xFFFFFFFF).tolist())
+                if meta is None:
+                    removed.append(int(fid))
+                else:
+                    updated.append(meta)
+            op = lance.LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated, new_fragments=new_fragments)
+            lance.LanceDataset.commit(ds, op, read_version=ds.version)
+
+        retry_commit(commit, "backfill batch", self.table.checkout_latest)
+        self.table.checkout_latest()
         return self.version
 
     def delete(self, ids: Sequence[str]) -> int:

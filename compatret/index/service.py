@@ -328,8 +328,11 @@ class Service:
             scores, labels = self._search(index, meta, version, vectors, k)
             ids, row_versions = index.ids_of(labels)
         hit = labels >= 0
-        results = [QueryResult([str(i) for i in ir[h]], [float(x) for x in sr[h]], table_version=index.table_version)
-                   for ir, sr, h in zip(ids, scores, hit)]
+        id_rows, score_rows = ids.tolist(), scores.tolist()
+        if not hit.all():  # fewer hits than k: drop the padding
+            id_rows = [[i for i in r if i is not None] for r in id_rows]
+            score_rows = [r[: len(i)] for r, i in zip(score_rows, id_rows)]
+        results = [QueryResult(i, sc, table_version=index.table_version) for i, sc in zip(id_rows, score_rows)]
         if include_payload:  # ids and model versions are in the view; the rest by row address
             fetched = self.gallery.payloads_at(labels[hit], version=index.table_version)
             results = [replace(r, payloads=[_public_payload({**fetched[int(lab)], "model_version": v}) for lab, v in zip(lr[h], vr[h])])

@@ -20,7 +20,8 @@ from compatret.versions import ModelVersion
 os.environ.setdefault("LANCEDB_LOG", "error")
 
 TABLE = "gallery"
-ID_FILTER_MAX = 1024  # ids per `id IN (...)` filter before a plain scan of the id column is cheaper
+ID_FILTER_MAX = 1024  # ids per `id IN (...)` filter
+ID_SCAN_FROM = 100_000  # ids checked at once: from here one pass over the id column is cheaper than lookups
 ID_INDEX = "id_idx"
 ID_INDEX_LAG = 100_000  # unindexed rows tolerated (a lookup scans them) before the id index is updated
 META_KEY = "compatret"
@@ -145,6 +146,7 @@ class Gallery:
         self.path = path
         self.table = table
         self._metas: dict[int, GalleryMeta] = {}
+        self._datasets: dict[int, Any] = {}
         self._writing = 0  # > 0 while this handle holds the writer lock (see writing())
 
     @staticmethod
@@ -173,10 +175,19 @@ class Gallery:
         return _connect(self.path).open_table(TABLE)
 
     def dataset(self, version: int | None = None) -> Any:
-        """The Lance dataset at `version` (default: this handle's), for fragment-level reads."""
+        """The Lance dataset at `version` (default: this handle's), for fragment-level reads.
+
+        A version never changes once committed, so the last few are kept open."""
         import lance
 
-        return lance.dataset(str(self.path / f"{TABLE}.lance"), version=self.version if version is None else version)
+        version = self.version if version is None else version
+        ds = self._datasets.get(version)
+        if ds is None:
+            ds = lance.dataset(str(self.path / f"{TABLE}.lance"), version=version)
+            if len(self._datasets) > 4:
+                self._datasets = {}
+            self._datasets[version] = ds
+        return ds
 
     def latest_version(self) -> int:
         """Move this handle to the newest committed version (other processes' writes included)."""
@@ -204,13 +215,14 @@ class Gallery:
         return self.meta_at(self.version)
 
     def meta_at(self, version: int) -> GalleryMeta:
-        """The metadata as committed at table `version` (parsed once per version)."""
-        if version not in self._metas:
-            schema = self.dataset(version).schema
+        """The metadata as committed at table `version` (parsed once per version; safe across threads)."""
+        meta = self._metas.get(version)
+        if meta is None:
+            meta = meta_of_schema(self.dataset(version).schema, self.path)
             if len(self._metas) > 16:
-                self._metas.clear()
-            self._metas[version] = meta_of_schema(schema, self.path)
-        return self._metas[version]
+                self._metas = {}
+            self._metas[version] = meta
+        return meta
 
     def set_meta(self, meta: GalleryMeta) -> None:
         """One metadata-only commit: O(1) whatever the gallery size."""
@@ -343,7 +355,7 @@ class Gallery:
         self._writer()
         retry_commit(lambda: self.dataset().optimize.compact_files(), "compaction", self.table.checkout_latest)
         self.table.checkout_latest()
-        self.ensure_id_index(lag=0)
+        self.ensure_id_index()
 
     def ensure_id_index(self, lag: int = ID_INDEX_LAG) -> None:
         """A BTREE index on `id`, so id lookups (checks, deletes, backfill merges) do not scan the table.
@@ -364,12 +376,17 @@ class Gallery:
 
 
     def existing(self, ids: Sequence[str] | np.ndarray) -> list[str]:
-        """Which of `ids` the table holds now (read from the table, never from a cache)."""
-        if len(ids) <= ID_FILTER_MAX:  # the BTREE index on `id` answers these
-            return list(self._rows(ids, ["id"]))
+        """Which of `ids` the table holds now (read from the table, never from a cache).
+
+        Up to ID_SCAN_FROM ids are looked up through the id index, ID_FILTER_MAX at a time;
+        more than that are checked in one streamed pass over the id column.
+        """
+        if len(ids) < ID_SCAN_FROM:
+            ids = [str(i) for i in ids]
+            return [i for s in range(0, len(ids), ID_FILTER_MAX) for i in self._rows(ids[s : s + ID_FILTER_MAX], ["id"])]
         wanted = np.asarray(ids, dtype=str)
         found: list[str] = []
-        for batch in self.dataset().to_batches(columns=["id"]):  # one streamed pass over the id column
+        for batch in self.dataset().to_batches(columns=["id"]):
             have = batch.column("id").to_numpy(zero_copy_only=False).astype(str)
             found += wanted[np.isin(wanted, have)].tolist()
         return found

@@ -8,7 +8,7 @@ cannot remove (HNSW, faiss GPU) says so and is rebuilt by its owner.
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def _f32(x: np.ndarray) -> np.ndarray:
 class FaissKernel:
     """A faiss index with labels: IndexIDMap2 over a flat or HNSW index, or an IVF index.
 
-    `gpu` copies it to every GPU faiss sees; GPU copies are searched, never edited (rebuilt).
+    `gpu` copies it to every GPU faiss sees: edits go to the CPU index, then it is copied again.
     """
 
     def __init__(self, index: "faiss.Index", gpu: bool = False, trained_on: int = 0) -> None:  # noqa: F821
@@ -95,7 +95,7 @@ class FaissKernel:
     def remove(self, labels: np.ndarray, ranges: Sequence[tuple[int, int]] = ()) -> bool:
         import faiss
 
-        if self.gpu or isinstance(_inner(self.index), faiss.IndexHNSW):
+        if isinstance(_inner(self.index), faiss.IndexHNSW):
             return False
         keep = [faiss.IDSelectorRange(int(lo), int(hi)) for lo, hi in ranges]
         if len(labels):
@@ -107,6 +107,8 @@ class FaissKernel:
             selector = faiss.IDSelectorOr(selector, other)
             keep.append(selector)  # faiss holds raw pointers: keep every part alive until removal
         self.index.remove_ids(selector)
+        if self.gpu:
+            self._to_device()
         return True
 
 
@@ -124,6 +126,7 @@ class ArrayKernel:
         self.vectors = _f32(vectors)
         self.backend, self.device = backend, device
         self.name = "numpy" if backend == "numpy" else f"torch-{device}"
+        self._on_device: Any = None  # the torch copy of `vectors`, made on first search
 
     @property
     def ntotal(self) -> int:
@@ -132,12 +135,14 @@ class ArrayKernel:
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
         self.labels = np.concatenate([self.labels, np.asarray(labels, dtype=np.int64)])
         self.vectors = np.concatenate([self.vectors, _f32(vectors)]) if len(self.vectors) else _f32(vectors)
+        self._on_device = None
 
     def remove(self, labels: np.ndarray, ranges: Sequence[tuple[int, int]] = ()) -> bool:
         drop = np.isin(self.labels, labels)
         for lo, hi in ranges:
             drop |= (self.labels >= lo) & (self.labels < hi)
         self.labels, self.vectors = self.labels[~drop], self.vectors[~drop]
+        self._on_device = None
         return True
 
     def search(self, queries: np.ndarray, k: int, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +155,9 @@ class ArrayKernel:
             return np.take_along_axis(scores, idx, axis=1), self.labels[idx]
         import torch
 
-        x = torch.from_numpy(self.vectors).to(self.device)
+        if self._on_device is None:
+            self._on_device = torch.from_numpy(self.vectors).to(self.device)
+        x = self._on_device
         out_s, out_i = [], []
         with torch.no_grad():
             for s in range(0, len(queries), chunk):

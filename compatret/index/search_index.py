@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -192,10 +193,17 @@ def follow_deletions(rows: FragmentRows, fragment: Any, table_dir: Path, deletio
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place; a reader meanwhile finds it or falls back to the table."""
+    """Move a finished folder into place; a reader meanwhile finds it or falls back to the table.
+
+    Two processes may save the same fragment at once: whichever loses keeps nothing (the
+    folders are equal), and neither fails.
+    """
     if target.exists():
-        trash = target.with_name(f".old-{os.getpid()}-{target.name}")
-        os.rename(target, trash)
+        trash = target.with_name(f".old-{uuid.uuid4().hex}-{target.name}")
+        try:
+            os.rename(target, trash)
+        except FileNotFoundError:
+            pass
         shutil.rmtree(trash, ignore_errors=True)
     try:
         os.rename(tmp, target)
@@ -232,8 +240,7 @@ class FragmentCache:
         """Write the rows as read (a fragment read fresh from the table has no dead rows)."""
         self.dir.mkdir(exist_ok=True)
         target = self.file(rows.key)
-        tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = target.with_name(f".tmp-{uuid.uuid4().hex}-{target.name}")
         tmp.mkdir()
         read = rows.read
         np.savez(tmp / "rows.npz", format=np.int64(FORMAT), key=np.str_(rows.key), fid=np.int64(rows.fid),
@@ -269,17 +276,23 @@ def _kernel_dir(gallery_dir: Path, key: tuple[str, ...]) -> Path:
 
 
 def _save_kernel(gallery_dir: Path, key: tuple[str, ...], state: KernelState) -> None:
+    """The index and the fragments it covers, in one folder renamed into place. state.json names
+    its index file by a fresh token, so a reader never pairs one save's state with another's index.
+    Best effort: a kernel that cannot be saved is rebuilt by the next process that needs it."""
     import faiss
 
     target = _kernel_dir(gallery_dir, key)
-    tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    faiss.write_index(state.kernel.index, str(tmp / "index.faiss"))  # type: ignore[attr-defined]
-    (tmp / "state.json").write_text(json.dumps({"key": list(key), "covers": state.covers, "fids": state.fids,
-                                                 "trained_on": state.kernel.trained_on}))  # type: ignore[attr-defined]
-    _replace_dir(tmp, target)
-    state.dirty = 0
+    token = uuid.uuid4().hex
+    tmp = target.with_name(f".tmp-{token}-{target.name}")
+    try:
+        tmp.mkdir(parents=True)
+        faiss.write_index(state.kernel.index, str(tmp / f"index-{token}.faiss"))  # type: ignore[attr-defined]
+        (tmp / "state.json").write_text(json.dumps({"key": list(key), "index": f"index-{token}.faiss", "covers": state.covers,
+                                                     "fids": state.fids, "trained_on": state.kernel.trained_on}))  # type: ignore[attr-defined]
+        _replace_dir(tmp, target)
+        state.dirty = 0
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_kernel(gallery_dir: Path, key: tuple[str, ...]) -> KernelState | None:
@@ -292,7 +305,7 @@ def _load_kernel(gallery_dir: Path, key: tuple[str, ...]) -> KernelState | None:
         state = json.loads((d / "state.json").read_text())
         if state["key"] != list(key):
             return None
-        index = faiss.read_index(str(d / "index.faiss"))
+        index = faiss.read_index(str(d / state["index"]))  # gone if the folder was replaced meanwhile
     except (OSError, ValueError, KeyError, RuntimeError):
         return None
     gpu = key[1] in ("auto", "faiss-gpu") and key[2] == "ivf" and faiss_gpus() > 0
@@ -335,6 +348,7 @@ class SearchIndex:
             if rows is None:
                 rows = read_fragment(fragment, meta, key, deletion)
                 cache.save(rows, version)
+            rows.counts, rows.ids, rows.offsets  # noqa: B018  derived here, not under the query lock
             fresh[key] = rows
         cache.drop(set(self.fragments) - set(fresh))
         return fresh
@@ -344,15 +358,18 @@ class SearchIndex:
         that changed): this older view must not be searched afterwards (Service swaps views
         under its lock)."""
         out = SearchIndex(fresh, version, self.gallery_dir)
-        for key, state in self._kernels.items():
-            if out._sync(key, state, self.fragments):
-                out._kernels[key] = state
+        for key, state in list(self._kernels.items()):
+            try:
+                if out._sync(key, state, self.fragments):
+                    out._kernels[key] = state
+            except (RuntimeError, MemoryError):  # faiss failed half-way: rebuild this kernel when next asked
+                self._kernels.pop(key, None)
         return out
 
     # ---- rows ----------------------------------------------------------------------------
     @property
     def size(self) -> int:
-        return sum(len(f.ids) for f in self.fragments.values())
+        return sum(sum(f.counts.values()) for f in self.fragments.values())
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

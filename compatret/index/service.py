@@ -143,9 +143,9 @@ class Service:
                 return v
         return load_version(model)
 
-    def encoder(self, model: str | None = None) -> Encoder:
-        """The encoder of `model` (default: the serving model), loaded once."""
-        meta = self.meta
+    def encoder(self, model: str | None = None, meta: GalleryMeta | None = None) -> Encoder:
+        """The encoder of `model` (default: the serving model of `meta`, else of the latest version), loaded once."""
+        meta = meta or self.meta
         version = self._version(model, meta)
         spec = model if model is not None and model not in (meta.serving.id, meta.vector_model.id) else meta.sources.get(version.id)
         if spec is None:
@@ -320,7 +320,7 @@ class Service:
             meta = self.gallery.meta_at(index.table_version)
             version = self._version(model, meta)
             if vectors is None:
-                enc = self.encoder(model)
+                enc = self.encoder(model, meta)  # the model of the view searched, even right after an upgrade
                 vectors = enc.encode_queries(list(texts if texts is not None else images))  # type: ignore[arg-type]
             vectors = np.asarray(vectors, dtype=np.float32)
             if vectors.ndim != 2 or vectors.shape[1] != version.dim:

@@ -91,7 +91,7 @@ def test_ann_kernel_is_persisted_and_follows_another_process(tmp_path):
     x = vectors(3000, 16, 0)
     s.add_vectors(x, ids=[f"r{i}" for i in range(3000)])
     s.query(vectors=x[:1], k=1)
-    saved = list((tmp_path / "g" / CACHE_DIR).glob("kernel-*/index.faiss"))
+    saved = list((tmp_path / "g" / CACHE_DIR).glob("kernel-*/index-*.faiss"))
     assert len(saved) == 1
     trained = s.index.kernel("v1", "auto", "ivf").trained_on  # type: ignore[attr-defined]
     # another process adds rows; a new reader loads the saved kernel and adds only those rows

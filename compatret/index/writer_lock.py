@@ -96,16 +96,16 @@ def retry_commit(fn: Callable[[], T], what: str, before_retry: Callable[[], None
     Conflicts should not happen under the writer lock, but a writer that ignores the lock
     (another tool on the same table) can still race us.
     """
+    last: BaseException | None = None
     for attempt in range(CONFLICT_RETRIES):
         try:
             return fn()
         except (RuntimeError, OSError, ValueError) as exc:
             if not is_commit_conflict(exc):
                 raise
-            if attempt == CONFLICT_RETRIES - 1:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise CompatretError(f"{what}: commit conflict with another writer after {CONFLICT_RETRIES} tries ({first})") from exc
-            time.sleep(0.05 * 2**attempt)
-            if before_retry is not None:
-                before_retry()
-    raise AssertionError("unreachable")
+            last = exc
+        time.sleep(0.05 * 2**attempt)
+        if before_retry is not None:
+            before_retry()
+    first = str(last).strip().splitlines()[0] if str(last).strip() else type(last).__name__
+    raise CompatretError(f"{what}: commit conflict with another writer after {CONFLICT_RETRIES} tries ({first})") from last

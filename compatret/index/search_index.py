@@ -86,7 +86,8 @@ class FragmentRows:
         """Live rows per model version."""
         if self.alive is None:
             return {v: len(x) for v, x in self.read.vectors.items()}
-        return {v: int(self.alive[self.read.versions == v].sum()) for v in self.read.vectors if self.alive[self.read.versions == v].any()}
+        counts = {v: int(self.alive[self.read.versions == v].sum()) for v in self.read.vectors}
+        return {v: n for v, n in counts.items() if n}
 
     def vectors(self, version: str) -> np.ndarray:
         """Live vectors of one version, in offset order (a copy only when rows were deleted)."""
@@ -115,7 +116,7 @@ class FragmentRows:
             return None
         alive = np.zeros(len(self.read.offsets), dtype=bool)
         alive[pos] = True
-        return FragmentRows(self.key, self.fid, deletion, self.read, None if alive.all() else alive)
+        return self._alive_as(alive, deletion)
 
     def without(self, deleted: np.ndarray, live_rows: int, deletion: str | None) -> FragmentRows | None:
         """These rows minus the `deleted` offsets (from the fragment's deletion file: O(deletions));
@@ -127,6 +128,10 @@ class FragmentRows:
         alive[pos[hit]] = False
         if int(alive.sum()) != live_rows:
             return None
+        return self._alive_as(alive, deletion)
+
+    def _alive_as(self, alive: np.ndarray, deletion: str | None) -> FragmentRows:
+        """The same rows read, with these alive (None when all are)."""
         return FragmentRows(self.key, self.fid, deletion, self.read, None if alive.all() else alive)
 
 

@@ -154,14 +154,16 @@ class Service:
             self._encoders[spec] = load_encoder(spec)
         return self._encoders[spec]
 
-    def _check_writer(self, vectors: np.ndarray, version: ModelVersion, meta: GalleryMeta) -> np.ndarray:
-        """Rows are stored in their own model's space; the serving model must be able to query them."""
+    def _check_writer(self, vectors: np.ndarray, version: ModelVersion, meta: GalleryMeta, block: int = 100_000) -> None:
+        """Rows are stored in their own model's space; the serving model must be able to query them.
+
+        Checked block by block, so a memory-mapped input is never copied whole."""
         resolve(meta.serving, version, self.gallery.path)
         if vectors.ndim != 2 or vectors.shape[1] != version.dim:
             raise CompatretError(f"vectors must have shape (n, {version.dim}), got {vectors.shape}")
-        if not np.isfinite(vectors).all():
-            raise CompatretError("vectors contain NaN or infinity")
-        return normalize(vectors)
+        for s in range(0, len(vectors), block):
+            if not np.isfinite(vectors[s : s + block]).all():
+                raise CompatretError(f"vectors contain NaN or infinity (in rows {s}..{min(len(vectors), s + block) - 1})")
 
     # ---- writes: each holds the writer lock and reads the table, never the search view ----
     def _check_new_ids(self, ids: Sequence[str] | np.ndarray) -> None:
@@ -185,13 +187,8 @@ class Service:
         with self.gallery.writing("add vectors"):
             meta = self.meta
             version = self._version(model, meta) if model is not None else meta.vector_model
-            resolve(meta.serving, version, self.gallery.path)
-            if vectors.ndim != 2 or vectors.shape[1] != version.dim:
-                raise CompatretError(f"vectors must have shape (n, {version.dim}), got {vectors.shape}")
+            self._check_writer(vectors, version, meta, batch_size)
             n = len(vectors)
-            for s in range(0, n, batch_size):
-                if not np.isfinite(vectors[s : s + batch_size]).all():
-                    raise CompatretError(f"vectors contain NaN or infinity (in rows {s}..{min(n, s + batch_size) - 1})")
             if ids is not None:
                 ids = np.asarray(ids).astype(str)
                 if len(ids) != n:
@@ -228,7 +225,9 @@ class Service:
             for s in range(0, len(items), batch_size):
                 sl = slice(s, s + batch_size)
                 batch = [{"title": it.get("title"), "text": it.get("text")} for it in items[sl]] if not is_image else images[sl]
-                vecs = self._check_writer(encoder.encode_items(batch, batch_size=batch_size), meta.serving, meta)
+                vecs = encoder.encode_items(batch, batch_size=batch_size)
+                self._check_writer(vecs, meta.serving, meta)
+                vecs = normalize(vecs)
                 self.gallery.add_rows(
                     ids[sl], vecs, meta.serving, texts=texts[sl], images=images[sl],
                     metadata=[it.get("metadata") for it in items[sl]], titles=titles[sl],

@@ -148,7 +148,8 @@ def index_info(directory: str, as_json: bool) -> None:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--limit", type=int, help="Re-embed at most N rows in this run.")
 @click.option("--fraction", type=float, help="Stop once this fraction of all rows carries serving-model vectors.")
-@click.option("--order", type=click.Choice(["random", "uncertainty"]), default="random", show_default=True)
+@click.option("--order", type=click.Choice(["random", "uncertainty"]), default="random", show_default=True,
+              help="random: batches of consecutive rows in shuffled order; uncertainty: crowded old vectors first")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @friendly

@@ -13,7 +13,7 @@ import pytest
 
 from compatret import CompatretError
 from compatret.encoders import load_encoder
-from compatret.index.backfill import backfill
+from compatret.index.backfill import backfill, pending_rows, plan_order
 from compatret.index.gallery import Gallery
 from compatret.index.history import history, rollback
 from compatret.index.service import Service
@@ -49,6 +49,26 @@ def test_backfill_in_steps_equals_direct_encoding(tmp_path, digit_models):
         version, stored = rows[it["id"]]
         assert version == "v2"
         np.testing.assert_allclose(stored, vec, atol=1e-5)
+
+
+def test_random_order_shuffles_blocks_of_table_rows(tmp_path, digit_models):
+    """A backfill batch is a run of consecutive table rows (one fragment, so one commit touches
+    one fragment), and the batches are shuffled, the same way on every run."""
+    s = upgraded_gallery(tmp_path, digit_models)
+    ids = pending_rows(s).ids
+    assert ids == [it["id"] for it in digit_models["items"][:200]]  # table order
+    queue = plan_order(s, ids, "random", block=16)
+    assert sorted(queue) == sorted(ids) and queue == plan_order(s, ids, "random", block=16)
+    starts, pos = [], 0
+    while pos < len(queue):
+        first = ids.index(queue[pos])
+        block = ids[first : first + 16]
+        assert first % 16 == 0 and queue[pos : pos + len(block)] == block
+        starts.append(first)
+        pos += len(block)
+    assert starts != sorted(starts)
+    with s.gallery.writing("test"):
+        assert s.gallery.update_vectors([], np.zeros((0, 8), np.float32), s.meta.serving) == s.gallery.version
 
 
 def test_queries_merge_old_and_new_rows(tmp_path, digit_models):

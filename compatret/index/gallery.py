@@ -147,6 +147,7 @@ class Gallery:
         self.table = table
         self._metas: dict[int, GalleryMeta] = {}
         self._datasets: dict[int, Any] = {}
+        self._session: Any = None  # Lance's caches (index pages, metadata), shared across versions
         self._writing = 0  # > 0 while this handle holds the writer lock (see writing())
 
     @staticmethod
@@ -177,13 +178,16 @@ class Gallery:
     def dataset(self, version: int | None = None) -> Any:
         """The Lance dataset at `version` (default: this handle's), for fragment-level reads.
 
-        A version never changes once committed, so the last few are kept open."""
+        A version never changes once committed, so the last few are kept open; they share one
+        Lance session, so the id index's pages are read once, not once per version (a backfill
+        opens a new version per batch, and reloading the index grew with the table)."""
         import lance
 
         version = self.version if version is None else version
         ds = self._datasets.get(version)
         if ds is None:
-            ds = lance.dataset(str(self.path / f"{TABLE}.lance"), version=version)
+            ds = lance.dataset(str(self.path / f"{TABLE}.lance"), version=version, session=self._session)
+            self._session = ds.session()
             if len(self._datasets) > 4:
                 self._datasets = {}
             self._datasets[version] = ds
@@ -308,6 +312,8 @@ class Gallery:
         import lance
 
         self._writer()
+        if not len(ids):
+            return self.version
         col = self.ensure_column(version)
         schema = self.table.schema
         row_of = {str(i): n for n, i in enumerate(ids)}
@@ -392,8 +398,8 @@ class Gallery:
         return found
 
     def scan(self, columns: list[str], where: str | None = None, version: int | None = None) -> pa.Table:
-        """Some columns of every row (optionally filtered), read from the table in blocks."""
-        return self.dataset(version).to_table(columns=columns, filter=where)
+        """Some columns of every row (optionally filtered), in table order."""
+        return self.dataset(version).to_table(columns=columns, filter=where, scan_in_order=True)
 
     def rows_by_version(self) -> dict[str, int]:
         """Rows per model version at the latest table version (the column streamed in blocks)."""

@@ -51,13 +51,18 @@ class RowsRead:
     versions: np.ndarray  # str array: the model version of each row
     vectors: dict[str, np.ndarray]  # version -> float32 [rows of that version, dim], in offset order
 
+    @cached_property
+    def masks(self) -> dict[str, np.ndarray]:
+        """Which rows each model version wrote: compared once per fragment, not per write."""
+        return {v: self.versions == v for v in self.vectors}
+
 
 @dataclass
 class FragmentRows:
     """The live rows of one Lance fragment: the rows read, and which of them are still alive.
 
-    A deletion only changes `alive` (no vector is copied), so following a delete or a backfill
-    batch costs a boolean mask per touched fragment.
+    A deletion only changes `alive` (no vector or id is copied), so following a delete or a
+    backfill batch costs boolean masks over the touched fragments.
     """
 
     key: str  # fragment id + digest of its data file names
@@ -69,15 +74,22 @@ class FragmentRows:
     def _live(self, arr: np.ndarray) -> np.ndarray:
         return arr if self.alive is None else arr[self.alive]
 
-    @cached_property
+    def _mine(self, version: str) -> np.ndarray:
+        """Over read rows: alive and written by `version`."""
+        mask = self.read.masks.get(version)
+        if mask is None:
+            return np.zeros(len(self.read.offsets), bool)
+        return mask if self.alive is None else mask & self.alive
+
+    @property
     def offsets(self) -> np.ndarray:
         return self._live(self.read.offsets)
 
-    @cached_property
+    @property
     def ids(self) -> np.ndarray:
         return self._live(self.read.ids)
 
-    @cached_property
+    @property
     def versions(self) -> np.ndarray:
         return self._live(self.read.versions)
 
@@ -86,17 +98,30 @@ class FragmentRows:
         """Live rows per model version."""
         if self.alive is None:
             return {v: len(x) for v, x in self.read.vectors.items()}
-        counts = {v: int(self.alive[self.read.versions == v].sum()) for v in self.read.vectors}
+        counts = {v: int(np.count_nonzero(self._mine(v))) for v in self.read.vectors}
         return {v: n for v, n in counts.items() if n}
+
+    def ids_of(self, version: str) -> np.ndarray:
+        return self.read.ids[self._mine(version)]
 
     def vectors(self, version: str) -> np.ndarray:
         """Live vectors of one version, in offset order (a copy only when rows were deleted)."""
         vec = self.read.vectors[version]
-        return vec if self.alive is None else np.asarray(vec)[self.alive[self.read.versions == version]]
+        return vec if self.alive is None else np.asarray(vec)[self.alive[self.read.masks[version]]]
 
     def labels(self, version: str) -> np.ndarray:
         """Row addresses of the live rows of one version: the labels kernels use."""
-        return (np.int64(self.fid) << np.int64(32)) | self.offsets[self.versions == version]
+        return (np.int64(self.fid) << np.int64(32)) | self.read.offsets[self._mine(version)]
+
+    def find(self, offsets: np.ndarray) -> np.ndarray:
+        """Positions among the read rows of live `offsets`; raises when one is not a live row here."""
+        pos = np.minimum(np.searchsorted(self.read.offsets, offsets), len(self.read.offsets) - 1)
+        ok = self.read.offsets[pos] == offsets
+        if self.alive is not None:
+            ok &= self.alive[pos]
+        if not ok.all():
+            raise RuntimeError(f"search kernel holds rows that fragment {self.key} does not (stale kernel)")
+        return pos
 
     def changes_since(self, since: FragmentRows, version: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Against `since` (the same rows read, another deletion state): labels of `version` rows
@@ -104,7 +129,7 @@ class FragmentRows:
         n = len(self.read.offsets)
         before = np.ones(n, bool) if since.alive is None else since.alive
         now = np.ones(n, bool) if self.alive is None else self.alive
-        mine = self.read.versions == version
+        mine = self.read.masks.get(version, np.zeros(n, bool))
         base = np.int64(self.fid) << np.int64(32)
         back = (now & ~before)[mine]
         return base | self.read.offsets[before & ~now & mine], base | self.read.offsets[mine][back], np.asarray(self.read.vectors[version])[back]
@@ -353,7 +378,7 @@ class SearchIndex:
             if rows is None:
                 rows = read_fragment(fragment, meta, key, deletion)
                 cache.save(rows, version)
-            rows.counts, rows.ids, rows.offsets  # noqa: B018  derived here, not under the query lock
+            rows.counts  # noqa: B018  derived here, not under the query lock
             fresh[key] = rows
         cache.drop(set(self.fragments) - set(fresh))
         return fresh
@@ -391,7 +416,7 @@ class SearchIndex:
         """(ids, labels, vectors) of one version's rows, fragment by fragment (nothing concatenated)."""
         for _, f in sorted(self.fragments.items()):
             if version in f.counts:
-                yield f.ids[f.versions == version], f.labels(version), f.vectors(version)
+                yield f.ids_of(version), f.labels(version), f.vectors(version)
 
     def ids_of(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Row ids and model versions of kernel labels (row addresses); None where a label is -1 (no hit)."""
@@ -402,10 +427,8 @@ class SearchIndex:
         for fid in np.unique(fids[hit]):
             f = self._by_fid[int(fid)]
             m = hit & (fids == fid)
-            pos = np.minimum(np.searchsorted(f.offsets, offs[m]), len(f.offsets) - 1)
-            if not np.array_equal(f.offsets[pos], offs[m]):
-                raise RuntimeError(f"search kernel holds rows that fragment {f.key} does not (stale kernel)")
-            ids[m], versions[m] = f.ids[pos], f.versions[pos]
+            pos = f.find(offs[m])
+            ids[m], versions[m] = f.read.ids[pos], f.read.versions[pos]
         return ids, versions
 
     # ---- kernels -------------------------------------------------------------------------

@@ -246,7 +246,9 @@ def curve(work: Path) -> dict[str, list[list[float]]]:
     Uses the galleries and models of eval/compat_text (run it first with --only bt2 star).
     A row's new vector is read from the full BT² gallery — the exact vector `index backfill`
     would compute — so each point costs one evaluation, not a re-embedding; rows are taken in
-    the order `index backfill` uses (plan_order). The incompatible contrast is `incompatible()`.
+    `plan_order`'s order shuffled row by row (`index backfill` shuffles blocks of one batch of
+    consecutive rows, so each commit touches one fragment; both sample the gallery evenly, and
+    the curve was measured row by row). The incompatible contrast is `incompatible()`.
     """
     from compatret.config import index_home
     from compatret.data.beir import load_beir
@@ -265,7 +267,7 @@ def curve(work: Path) -> dict[str, list[list[float]]]:
         s.upgrade(str(model))
         with s.gallery.writing("benchmark: merge policy"):
             s.gallery.set_meta(replace(s.meta, merge=merge))
-        queue = plan_order(s, pending_rows(s).ids, order)
+        queue = plan_order(s, pending_rows(s).ids, order, block=1)
         points, done = [], 0
         for pct in CURVE_POINTS:
             target = round(pct / 100 * len(queue))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable, Literal
 
 import numpy as np
 
@@ -13,6 +15,50 @@ from compatret.errors import CompatretError
 
 VERSION_FILE = "compatret_version.json"
 CompatKind = Literal["identity", "prefix", "transform"]
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".npy", ".npz")
+NOT_WEIGHTS = ("checkpoint", "checkpoints")  # training state, deleted or rewritten after the record
+
+
+def confined(base: str | Path, relative: str, what: str) -> Path:
+    """`base / relative`, refusing a path that leaves `base`: absolute, `..`, or a symlink out.
+
+    Records (encoder.json, version records) come from folders a user may not have written;
+    a path in them must never name a file elsewhere on the machine.
+    """
+    rel = PurePosixPath(str(relative))
+    if not str(relative) or rel.is_absolute() or Path(str(relative)).is_absolute() or ".." in rel.parts:
+        raise CompatretError(f"{what} {relative!r} must be a relative path inside its folder")
+    root = Path(base).resolve()
+    target = (root / rel).resolve()
+    if target != root and root not in target.parents:
+        raise CompatretError(f"{what} {relative!r} leads out of its folder")
+    return target
+
+
+def weights_digest(model_dir: str | Path) -> str | None:
+    """sha256 over a model folder's weight files (names and bytes), or None when it has none.
+
+    Identity by content: two folders whose records share an id are the same model only if this
+    matches. Training checkpoints are left out (they are rewritten, then deleted).
+    """
+    root = Path(model_dir)
+    files = sorted(p for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()
+                   and not set(p.relative_to(root).parts[:-1]) & set(NOT_WEIGHTS))
+    if not files:
+        return None
+    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        for p in files:
+            h.update(p.relative_to(root).as_posix().encode() + b"\0")
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        _DIGESTS[key] = "sha256:" + h.hexdigest()
+    return _DIGESTS[key]
+
+
+_DIGESTS: dict[tuple[tuple[str, int, int], ...], str] = {}
 
 
 @dataclass(frozen=True)
@@ -28,7 +74,13 @@ class Compat:
 
     kind: CompatKind = "identity"
     dims: int | None = None
-    transform_path: str | None = None
+    transform_path: str | None = None  # relative to the gallery (or model) folder, never outside it
+
+    def __post_init__(self) -> None:
+        if self.transform_path is not None:
+            rel = PurePosixPath(self.transform_path)
+            if not self.transform_path or rel.is_absolute() or Path(self.transform_path).is_absolute() or ".." in rel.parts:
+                raise CompatretError(f"transform_path {self.transform_path!r} must be a relative path inside the model folder")
 
     @staticmethod
     def identity() -> Compat:
@@ -75,6 +127,7 @@ class ModelVersion:
     compat: Compat = field(default_factory=Compat.identity)
     method: str = "pretrained"
     metric: str = "cosine"
+    digest: str | None = None  # weights_digest of its folder when saved; None for aliases and older records
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -116,6 +169,7 @@ class ModelVersion:
             "metric": self.metric,
             "compat": self.compat.to_dict(),
             "parent": self.parent.to_dict() if self.parent is not None else None,
+            **({"digest": self.digest} if self.digest else {}),
         }
 
     @staticmethod
@@ -130,21 +184,51 @@ class ModelVersion:
                 compat=Compat.from_dict(d.get("compat", {"kind": "identity"})),
                 method=str(d.get("method", "pretrained")),
                 metric=str(d.get("metric", "cosine")),
+                digest=str(d["digest"]) if d.get("digest") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CompatretError(f"malformed model version record: {exc}") from exc
 
     def save(self, model_dir: str | Path) -> Path:
+        """Write the record, with the digest of the weights already in the folder (write them first)."""
         path = Path(model_dir) / VERSION_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2))
+        record = replace(self, digest=self.digest or weights_digest(model_dir))
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record.to_dict(), indent=2))
+        os.replace(tmp, path)
         return path
 
     @staticmethod
     def load(model_dir: str | Path) -> ModelVersion:
+        """The record of a model folder, carrying the digest of the weights actually there.
+
+        A record whose digest differs from its folder's weights is refused (the weights were
+        replaced); a record written before digests existed gets the folder's digest."""
         path = Path(model_dir) / VERSION_FILE
         if not path.exists():
             raise CompatretError(f"{model_dir} has no {VERSION_FILE}: not a compatret model folder")
-        return ModelVersion.from_dict(json.loads(path.read_text()))
+        try:
+            version = ModelVersion.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise CompatretError(f"{path} is not valid JSON: {exc.msg}") from exc
+        found = weights_digest(model_dir)
+        if version.digest and found and version.digest != found:
+            raise CompatretError(f"model folder {model_dir}: its weights differ from the ones its record {version.id!r} was saved with")
+        return replace(version, digest=found or version.digest)
+
+
+def check_same_weights(known: Iterable[ModelVersion], candidate: ModelVersion) -> None:
+    """Refuse `candidate` when a version of its lineage has the id of a known version but other
+    weights: an id names a model only together with its content (records without a digest pass)."""
+    digests: dict[str, str] = {}
+    for version in known:
+        for node in version.lineage():
+            if node.digest:
+                digests.setdefault(node.id, node.digest)
+    for node in candidate.lineage():
+        if node.digest and digests.get(node.id, node.digest) != node.digest:
+            raise CompatretError(f"model {candidate.id!r}: same id {node.id!r} as this gallery's model, different weights "
+                                 f"({node.digest[:19]} vs {digests[node.id][:19]})")
 
 
 @dataclass(frozen=True)
@@ -210,9 +294,7 @@ def resolve(query: ModelVersion, gallery: ModelVersion, base_dir: str | Path | N
                     f"the shared space to {shared} dims"
                 )
             assert rule.transform_path is not None
-            tp = Path(rule.transform_path)
-            if base_dir is not None and not tp.is_absolute():
-                tp = Path(base_dir) / tp
+            tp = confined(base_dir, rule.transform_path, "transform_path") if base_dir is not None else Path(rule.transform_path)
             transforms.append(str(tp))
             shared = child.dim
     return CompatPlan(query.id, gallery.id, shared, tuple(transforms))

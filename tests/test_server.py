@@ -28,7 +28,8 @@ def server(tmp_path, digit_models):
     s.add_items(digit_models["items"][:150], progress=False)
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "compatret", "serve", str(tmp_path / "g"), "--port", str(port), "--refresh-seconds", "0.05"],
+        [sys.executable, "-m", "compatret", "serve", str(tmp_path / "g"), "--port", str(port), "--refresh-seconds", "0.05",
+         "--models-dir", os.path.dirname(digit_models["v2"])],
         env={**os.environ, "LANCEDB_LOG": "error"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
@@ -53,10 +54,10 @@ def test_http_api_under_upgrade_and_backfill(server, digit_models):
     v = c.post("/query", json={"vectors": np.eye(16)[:2].tolist(), "k": 5}).json()
     assert len(v["results"]) == 2 and len(v["results"][0]["ids"]) == 5
     # bad requests: 4xx with a message
-    assert c.post("/query", json={"k": 5}).status_code == 400
+    assert c.post("/query", json={"k": 5}).status_code == 422
     assert c.post("/query", json={"vectors": [[1.0, 2.0]], "k": 5}).status_code == 400
     assert c.post("/query", json={"vectors": [[1.0] * 16], "k": 0}).status_code == 422
-    r = c.post("/upgrade", json={"model": "/no/such/model"})
+    r = c.post("/upgrade", json={"model": "no-such-model"})
     assert r.status_code == 400 and "unknown model" in r.json()["detail"]
     assert c.post("/items/delete", json={"ids": ["nope"]}).status_code == 400
 
@@ -71,7 +72,7 @@ def test_http_api_under_upgrade_and_backfill(server, digit_models):
 
     for _ in range(10):
         ask()
-    assert c.post("/upgrade", json={"model": digit_models["v2"]}).json()["serving"] == "v2"
+    assert c.post("/upgrade", json={"model": "v2"}).json()["serving"] == "v2"  # a folder of --models-dir, by name
     assert c.post("/backfill", json={"batch_size": 2}).status_code == 202
     status = c.get("/backfill").json()
     while status["running"] or status["pending"]:

@@ -105,23 +105,28 @@ class ImageEmbedder(nn.Module):
 
 
 def decode_image(item: Any, spec: ImageModelSpec) -> np.ndarray:
-    """Image bytes, a path or an array -> float32 [C, H, W] in [0, 1] at the model's size."""
+    """Image bytes, a path or an array -> float32 [C, H, W] in [0, 1] at the model's size.
+
+    Bytes that are no image (or a decompression bomb) give one error, not a traceback."""
     from PIL import Image
 
     if isinstance(item, dict):
         item = item.get("image") if item.get("image") is not None else item.get("image_path")
-    if isinstance(item, (bytes, bytearray, memoryview)):
-        img = Image.open(io.BytesIO(bytes(item)))
-    elif isinstance(item, (str, Path)):
-        img = Image.open(item)
-    elif isinstance(item, np.ndarray):
-        arr = item.astype(np.float32)
-        if arr.max() > 1.0:
-            arr = arr / 255.0
-        img = Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8).squeeze())
-    else:
-        raise CompatretError(f"cannot read an image from {type(item).__name__}")
-    img = img.convert("L" if spec.in_channels == 1 else "RGB")
+    try:
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            img = Image.open(io.BytesIO(bytes(item)))
+        elif isinstance(item, (str, Path)):
+            img = Image.open(item)
+        elif isinstance(item, np.ndarray):
+            arr = item.astype(np.float32)
+            if arr.max() > 1.0:
+                arr = arr / 255.0
+            img = Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8).squeeze())
+        else:
+            raise CompatretError(f"cannot read an image from {type(item).__name__}")
+        img = img.convert("L" if spec.in_channels == 1 else "RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise CompatretError(f"cannot read an image: {type(exc).__name__}") from exc
     if img.size != (spec.image_size, spec.image_size):
         img = img.resize((spec.image_size, spec.image_size), Image.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0

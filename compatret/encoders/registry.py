@@ -9,7 +9,7 @@ from typing import Callable
 
 from compatret.encoders.base import ENCODER_FILE, Encoder
 from compatret.errors import CompatretError
-from compatret.versions import VERSION_FILE, ModelVersion
+from compatret.versions import VERSION_FILE, ModelVersion, confined
 
 
 def _minilm_l6_dir() -> Path:
@@ -65,8 +65,12 @@ def load_version(spec: str) -> ModelVersion:
     raise CompatretError(f"unknown model {spec!r}: use one of {sorted(ALIASES)} or a model folder")
 
 
-def load_encoder(spec: str, device: str | None = None) -> Encoder:
-    """Load the encoder a spec names: an alias, or a folder written by compatret."""
+def load_encoder(spec: str, device: str | None = None, _nested: bool = False) -> Encoder:
+    """Load the encoder a spec names: an alias, or a folder written by compatret.
+
+    Every file encoder.json names must lie inside the folder (no absolute paths, `..` or
+    symlinks out), and a query-only model's item encoder is an alias or a subfolder that is
+    itself a plain model (no deeper nesting, never the folder itself)."""
     if spec in _ALIAS_LOADERS:
         return _ALIAS_LOADERS[spec](device)
     version = load_version(spec)
@@ -74,7 +78,12 @@ def load_encoder(spec: str, device: str | None = None) -> Encoder:
     cfg_path = path / ENCODER_FILE
     if not cfg_path.exists():
         raise CompatretError(f"model folder {spec} has no {ENCODER_FILE}: it holds a version record only")
-    cfg = json.loads(cfg_path.read_text())
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CompatretError(f"{cfg_path} is not valid JSON: {exc.msg}") from exc
+    if not isinstance(cfg, dict):
+        raise CompatretError(f"{cfg_path} must hold a JSON object")
     kind = cfg.get("kind")
     if kind == "sentence-transformers":
         from compatret.encoders.text import SentenceTransformerEncoder
@@ -84,13 +93,20 @@ def load_encoder(spec: str, device: str | None = None) -> Encoder:
             from compatret.encoders.two_tower import TwoTowerEncoder
 
             item_spec = str(cfg["item_encoder"])
-            local = path / item_spec
-            return TwoTowerEncoder(encoder, load_encoder(str(local) if local.exists() else item_spec, device), version)
+            if _nested:
+                raise CompatretError(f"model folder {spec}: an item encoder cannot have an item encoder of its own")
+            if item_spec not in ALIASES:
+                local = confined(path, item_spec, "item_encoder")
+                if local == path.resolve():
+                    raise CompatretError(f"model folder {spec}: item_encoder names the folder itself")
+                item_spec = str(local)
+            return TwoTowerEncoder(encoder, load_encoder(item_spec, device, _nested=True), version)
         return encoder
     if kind == "onnx":  # a frozen exported encoder: {"onnx": file, "tokenizer": tokenizer.json}
         from compatret.encoders.onnx_text import OnnxTextEncoder
 
-        return OnnxTextEncoder(path / cfg["onnx"], path / cfg["tokenizer"], version, max_length=int(cfg.get("max_length", 128)))
+        return OnnxTextEncoder(confined(path, str(cfg.get("onnx", "")), "onnx"), confined(path, str(cfg.get("tokenizer", "")), "tokenizer"),
+                               version, max_length=int(cfg.get("max_length", 128)))
     if kind == "image":
         from compatret.encoders.image import ImageEncoder, load_image_model
 

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -351,6 +352,8 @@ class SearchIndex:
         self.gallery_dir = gallery_dir
         self._by_fid = {f.fid: f for f in fragments.values()}
         self._kernels: dict[tuple[str, ...], KernelState] = {}
+        self._building = threading.Lock()  # concurrent queries build a missing kernel once
+        self.retired = False  # set once a newer view took the kernels: searching this one is wrong
 
     @staticmethod
     def load(gallery: Gallery, version: int | None = None) -> SearchIndex:
@@ -394,6 +397,7 @@ class SearchIndex:
                     out._kernels[key] = state
             except (RuntimeError, MemoryError):  # faiss failed half-way: rebuild this kernel when next asked
                 self._kernels.pop(key, None)
+        self.retired = True
         return out
 
     # ---- rows ----------------------------------------------------------------------------
@@ -441,14 +445,18 @@ class SearchIndex:
         """The kernel over one version's rows: kept, loaded from disk and brought up to date, or built."""
         key = (version, name, ann, plan_key)
         state = self._kernels.get(key)
-        if state is None and ann != "flat" and self.gallery_dir is not None:
-            state = _load_kernel(self.gallery_dir, key)
-            if state is not None and not self._sync(key, state, {}, mapper):
-                state = None
-        if state is None:
-            state = self._build(key, mapper)
-        self._kernels[key] = state
-        return state.kernel
+        if state is not None:
+            return state.kernel
+        with self._building:
+            state = self._kernels.get(key)
+            if state is None and ann != "flat" and self.gallery_dir is not None:
+                state = _load_kernel(self.gallery_dir, key)
+                if state is not None and not self._sync(key, state, {}, mapper):
+                    state = None
+            if state is None:
+                state = self._build(key, mapper)
+            self._kernels[key] = state
+            return state.kernel
 
     def _parts(self, version: str, mapper: Mapper | None, keys: list[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         chosen = [self.fragments[k] for k in (keys if keys is not None else sorted(self.fragments))]

@@ -1,123 +1,319 @@
 """HTTP service over one gallery (FastAPI): query, add, delete, upgrade, backfill, health.
 
-Queries read a snapshot of the search index that is refreshed from the table at most every
-`refresh_seconds`; a backfill or an upgrade running beside it (in this process or another)
-never blocks them, and a stale snapshot still ranks correctly because old and new vectors
-are compatible.
+Safe to expose: API keys with read and write scopes (see `auth`), no server paths from
+clients (images arrive as base64 bytes, models are named by id, alias or a folder name in the
+operator's `models_dir`), validated requests with a body limit, and every refusal a 4xx with
+a `detail` that says what was wrong.
+
+Queries read a snapshot of the search index refreshed from the table at most every
+`refresh_seconds`, in parallel with each other and with writes; model inference runs in a
+bounded number of slots. Writes keep the gallery's one-writer discipline (its writer lock).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
 import threading
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, Field
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from compatret.encoders import ALIASES
 from compatret.errors import CompatretError
+from compatret.index.auth import ApiKeys, Scope
 from compatret.index.backfill import backfill, pending_rows
 from compatret.index.service import Service
+from compatret.versions import VERSION_FILE, confined
+
+MAX_BODY_BYTES = 16 * 2**20
+MAX_QUERIES = 256
+MAX_ITEMS = 1024
+MAX_TEXT = 20_000  # characters
+MAX_IMAGE_BASE64 = 8 * 2**20  # characters
+MAX_K = 1000
+MAX_DIM = 65_536
+
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]
+ImageBase64 = Annotated[str, StringConstraints(min_length=1, max_length=MAX_IMAGE_BASE64)]
+RowId = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
 
-class QueryRequest(BaseModel):
-    texts: list[str] | None = None
-    vectors: list[list[float]] | None = None
-    k: int = Field(10, ge=1, le=10_000)
-    model: str | None = None
+def _image_bytes(value: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not valid base64") from exc
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QueryRequest(Strict):
+    """Exactly one of texts, images_base64 or vectors (rows of the query model's dim)."""
+
+    texts: list[Text] | None = Field(None, min_length=1, max_length=MAX_QUERIES)
+    images_base64: list[ImageBase64] | None = Field(None, min_length=1, max_length=MAX_QUERIES)
+    vectors: list[list[float]] | None = Field(None, min_length=1, max_length=MAX_QUERIES)
+    k: int = Field(10, ge=1, le=MAX_K)
+    model: ModelName | None = Field(None, description="A model id of the gallery's lineage, an alias, or a folder name in the server's models dir.")
     payload: bool = False
 
+    @field_validator("images_base64")
+    @classmethod
+    def _decodable(cls, v: list[str] | None) -> list[str] | None:
+        for s in v or []:
+            _image_bytes(s)
+        return v
 
-class Item(BaseModel):
-    id: str | None = None
-    title: str | None = None
-    text: str | None = None
-    image_path: str | None = None
+    @field_validator("vectors")
+    @classmethod
+    def _finite_rectangular(cls, v: list[list[float]] | None) -> list[list[float]] | None:
+        if v is None:
+            return v
+        dim = len(v[0])
+        if not 1 <= dim <= MAX_DIM:
+            raise ValueError(f"each vector needs 1..{MAX_DIM} numbers")
+        for n, row in enumerate(v):
+            if len(row) != dim:
+                raise ValueError(f"vector {n} has {len(row)} numbers, vector 0 has {dim}")
+            if not all(math.isfinite(x) for x in row):
+                raise ValueError(f"vector {n} contains NaN or infinity")
+            if not any(row):
+                raise ValueError(f"vector {n} is all zeros")
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> QueryRequest:
+        if sum(x is not None for x in (self.texts, self.images_base64, self.vectors)) != 1:
+            raise ValueError("give exactly one of texts, images_base64 or vectors")
+        return self
+
+
+class Item(Strict):
+    id: RowId | None = None
+    title: Annotated[str, StringConstraints(max_length=MAX_TEXT)] | None = None
+    text: Annotated[str, StringConstraints(max_length=MAX_TEXT)] | None = None
+    image_base64: ImageBase64 | None = Field(None, description="The image file's bytes, base64-encoded (image galleries).")
     metadata: dict[str, Any] | None = None
 
-
-class AddRequest(BaseModel):
-    items: list[Item] = Field(min_length=1)
-
-
-class DeleteRequest(BaseModel):
-    ids: list[str] = Field(min_length=1)
-
-
-class UpgradeRequest(BaseModel):
-    model: str
+    @field_validator("image_base64")
+    @classmethod
+    def _decodable(cls, v: str | None) -> str | None:
+        if v is not None:
+            _image_bytes(v)
+        return v
 
 
-class BackfillRequest(BaseModel):
+class AddRequest(Strict):
+    items: list[Item] = Field(min_length=1, max_length=MAX_ITEMS)
+
+
+class DeleteRequest(Strict):
+    ids: list[RowId] = Field(min_length=1, max_length=10_000)
+
+
+class UpgradeRequest(Strict):
+    model: ModelName
+
+
+class BackfillRequest(Strict):
     limit: int | None = Field(None, ge=0)
     fraction: float | None = Field(None, ge=0.0, le=1.0)
     order: Literal["random", "uncertainty"] = "random"
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, le=4096)
 
 
-def create_app(directory: str | Path, refresh_seconds: float = 1.0) -> FastAPI:
-    """An app serving the gallery at `directory`."""
-    service = Service.open(directory, refresh_seconds=refresh_seconds)
-    lock = threading.Lock()  # one writer/reader of the service object at a time
-    job: dict[str, Any] = {"thread": None, "report": None, "error": None}
-    app = FastAPI(title="compatret", version="0.1.0", description="Retrieval with backward-compatible embeddings.")
+class Hits(BaseModel):
+    ids: list[str]
+    scores: list[float]
+    table_version: int
+    payloads: list[dict[str, Any]] | None = None
 
-    def guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
+
+class QueryResponse(BaseModel):
+    results: list[Hits]
+
+
+class Health(BaseModel):
+    status: str
+    serving: str
+    rows: int
+    table_version: int
+    snapshot_version: int
+
+
+class BackfillStatus(BaseModel):
+    serving: str
+    rows_by_version: dict[str, int]
+    pending: int
+    unembeddable: int
+    running: bool
+    last_report: dict[str, Any] | None
+    last_error: str | None
+
+
+class ErrorBody(BaseModel):
+    detail: Any
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in ((400, "refused: the detail says why"), (401, "no or unknown API key"), (403, "the key's scope does not allow this"),
+                       (409, "conflicting state (e.g. a backfill already running)"), (413, "request body too large"))
+}
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over `limit` bytes (declared or streamed) with 413."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await _too_large(self.limit)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _BodyTooLarge
+            return message
+
         try:
-            with lock:
-                return fn(*args, **kwargs)
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _too_large(self.limit)(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
+
+
+def create_app(directory: str | Path, refresh_seconds: float = 1.0, keys: ApiKeys | None = None,
+               models_dir: str | Path | None = None, max_body_bytes: int = MAX_BODY_BYTES, inference_slots: int = 2) -> FastAPI:
+    """An app serving the gallery at `directory`; with `keys`, every endpoint but /health needs one."""
+    service = Service.open(directory, refresh_seconds=refresh_seconds)
+    service.inference = threading.BoundedSemaphore(max(1, inference_slots))
+    keys = keys or ApiKeys()
+    job: dict[str, Any] = {"thread": None, "report": None, "error": None}
+    job_lock = threading.Lock()
+    app = FastAPI(title="compatret", version="0.1.0", description="Retrieval with backward-compatible embeddings.")
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    bearer = HTTPBearer(auto_error=False, description="An API key: `read` scope for queries and status, `write` for everything.")
+
+    def access(needed: Scope) -> Any:
+        def check(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+            if not keys.enabled:
+                return
+            if credentials is None:
+                raise HTTPException(401, "missing API key: send `Authorization: Bearer KEY`", headers={"WWW-Authenticate": "Bearer"})
+            scope = keys.scope_of(credentials.credentials)
+            if scope is None:
+                raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+            if needed == "write" and scope != "write":
+                raise HTTPException(403, "this key may read only: writes need a write key")
+        return Depends(check)
+
+    def refused(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
         except CompatretError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
 
-    @app.get("/health")
+    def model_spec(name: str, for_upgrade: bool = False) -> str:
+        """What an HTTP model name may mean: a model this gallery knows, an alias, or a folder in models_dir."""
+        meta = service.meta
+        known = {v.id for k in service._known(meta) for v in k.lineage()}
+        if name in known:
+            return meta.sources.get(name, name) if for_upgrade else name
+        if name in ALIASES:
+            return name
+        if models_dir is not None:
+            try:
+                folder = confined(models_dir, name, "model")
+            except CompatretError:
+                folder = None
+            if folder is not None and (folder / VERSION_FILE).is_file():
+                return str(folder)
+        where = " or a folder in the server's models dir" if models_dir is not None else ""
+        raise HTTPException(400, f"unknown model {name!r}: name one of the gallery's models ({', '.join(sorted(known))}), an alias{where}")
+
+    @app.exception_handler(CompatretError)
+    async def _compatret_error(_: Request, exc: CompatretError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.get("/health", response_model=Health)
     def health() -> dict[str, Any]:
         gallery = service.gallery
         table_version = gallery.latest_version()
         return {"status": "ok", "serving": gallery.meta_at(table_version).serving.id, "rows": gallery.count(),
                 "table_version": table_version, "snapshot_version": service.index.table_version}
 
-    @app.post("/query")
+    @app.post("/query", response_model=QueryResponse, responses=ERRORS, dependencies=[access("read")])
     def query(req: QueryRequest) -> dict[str, Any]:
-        if (req.texts is None) == (req.vectors is None):
-            raise HTTPException(status_code=400, detail="give exactly one of texts or vectors")
         import numpy as np
 
-        kwargs: dict[str, Any] = {"model": req.model, "k": req.k, "include_payload": req.payload}
+        kwargs: dict[str, Any] = {"model": model_spec(req.model) if req.model else None, "k": req.k, "include_payload": req.payload}
         if req.vectors is not None:
             kwargs["vectors"] = np.asarray(req.vectors, dtype=np.float32)
+        elif req.images_base64 is not None:
+            kwargs["images"] = [_image_bytes(s) for s in req.images_base64]
         else:
             kwargs["texts"] = req.texts
-        results = guarded(service.query, **kwargs)
+        results = refused(service.query, **kwargs)
         return {"results": [r.to_dict() for r in results]}
 
-    @app.post("/items")
-    def add(req: AddRequest) -> dict[str, Any]:
-        items = [i.model_dump(exclude_none=True) for i in req.items]
-        return {"added": guarded(service.add_items, items, progress=False)}
+    @app.post("/items", responses=ERRORS, dependencies=[access("write")])
+    def add(req: AddRequest) -> dict[str, int]:
+        items = []
+        for it in req.items:
+            d = it.model_dump(exclude_none=True, exclude={"image_base64"})
+            if it.image_base64 is not None:
+                d["image"] = _image_bytes(it.image_base64)
+            items.append(d)
+        return {"added": refused(service.add_items, items, progress=False)}
 
-    @app.post("/items/delete")
-    def delete(req: DeleteRequest) -> dict[str, Any]:
-        return {"deleted": guarded(service.delete, req.ids)}
+    @app.post("/items/delete", responses=ERRORS, dependencies=[access("write")])
+    def delete(req: DeleteRequest) -> dict[str, int]:
+        return {"deleted": refused(service.delete, req.ids)}
 
-    @app.post("/upgrade")
-    def upgrade(req: UpgradeRequest) -> dict[str, Any]:
-        meta = guarded(service.upgrade, req.model)
+    @app.post("/upgrade", responses=ERRORS, dependencies=[access("write")])
+    def upgrade(req: UpgradeRequest) -> dict[str, str]:
+        meta = refused(service.upgrade, model_spec(req.model, for_upgrade=True))
         return {"serving": meta.serving.id}
 
-    @app.get("/backfill")
+    @app.get("/backfill", response_model=BackfillStatus, responses=ERRORS, dependencies=[access("read")])
     def backfill_status() -> dict[str, Any]:
         running = job["thread"] is not None and job["thread"].is_alive()
-        with lock:
-            by_version = service.rows_by_version()
-            pending = pending_rows(service)
-        return {"serving": service.meta.serving.id, "rows_by_version": by_version, "pending": len(pending.ids),
+        pending = pending_rows(service)
+        return {"serving": service.meta.serving.id, "rows_by_version": service.rows_by_version(), "pending": len(pending.ids),
                 "unembeddable": len(pending.unembeddable), "running": running, "last_report": job["report"],
                 "last_error": job["error"]}
 
-    @app.post("/backfill", status_code=202)
-    def start_backfill(req: BackfillRequest) -> dict[str, Any]:
-        if job["thread"] is not None and job["thread"].is_alive():
-            raise HTTPException(status_code=409, detail="a backfill is already running")
+    @app.post("/backfill", status_code=202, responses=ERRORS, dependencies=[access("write")])
+    def start_backfill(req: BackfillRequest) -> dict[str, bool]:
+        if req.limit is not None and req.fraction is not None:
+            raise HTTPException(400, "give limit or fraction, not both")
 
         def run() -> None:
             worker = Service.open(directory)  # its own handle: queries keep the shared one
@@ -129,8 +325,12 @@ def create_app(directory: str | Path, refresh_seconds: float = 1.0) -> FastAPI:
             except Exception as exc:  # noqa: BLE001  a dead thread must still say why it died
                 job["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
 
-        job["thread"] = threading.Thread(target=run, daemon=True)
-        job["thread"].start()
+        with job_lock:
+            if job["thread"] is not None and job["thread"].is_alive():
+                raise HTTPException(status_code=409, detail="a backfill is already running")
+            job["thread"] = threading.Thread(target=run, daemon=True)
+            job["thread"].start()
         return {"started": True}
 
     return app
+

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
 import uuid
+from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -18,9 +21,52 @@ from compatret.errors import CompatretError
 from compatret.index.gallery import Gallery, GalleryMeta
 from compatret.index.search import ANN_KINDS, backend_name, resolve_ann
 from compatret.index.search_index import SearchIndex
-from compatret.versions import CompatPlan, ModelVersion, apply_plan, normalize, resolve
+from compatret.versions import CompatPlan, ModelVersion, apply_plan, check_same_weights, normalize, resolve
 
 TRANSFORMS_DIR = "transforms"
+ENCODER_CACHE = 4  # encoders kept loaded per service (least recently used goes first)
+
+
+class ReadWriteLock:
+    """Many readers or one writer; a waiting writer holds back new readers, so it is never starved.
+
+    Queries search a view under `read`, in parallel; moving the view forward edits its kernels
+    in place, under `write`."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -70,9 +116,12 @@ class Service:
         self.refresh_seconds = refresh_seconds
         self._checked = 0.0
         self._loader: threading.Thread | None = None
-        self._lock = threading.RLock()  # a query searches one view; a view moves forward between queries
+        self._lock = threading.RLock()  # guards which view is current
+        self._views = ReadWriteLock()  # queries search a view under read; moving it forward is a write
         self._index: SearchIndex | None = None
-        self._encoders: dict[str, Encoder] = {}
+        self._encoders: OrderedDict[str, Encoder] = OrderedDict()
+        self._encoder_lock = threading.Lock()
+        self.inference = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))  # concurrent query encodings
         self._plans: dict[tuple[ModelVersion, ModelVersion], CompatPlan] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -119,7 +168,11 @@ class Service:
             if self._index is None:
                 self._index = SearchIndex.load(self.gallery, self.gallery.latest_version())
             elif not self.refresh_seconds:
-                self._index = self._index.advanced(self.gallery, self.gallery.latest_version())
+                version = self.gallery.latest_version()
+                if version != self._index.table_version:
+                    fresh = self._index.read_fragments(self.gallery, version)
+                    with self._views.write():
+                        self._index = self._index.moved_to(fresh, version)
             elif self._loader is None or not self._loader.is_alive():
                 self._loader = threading.Thread(target=self._advance_in_background, args=(self._index,), daemon=True)
                 self._loader.start()
@@ -129,30 +182,48 @@ class Service:
         """Servers: read the next version's rows on a handle of its own while queries go on, then
         move the kernels under the lock (a pause as long as the change, not the gallery)."""
         gallery = Gallery.open(self.gallery.path)
+        if gallery.version == current.table_version:
+            return
         fresh = current.read_fragments(gallery, gallery.version)
-        with self._lock:
+        with self._lock, self._views.write():
             self._index = current.moved_to(fresh, gallery.version)
 
     # ---- models ----------------------------------------------------------------------
+    @staticmethod
+    def _known(meta: GalleryMeta) -> list[ModelVersion]:
+        """Every model version this gallery has recorded: serving, first, and the writers of rows."""
+        return [meta.serving, meta.vector_model, *meta.versions.values()]
+
     def _version(self, model: str | None, meta: GalleryMeta | None = None) -> ModelVersion:
+        """The version `model` names: an id this gallery knows, else an alias or a model folder,
+        refused when it reuses a known id with other weights."""
         meta = meta or self.meta
         if model is None:
             return meta.serving
-        for v in (meta.serving, meta.vector_model, *meta.versions.values()):
-            if model == v.id:
-                return v
-        return load_version(model)
+        for known in self._known(meta):
+            for v in known.lineage():
+                if model == v.id:
+                    return v
+        version = load_version(model)
+        check_same_weights(self._known(meta), version)
+        return version
 
     def encoder(self, model: str | None = None, meta: GalleryMeta | None = None) -> Encoder:
-        """The encoder of `model` (default: the serving model of `meta`, else of the latest version), loaded once."""
+        """The encoder of `model` (default: the serving model of `meta`, else of the latest version),
+        loaded once; the last few used stay loaded."""
         meta = meta or self.meta
         version = self._version(model, meta)
-        spec = model if model is not None and model not in (meta.serving.id, meta.vector_model.id) else meta.sources.get(version.id)
+        named = model is None or any(model == v.id for k in self._known(meta) for v in k.lineage())
+        spec = meta.sources.get(version.id) if named else model
         if spec is None:
             raise CompatretError(f"model {version.id!r} has no weights recorded in this gallery: query with --vectors")
-        if spec not in self._encoders:
-            self._encoders[spec] = load_encoder(spec)
-        return self._encoders[spec]
+        with self._encoder_lock:
+            if spec not in self._encoders:
+                self._encoders[spec] = load_encoder(spec)
+                while len(self._encoders) > ENCODER_CACHE:
+                    self._encoders.popitem(last=False)
+            self._encoders.move_to_end(spec)
+            return self._encoders[spec]
 
     def _check_writer(self, vectors: np.ndarray, version: ModelVersion, meta: GalleryMeta, block: int = 100_000) -> None:
         """Rows are stored in their own model's space; the serving model must be able to query them.
@@ -216,6 +287,9 @@ class Service:
             meta = self.meta
             self._check_new_ids(ids)
             is_image = meta.modality == "image"
+            stray = [i for i, im in zip(ids, images) if im is not None] if not is_image else []
+            if stray:
+                raise CompatretError(f"this gallery holds {meta.modality}: {len(stray)} items carry an image, e.g. id {stray[0]!r}")
             payload = images if is_image else [t or ti or None for t, ti in zip(texts, titles)]
             missing = [i for i, p in zip(ids, payload) if p is None]
             if missing:
@@ -253,6 +327,7 @@ class Service:
         version = load_version(model)
         with self.gallery.writing("upgrade"):
             meta = self.meta
+            check_same_weights(self._known(meta), version)
             if version.modality != meta.modality and meta.modality != "vector":
                 raise CompatretError(f"model {version.id!r} is for {version.modality}, this gallery holds {meta.modality}")
             for writer in (meta.vector_model, *meta.versions.values()):
@@ -272,7 +347,8 @@ class Service:
             new_meta = replace(self.gallery.record("upgrade", model=version.id, previous=meta.serving.id),
                                serving=version, sources=sources)
             self.gallery.set_meta(new_meta)
-        self._encoders.clear()
+        with self._encoder_lock:
+            self._encoders.clear()
         return new_meta
 
     # ---- reads -----------------------------------------------------------------------
@@ -314,18 +390,22 @@ class Service:
             raise CompatretError("give exactly one of texts, images or vectors")
         if k < 1:
             raise CompatretError(f"k must be >= 1, got {k}")
-        with self._lock:  # one view for the whole query
+        encoded: tuple[str, np.ndarray] | None = None
+        while True:  # one view for the whole query; again if it moved on before the search began
             index = self.index
             meta = self.gallery.meta_at(index.table_version)
             version = self._version(model, meta)
-            if vectors is None:
-                enc = self.encoder(model, meta)  # the model of the view searched, even right after an upgrade
-                vectors = enc.encode_queries(list(texts if texts is not None else images))  # type: ignore[arg-type]
-            vectors = np.asarray(vectors, dtype=np.float32)
-            if vectors.ndim != 2 or vectors.shape[1] != version.dim:
-                raise CompatretError(f"query vectors must have shape (n, {version.dim}) for model {version.id!r}, got {vectors.shape}")
-            scores, labels = self._search(index, meta, version, vectors, k)
-            ids, row_versions = index.ids_of(labels)
+            if vectors is not None:
+                q = check_query_vectors(vectors, version)
+            elif encoded is None or encoded[0] != version.id:
+                encoded = (version.id, self._encode(texts, images, version, model, meta))
+                q = encoded[1]
+            with self._views.read():
+                if index.retired:
+                    continue
+                scores, labels = self._search(index, meta, version, q, k)
+                ids, row_versions = index.ids_of(labels)
+            break
         hit = labels >= 0
         id_rows, score_rows = ids.tolist(), scores.tolist()
         if not hit.all():  # fewer hits than k: drop the padding
@@ -337,6 +417,17 @@ class Service:
             results = [replace(r, payloads=[_public_payload({**fetched[int(lab)], "model_version": v}) for lab, v in zip(lr[h], vr[h])])
                        for r, lr, vr, h in zip(results, labels, row_versions, hit)]
         return results
+
+    def _encode(self, texts: Sequence[str] | None, images: Sequence[Any] | None, version: ModelVersion,
+                model: str | None, meta: GalleryMeta) -> np.ndarray:
+        """Query vectors from texts (a text model) or images (an image model): never one read as the other."""
+        wanted = "text" if texts is not None else "image"
+        if version.modality != wanted:
+            raise CompatretError(f"{wanted} queries need a {wanted} model; {version.id!r} is a {version.modality} model")
+        enc = self.encoder(model, meta)  # the model of the view searched, even right after an upgrade
+        with self.inference:
+            vectors = enc.encode_queries(list(texts if texts is not None else images))  # type: ignore[arg-type]
+        return check_query_vectors(vectors, version)
 
     def _search(self, index: SearchIndex, meta: GalleryMeta, version: ModelVersion, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Search each version's rows in its plan's space and merge: (scores, labels), -1 labels pad."""
@@ -390,6 +481,20 @@ class Service:
             "kernel": backend_name(self.kernel_name),
             "history": list(meta.history),
         }
+
+
+def check_query_vectors(vectors: Any, version: ModelVersion) -> np.ndarray:
+    """Query vectors as float32 [n, dim]: finite and non-zero, else one error naming the row."""
+    q = np.asarray(vectors, dtype=np.float32)
+    if q.ndim != 2 or q.shape[1] != version.dim or not len(q):
+        raise CompatretError(f"query vectors must have shape (n, {version.dim}) for model {version.id!r}, got {q.shape}")
+    bad = np.flatnonzero(~np.isfinite(q).all(axis=1))
+    if len(bad):
+        raise CompatretError(f"query vector {int(bad[0])} contains NaN or infinity")
+    zero = np.flatnonzero(~q.any(axis=1))
+    if len(zero):
+        raise CompatretError(f"query vector {int(zero[0])} is all zeros: it has no direction to rank by")
+    return q
 
 
 def _public_payload(row: dict[str, Any]) -> dict[str, Any]:

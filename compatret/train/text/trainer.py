@@ -153,7 +153,7 @@ def train_retriever(cfg: RetrieverConfig, progress: bool = True) -> Path:
     start, seconds, history = 0, 0.0, []
     ckpt = out / CHECKPOINT
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=_device(), weights_only=False)
+        state = torch.load(ckpt, map_location=_device(), weights_only=True)
         if state["fingerprint"] != fp:
             raise CompatretError(f"{ckpt} belongs to a different run; choose another --out or delete it")
         model.load_state_dict(state["model"])

@@ -127,7 +127,7 @@ class ModelVersion:
     compat: Compat = field(default_factory=Compat.identity)
     method: str = "pretrained"
     metric: str = "cosine"
-    digest: str | None = None  # weights_digest of its folder when saved; None for aliases and older records
+    digest: str | None = field(default=None, compare=False)  # weights_digest of its folder when saved; None for aliases and older records (checked by check_same_weights, not by ==)
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -314,7 +314,10 @@ def apply_plan(plan: CompatPlan, queries: np.ndarray | None, gallery: np.ndarray
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation (zero rows stay zero)."""
+    """Row-wise L2 normalisation (zero rows stay zero); rows are first scaled by their largest
+    magnitude, so 1e20 or 1e-30 components neither overflow nor vanish when squared."""
     x = np.asarray(x, dtype=np.float32)
+    peak = np.abs(x).max(axis=1, keepdims=True) if x.size else np.ones((len(x), 1), np.float32)
+    x = x / np.where(peak > 0, peak, 1).astype(np.float32)
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(n, 1e-12)

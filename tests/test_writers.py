@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from compatret.index.search_index import CACHE_DIR
 from compatret.index.service import Service
 from compatret.index.verify import verify
 from compatret.index.writer_lock import retry_commit, writer_lock
-from compatret.versions import normalize
+from compatret.versions import VERSION_FILE, normalize
 
 ENV = {**os.environ, "LANCEDB_LOG": "error"}
 
@@ -197,6 +198,9 @@ def test_server_backfill_thread_reports_unexpected_errors(tmp_path, digit_models
     shutil.copytree(digit_models["v2"], broken)
     for w in broken.glob("*.pt"):
         w.write_bytes(b"not weights")
+    record = json.loads((broken / VERSION_FILE).read_text())
+    record.pop("digest")  # a record from before digests: the broken weights get past the upgrade
+    (broken / VERSION_FILE).write_text(json.dumps(record))
     s = Service.create(tmp_path / "g", model=digit_models["v1"])
     s.add_items(digit_models["items"][:10], progress=False)
     s.upgrade(str(broken))

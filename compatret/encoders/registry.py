@@ -88,11 +88,8 @@ def load_encoder(spec: str, device: str | None = None, _nested: bool = False) ->
     if kind == "sentence-transformers":
         from compatret.encoders.text import SentenceTransformerEncoder
 
-        encoder = SentenceTransformerEncoder(path, version, device=device)
-        if cfg.get("item_encoder"):  # query-only model (ADORE): items keep the frozen old encoder
-            from compatret.encoders.two_tower import TwoTowerEncoder
-
-            item_spec = str(cfg["item_encoder"])
+        item_spec = str(cfg["item_encoder"]) if cfg.get("item_encoder") else None
+        if item_spec is not None:  # query-only model (ADORE): items keep the frozen old encoder
             if _nested:
                 raise CompatretError(f"model folder {spec}: an item encoder cannot have an item encoder of its own")
             if item_spec not in ALIASES:
@@ -100,6 +97,10 @@ def load_encoder(spec: str, device: str | None = None, _nested: bool = False) ->
                 if local == path.resolve():
                     raise CompatretError(f"model folder {spec}: item_encoder names the folder itself")
                 item_spec = str(local)
+        encoder = SentenceTransformerEncoder(path, version, device=device)
+        if item_spec is not None:
+            from compatret.encoders.two_tower import TwoTowerEncoder
+
             return TwoTowerEncoder(encoder, load_encoder(item_spec, device, _nested=True), version)
         return encoder
     if kind == "onnx":  # a frozen exported encoder: {"onnx": file, "tokenizer": tokenizer.json}

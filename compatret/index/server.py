@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -53,7 +54,9 @@ def _image_bytes(value: str) -> bytes:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields refused; no lax coercion (`"0"` or `true` is not an integer)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class QueryRequest(Strict):
@@ -171,6 +174,44 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+OPEN_PATHS = ("/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+READ_ROUTES = {("POST", "/query"), ("GET", "/backfill")}
+
+
+def needed_scope(method: str, path: str) -> Scope | None:
+    """The scope a request needs: none for health and the API docs, read for queries and status,
+    write for everything else (unknown routes included)."""
+    if method in ("GET", "HEAD") and path in OPEN_PATHS:
+        return None
+    return "read" if (method, path) in READ_ROUTES else "write"
+
+
+class KeyCheck:
+    """ASGI middleware: the API key is checked before the body is read, so a request without a
+    valid key costs no parsing; 401 (no or unknown key), 403 (read key, write route)."""
+
+    def __init__(self, app: Any, keys: ApiKeys) -> None:
+        self.app, self.keys = app, keys
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        needed = needed_scope(scope.get("method", ""), scope.get("path", "")) if scope["type"] == "http" else None
+        if needed is None or not self.keys.enabled:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        kind, _, key = header.partition(" ")
+        granted = self.keys.scope_of(key.strip()) if kind.lower() == "bearer" and key.strip() else None
+        if granted is None:
+            detail = "unknown API key" if header else "missing API key: send `Authorization: Bearer KEY`"
+            response = JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        elif needed == "write" and granted != "write":
+            response = JSONResponse({"detail": "this key may read only: writes need a write key"}, status_code=403)
+        else:
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
+
+
 class BodyLimit:
     """ASGI middleware: refuse a request body over `limit` bytes (declared or streamed) with 413."""
 
@@ -219,20 +260,16 @@ def create_app(directory: str | Path, refresh_seconds: float = 1.0, keys: ApiKey
     job_lock = threading.Lock()
     app = FastAPI(title="compatret", version="0.1.0", description="Retrieval with backward-compatible embeddings.")
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(KeyCheck, keys=keys)  # added last: runs first, before the body limit and any parsing
     bearer = HTTPBearer(auto_error=False, description="An API key: `read` scope for queries and status, `write` for everything.")
 
     def access(needed: Scope) -> Any:
-        def check(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-            if not keys.enabled:
-                return
-            if credentials is None:
-                raise HTTPException(401, "missing API key: send `Authorization: Bearer KEY`", headers={"WWW-Authenticate": "Bearer"})
-            scope = keys.scope_of(credentials.credentials)
-            if scope is None:
-                raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
-            if needed == "write" and scope != "write":
-                raise HTTPException(403, "this key may read only: writes need a write key")
-        return Depends(check)
+        """Documents the key a route needs in the OpenAPI schema; KeyCheck enforces it (see needed_scope)."""
+        async def documented(_: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+            return None
+
+        documented.__doc__ = f"needs a {needed} key"
+        return Depends(documented)
 
     def refused(fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -258,6 +295,12 @@ def create_app(directory: str | Path, refresh_seconds: float = 1.0, keys: ApiKey
         where = " or a folder in the server's models dir" if models_dir is not None else ""
         raise HTTPException(400, f"unknown model {name!r}: name one of the gallery's models ({', '.join(sorted(known))}), an alias{where}")
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 naming each bad field and why; the input is not echoed (it may be huge, or NaN)."""
+        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
     @app.exception_handler(CompatretError)
     async def _compatret_error(_: Request, exc: CompatretError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
@@ -270,7 +313,7 @@ def create_app(directory: str | Path, refresh_seconds: float = 1.0, keys: ApiKey
                 "table_version": table_version, "snapshot_version": service.index.table_version}
 
     @app.post("/query", response_model=QueryResponse, responses=ERRORS, dependencies=[access("read")])
-    def query(req: QueryRequest) -> dict[str, Any]:
+    def query(req: QueryRequest) -> JSONResponse:
         import numpy as np
 
         kwargs: dict[str, Any] = {"model": model_spec(req.model) if req.model else None, "k": req.k, "include_payload": req.payload}
@@ -281,7 +324,7 @@ def create_app(directory: str | Path, refresh_seconds: float = 1.0, keys: ApiKey
         else:
             kwargs["texts"] = req.texts
         results = refused(service.query, **kwargs)
-        return {"results": [r.to_dict() for r in results]}
+        return JSONResponse({"results": [r.to_dict() for r in results]})  # already the documented shape: no re-validation
 
     @app.post("/items", responses=ERRORS, dependencies=[access("write")])
     def add(req: AddRequest) -> dict[str, int]:

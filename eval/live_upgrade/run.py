@@ -166,28 +166,13 @@ def _ann_pair(x: np.ndarray, q: np.ndarray, kind: str) -> dict[str, float]:
     return {"rows": float(len(x)), "recall_at_10": recall, "speedup": t_exact / t_ann, "exact_s": t_exact, "ann_s": t_ann, "build_s": build}
 
 
-def load(work: Path, queries: int = 10_000) -> dict[str, float]:
-    """10,000 HTTP queries from this process to `compatret serve` while a backfill and an upgrade run."""
+def _client(url: str, key: str, n: int, seed: int) -> tuple[list[float], int]:
+    """One HTTP client (its own process): n vector queries in a row; latencies (ms) and failures."""
     import httpx
 
-    v1, v2, items = digit_models(work)
-    items = [{**it, "id": f"{it['id']}-{copy}"} for copy in range(4) for it in items]  # 7,188 rows: a longer backfill
-    s = Service.create(work / "g", model=v1)
-    s.add_items(items, progress=False)
-    port = 18000 + os.getpid() % 1000
-    server = subprocess.Popen([sys.executable, "-m", "compatret", "serve", str(work / "g"), "--port", str(port), "--refresh-seconds", "0.2"],
-                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    for _ in range(200):
-        try:
-            client.get("/health")
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    vecs = np.random.default_rng(1).normal(size=(64, 32)).tolist()
-
-    def run(n: int) -> tuple[list[float], int]:
-        lat, failed = [], 0
+    vecs = np.random.default_rng(seed).normal(size=(64, 32)).tolist()
+    lat, failed = [], 0
+    with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as client:
         for i in range(n):
             t0 = time.perf_counter()
             try:
@@ -196,20 +181,59 @@ def load(work: Path, queries: int = 10_000) -> dict[str, float]:
             except httpx.HTTPError:
                 failed += 1
             lat.append((time.perf_counter() - t0) * 1000)
-        return lat, failed
+    return lat, failed
 
-    idle, idle_failed = run(2000)
-    client.post("/upgrade", json={"model": v2})
-    job = subprocess.Popen([sys.executable, "-m", "compatret", "index", "backfill", str(work / "g"), "--batch-size", "16", "--json"],
-                           env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    busy, failed = run(queries)
+
+def _clients(pool: Any, url: str, key: str, clients: int, queries: int) -> dict[str, float]:
+    """`queries` split over `clients` concurrent client processes: throughput, p50/p99, failures."""
+    t0 = time.perf_counter()
+    parts = pool.starmap(_client, [(url, key, queries // clients, c) for c in range(clients)])
+    seconds = time.perf_counter() - t0
+    lat = [x for p in parts for x in p[0]]
+    return {"clients": clients, "queries": len(lat), "failed": sum(p[1] for p in parts), "qps": len(lat) / seconds,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+
+
+def load(work: Path, queries: int = 10_000, clients: int = 8) -> dict[str, Any]:
+    """HTTP queries to `compatret serve` (with an API key) from 1 and from 8 concurrent client
+    processes, idle, then 10,000 queries from 8 clients while an upgrade and a backfill run."""
+    import multiprocessing as mp
+
+    import httpx
+
+    v1, v2, items = digit_models(work)
+    items = [{**it, "id": f"{it['id']}-{copy}"} for copy in range(4) for it in items]  # 7,188 rows: a longer backfill
+    s = Service.create(work / "g", model=v1)
+    s.add_items(items, progress=False)
+    key = "load-benchmark-key-0123456789"
+    port = 18000 + os.getpid() % 1000
+    server = subprocess.Popen([sys.executable, "-m", "compatret", "serve", str(work / "g"), "--port", str(port), "--refresh-seconds", "0.2",
+                               "--models-dir", str(Path(v2).parent)],
+                              env={**ENV, "COMPATRET_API_KEY": key}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            httpx.get(f"{url}/health")
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    with mp.get_context("spawn").Pool(clients) as pool:
+        _clients(pool, url, key, clients, 8 * clients)  # warm: kernels built, client processes started
+        one = _clients(pool, url, key, 1, 2000)
+        many = _clients(pool, url, key, clients, 2000)
+        print(f"[load] idle: 1 client {one['qps']:.0f} q/s, {clients} clients {many['qps']:.0f} q/s", flush=True)
+        httpx.post(f"{url}/upgrade", json={"model": Path(v2).name}, headers={"Authorization": f"Bearer {key}"}).raise_for_status()
+        job = subprocess.Popen([sys.executable, "-m", "compatret", "index", "backfill", str(work / "g"), "--batch-size", "16", "--json"],
+                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        busy = _clients(pool, url, key, clients, queries)
     backfill_running_to_end = job.poll() is None
     job.wait()
     server.terminate()
     server.wait()
-    return {"queries": queries, "failed": failed + idle_failed, "p50_ms": float(np.percentile(busy, 50)),
-            "p99_ms": float(np.percentile(busy, 99)), "p50_ms_idle": float(np.percentile(idle, 50)),
-            "p99_ms_idle": float(np.percentile(idle, 99)), "backfill_ran_throughout": backfill_running_to_end}
+    return {"queries": busy["queries"], "failed": busy["failed"] + one["failed"] + many["failed"], "clients": clients,
+            "p50_ms": busy["p50_ms"], "p99_ms": busy["p99_ms"], "qps": busy["qps"],
+            "idle_one_client": one, "idle_many_clients": many, "idle_speedup": many["qps"] / one["qps"],
+            "backfill_ran_throughout": backfill_running_to_end}
 
 
 def throughput(work: Path, n_docs: int = 1000) -> float:
@@ -374,7 +398,11 @@ def _table(r: dict[str, Any]) -> str:
             lines.append(f"| IVF on {k} ({int(v['rows']):,} rows) | recall@10 {v['recall_at_10']:.4f}, {v['speedup']:.1f}x exact throughput |")
     if "load" in r:
         x = r["load"]
-        lines.append(f"| {x['queries']:,} HTTP queries during upgrade + backfill | {x['failed']} failed; p50 {x['p50_ms']:.1f} ms, p99 {x['p99_ms']:.1f} ms (idle: p50 {x['p50_ms_idle']:.1f}, p99 {x['p99_ms_idle']:.1f}) |")
+        one, many = x["idle_one_client"], x["idle_many_clients"]
+        lines.append(f"| {x['queries']:,} HTTP queries from {x['clients']} clients during upgrade + backfill | {x['failed']} failed; "
+                     f"{x['qps']:,.0f} q/s, p50 {x['p50_ms']:.1f} ms, p99 {x['p99_ms']:.1f} ms |")
+        lines.append(f"| idle, 1 client vs {x['clients']} clients (2,000 queries each) | {one['qps']:,.0f} vs {many['qps']:,.0f} q/s "
+                     f"({x['idle_speedup']:.2f}x); p50 {one['p50_ms']:.1f} / {many['p50_ms']:.1f} ms, p99 {one['p99_ms']:.1f} / {many['p99_ms']:.1f} ms |")
     for name, pts in r.get("backfill_curve", {}).items():
         lines.append(f"| backfill curve, {name} order | " + ", ".join(f"{int(p)} %: {v:.3f}" for p, v in pts) + " |")
     if "backfill_throughput_ratio" in r:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -246,29 +247,32 @@ def index_prune(directory: str, older_than_days: float, as_json: bool) -> None:
 @click.option("--api-key-file", type=click.Path(dir_okay=False), help="Keys, one per line: `read KEY` or `write KEY` (also $COMPATRET_API_KEY = write, $COMPATRET_READ_API_KEY = read).")
 @click.option("--models-dir", type=click.Path(file_okay=False), help="Folder whose model folders clients may name (by folder name) in `model`.")
 @click.option("--max-body-mb", type=float, default=16.0, show_default=True, help="Largest request body accepted.")
-@click.option("--inference-slots", type=int, default=2, show_default=True, help="Query encodings run at once.")
+@click.option("--inference-slots", type=int, default=2, show_default=True, help="Query encodings run at once (per worker).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Server processes; each holds its own search kernels.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without API keys.")
 @friendly
 def serve(directory: str, host: str, port: int, refresh_seconds: float, api_key_file: str | None, models_dir: str | None,
-          max_body_mb: float, inference_slots: int, insecure: bool) -> None:
+          max_body_mb: float, inference_slots: int, workers: int, insecure: bool) -> None:
     """Serve a gallery over HTTP (OpenAPI schema at /docs and /openapi.json)."""
     import uvicorn
 
     from compatret.index.auth import ApiKeys, is_loopback
     from compatret.index.gallery import Gallery
-    from compatret.index.server import create_app
+    from compatret.index.server import SERVE_CONFIG_ENV
 
     keys = ApiKeys.load(api_key_file)
     if not keys.enabled and not is_loopback(host) and not insecure:
         raise CompatretError(f"refusing to serve on {host} without API keys: give --api-key-file or $COMPATRET_API_KEY (or --insecure)")
     if models_dir is not None and not Path(models_dir).is_dir():
         raise CompatretError(f"--models-dir {models_dir} is not a folder")
-    if max_body_mb <= 0 or inference_slots < 1:
-        raise CompatretError("--max-body-mb must be > 0 and --inference-slots >= 1")
+    if max_body_mb <= 0 or inference_slots < 1 or workers < 1:
+        raise CompatretError("--max-body-mb must be > 0, --inference-slots and --workers >= 1")
     Gallery.open(directory)  # one clear error for a missing gallery, before the server starts
-    app = create_app(directory, refresh_seconds, keys=keys, models_dir=models_dir,
-                     max_body_bytes=int(max_body_mb * 2**20), inference_slots=inference_slots)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    os.environ[SERVE_CONFIG_ENV] = json.dumps({
+        "directory": str(Path(directory).resolve()), "refresh_seconds": refresh_seconds, "api_key_file": api_key_file,
+        "models_dir": models_dir and str(Path(models_dir).resolve()), "max_body_bytes": int(max_body_mb * 2**20),
+        "inference_slots": inference_slots})
+    uvicorn.run("compatret.index.server:app_from_env", factory=True, workers=workers, host=host, port=port, log_level="warning")
 
 
 @main.command("query")

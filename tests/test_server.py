@@ -1,4 +1,4 @@
-"""The HTTP service on loopback, with a real client, while a backfill and an upgrade run."""
+"""The HTTP service on loopback (two worker processes), with a real client, while a backfill and an upgrade run."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def server(tmp_path, digit_models):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "compatret", "serve", str(tmp_path / "g"), "--port", str(port), "--refresh-seconds", "0.05",
-         "--models-dir", os.path.dirname(digit_models["v2"])],
+         "--models-dir", os.path.dirname(digit_models["v2"]), "--workers", "2"],
         env={**os.environ, "LANCEDB_LOG": "error"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
@@ -80,6 +80,9 @@ def test_http_api_under_upgrade_and_backfill(server, digit_models):
         status = c.get("/backfill").json()
         assert status["last_error"] is None
     assert status["rows_by_version"] == {"v2": 150}
+    for _ in range(6):  # fresh connections reach either worker: both know the job and its report
+        report = httpx.get(f"{server}/backfill", timeout=30).json()["last_report"]
+        assert report is not None and report["done"] == 150
     assert failures == 0 and answered > 10
     assert c.post("/items/delete", json={"ids": ["d0"]}).json() == {"deleted": 1}
     assert c.get("/health").json()["rows"] == 149

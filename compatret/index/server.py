@@ -29,6 +29,7 @@ from compatret.encoders import ALIASES
 from compatret.errors import CompatretError
 from compatret.index.auth import ApiKeys, Scope
 from compatret.index.backfill import backfill, pending_rows
+from compatret.index.backfill_job import BackfillJob
 from compatret.index.service import Service
 from compatret.versions import VERSION_FILE, confined
 
@@ -250,14 +251,26 @@ def _too_large(limit: int) -> JSONResponse:
     return JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
 
 
+SERVE_CONFIG_ENV = "COMPATRET_SERVE_CONFIG"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process of `compatret serve --workers N` (settings from the environment)."""
+    import json
+    import os
+
+    cfg = json.loads(os.environ[SERVE_CONFIG_ENV])
+    keys = ApiKeys.load(cfg.pop("api_key_file"))
+    return create_app(keys=keys, **cfg)
+
+
 def create_app(directory: str | Path, refresh_seconds: float = 1.0, keys: ApiKeys | None = None,
                models_dir: str | Path | None = None, max_body_bytes: int = MAX_BODY_BYTES, inference_slots: int = 2) -> FastAPI:
     """An app serving the gallery at `directory`; with `keys`, every endpoint but /health needs one."""
     service = Service.open(directory, refresh_seconds=refresh_seconds)
     service.inference = threading.BoundedSemaphore(max(1, inference_slots))
     keys = keys or ApiKeys()
-    job: dict[str, Any] = {"thread": None, "report": None, "error": None}
-    job_lock = threading.Lock()
+    job = BackfillJob(directory)
     app = FastAPI(title="compatret", version="0.1.0", description="Retrieval with backward-compatible embeddings.")
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_middleware(KeyCheck, keys=keys)  # added last: runs first, before the body limit and any parsing
@@ -347,32 +360,24 @@ def create_app(directory: str | Path, refresh_seconds: float = 1.0, keys: ApiKey
 
     @app.get("/backfill", response_model=BackfillStatus, responses=ERRORS, dependencies=[access("read")])
     def backfill_status() -> dict[str, Any]:
-        running = job["thread"] is not None and job["thread"].is_alive()
+        running = job.running()
         pending = pending_rows(service)
+        last = job.last()
         return {"serving": service.meta.serving.id, "rows_by_version": service.rows_by_version(), "pending": len(pending.ids),
-                "unembeddable": len(pending.unembeddable), "running": running, "last_report": job["report"],
-                "last_error": job["error"]}
+                "unembeddable": len(pending.unembeddable), "running": running, "last_report": last.get("report"),
+                "last_error": last.get("error")}
 
     @app.post("/backfill", status_code=202, responses=ERRORS, dependencies=[access("write")])
     def start_backfill(req: BackfillRequest) -> dict[str, bool]:
         if req.limit is not None and req.fraction is not None:
             raise HTTPException(400, "give limit or fraction, not both")
 
-        def run() -> None:
+        def run() -> dict[str, Any]:
             worker = Service.open(directory)  # its own handle: queries keep the shared one
-            try:
-                job["report"] = backfill(worker, req.limit, req.fraction, req.order, req.batch_size, progress=False).to_dict()
-                job["error"] = None
-            except CompatretError as exc:
-                job["error"] = str(exc)
-            except Exception as exc:  # noqa: BLE001  a dead thread must still say why it died
-                job["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            return backfill(worker, req.limit, req.fraction, req.order, req.batch_size, progress=False).to_dict()
 
-        with job_lock:
-            if job["thread"] is not None and job["thread"].is_alive():
-                raise HTTPException(status_code=409, detail="a backfill is already running")
-            job["thread"] = threading.Thread(target=run, daemon=True)
-            job["thread"].start()
+        if not job.start(run):
+            raise HTTPException(status_code=409, detail="a backfill is already running")
         return {"started": True}
 
     return app

@@ -1,0 +1,75 @@
+"""The background backfill a server runs, seen alike by all its worker processes and after a restart.
+
+The job holds a file lock in the gallery for as long as it runs (so a second start, from any
+worker, is refused) and writes its last report or error next to it when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from filelock import FileLock, Timeout
+
+from compatret.errors import CompatretError
+
+JOB_LOCK = ".backfill-job.lock"
+JOB_FILE = ".backfill-job.json"
+
+
+class BackfillJob:
+    """Start, and report on, the one background backfill of a gallery."""
+
+    def __init__(self, gallery_dir: str | Path) -> None:
+        self.dir = Path(gallery_dir)
+
+    def _lock(self) -> FileLock:
+        return FileLock(str(self.dir / JOB_LOCK), thread_local=False)
+
+    def running(self) -> bool:
+        lock = self._lock()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
+    def last(self) -> dict[str, Any]:
+        """{"report": ..., "error": ...} of the last job that ended ({} before the first)."""
+        try:
+            return dict(json.loads((self.dir / JOB_FILE).read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def start(self, run: Callable[[], dict[str, Any]]) -> bool:
+        """Run `run` in a thread unless a job runs already (then False). Any exception it raises
+        is recorded as the job's error, so a dead job still says why it died."""
+        lock = self._lock()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return False
+
+        def target() -> None:
+            outcome: dict[str, Any] = {"report": None, "error": None}
+            try:
+                outcome["report"] = run()
+            except CompatretError as exc:
+                outcome["error"] = str(exc)
+            except Exception as exc:  # noqa: BLE001
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                outcome["error"] = f"{type(exc).__name__}: {first}"
+            finally:
+                outcome["ended"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                tmp = self.dir / f".{JOB_FILE}.{os.getpid()}.tmp"
+                tmp.write_text(json.dumps(outcome))
+                os.replace(tmp, self.dir / JOB_FILE)
+                lock.release()
+
+        threading.Thread(target=target, daemon=True).start()
+        return True

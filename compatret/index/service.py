@@ -21,7 +21,7 @@ from compatret.errors import CompatretError
 from compatret.index.gallery import Gallery, GalleryMeta
 from compatret.index.search import ANN_KINDS, backend_name, resolve_ann
 from compatret.index.search_index import SearchIndex
-from compatret.versions import CompatPlan, ModelVersion, apply_plan, check_same_weights, normalize, resolve
+from compatret.versions import CompatPlan, ModelVersion, apply_plan, check_same_weights, confined, normalize, resolve
 
 TRANSFORMS_DIR = "transforms"
 ENCODER_CACHE = 4  # encoders kept loaded per service (least recently used goes first)
@@ -333,14 +333,16 @@ class Service:
             for writer in (meta.vector_model, *meta.versions.values()):
                 resolve(version, writer, self.gallery.path)  # refuses a model that cannot read every row
             model_dir = Path(model)
-            transforms = [model_dir / TRANSFORMS_DIR / f"{n.id}.npy" for n in version.lineage() if n.compat.kind == "transform"]
+            names = [f"{n.id}.npy" for n in version.lineage() if n.compat.kind == "transform"]
+            transforms = [confined(model_dir, f"{TRANSFORMS_DIR}/{name}", "transform file") for name in names]
+            targets = [confined(self.gallery.path, f"{TRANSFORMS_DIR}/{name}", "transform file") for name in names]
             missing = [t for t in transforms if not t.exists()]
             if missing:
                 raise CompatretError(f"model {version.id!r} lacks its transform file {missing[0]}")
             if transforms:  # only once the upgrade is known to be valid: a refusal changes nothing
                 (self.gallery.path / TRANSFORMS_DIR).mkdir(exist_ok=True)
-            for src in transforms:
-                shutil.copyfile(src, self.gallery.path / TRANSFORMS_DIR / src.name)
+            for src, target in zip(transforms, targets):
+                shutil.copyfile(src, target)
             sources = dict(meta.sources)
             if (model_dir / "encoder.json").exists() or model in ALIASES:
                 sources[version.id] = _source_of(model)

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -45,6 +46,28 @@ def index_create(directory: str, model: str | None, dim: int | None, version_id:
     emit(info, as_json, f"created {directory}: {info['dim']}-d, serving {info['serving_model']}")
 
 
+def engine_options(fn: Any) -> Any:
+    """--engine local|ray and the Ray settings, shared by `index add` and `index backfill`."""
+    for option in reversed([
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="ray: encode in Ray actors that write Lance fragments; this process commits them once per step."),
+        click.option("--ray-address", help="A running Ray cluster (default: $RAY_ADDRESS, else a local one is started)."),
+        click.option("--workers", type=int, default=2, show_default=True, help="Ray encoding actors."),
+        click.option("--num-gpus-per-worker", type=float, default=0.0, show_default=True),
+        click.option("--step-rows", type=int, default=50_000, show_default=True, help="Rows per commit with --engine ray."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def ray_options(engine: str, ray_address: str | None, workers: int, num_gpus_per_worker: float, step_rows: int, batch_size: int) -> Any:
+    from compatret.index.ray_engine import RayOptions
+
+    if workers < 1 or num_gpus_per_worker < 0 or step_rows < 1:
+        raise CompatretError("--workers and --step-rows must be >= 1, --num-gpus-per-worker >= 0")
+    return RayOptions(ray_address, workers, batch_size, num_gpus_per_worker, step_rows) if engine == "ray" else None
+
+
 @index.command("add")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--items", type=click.Path(), help="Items to embed: .jsonl (id, text|title|image_path, metadata) or .parquet.")
@@ -52,9 +75,11 @@ def index_create(directory: str, model: str | None, dim: int | None, version_id:
 @click.option("--ids", type=click.Path(), help="Ids for --vectors, .npy of n strings (default: fresh uuids).")
 @click.option("--model", help="Model whose space --vectors are in (default: the gallery's stored space).")
 @click.option("--batch-size", type=int, default=256, show_default=True)
+@engine_options
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def index_add(directory: str, items: str | None, vectors: str | None, ids: str | None, model: str | None, batch_size: int, as_json: bool) -> None:
+def index_add(directory: str, items: str | None, vectors: str | None, ids: str | None, model: str | None, batch_size: int,
+              engine: str, ray_address: str | None, workers: int, num_gpus_per_worker: float, step_rows: int, as_json: bool) -> None:
     """Add items (embedded with the serving model) or precomputed vectors; one commit per batch."""
     from compatret.data.items import read_array, read_items, read_vector_table
     from compatret.index.service import Service
@@ -66,6 +91,16 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
     if batch_size < 1:
         raise CompatretError("--batch-size must be >= 1")
     service = Service.open(directory)
+    ray = ray_options(engine, ray_address, workers, num_gpus_per_worker, step_rows, batch_size)
+    if ray is not None and vectors is not None:
+        raise CompatretError("--engine ray embeds --items; store precomputed --vectors with the local engine")
+    if ray is not None:
+        from compatret.index.ray_engine import ingest_items
+
+        report = ingest_items(service.gallery, service.source_of_serving(), items, ray, progress=not as_json)  # type: ignore[arg-type]
+        emit({**report, "rows": service.gallery.count()}, as_json,
+             f"added {report['added']} rows ({report['skipped']} already stored) on Ray; {service.gallery.count()} in all")
+        return
     if items is not None:
         added = service.add_items(read_items(items), batch_size=batch_size, progress=not as_json)
     else:
@@ -152,14 +187,17 @@ def index_info(directory: str, as_json: bool) -> None:
 @click.option("--order", type=click.Choice(["random", "uncertainty"]), default="random", show_default=True,
               help="random: batches of consecutive rows in shuffled order; uncertainty: crowded old vectors first")
 @click.option("--batch-size", type=int, default=64, show_default=True)
+@engine_options
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def index_backfill(directory: str, limit: int | None, fraction: float | None, order: str, batch_size: int, as_json: bool) -> None:
+def index_backfill(directory: str, limit: int | None, fraction: float | None, order: str, batch_size: int,
+                   engine: str, ray_address: str | None, workers: int, num_gpus_per_worker: float, step_rows: int, as_json: bool) -> None:
     """Re-embed rows with the serving model, one atomic commit per batch; stop any time, rerun to resume."""
     from compatret.index.backfill import backfill
     from compatret.index.service import Service
 
-    report = backfill(Service.open(directory), limit, fraction, order, batch_size, progress=not as_json)
+    ray = ray_options(engine, ray_address, workers, num_gpus_per_worker, step_rows, batch_size)
+    report = backfill(Service.open(directory), limit, fraction, order, batch_size, progress=not as_json, ray=ray)
     verb = "stopped after" if report.stopped else "re-embedded"
     text = (f"{verb} {report.done} rows with {report.serving} ({report.rows_per_s:.1f} rows/s); "
             f"{report.remaining} rows still carry older vectors")

@@ -16,7 +16,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -25,6 +25,9 @@ from compatret.errors import CompatretError
 from compatret.index.gallery import sql_quote
 from compatret.index.search import make_kernel, sample_parts
 from compatret.index.service import Service
+
+if TYPE_CHECKING:
+    from compatret.index.ray_engine import RayOptions
 
 ORDERS = ("random", "uncertainty")
 COMPACT_EVERY = 64  # batches: each commit adds fragments that every later merge must scan
@@ -174,6 +177,7 @@ def backfill(
     order: str = "random",
     batch_size: int = 64,
     progress: bool = True,
+    ray: RayOptions | None = None,
 ) -> BackfillReport:
     """Re-embed pending rows with the serving model until `limit` rows are done this run, or
     until `fraction` of all rows carry serving-model vectors (whichever is given; else all).
@@ -202,6 +206,13 @@ def backfill(
     elif limit is not None:
         todo = min(todo, limit)
     queue = plan_order(service, pending.ids, order, block=batch_size)[:todo]
+    if ray is not None:  # the same rows, re-embedded by Ray actors, committed here once per step
+        from compatret.index.ray_engine import backfill_rows
+
+        start = time.perf_counter()
+        done = backfill_rows(gallery, service.source_of_serving(), queue, ray, progress) if queue else 0
+        return BackfillReport(done, len(pending.ids) - done, time.perf_counter() - start, False, serving.id,
+                              len(pending.unembeddable), tuple(pending.unembeddable[:5]))
     encoder = service.encoder() if queue else None
     every = compact_every()
     done, note = 0, ""

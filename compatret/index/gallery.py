@@ -127,6 +127,48 @@ def _connect(path: Path) -> Any:
     return lancedb.connect(str(path))
 
 
+def vector_array(vectors: np.ndarray, dim: int) -> pa.Array:
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
+    return pa.FixedSizeListArray.from_arrays(flat, dim)
+
+
+def rows_table(schema: pa.Schema, column: str, version_id: str, ids: Sequence[str], vectors: np.ndarray,
+               titles: Sequence[str | None] | None = None, texts: Sequence[str | None] | None = None,
+               images: Sequence[bytes | None] | None = None, metadata_json: Sequence[str | None] | None = None) -> pa.Table:
+    """Rows as the table stores them: payload, the model version, the vectors in `column` and
+    null in every other vector column. Every writer (add, backfill, Ray workers) builds rows here."""
+    n = len(ids)
+    columns: dict[str, Any] = {
+        "id": pa.array([str(i) for i in ids], pa.string()),
+        "title": pa.array(list(titles) if titles is not None else [None] * n, pa.string()),
+        "text": pa.array(list(texts) if texts is not None else [None] * n, pa.string()),
+        "image": pa.array(list(images) if images is not None else [None] * n, pa.binary()),
+        "metadata": pa.array(list(metadata_json) if metadata_json is not None else [None] * n, pa.string()),
+        "model_version": pa.array([version_id] * n, pa.string()),
+    }
+    for name in schema.names:
+        if name.startswith("vector"):
+            typ = schema.field(name).type
+            columns[name] = vector_array(vectors, typ.list_size) if name == column else pa.nulls(n, typ)
+    return pa.table(columns, schema=schema)
+
+
+def commit_replacement(ds: Any, new_fragments: list[Any], old_addresses: np.ndarray) -> None:
+    """One Lance `Update` against `ds`'s version: the new fragments in, the rows at `old_addresses`
+    marked deleted in their fragments' deletion files (O(rows replaced), no table scan)."""
+    import lance
+
+    updated, removed = [], []
+    for fid in np.unique(old_addresses >> 32):
+        meta = ds.get_fragment(int(fid)).delete_rows((old_addresses[(old_addresses >> 32) == fid] & 0xFFFFFFFF).tolist())
+        if meta is None:
+            removed.append(int(fid))
+        else:
+            updated.append(meta)
+    op = lance.LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated, new_fragments=new_fragments)
+    lance.LanceDataset.commit(ds, op, read_version=ds.version)
+
+
 def meta_of_schema(schema: pa.Schema, where: Path) -> GalleryMeta:
     """The compatret metadata kept in a table schema's `vector` field."""
     raw = (schema.field("vector").metadata or {}).get(META_KEY.encode())
@@ -260,10 +302,6 @@ class Gallery:
             self.set_meta(replace(self.meta, versions={**meta.versions, version.id: version}))
         return col
 
-    def _vector_array(self, vectors: np.ndarray, dim: int) -> pa.Array:
-        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
-        return pa.FixedSizeListArray.from_arrays(flat, dim)
-
     def add_rows(
         self,
         ids: Sequence[str],
@@ -280,22 +318,8 @@ class Gallery:
         if vectors.shape != (n, version.dim):
             raise CompatretError(f"vectors have shape {vectors.shape}, expected ({n}, {version.dim})")
         col = self.ensure_column(version)
-        columns: dict[str, Any] = {
-            "id": pa.array([str(i) for i in ids], pa.string()),
-            "title": pa.array(list(titles) if titles is not None else [None] * n, pa.string()),
-            "text": pa.array(list(texts) if texts is not None else [None] * n, pa.string()),
-            "image": pa.array(list(images) if images is not None else [None] * n, pa.binary()),
-            "metadata": pa.array(
-                [json.dumps(m) if m else None for m in metadata] if metadata is not None else [None] * n, pa.string()
-            ),
-            "model_version": pa.array([version.id] * n, pa.string()),
-        }
-        schema = self.table.schema
-        for name in schema.names:
-            if name.startswith("vector"):
-                dim = schema.field(name).type.list_size
-                columns[name] = self._vector_array(vectors, dim) if name == col else pa.nulls(n, schema.field(name).type)
-        batch = pa.table(columns, schema=schema)
+        meta_json = [json.dumps(m) if m else None for m in metadata] if metadata is not None else None
+        batch = rows_table(self.table.schema, col, version.id, ids, vectors, titles, texts, images, meta_json)
         retry_commit(lambda: self.table.add(batch), "add", self.table.checkout_latest)
         return self.version
 
@@ -321,28 +345,15 @@ class Gallery:
         def commit() -> None:  # read and commit against one table version; a retry starts over
             ds = self.dataset()
             found = ds.to_table(columns=["id", "title", "text", "image", "metadata", "model_version"],
-                                filter=_id_filter(ids), with_row_address=True)
+                                filter=id_filter(ids), with_row_address=True)
             found = found.filter(pc.not_equal(found.column("model_version"), version.id))
             if not found.num_rows:
                 return
             take = np.array([row_of[i] for i in found.column("id").to_pylist()], dtype=np.int64)
-            columns: dict[str, Any] = {c: found.column(c) for c in ("id", "title", "text", "image", "metadata")}
-            columns["model_version"] = pa.array([version.id] * found.num_rows, pa.string())
-            for name in schema.names:
-                if name.startswith("vector"):
-                    typ = schema.field(name).type
-                    columns[name] = self._vector_array(np.asarray(vectors)[take], typ.list_size) if name == col else pa.nulls(found.num_rows, typ)
-            new_fragments = lance.fragment.write_fragments(pa.table(columns, schema=schema), ds, schema=ds.schema)
-            addresses = found.column("_rowaddr").to_numpy().astype(np.int64)
-            updated, removed = [], []
-            for fid in np.unique(addresses >> 32):
-                meta = ds.get_fragment(int(fid)).delete_rows((addresses[(addresses >> 32) == fid] & 0xFFFFFFFF).tolist())
-                if meta is None:
-                    removed.append(int(fid))
-                else:
-                    updated.append(meta)
-            op = lance.LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated, new_fragments=new_fragments)
-            lance.LanceDataset.commit(ds, op, read_version=ds.version)
+            rows = rows_table(schema, col, version.id, found.column("id").to_pylist(), np.asarray(vectors)[take],
+                              *(found.column(c).to_pylist() for c in ("title", "text", "image", "metadata")))
+            new_fragments = lance.fragment.write_fragments(rows, ds, schema=ds.schema)
+            commit_replacement(ds, new_fragments, found.column("_rowaddr").to_numpy().astype(np.int64))
 
         retry_commit(commit, "backfill batch", self.table.checkout_latest)
         self.table.checkout_latest()
@@ -352,7 +363,7 @@ class Gallery:
         """Delete rows by id in one commit; returns the new table version."""
         self._writer()
         if ids:
-            retry_commit(lambda: self.table.delete(_id_filter(ids)), "delete", self.table.checkout_latest)
+            retry_commit(lambda: self.table.delete(id_filter(ids)), "delete", self.table.checkout_latest)
         return self.version
 
     def compact(self) -> None:
@@ -380,6 +391,14 @@ class Gallery:
             retry_commit(lambda: self.dataset().optimize.optimize_indices(), "id index update", self.table.checkout_latest)
             self.table.checkout_latest()
 
+
+    def addresses_of(self, ids: Sequence[str], version: int | None = None) -> dict[str, tuple[int, str]]:
+        """id -> (row address, model version) of the rows of `ids` at table `version` (by the id index)."""
+        out: dict[str, tuple[int, str]] = {}
+        for s in range(0, len(ids), 10_000):
+            t = self.dataset(version).to_table(columns=["id", "model_version"], filter=id_filter(ids[s : s + 10_000]), with_row_address=True)
+            out.update(zip(t.column("id").to_pylist(), zip(t.column("_rowaddr").to_pylist(), t.column("model_version").to_pylist())))
+        return out
 
     def existing(self, ids: Sequence[str] | np.ndarray) -> list[str]:
         """Which of `ids` the table holds now (read from the table, never from a cache).
@@ -448,7 +467,7 @@ class Gallery:
         unique = set(ids)
         if not unique:
             return {}
-        rows = self.scan(columns, where=_id_filter(unique), version=version).to_pylist()
+        rows = self.scan(columns, where=id_filter(unique), version=version).to_pylist()
         return {r["id"]: r for r in rows}
 
 
@@ -457,6 +476,6 @@ def sql_quote(text: str) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
-def _id_filter(ids: Iterable[str]) -> str:
+def id_filter(ids: Iterable[str]) -> str:
     """A SQL filter matching these ids (quotes escaped)."""
     return f"id IN ({', '.join(sql_quote(i) for i in ids)})"

@@ -225,6 +225,14 @@ class Service:
             self._encoders.move_to_end(spec)
             return self._encoders[spec]
 
+    def source_of_serving(self) -> str:
+        """What loads the serving model (an alias or a folder): Ray workers load it by this spec."""
+        meta = self.meta
+        spec = meta.sources.get(meta.serving.id)
+        if spec is None:
+            raise CompatretError(f"serving model {meta.serving.id!r} has no weights recorded here: nothing can embed rows")
+        return spec
+
     def _check_writer(self, vectors: np.ndarray, version: ModelVersion, meta: GalleryMeta, block: int = 100_000) -> None:
         """Rows are stored in their own model's space; the serving model must be able to query them.
 

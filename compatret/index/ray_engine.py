@@ -1,0 +1,344 @@
+"""`--engine ray`: ingest and backfill on a Ray cluster, with the local engine's guarantees.
+
+Workers (Ray Data actors that load the model once) encode their batches and write Lance
+fragments straight into the gallery's table; the driver commits what they wrote once per
+step, under the gallery's writer lock: an `Append` for ingest, an `Update` (new fragment,
+old rows marked deleted) for backfill, exactly the rows, columns, lineage and model versions
+the local engine writes. A killed worker is retried by Ray; a killed driver leaves the table
+at its last committed step, and the same command continues (ingest skips blocks already
+stored, backfill takes the rows still pending). Files a failed attempt wrote are removed at
+the start of the next run, while this run holds both the writer lock and the Ray job lock, so
+no other process can have files in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
+
+from compatret.errors import CompatretError
+from compatret.index.gallery import Gallery, commit_replacement, id_filter, rows_table
+from compatret.versions import normalize
+
+RAY_JOB_LOCK = ".ray-job.lock"
+STEP_ROWS = 50_000  # rows per driver commit: what a killed driver can lose is one step's work
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # a running cluster (else $RAY_ADDRESS, else a local one is started)
+    workers: int = 2
+    batch_size: int = 256
+    num_gpus_per_worker: float = 0.0
+    step_rows: int = STEP_ROWS
+
+
+def connect(options: RayOptions) -> None:
+    """Join the cluster `options.address` or $RAY_ADDRESS names, or start a local one."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise CompatretError("--engine ray needs the ray extra: pip install 'compatret[ray]'") from exc
+    if ray.is_initialized():
+        return
+    import warnings
+
+    # ray.init starts its processes with fork + exec: nothing of lancedb's runtime survives the exec
+    warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    try:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False,
+                 runtime_env={"env_vars": {"LANCEDB_LOG": "error", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
+                                           "OMP_NUM_THREADS": "1"}})  # one thread per actor: actors are the parallelism
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise CompatretError(f"cannot reach the Ray cluster at {address or 'a new local cluster'}: {exc}") from exc
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+@contextmanager
+def ray_job(gallery: Gallery) -> Iterator[None]:
+    """One Ray job per gallery at a time; on entry, files left by a failed attempt are deleted
+    (under the writer lock too, so no local write has files in flight either)."""
+    lock = FileLock(str(gallery.path / RAY_JOB_LOCK), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise CompatretError(f"another Ray job is writing {gallery.path}") from None
+    try:
+        with gallery.writing("ray job: remove files of failed attempts"):
+            gallery.dataset(gallery.latest_version()).cleanup_old_versions(older_than=timedelta(days=365_000), delete_unverified=True)
+        yield
+    finally:
+        lock.release()
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+class _IngestWriter:
+    """A Ray Data actor: the serving model loaded once; each batch encoded, normalised and
+    written as one Lance fragment; returns its metadata, ids and content digests."""
+
+    def __init__(self, uri: str, spec: str, schema_ipc: bytes, column: str, version_id: str, modality: str, stored: Any) -> None:
+        import ray
+
+        from compatret.encoders import load_encoder
+
+        self.uri, self.column, self.version_id, self.modality = uri, column, version_id, modality
+        self.schema = pa.ipc.read_schema(pa.py_buffer(schema_ipc))
+        self.stored: frozenset[str] = ray.get(stored)  # ids stored already: a resumed or repeated pass skips them
+        self.encoder = load_encoder(spec)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        import lance
+
+        n = len(next(iter(batch.values())))
+        given = [_text_or_none(i) for i in (list(batch["id"]) if "id" in batch else list(batch["_id"]) if "_id" in batch else [None] * n)]
+        keep = [k for k, i in enumerate(given) if i is None or i not in self.stored]
+        if not keep:
+            return {"fragments": [json.dumps([])], "ids": [json.dumps([])]}
+        batch = {k: np.asarray(v)[keep] for k, v in batch.items()}
+        n = len(keep)
+        col = lambda name: list(batch[name]) if name in batch else [None] * n  # noqa: E731
+        ids = [given[k] or uuid.uuid4().hex for k in keep]
+        titles = [_text_or_none(t) for t in col("title")]
+        texts = [_text_or_none(t) for t in col("text")]
+        images = [bytes(b) if b is not None else (Path(p).read_bytes() if _text_or_none(p) else None)
+                  for b, p in zip(col("image"), col("image_path"))]
+        metadata = [m if m is None or isinstance(m, str) else json.dumps(m, default=str) for m in col("metadata")]
+        inputs = images if self.modality == "image" else [{"title": t, "text": x} for t, x in zip(titles, texts)]
+        missing = [i for i, x in zip(ids, inputs) if x is None or (isinstance(x, dict) and not (x["title"] or x["text"]))]
+        if missing:
+            raise CompatretError(f"{len(missing)} items have no {'image' if self.modality == 'image' else 'text'}, e.g. id {missing[0]!r}")
+        vectors = normalize(self.encoder.encode_items(inputs, batch_size=max(1, n)))
+        table = rows_table(self.schema, self.column, self.version_id, ids, vectors, titles, texts, images, metadata)
+        fragments = lance.fragment.write_fragments(table, self.uri, schema=self.schema)
+        return {"fragments": [json.dumps([json.dumps(f.to_json()) for f in fragments])], "ids": [json.dumps(ids)]}
+
+
+def actor_cpus(workers: int) -> float:
+    """CPUs each encoding actor reserves: one, unless the cluster is so small that the actors
+    would hold every CPU and Ray Data's read tasks could never run (a deadlock)."""
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    return max(0.1, min(1.0, (total - 1.0) / max(1, workers)))
+
+
+def _read_items(path: str) -> Any:
+    import ray.data
+
+    p = Path(path)
+    if not p.exists():
+        raise CompatretError(f"no such file: {p}")
+    # reading is light: num_cpus=0, so it never waits for a CPU the encoding actors hold
+    if p.suffix == ".jsonl":
+        return ray.data.read_json(str(p.resolve()), lines=True, num_cpus=0)
+    if p.suffix == ".parquet":
+        return ray.data.read_parquet(str(p.resolve()), num_cpus=0)
+    raise CompatretError(f"{p}: items must be .jsonl or .parquet")
+
+
+def input_ids(path: str) -> list[str | None]:
+    """The ids the input file gives (None where a row has none), read on the driver."""
+    p = Path(path)
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(p).names
+        name = "id" if "id" in names else "_id" if "_id" in names else None
+        n = pq.read_metadata(p).num_rows
+        return [None] * n if name is None else [_text_or_none(i) for i in pq.read_table(p, columns=[name]).column(name).to_pylist()]
+    out: list[str | None] = []
+    with p.open() as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CompatretError(f"{p}:{n}: not valid JSON ({exc.msg})") from exc
+                out.append(_text_or_none(row.get("id", row.get("_id"))) if isinstance(row, dict) else None)
+    return out
+
+
+MAX_PASSES = 5
+
+
+def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, progress: bool = True) -> dict[str, Any]:
+    """`index add --items F --engine ray`: returns the rows added, and those skipped as already stored.
+
+    Runs in passes: each pass encodes and writes the rows whose ids are not stored yet, and the
+    driver commits what comes back once per step. Rows a dead worker's batch never returned
+    are simply not stored, so the next pass takes them (Ray retries a killed worker's task,
+    but this does not rely on it). Rows without ids get uuids and cannot be resumed."""
+    import lance
+    import ray
+    import ray.data
+
+    connect(options)
+    start = time.perf_counter()
+    wanted = input_ids(path)
+    named = [i for i in wanted if i is not None]
+    if len(set(named)) != len(named):
+        raise CompatretError("duplicate ids in the input")
+    with ray_job(gallery):
+        meta = gallery.meta
+        version = meta.serving
+        with gallery.writing("ray ingest: columns"):
+            column = gallery.ensure_column(version)
+        schema = gallery.dataset(gallery.latest_version()).schema
+        uri = gallery.dataset(gallery.latest_version()).uri
+        skipped = len(gallery.existing(named)) if named else 0
+        added = 0
+        bar = tqdm(total=len(wanted) - skipped, desc=f"ray ingest -> {version.id}", unit="row", disable=not progress)
+        for n_pass in range(MAX_PASSES):
+            stored = frozenset(gallery.existing(named)) if named else frozenset()
+            if n_pass and len(stored) == len(named):
+                break
+            out = _read_items(path).map_batches(
+                _IngestWriter, batch_size=options.batch_size, compute=ray.data.ActorPoolStrategy(size=options.workers),
+                num_cpus=actor_cpus(options.workers), num_gpus=options.num_gpus_per_worker or None,
+                fn_constructor_kwargs={"uri": uri, "spec": spec, "schema_ipc": schema.serialize().to_pybytes(), "column": column,
+                                       "version_id": version.id, "modality": meta.modality, "stored": ray.put(stored)})
+            pending: list[tuple[list[str], list[str]]] = []
+
+            def commit() -> int:
+                """Append the pending blocks, leaving out any whose ids got stored meanwhile."""
+                with gallery.writing("ray ingest step"):
+                    ids = [i for _, block in pending for i in block]
+                    taken = set(gallery.existing(ids)) if ids else set()
+                    seen: set[str] = set()
+                    fresh, count = [], 0
+                    for fragments, block in pending:
+                        if taken.intersection(block) or seen.intersection(block):
+                            continue  # a block another attempt stored first: its file is an orphan, removed next run
+                        seen.update(block)
+                        fresh.extend(lance.fragment.FragmentMetadata.from_json(f) for f in fragments)
+                        count += len(block)
+                    if fresh:
+                        ds = gallery.dataset(gallery.latest_version())
+                        lance.LanceDataset.commit(ds, lance.LanceOperation.Append(fresh), read_version=ds.version)
+                        gallery.latest_version()
+                pending.clear()
+                return count
+
+            rows = 0
+            for row in out.iter_rows():
+                block = json.loads(row["ids"])
+                if block:
+                    pending.append((json.loads(row["fragments"]), block))
+                    rows += len(block)
+                if rows >= options.step_rows:
+                    c = commit()
+                    added += c
+                    bar.update(c)
+                    rows = 0
+            c = commit()
+            added += c
+            bar.update(c)
+            if not named:
+                break
+        bar.close()
+        lost = len(named) - len(gallery.existing(named)) if named else 0
+        if lost:
+            raise CompatretError(f"{lost} rows were not stored after {MAX_PASSES} passes (workers keep failing); rerun to continue")
+        with gallery.writing("ray ingest: id index"):
+            gallery.ensure_id_index()
+    return {"added": added, "skipped": skipped, "seconds": time.perf_counter() - start, "engine": "ray", "workers": options.workers}
+
+
+class _BackfillWriter:
+    """A Ray Data actor: re-embeds a block of pending rows (read from table version `version`)
+    with the serving model and writes their new versions as one fragment."""
+
+    def __init__(self, uri: str, spec: str, column: str, version_id: str, modality: str, table_version: int) -> None:
+        import lance
+
+        from compatret.encoders import load_encoder
+
+        self.ds = lance.dataset(uri, version=table_version)
+        self.uri, self.column, self.version_id, self.modality = uri, column, version_id, modality
+        self.encoder = load_encoder(spec)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        import lance
+
+        found = self.ds.to_table(columns=["id", "title", "text", "image", "metadata"], filter=id_filter([str(i) for i in batch["id"]]),
+                                 with_row_address=True)
+        titles, texts = found.column("title").to_pylist(), found.column("text").to_pylist()
+        images = found.column("image").to_pylist()
+        inputs = images if self.modality == "image" else [{"title": t, "text": x} for t, x in zip(titles, texts)]
+        vectors = normalize(self.encoder.encode_items(inputs, batch_size=max(1, len(inputs))))
+        ids = found.column("id").to_pylist()
+        table = rows_table(self.ds.schema, self.column, self.version_id, ids, vectors, titles, texts, images,
+                           found.column("metadata").to_pylist())
+        fragments = lance.fragment.write_fragments(table, self.uri, schema=self.ds.schema)
+        return {"fragments": [json.dumps([json.dumps(f.to_json()) for f in fragments])], "ids": [json.dumps(ids)],
+                "addresses": [json.dumps(found.column("_rowaddr").to_pylist())]}
+
+
+def backfill_rows(gallery: Gallery, spec: str, queue: list[str], options: RayOptions, progress: bool = True) -> int:
+    """Re-embed the rows of `queue` (ids, in backfill order) on Ray; returns the rows committed.
+
+    A block whose rows changed before its commit (deleted, or written by another backfill) is
+    not committed: its rows stay as they are (still pending, if old), and its file is removed
+    by the next run's cleanup."""
+    import ray.data
+
+    connect(options)
+    done = 0
+    meta = gallery.meta
+    serving = meta.serving
+    with gallery.writing("ray backfill: columns"):
+        column = gallery.ensure_column(serving)
+    bar = tqdm(total=len(queue), desc=f"ray backfill -> {serving.id}", unit="row", disable=not progress)
+    for s in range(0, len(queue), options.step_rows):
+        step = queue[s : s + options.step_rows]
+        version = gallery.latest_version()
+        ds = ray.data.from_items([{"id": i} for i in step], override_num_blocks=max(1, options.workers))
+        out = ds.map_batches(
+            _BackfillWriter, batch_size=options.batch_size, compute=ray.data.ActorPoolStrategy(size=options.workers),
+            num_cpus=actor_cpus(options.workers), num_gpus=options.num_gpus_per_worker or None,
+            fn_constructor_kwargs={"uri": gallery.dataset(version).uri, "spec": spec, "column": column, "version_id": serving.id,
+                                   "modality": meta.modality, "table_version": version},
+            max_task_retries=3)
+        written = [(json.loads(r["fragments"]), json.loads(r["ids"]), json.loads(r["addresses"])) for r in out.iter_rows()]
+        with gallery.writing("ray backfill step"):
+            if gallery.meta.serving.id != serving.id:
+                raise CompatretError(f"serving model changed to {gallery.meta.serving.id!r} during the run: rerun to continue")
+            done += _commit_blocks(gallery, written, serving.id)
+        bar.update(len(step))
+    bar.close()
+    return done
+
+
+def _commit_blocks(gallery: Gallery, written: list[tuple[list[str], list[str], list[int]]], serving: str) -> int:
+    """One Update for the blocks whose rows are all still where the step read them, and still old."""
+    import lance
+
+    ds = gallery.dataset(gallery.latest_version())
+    now = gallery.addresses_of([i for _, block_ids, _ in written for i in block_ids], version=ds.version)
+    fragments, old = [], []
+    for frags, block_ids, addresses in written:
+        if all(now.get(i, (-1, serving))[0] == int(a) and now[i][1] != serving for i, a in zip(block_ids, addresses)):
+            fragments.extend(lance.fragment.FragmentMetadata.from_json(f) for f in frags)
+            old.extend(int(a) for a in addresses)
+    if fragments:
+        commit_replacement(ds, fragments, np.asarray(old, dtype=np.int64))
+        gallery.latest_version()
+    return len(old)

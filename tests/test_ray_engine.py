@@ -1,0 +1,153 @@
+"""`--engine ray` on a real local Ray cluster: the same rows as the local engine, a killed
+worker and a killed driver change nothing but the time taken."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from compatret.index.backfill import backfill
+from compatret.index.gallery import Gallery
+from compatret.index.service import Service
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+
+from compatret.index.ray_engine import RayOptions, connect, ingest_items  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    try:
+        connect(RayOptions())
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"Ray cannot start here: {exc}")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def items_file(path, digit_models, n: int, copies: int = 1) -> str:
+    items = [it for c in range(copies) for it in digit_models["items"][:n]]
+    table = pa.table({"id": [f"{it['id']}-{c}" for c in range(copies) for it in digit_models["items"][:n]],
+                      "image": [it["image"] for it in items],
+                      "metadata": [json.dumps(it["metadata"]) for it in items]})
+    pq.write_table(table, path)
+    return str(path)
+
+
+def rows(path) -> dict[str, tuple[str, np.ndarray]]:
+    return Gallery.open(path).vectors_by_id()
+
+
+def assert_same_rows(a, b) -> None:
+    ra, rb = rows(a), rows(b)
+    assert set(ra) == set(rb)
+    for i, (version, vec) in ra.items():
+        assert rb[i][0] == version
+        np.testing.assert_allclose(rb[i][1], vec, atol=1e-6)
+    ma, mb = Gallery.open(a).meta, Gallery.open(b).meta
+    assert (ma.serving, ma.vector_model, ma.versions) == (mb.serving, mb.vector_model, mb.versions)
+
+
+def test_ingest_and_backfill_match_the_local_engine(tmp_path, digit_models, cluster):
+    src = items_file(tmp_path / "items.parquet", digit_models, 300)
+    local = Service.create(tmp_path / "local", model=digit_models["v1"])
+    local.add_items([{**it, "id": f"{it['id']}-0"} for it in digit_models["items"][:300]], progress=False)
+    remote = Service.create(tmp_path / "ray", model=digit_models["v1"])
+    report = ingest_items(remote.gallery, remote.source_of_serving(), src, RayOptions(batch_size=64, step_rows=100), progress=False)
+    assert (report["added"], report["skipped"]) == (300, 0)
+    assert_same_rows(tmp_path / "local", tmp_path / "ray")
+    meta = Gallery.open(tmp_path / "ray").scan(["id", "metadata"], where="id = 'd7-0'").column("metadata")[0].as_py()
+    assert json.loads(meta) == digit_models["items"][7]["metadata"]
+
+    for s in (local, remote):
+        s.upgrade(digit_models["v2"])
+    backfill(Service.open(tmp_path / "local"), progress=False)
+    done = backfill(Service.open(tmp_path / "ray"), progress=False, ray=RayOptions(batch_size=64, step_rows=100))
+    assert (done.done, done.remaining) == (300, 0)
+    assert_same_rows(tmp_path / "local", tmp_path / "ray")
+    assert {v for v, _ in rows(tmp_path / "ray").values()} == {"v2"}
+
+
+def test_a_killed_worker_is_retried(tmp_path, digit_models, cluster):
+    src = items_file(tmp_path / "items.parquet", digit_models, 600, copies=3)
+    g = Service.create(tmp_path / "g", model=digit_models["v1"])
+    killed: list[int] = []
+
+    def kill_one_actor() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline and not killed:
+            actors = [pid for pid, title in processes() if "_IngestWriter" in title]
+            if actors:
+                time.sleep(0.5)  # let it take batches first
+                os.kill(actors[0], signal.SIGKILL)
+                killed.append(actors[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_actor)
+    killer.start()
+    report = ingest_items(g.gallery, g.source_of_serving(), src, RayOptions(batch_size=8, step_rows=400), progress=False)
+    killer.join()
+    assert killed, "no worker was killed: the test proves nothing"
+    stored = rows(tmp_path / "g")
+    expected = 3 * len(digit_models["items"][:600])
+    assert report["added"] == expected == len(stored) == Gallery.open(tmp_path / "g").count()  # none lost, none twice
+
+
+def processes() -> list[tuple[int, str]]:
+    """(pid, command line) of this machine's processes; Ray names its actor processes `ray::<class>`."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    out.append((int(d), f.read().replace(b"\0", b" ").decode(errors="replace")))
+            except OSError:
+                pass
+    return out
+
+
+def _data_files(gallery_dir) -> tuple[set[str], set[str]]:
+    """Data files on disk, and those some table version refers to."""
+    import lance
+
+    uri = str(gallery_dir / "gallery.lance")
+    on_disk = {p.name for p in (gallery_dir / "gallery.lance" / "data").iterdir()}
+    ds = lance.dataset(uri)
+    used = {f.path.split("/")[-1] for v in ds.versions() for fr in lance.dataset(uri, version=v["version"]).get_fragments()
+            for f in fr.metadata.files}
+    return on_disk, used
+
+
+def test_a_killed_driver_resumes(tmp_path, digit_models, cluster):
+    src = items_file(tmp_path / "items.parquet", digit_models, 600, copies=2)
+    Service.create(tmp_path / "g", model=digit_models["v1"])
+    start = Gallery.open(tmp_path / "g").version
+    cmd = [sys.executable, "-m", "compatret", "index", "add", str(tmp_path / "g"), "--items", src, "--engine", "ray",
+           "--ray-address", cluster, "--batch-size", "8", "--step-rows", "200", "--json"]
+    env = {**os.environ, "LANCEDB_LOG": "error"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and Gallery.open(tmp_path / "g").latest_version() <= start + 1:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = Gallery.open(tmp_path / "g").count()
+    expected = 2 * len(digit_models["items"][:600])
+    assert 0 < partial < expected, f"the kill did not land between commits ({partial} rows)"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["added"] + report["skipped"] == expected and report["skipped"] == partial
+    assert Gallery.open(tmp_path / "g").count() == expected == len(rows(tmp_path / "g"))
+    on_disk, used = _data_files(tmp_path / "g")
+    assert on_disk <= used  # files of the killed attempt (and of the rerun's skipped blocks) removed... or in use

@@ -94,64 +94,106 @@ class _IngestWriter:
     """A Ray Data actor: the serving model loaded once; each batch encoded, normalised and
     written as one Lance fragment; returns its metadata, ids and content digests."""
 
-    def __init__(self, uri: str, spec: str, schema_ipc: bytes, column: str, version_id: str, modality: str, stored: Any) -> None:
-        import ray
-
+    def __init__(self, uri: str, spec: str, schema_ipc: bytes, column: str, version_id: str, modality: str) -> None:
         from compatret.encoders import load_encoder
 
         self.uri, self.column, self.version_id, self.modality = uri, column, version_id, modality
         self.schema = pa.ipc.read_schema(pa.py_buffer(schema_ipc))
-        self.stored: frozenset[str] = ray.get(stored)  # ids stored already: a resumed or repeated pass skips them
         self.encoder = load_encoder(spec)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+    def __call__(self, batch: pa.Table) -> dict[str, list[Any]]:
         import lance
 
-        n = len(next(iter(batch.values())))
-        given = [_text_or_none(i) for i in (list(batch["id"]) if "id" in batch else list(batch["_id"]) if "_id" in batch else [None] * n)]
-        keep = [k for k, i in enumerate(given) if i is None or i not in self.stored]
-        if not keep:
-            return {"fragments": [json.dumps([])], "ids": [json.dumps([])]}
-        batch = {k: np.asarray(v)[keep] for k, v in batch.items()}
-        n = len(keep)
-        col = lambda name: list(batch[name]) if name in batch else [None] * n  # noqa: E731
-        ids = [given[k] or uuid.uuid4().hex for k in keep]
-        titles = [_text_or_none(t) for t in col("title")]
-        texts = [_text_or_none(t) for t in col("text")]
-        images = [bytes(b) if b is not None else (Path(p).read_bytes() if _text_or_none(p) else None)
-                  for b, p in zip(col("image"), col("image_path"))]
-        metadata = [m if m is None or isinstance(m, str) else json.dumps(m, default=str) for m in col("metadata")]
+        ids = [i or uuid.uuid4().hex for i in batch.column("id").to_pylist()]
+        titles, texts = batch.column("title").to_pylist(), batch.column("text").to_pylist()
+        images = batch.column("image").to_pylist()
         inputs = images if self.modality == "image" else [{"title": t, "text": x} for t, x in zip(titles, texts)]
         missing = [i for i, x in zip(ids, inputs) if x is None or (isinstance(x, dict) and not (x["title"] or x["text"]))]
         if missing:
             raise CompatretError(f"{len(missing)} items have no {'image' if self.modality == 'image' else 'text'}, e.g. id {missing[0]!r}")
-        vectors = normalize(self.encoder.encode_items(inputs, batch_size=max(1, n)))
-        table = rows_table(self.schema, self.column, self.version_id, ids, vectors, titles, texts, images, metadata)
+        vectors = normalize(self.encoder.encode_items(inputs, batch_size=max(1, len(ids))))
+        table = rows_table(self.schema, self.column, self.version_id, ids, vectors, titles, texts, images, batch.column("metadata").to_pylist())
         fragments = lance.fragment.write_fragments(table, self.uri, schema=self.schema)
         return {"fragments": [json.dumps([json.dumps(f.to_json()) for f in fragments])], "ids": [json.dumps(ids)]}
 
 
 def actor_cpus(workers: int) -> float:
-    """CPUs each encoding actor reserves: one, unless the cluster is so small that the actors
-    would hold every CPU and Ray Data's read tasks could never run (a deadlock)."""
+    """CPUs each encoding actor reserves: one, or its share when the cluster has fewer CPUs than
+    workers (the actors then share cores rather than wait for ever)."""
     import ray
 
     total = float(ray.cluster_resources().get("CPU", 1.0))
-    return max(0.1, min(1.0, (total - 1.0) / max(1, workers)))
+    return max(0.1, min(1.0, total / max(1, workers)))
 
 
-def _read_items(path: str) -> Any:
-    import ray.data
+ITEM_BLOCK_ROWS = 4096
 
+
+def _normal_block(rows: list[dict[str, Any]] | pa.Table) -> pa.Table:
+    """A block of items as the actors take them: id, title, text, image bytes, metadata JSON."""
+    if isinstance(rows, pa.Table):
+        rows = rows.to_pylist()
+    out: dict[str, list[Any]] = {k: [] for k in ("id", "title", "text", "image", "metadata")}
+    for row in rows:
+        out["id"].append(_text_or_none(row.get("id", row.get("_id"))))
+        out["title"].append(_text_or_none(row.get("title")))
+        out["text"].append(_text_or_none(row.get("text")))
+        image = row.get("image")
+        if image is None and _text_or_none(row.get("image_path")):
+            try:
+                image = Path(row["image_path"]).read_bytes()
+            except OSError as exc:
+                raise CompatretError(f"cannot read image {row['image_path']}: {exc.strerror}") from exc
+        out["image"].append(image)
+        m = row.get("metadata", {"label": row["label"]} if row.get("label") is not None else None)
+        out["metadata"].append(m if m is None or isinstance(m, str) else json.dumps(m, default=str))
+    return pa.table({"id": pa.array(out["id"], pa.string()), "title": pa.array(out["title"], pa.string()),
+                     "text": pa.array(out["text"], pa.string()), "image": pa.array(out["image"], pa.binary()),
+                     "metadata": pa.array(out["metadata"], pa.string())})
+
+
+def _item_blocks(path: str) -> Iterator[pa.Table]:
+    """The input file in blocks, read on the driver: workers on other machines need no access to
+    it (nor to image files it names), and no read task competes with the actors for CPUs."""
     p = Path(path)
     if not p.exists():
         raise CompatretError(f"no such file: {p}")
-    # reading is light: num_cpus=0, so it never waits for a CPU the encoding actors hold
-    if p.suffix == ".jsonl":
-        return ray.data.read_json(str(p.resolve()), lines=True, num_cpus=0)
     if p.suffix == ".parquet":
-        return ray.data.read_parquet(str(p.resolve()), num_cpus=0)
-    raise CompatretError(f"{p}: items must be .jsonl or .parquet")
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(p).iter_batches(batch_size=ITEM_BLOCK_ROWS):
+            yield _normal_block(pa.Table.from_batches([batch]))
+    elif p.suffix == ".jsonl":
+        rows: list[dict[str, Any]] = []
+        with p.open() as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise CompatretError(f"{p}:{n}: each line must be a JSON object")
+                    rows.append(row)
+                if len(rows) >= ITEM_BLOCK_ROWS:
+                    yield _normal_block(rows)
+                    rows = []
+        if rows:
+            yield _normal_block(rows)
+    else:
+        raise CompatretError(f"{p}: items must be .jsonl or .parquet")
+
+
+def _read_items(path: str, skip: frozenset[str]) -> Any:
+    """A Ray Dataset of the items not stored yet, put into Ray's object store block by block."""
+    import ray
+    import ray.data
+
+    refs = []
+    for block in _item_blocks(path):
+        if skip:
+            ids = block.column("id").to_pylist()
+            block = block.filter(pa.array([i is None or i not in skip for i in ids]))
+        if block.num_rows:
+            refs.append(ray.put(block))
+    return ray.data.from_arrow_refs(refs) if refs else None
 
 
 def input_ids(path: str) -> list[str | None]:
@@ -210,11 +252,14 @@ def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, pr
             stored = frozenset(gallery.existing(named)) if named else frozenset()
             if n_pass and len(stored) == len(named):
                 break
-            out = _read_items(path).map_batches(
-                _IngestWriter, batch_size=options.batch_size, compute=ray.data.ActorPoolStrategy(size=options.workers),
-                num_cpus=actor_cpus(options.workers), num_gpus=options.num_gpus_per_worker or None,
+            items = _read_items(path, stored)
+            if items is None:
+                break
+            out = items.map_batches(
+                _IngestWriter, batch_size=options.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=options.workers),
+                num_cpus=actor_cpus(options.workers), num_gpus=options.num_gpus_per_worker or None, scheduling_strategy="SPREAD",
                 fn_constructor_kwargs={"uri": uri, "spec": spec, "schema_ipc": schema.serialize().to_pybytes(), "column": column,
-                                       "version_id": version.id, "modality": meta.modality, "stored": ray.put(stored)})
+                                       "version_id": version.id, "modality": meta.modality})
             pending: list[tuple[list[str], list[str]]] = []
 
             def commit() -> int:
@@ -313,7 +358,7 @@ def backfill_rows(gallery: Gallery, spec: str, queue: list[str], options: RayOpt
         ds = ray.data.from_items([{"id": i} for i in step], override_num_blocks=max(1, options.workers))
         out = ds.map_batches(
             _BackfillWriter, batch_size=options.batch_size, compute=ray.data.ActorPoolStrategy(size=options.workers),
-            num_cpus=actor_cpus(options.workers), num_gpus=options.num_gpus_per_worker or None,
+            num_cpus=actor_cpus(options.workers), num_gpus=options.num_gpus_per_worker or None, scheduling_strategy="SPREAD",
             fn_constructor_kwargs={"uri": gallery.dataset(version).uri, "spec": spec, "column": column, "version_id": serving.id,
                                    "modality": meta.modality, "table_version": version},
             max_task_retries=3)

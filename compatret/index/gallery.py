@@ -409,11 +409,10 @@ class Gallery:
         if len(ids) < ID_SCAN_FROM:
             ids = [str(i) for i in ids]
             return [i for s in range(0, len(ids), ID_FILTER_MAX) for i in self._rows(ids[s : s + ID_FILTER_MAX], ["id"])]
-        wanted = np.asarray(ids, dtype=str)
+        wanted = {str(i) for i in ids}
         found: list[str] = []
         for batch in self.dataset().to_batches(columns=["id"]):
-            have = batch.column("id").to_numpy(zero_copy_only=False).astype(str)
-            found += wanted[np.isin(wanted, have)].tolist()
+            found += [i for i in batch.column("id").to_pylist() if i in wanted]
         return found
 
     def scan(self, columns: list[str], where: str | None = None, version: int | None = None) -> pa.Table:

@@ -245,13 +245,14 @@ def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, pr
             column = gallery.ensure_column(version)
         schema = gallery.dataset(gallery.latest_version()).schema
         uri = gallery.dataset(gallery.latest_version()).uri
-        skipped = len(gallery.existing(named)) if named else 0
-        added = 0
+        stored = frozenset(gallery.existing(named)) if named else frozenset()
+        skipped, added = len(stored), 0
         bar = tqdm(total=len(wanted) - skipped, desc=f"ray ingest -> {version.id}", unit="row", disable=not progress)
         for n_pass in range(MAX_PASSES):
-            stored = frozenset(gallery.existing(named)) if named else frozenset()
-            if n_pass and len(stored) == len(named):
-                break
+            if n_pass:
+                stored = frozenset(gallery.existing(named)) if named else frozenset()
+                if len(stored) == len(named):
+                    break
             items = _read_items(path, stored)
             if items is None:
                 break
@@ -343,9 +344,14 @@ def backfill_rows(gallery: Gallery, spec: str, queue: list[str], options: RayOpt
     A block whose rows changed before its commit (deleted, or written by another backfill) is
     not committed: its rows stay as they are (still pending, if old), and its file is removed
     by the next run's cleanup."""
+    connect(options)
+    with ray_job(gallery):
+        return _backfill_steps(gallery, spec, queue, options, progress)
+
+
+def _backfill_steps(gallery: Gallery, spec: str, queue: list[str], options: RayOptions, progress: bool) -> int:
     import ray.data
 
-    connect(options)
     done = 0
     meta = gallery.meta
     serving = meta.serving
@@ -360,8 +366,7 @@ def backfill_rows(gallery: Gallery, spec: str, queue: list[str], options: RayOpt
             _BackfillWriter, batch_size=options.batch_size, compute=ray.data.ActorPoolStrategy(size=options.workers),
             num_cpus=actor_cpus(options.workers), num_gpus=options.num_gpus_per_worker or None, scheduling_strategy="SPREAD",
             fn_constructor_kwargs={"uri": gallery.dataset(version).uri, "spec": spec, "column": column, "version_id": serving.id,
-                                   "modality": meta.modality, "table_version": version},
-            max_task_retries=3)
+                                   "modality": meta.modality, "table_version": version})
         written = [(json.loads(r["fragments"]), json.loads(r["ids"]), json.loads(r["addresses"])) for r in out.iter_rows()]
         with gallery.writing("ray backfill step"):
             if gallery.meta.serving.id != serving.id:

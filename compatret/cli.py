@@ -82,6 +82,7 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
               engine: str, ray_address: str | None, workers: int, num_gpus_per_worker: float, step_rows: int, as_json: bool) -> None:
     """Add items (embedded with the serving model) or precomputed vectors; one commit per batch."""
     from compatret.data.items import read_array, read_items, read_vector_table
+    from compatret.index.gallery import Gallery
     from compatret.index.service import Service
 
     if (items is None) == (vectors is None):
@@ -102,7 +103,17 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
              f"added {report['added']} rows ({report['skipped']} already stored) on Ray; {service.gallery.count()} in all")
         return
     if items is not None:
-        added = service.add_items(read_items(items), batch_size=batch_size, progress=not as_json)
+        todo, before = read_items(items), service.gallery.count()
+        try:
+            added = service.add_items(todo, batch_size=batch_size, progress=not as_json)
+        except KeyboardInterrupt:
+            done = Gallery.open(directory).count() - before
+            click.echo(f"interrupted: {done} rows committed; rerun the same command to add the rest", err=True)
+            sys.exit(130)
+        rows = service.gallery.count()
+        emit({"added": added, "skipped": len(todo) - added, "rows": rows}, as_json,
+             f"added {added} rows ({len(todo) - added} already stored); {rows} in all")
+        return
     else:
         if str(vectors).endswith(".parquet"):
             if ids is not None:

@@ -462,12 +462,33 @@ class Gallery:
             r["metadata"] = json.loads(r["metadata"]) if r["metadata"] else None
         return {int(r.pop("_rowaddr")): r for r in rows}
 
+    def stored_alike(self, items: Sequence[dict[str, Any]]) -> set[str]:
+        """Ids of `items` (dicts with id, title, text, image, metadata) stored already with the same
+        content: what a rerun of an interrupted ingest skips. An id stored with other content is
+        an error naming it (two different items cannot share an id)."""
+        by_id = {str(it["id"]): it for it in items if it.get("id") is not None}
+        stored = {i: r for s in range(0, len(by_id), ID_FILTER_MAX)
+                  for i, r in self._rows(list(by_id)[s : s + ID_FILTER_MAX], ["id", "title", "text", "image", "metadata"]).items()}
+        differ = [i for i, r in stored.items() if _content(r) != _content(by_id[i])]
+        if differ:
+            raise CompatretError(f"{len(differ)} ids are already in the gallery with other content, e.g. {differ[0]!r}")
+        return set(stored)
+
     def _rows(self, ids: Iterable[str], columns: list[str], version: int | None = None) -> dict[str, dict[str, Any]]:
         unique = set(ids)
         if not unique:
             return {}
         rows = self.scan(columns, where=id_filter(unique), version=version).to_pylist()
         return {r["id"]: r for r in rows}
+
+
+def _content(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two items the same item: their text, title, image bytes and metadata."""
+    meta = row.get("metadata")
+    if isinstance(meta, str):
+        meta = json.loads(meta)
+    image = row.get("image")
+    return (row.get("title") or None, row.get("text") or None, bytes(image) if image is not None else None, meta or None)
 
 
 def sql_quote(text: str) -> str:

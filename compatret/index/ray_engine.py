@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  pa.compute
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
@@ -181,8 +182,9 @@ def _item_blocks(path: str) -> Iterator[pa.Table]:
         raise CompatretError(f"{p}: items must be .jsonl or .parquet")
 
 
-def _read_items(path: str, skip: frozenset[str]) -> Any:
-    """A Ray Dataset of the items not stored yet, put into Ray's object store block by block."""
+def _read_items(path: str, skip: frozenset[str], check: Any = None) -> Any:
+    """A Ray Dataset of the items not stored yet, put into Ray's object store block by block;
+    `check` is given the rows skipped (it refuses an id stored with other content)."""
     import ray
     import ray.data
 
@@ -190,7 +192,10 @@ def _read_items(path: str, skip: frozenset[str]) -> Any:
     for block in _item_blocks(path):
         if skip:
             ids = block.column("id").to_pylist()
-            block = block.filter(pa.array([i is None or i not in skip for i in ids]))
+            fresh = pa.array([i is None or i not in skip for i in ids])
+            if check is not None:
+                check(block.filter(pa.compute.invert(fresh)).to_pylist())
+            block = block.filter(fresh)
         if block.num_rows:
             refs.append(ray.put(block))
     return ray.data.from_arrow_refs(refs) if refs else None
@@ -253,7 +258,7 @@ def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, pr
                 stored = frozenset(gallery.existing(named)) if named else frozenset()
                 if len(stored) == len(named):
                     break
-            items = _read_items(path, stored)
+            items = _read_items(path, stored, gallery.stored_alike if n_pass == 0 else None)
             if items is None:
                 break
             out = items.map_batches(

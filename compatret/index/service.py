@@ -282,15 +282,29 @@ class Service:
         return n
 
     def add_items(self, items: Sequence[dict[str, Any]], batch_size: int = 256, progress: bool = True) -> int:
-        """Embed items with the serving model and store them, one commit per batch; ids default to uuids."""
+        """Embed items with the serving model and store them, one commit per batch; ids default to uuids.
+
+        Resumable: items whose id is stored already with the same content are skipped (a rerun
+        after an interruption finishes the job); an id stored with other content is refused.
+        Returns the rows added."""
         if not items:
             return 0
+        images_all = [_read_item_image(it) for it in items]
         given = [str(it["id"]) if it.get("id") is not None else None for it in items]
+        named = [i for i in given if i is not None]
+        if len(set(named)) != len(named):
+            raise CompatretError("duplicate ids in the input")
+        done = self.gallery.stored_alike([{**it, "id": i, "image": im} for it, i, im in zip(items, given, images_all) if i is not None]) if named else set()
+        keep = [n for n, i in enumerate(given) if i is None or i not in done]
+        items = [items[n] for n in keep]
+        if not items:
+            return 0
+        given = [given[n] for n in keep]
         defaults = iter(new_ids(sum(i is None for i in given)))
         ids = [i if i is not None else next(defaults) for i in given]
         texts = [it.get("text") for it in items]
         titles = [it.get("title") for it in items]
-        images = [_read_item_image(it) for it in items]
+        images = [images_all[n] for n in keep]
         with self.gallery.writing("add items"):
             meta = self.meta
             self._check_new_ids(ids)

@@ -1,0 +1,67 @@
+"""`index add` resumes: a rerun after kill -9 or Ctrl-C stores every item once, as an uninterrupted run would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from compatret import CompatretError
+from compatret.index.gallery import Gallery
+from compatret.index.service import Service
+
+ENV = {**os.environ, "LANCEDB_LOG": "error"}
+
+
+def items_parquet(path, digit_models, n: int) -> str:
+    items = digit_models["items"][:n]
+    pq.write_table(pa.table({"id": [it["id"] for it in items], "image": [it["image"] for it in items],
+                             "metadata": pa.array([it["metadata"] for it in items])}), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_add_resumes(tmp_path, digit_models, sig):
+    src = items_parquet(tmp_path / "items.parquet", digit_models, 400)
+    for name in ("whole", "cut"):
+        Service.create(tmp_path / name, model=digit_models["v1"])
+    cmd = lambda g: [sys.executable, "-m", "compatret", "index", "add", str(tmp_path / g), "--items", src, "--batch-size", "16", "--json"]  # noqa: E731
+    subprocess.run(cmd("whole"), env=ENV, check=True, capture_output=True)
+    start = Gallery.open(tmp_path / "cut").version
+    proc = subprocess.Popen(cmd("cut"), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and Gallery.open(tmp_path / "cut").latest_version() < start + 3:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    partial = Gallery.open(tmp_path / "cut").count()
+    assert 0 < partial < 400, f"the interruption did not land mid-run ({partial} rows)"
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and f"{partial} rows committed" in err and "rerun" in err
+    done = subprocess.run(cmd("cut"), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"added": 400 - partial, "skipped": partial, "rows": 400}
+    whole, cut = Gallery.open(tmp_path / "whole").vectors_by_id(), Gallery.open(tmp_path / "cut").vectors_by_id()
+    assert set(whole) == set(cut) and len(cut) == Gallery.open(tmp_path / "cut").count() == 400
+    for i, (version, vec) in whole.items():
+        np.testing.assert_allclose(cut[i][1], vec, atol=1e-6)
+
+
+def test_same_id_other_content_refused(tmp_path, digit_models):
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    items = digit_models["items"][:10]
+    assert s.add_items(items, progress=False) == 10
+    assert s.add_items(items, progress=False) == 0  # all stored alike: nothing to do
+    version = s.gallery.version
+    changed = [{**items[3], "image": items[4]["image"]}]
+    with pytest.raises(CompatretError, match=r"other content, e\.g\. 'd3'"):
+        s.add_items(changed, progress=False)
+    assert s.gallery.version == version

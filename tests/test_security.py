@@ -10,9 +10,6 @@ import base64
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -26,17 +23,10 @@ from compatret.encoders import load_encoder
 from compatret.index.gallery import Gallery
 from compatret.index.service import Service
 from compatret.versions import VERSION_FILE, Compat, ModelVersion, resolve
+from served import serving
 
 WRITE_KEY = "write-key-0123456789abcdef"
 READ_KEY = "read-key-0123456789abcdef"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one_error_line(res) -> str:
@@ -62,26 +52,10 @@ def served(tmp_path_factory, digit_models):
     s.add_items(digit_models["items"][:60], progress=False)
     keys = root / "keys.txt"
     keys.write_text(f"# test keys\nwrite {WRITE_KEY}\nread {READ_KEY}\n")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPATRET_API") and k != "COMPATRET_READ_API_KEY"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "compatret", "serve", str(root / "g"), "--port", str(port), "--refresh-seconds", "0.05",
-         "--api-key-file", str(keys), "--models-dir", str(models), "--max-body-mb", "1"],
-        env={**env, "LANCEDB_LOG": "error"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail(proc.stderr.read().decode())
-    yield {"url": url, "gallery": root / "g", "root": root}
-    proc.terminate()
-    proc.wait(timeout=10)
+    env = {k: v for k, v in os.environ.items() if k not in ("COMPATRET_API_KEY", "COMPATRET_READ_API_KEY")}
+    with serving(str(root / "g"), "--refresh-seconds", "0.05", "--api-key-file", str(keys), "--models-dir", str(models),
+                 "--max-body-mb", "1", env=env) as url:
+        yield {"url": url, "gallery": root / "g", "root": root}
 
 
 def client(served, key: str | None = WRITE_KEY) -> httpx.Client:

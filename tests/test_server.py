@@ -2,50 +2,22 @@
 
 from __future__ import annotations
 
-import base64
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import numpy as np
 import pytest
 
 from compatret.index.service import Service
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from served import serving
 
 
 @pytest.fixture()
 def server(tmp_path, digit_models):
     s = Service.create(tmp_path / "g", model=digit_models["v1"])
     s.add_items(digit_models["items"][:150], progress=False)
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "compatret", "serve", str(tmp_path / "g"), "--port", str(port), "--refresh-seconds", "0.05",
-         "--models-dir", os.path.dirname(digit_models["v2"]), "--workers", "2"],
-        env={**os.environ, "LANCEDB_LOG": "error"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail(proc.stderr.read().decode())
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with serving(str(tmp_path / "g"), "--refresh-seconds", "0.05", "--models-dir", os.path.dirname(digit_models["v2"]), "--workers", "2") as url:
+        yield url
 
 
 def test_http_api_under_upgrade_and_backfill(server, digit_models):

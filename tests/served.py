@@ -1,0 +1,45 @@
+"""A real `compatret serve` process on a free loopback port, for the HTTP tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(gallery: str, *options: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start `compatret serve GALLERY OPTIONS...`, wait for /health, yield its URL, stop it."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "compatret", "serve", gallery, "--port", str(port), *options],
+                            env={**(env if env is not None else os.environ), "LANCEDB_LOG": "error"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(proc.stderr.read().decode())
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

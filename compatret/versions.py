@@ -265,12 +265,15 @@ def resolve(query: ModelVersion, gallery: ModelVersion, base_dir: str | Path | N
     """Compose the Compat rules from `gallery` down to `query` into one CompatPlan.
 
     identity keeps the shared dims, prefix(d) narrows them to d, transform maps the
-    gallery vectors into the child space (it needs the full parent space). A query model
-    whose lineage does not reach the gallery's version is refused.
+    gallery vectors into the child space (it needs the full parent space). An ancestor's
+    queries against a descendant's vectors work through identity and prefix rules (see
+    `_ancestor_plan`); models on other branches are refused.
     """
     chain = query.lineage()
     ids = [m.id for m in chain]
     if gallery.id not in ids:
+        if query.id in [m.id for m in gallery.lineage()]:
+            return _ancestor_plan(query, gallery)
         raise CompatretError(
             f"model {query.id!r} is not compatible with gallery model {gallery.id!r}: "
             f"its lineage is {' -> '.join(ids)}"
@@ -298,6 +301,25 @@ def resolve(query: ModelVersion, gallery: ModelVersion, base_dir: str | Path | N
             transforms.append(str(tp))
             shared = child.dim
     return CompatPlan(query.id, gallery.id, shared, tuple(transforms))
+
+
+def _ancestor_plan(query: ModelVersion, gallery: ModelVersion) -> CompatPlan:
+    """An older model's queries against a descendant's vectors (a client not yet upgraded).
+
+    Walking down from the query's model: identity keeps the space, prefix(d) keeps d dims of
+    it (the descendant's first d dims live in its parent's space); a transform has no inverse,
+    so the older model cannot read those vectors and is refused, naming the rule."""
+    path = list(reversed(gallery.lineage()))
+    path = path[[m.id for m in path].index(query.id):]  # query ... gallery
+    shared = query.dim
+    for child in path[1:]:
+        if child.compat.kind == "transform":
+            raise CompatretError(f"model {query.id!r} cannot query vectors of {gallery.id!r}: {child.id!r} maps its parent's "
+                                 "space with a transform, which has no inverse (upgrade the client to a newer model)")
+        if child.compat.kind == "prefix":
+            assert child.compat.dims is not None
+            shared = min(shared, child.compat.dims)
+    return CompatPlan(query.id, gallery.id, shared)
 
 
 def apply_plan(plan: CompatPlan, queries: np.ndarray | None, gallery: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -126,6 +126,9 @@ def test_transform_upgrade_maps_stored_vectors(tmp_path):
     # v2 rows are stored in v2's own space and found beside the mapped v1 rows
     s.add_vectors(vectors(1, 6, seed=5), ids=["new"], model="v2")
     assert Service.open(tmp_path / "g").query(vectors=vectors(1, 6, seed=5), k=1)[0].ids == ["new"]
+    # a client still on v1 cannot read v2's rows (a transform has no inverse): refused, naming the rule
+    with pytest.raises(CompatretError, match="no inverse"):
+        Service.open(tmp_path / "g").query(vectors=x[:1], model="v1", k=3)
 
 
 def test_mixed_version_gallery_ranks_both_versions(tmp_path):
@@ -144,6 +147,10 @@ def test_mixed_version_gallery_ranks_both_versions(tmp_path):
         res = s.query(vectors=base[i : i + 1], k=40)[0]
         assert res.ids[0] == (f"a{i}" if i < 20 else f"b{i - 20}")
         assert len(res.ids) == 40 and res.scores == sorted(res.scores, reverse=True)
-    # an ancestor model cannot read v2 rows: refused rather than half-answered
-    with pytest.raises(CompatretError, match="not compatible"):
-        s.query(vectors=base[:1, :8], model="v1", k=3)
+    # a client still on v1 reads every row through the shared 8 dims (v2's first 8 live in v1's space)
+    res = s.query(vectors=base[25:26, :8], model="v1", k=40)[0]
+    assert len(res.ids) == 40
+    exact = {i: float(normalize(base[n : n + 1, :8])[0] @ normalize(base[25:26, :8])[0]) for n, i in
+             [(n, f"a{n}" if n < 20 else f"b{n - 20}") for n in range(40)]}
+    assert res.ids[0] == "b5" and res.scores[0] == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(res.scores, [exact[i] for i in res.ids], atol=1e-5)

@@ -37,8 +37,19 @@ def test_unrelated_model_is_refused():
     other = ModelVersion("other", 8)
     with pytest.raises(CompatretError, match="not compatible"):
         resolve(other, v1)
+    sibling = ModelVersion("sibling", 8, parent=v1)
     with pytest.raises(CompatretError, match="not compatible"):
-        resolve(v1, v3)  # an ancestor cannot query a descendant's vectors
+        resolve(sibling, v3)  # another branch of the lineage
+
+
+def test_older_models_query_newer_vectors_where_rules_allow():
+    """A client not yet upgraded: identity and prefix rules read both ways, a transform does not."""
+    v1, v2, v3 = chain()
+    assert resolve(v1, v2).dims == 8 and resolve(v1, v3).dims == 8 and resolve(v2, v3).dims == 8
+    assert resolve(v1, v3).gallery_transforms == ()
+    v4 = ModelVersion("v4", 6, parent=v3, compat=Compat.transform("transforms/v4.npy"))
+    with pytest.raises(CompatretError, match="no inverse"):
+        resolve(v1, v4)
 
 
 def test_invalid_records_are_rejected():

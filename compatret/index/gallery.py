@@ -395,8 +395,9 @@ class Gallery:
     def addresses_of(self, ids: Sequence[str], version: int | None = None) -> dict[str, tuple[int, str]]:
         """id -> (row address, model version) of the rows of `ids` at table `version` (by the id index)."""
         out: dict[str, tuple[int, str]] = {}
-        for s in range(0, len(ids), 10_000):
-            t = self.dataset(version).to_table(columns=["id", "model_version"], filter=id_filter(ids[s : s + 10_000]), with_row_address=True)
+        for s in range(0, len(ids), ID_FILTER_MAX):
+            t = self.dataset(version).to_table(columns=["id", "model_version"], filter=id_filter(ids[s : s + ID_FILTER_MAX]),
+                                               with_row_address=True)
             out.update(zip(t.column("id").to_pylist(), zip(t.column("_rowaddr").to_pylist(), t.column("model_version").to_pylist())))
         return out
 

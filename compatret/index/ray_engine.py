@@ -5,7 +5,7 @@ fragments straight into the gallery's table; the driver commits what they wrote 
 step, under the gallery's writer lock: an `Append` for ingest, an `Update` (new fragment,
 old rows marked deleted) for backfill, exactly the rows, columns, lineage and model versions
 the local engine writes. A killed worker is retried by Ray; a killed driver leaves the table
-at its last committed step, and the same command continues (ingest skips blocks already
+at its last committed step, and the same command continues (ingest skips the items already
 stored, backfill takes the rows still pending). Files a failed attempt wrote are removed at
 the start of the next run, while this run holds both the writer lock and the Ray job lock, so
 no other process can have files in flight.
@@ -91,31 +91,33 @@ def _text_or_none(value: Any) -> str | None:
     return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
+def _write_rows(encoder: Any, uri: str, schema: pa.Schema, column: str, version_id: str, modality: str,
+                ids: list[str], titles: list[Any], texts: list[Any], images: list[Any], metadata: list[Any]) -> list[str]:
+    """Encode rows with `encoder` and write them, exactly as the local engine stores them, as new
+    Lance fragments of the table at `uri` (not committed): returns their metadata as JSON."""
+    import lance
+
+    inputs = images if modality == "image" else [{"title": t, "text": x} for t, x in zip(titles, texts)]
+    vectors = normalize(encoder.encode_items(inputs, batch_size=max(1, len(ids))))
+    table = rows_table(schema, column, version_id, ids, vectors, titles, texts, images, metadata)
+    return [json.dumps(f.to_json()) for f in lance.fragment.write_fragments(table, uri, schema=schema)]
+
+
 class _IngestWriter:
     """A Ray Data actor: the serving model loaded once; each batch encoded, normalised and
-    written as one Lance fragment; returns its metadata, ids and content digests."""
+    written as Lance fragments; returns their metadata and the batch's ids."""
 
     def __init__(self, uri: str, spec: str, schema_ipc: bytes, column: str, version_id: str, modality: str) -> None:
         from compatret.encoders import load_encoder
 
-        self.uri, self.column, self.version_id, self.modality = uri, column, version_id, modality
-        self.schema = pa.ipc.read_schema(pa.py_buffer(schema_ipc))
+        self.target = (uri, pa.ipc.read_schema(pa.py_buffer(schema_ipc)), column, version_id, modality)
         self.encoder = load_encoder(spec)
 
     def __call__(self, batch: pa.Table) -> dict[str, list[Any]]:
-        import lance
-
         ids = [i or uuid.uuid4().hex for i in batch.column("id").to_pylist()]
-        titles, texts = batch.column("title").to_pylist(), batch.column("text").to_pylist()
-        images = batch.column("image").to_pylist()
-        inputs = images if self.modality == "image" else [{"title": t, "text": x} for t, x in zip(titles, texts)]
-        missing = [i for i, x in zip(ids, inputs) if x is None or (isinstance(x, dict) and not (x["title"] or x["text"]))]
-        if missing:
-            raise CompatretError(f"{len(missing)} items have no {'image' if self.modality == 'image' else 'text'}, e.g. id {missing[0]!r}")
-        vectors = normalize(self.encoder.encode_items(inputs, batch_size=max(1, len(ids))))
-        table = rows_table(self.schema, self.column, self.version_id, ids, vectors, titles, texts, images, batch.column("metadata").to_pylist())
-        fragments = lance.fragment.write_fragments(table, self.uri, schema=self.schema)
-        return {"fragments": [json.dumps([json.dumps(f.to_json()) for f in fragments])], "ids": [json.dumps(ids)]}
+        fragments = _write_rows(self.encoder, *self.target, ids,
+                                *(batch.column(c).to_pylist() for c in ("title", "text", "image", "metadata")))
+        return {"fragments": [json.dumps(fragments)], "ids": [json.dumps(ids)]}
 
 
 def actor_cpus(workers: int) -> float:
@@ -182,45 +184,33 @@ def _item_blocks(path: str) -> Iterator[pa.Table]:
         raise CompatretError(f"{p}: items must be .jsonl or .parquet")
 
 
-def _read_items(path: str, skip: frozenset[str], check: Any = None) -> Any:
-    """A Ray Dataset of the items not stored yet, put into Ray's object store block by block;
-    `check` is given the rows skipped (it refuses an id stored with other content)."""
+def _read_items(path: str, modality: str, gallery: Gallery, check_alike: bool) -> tuple[Any, list[str | None], int]:
+    """The items not stored yet as a Ray Dataset (put into Ray's object store block by block; None
+    when there are none), the ids of every item, and how many were stored already. Items with
+    nothing to embed are refused here, before any commit, as the local engine does; with
+    `check_alike`, a stored id must hold the same content (else an error naming it)."""
     import ray
     import ray.data
 
-    refs = []
+    refs, ids_all, skipped = [], [], 0
     for block in _item_blocks(path):
-        if skip:
-            ids = block.column("id").to_pylist()
-            fresh = pa.array([i is None or i not in skip for i in ids])
-            if check is not None:
-                check(block.filter(pa.compute.invert(fresh)).to_pylist())
+        ids = block.column("id").to_pylist()
+        ids_all += ids
+        payload = block.column("image") if modality == "image" else pa.compute.coalesce(block.column("text"), block.column("title"))
+        empty = [i for i, p in zip(ids, payload.to_pylist()) if not p]
+        if empty:
+            raise CompatretError(f"items have no {'image' if modality == 'image' else 'text'}, e.g. id {empty[0]!r}")
+        named = [i for i in ids if i is not None]
+        stored = set(gallery.existing(named)) if named else set()
+        if stored:
+            fresh = pa.array([i is None or i not in stored for i in ids])
+            if check_alike:
+                gallery.stored_alike(block.filter(pa.compute.invert(fresh)).to_pylist())
             block = block.filter(fresh)
+            skipped += len(stored)
         if block.num_rows:
             refs.append(ray.put(block))
-    return ray.data.from_arrow_refs(refs) if refs else None
-
-
-def input_ids(path: str) -> list[str | None]:
-    """The ids the input file gives (None where a row has none), read on the driver."""
-    p = Path(path)
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        names = pq.read_schema(p).names
-        name = "id" if "id" in names else "_id" if "_id" in names else None
-        n = pq.read_metadata(p).num_rows
-        return [None] * n if name is None else [_text_or_none(i) for i in pq.read_table(p, columns=[name]).column(name).to_pylist()]
-    out: list[str | None] = []
-    with p.open() as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise CompatretError(f"{p}:{n}: not valid JSON ({exc.msg})") from exc
-                out.append(_text_or_none(row.get("id", row.get("_id"))) if isinstance(row, dict) else None)
-    return out
+    return (ray.data.from_arrow_refs(refs) if refs else None), ids_all, skipped
 
 
 MAX_PASSES = 5
@@ -239,26 +229,23 @@ def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, pr
 
     connect(options)
     start = time.perf_counter()
-    wanted = input_ids(path)
-    named = [i for i in wanted if i is not None]
-    if len(set(named)) != len(named):
-        raise CompatretError("duplicate ids in the input")
     with ray_job(gallery):
         meta = gallery.meta
         version = meta.serving
         with gallery.writing("ray ingest: columns"):
             column = gallery.ensure_column(version)
-        schema = gallery.dataset(gallery.latest_version()).schema
-        uri = gallery.dataset(gallery.latest_version()).uri
-        stored = frozenset(gallery.existing(named)) if named else frozenset()
-        skipped, added = len(stored), 0
-        bar = tqdm(total=len(wanted) - skipped, desc=f"ray ingest -> {version.id}", unit="row", disable=not progress)
+        ds_now = gallery.dataset(gallery.latest_version())
+        schema, uri = ds_now.schema, ds_now.uri
+        skipped = added = 0
+        named: list[str] = []
+        bar = tqdm(desc=f"ray ingest -> {version.id}", unit="row", disable=not progress)
         for n_pass in range(MAX_PASSES):
-            if n_pass:
-                stored = frozenset(gallery.existing(named)) if named else frozenset()
-                if len(stored) == len(named):
-                    break
-            items = _read_items(path, stored, gallery.stored_alike if n_pass == 0 else None)
+            items, ids_all, stored = _read_items(path, meta.modality, gallery, check_alike=n_pass == 0)
+            if n_pass == 0:
+                named = [i for i in ids_all if i is not None]
+                if len(set(named)) != len(named):
+                    raise CompatretError("duplicate ids in the input")
+                skipped, bar.total = stored, len(ids_all) - stored
             if items is None:
                 break
             out = items.map_batches(
@@ -302,7 +289,7 @@ def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, pr
             c = commit()
             added += c
             bar.update(c)
-            if not named:
+            if not named or len(gallery.existing(named)) == len(named):
                 break
         bar.close()
         lost = len(named) - len(gallery.existing(named)) if named else 0
@@ -315,7 +302,7 @@ def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, pr
 
 class _BackfillWriter:
     """A Ray Data actor: re-embeds a block of pending rows (read from table version `version`)
-    with the serving model and writes their new versions as one fragment."""
+    with the serving model and writes their new versions as fragments."""
 
     def __init__(self, uri: str, spec: str, column: str, version_id: str, modality: str, table_version: int) -> None:
         import lance
@@ -323,23 +310,16 @@ class _BackfillWriter:
         from compatret.encoders import load_encoder
 
         self.ds = lance.dataset(uri, version=table_version)
-        self.uri, self.column, self.version_id, self.modality = uri, column, version_id, modality
+        self.target = (uri, self.ds.schema, column, version_id, modality)
         self.encoder = load_encoder(spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        import lance
-
         found = self.ds.to_table(columns=["id", "title", "text", "image", "metadata"], filter=id_filter([str(i) for i in batch["id"]]),
                                  with_row_address=True)
-        titles, texts = found.column("title").to_pylist(), found.column("text").to_pylist()
-        images = found.column("image").to_pylist()
-        inputs = images if self.modality == "image" else [{"title": t, "text": x} for t, x in zip(titles, texts)]
-        vectors = normalize(self.encoder.encode_items(inputs, batch_size=max(1, len(inputs))))
         ids = found.column("id").to_pylist()
-        table = rows_table(self.ds.schema, self.column, self.version_id, ids, vectors, titles, texts, images,
-                           found.column("metadata").to_pylist())
-        fragments = lance.fragment.write_fragments(table, self.uri, schema=self.ds.schema)
-        return {"fragments": [json.dumps([json.dumps(f.to_json()) for f in fragments])], "ids": [json.dumps(ids)],
+        fragments = _write_rows(self.encoder, *self.target, ids,
+                                *(found.column(c).to_pylist() for c in ("title", "text", "image", "metadata")))
+        return {"fragments": [json.dumps(fragments)], "ids": [json.dumps(ids)],
                 "addresses": [json.dumps(found.column("_rowaddr").to_pylist())]}
 
 

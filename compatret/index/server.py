@@ -293,7 +293,7 @@ def create_app(directory: str | Path, refresh_seconds: float = 1.0, keys: ApiKey
     def model_spec(name: str, for_upgrade: bool = False) -> str:
         """What an HTTP model name may mean: a model this gallery knows, an alias, or a folder in models_dir."""
         meta = service.meta
-        known = {v.id for k in service._known(meta) for v in k.lineage()}
+        known = service.lineage(meta)
         if name in known:
             return meta.sources.get(name, name) if for_upgrade else name
         if name in ALIASES:

@@ -194,16 +194,20 @@ class Service:
         """Every model version this gallery has recorded: serving, first, and the writers of rows."""
         return [meta.serving, meta.vector_model, *meta.versions.values()]
 
+    @staticmethod
+    def lineage(meta: GalleryMeta) -> dict[str, ModelVersion]:
+        """id -> version of every model a query may name by id: the recorded ones and their ancestors."""
+        return {v.id: v for known in Service._known(meta) for v in known.lineage()}
+
     def _version(self, model: str | None, meta: GalleryMeta | None = None) -> ModelVersion:
-        """The version `model` names: an id this gallery knows, else an alias or a model folder,
-        refused when it reuses a known id with other weights."""
+        """The version `model` names: an id of the gallery's lineage, else an alias or a model
+        folder, refused when it reuses a known id with other weights."""
         meta = meta or self.meta
         if model is None:
             return meta.serving
-        for known in self._known(meta):
-            for v in known.lineage():
-                if model == v.id:
-                    return v
+        named = self.lineage(meta).get(model)
+        if named is not None:
+            return named
         version = load_version(model)
         check_same_weights(self._known(meta), version)
         return version
@@ -213,8 +217,7 @@ class Service:
         loaded once; the last few used stay loaded."""
         meta = meta or self.meta
         version = self._version(model, meta)
-        named = model is None or any(model == v.id for k in self._known(meta) for v in k.lineage())
-        spec = meta.sources.get(version.id) if named else model
+        spec = meta.sources.get(version.id) if model is None or model in self.lineage(meta) else model
         if spec is None:
             raise CompatretError(f"model {version.id!r} has no weights recorded in this gallery: query with --vectors")
         with self._encoder_lock:

@@ -30,8 +30,9 @@ def index() -> None:
 @click.option("--model", help="Model alias (minilm-l6, minilm-l3) or compatret model folder.")
 @click.option("--dim", type=int, help="Vector dim, for galleries of precomputed vectors.")
 @click.option("--version-id", help="Name of the model that made the precomputed vectors.")
-@click.option("--index", "ann", type=click.Choice(["auto", "flat", "ivf", "hnsw"]), default="auto", show_default=True,
-              help="Search structure: exact (flat) or approximate (ivf, hnsw); auto = flat below 200,000 rows, else ivf.")
+@click.option("--index", "ann", type=click.Choice(["auto", "flat", "ivf", "ivfpq", "hnsw"]), default="auto", show_default=True,
+              help="Search structure: exact (flat) or approximate (ivf; ivfpq: 16x smaller codes, re-ranked on the "
+                   "stored vectors; hnsw); auto = flat below 200,000 rows, else ivf.")
 @click.option("--merge", type=click.Choice(["raw", "shared"]), default="raw", show_default=True,
               help="How hits from rows of different model versions are ranked together.")
 @click.option("--json", "as_json", is_flag=True, help="Print the gallery info as JSON.")

@@ -33,20 +33,21 @@ def found_by_own_vector(s: Service, ids: list[str], x: np.ndarray, model: str | 
     return float(np.mean([r.ids[:1] == [i] for r, i in zip(res, ids)]))
 
 
-@pytest.mark.parametrize("ann", ["flat", "ivf", "hnsw"])
+@pytest.mark.parametrize("ann", ["flat", "ivf", "ivfpq", "hnsw"])
 def test_kernels_follow_add_delete_upgrade_backfill(tmp_path, ann):
     v1 = ModelVersion("v1", 8)
     v2 = ModelVersion("v2", 12, parent=v1, compat=Compat.prefix(8), method="bt2")
     s = Service.create(tmp_path / "g", model=folder(tmp_path, v1), ann=ann)
+    all_found = 0.97 if ann == "ivfpq" else 1.0  # 2-byte codes of 8-d noise: a row may miss the re-ranked candidates
     x = vectors(2600, 8, 0)
     ids = [f"r{i}" for i in range(2600)]
     s.add_vectors(x[:2000], ids=ids[:2000], batch_size=1000)
-    assert found_by_own_vector(s, ids[:50], x[:50]) == 1.0
+    assert found_by_own_vector(s, ids[:50], x[:50]) >= all_found
     kernel = s.index.kernel("v1", "auto", ann)
     trained = getattr(kernel, "trained_on", 0)
 
     s.add_vectors(x[2000:], ids=ids[2000:])  # a new fragment
-    assert found_by_own_vector(s, ids[2000:2100], x[2000:2100]) == 1.0
+    assert found_by_own_vector(s, ids[2000:2100], x[2000:2100]) >= all_found
     assert s.index.kernel("v1", "auto", ann) is kernel and kernel.ntotal == 2600  # updated, not rebuilt
     assert getattr(kernel, "trained_on", 0) == trained  # IVF lists not retrained for 30 % growth
 
@@ -58,7 +59,7 @@ def test_kernels_follow_add_delete_upgrade_backfill(tmp_path, ann):
         assert s.index.kernel("v1", "auto", ann) is kernel
     assert s.index.kernel("v1", "auto", ann).ntotal == 2500
     rollback(s, before_delete)  # the deleted rows come back, and the same kernels find them again
-    assert found_by_own_vector(s, ids[:100], x[:100]) == 1.0 and s.index.kernel("v1", "auto", ann).ntotal == 2600
+    assert found_by_own_vector(s, ids[:100], x[:100]) >= all_found and s.index.kernel("v1", "auto", ann).ntotal == 2600
     s.delete(ids[:100])
 
     s.upgrade(folder(tmp_path, v2))  # metadata only: the kernel stays as it is
@@ -70,8 +71,8 @@ def test_kernels_follow_add_delete_upgrade_backfill(tmp_path, ann):
         s.gallery.update_vectors(ids[100:300], new, v2)
     assert s.rows_by_version() == {"v1": 2300, "v2": 200}
     assert s.index.kernel("v1", "auto", ann).ntotal == 2300
-    assert found_by_own_vector(s, ids[100:200], new[:100]) == 1.0
-    assert found_by_own_vector(s, ids[300:400], np.hstack([x[300:400], np.zeros((100, 4), np.float32)])) == 1.0
+    assert found_by_own_vector(s, ids[100:200], new[:100]) >= all_found
+    assert found_by_own_vector(s, ids[300:400], np.hstack([x[300:400], np.zeros((100, 4), np.float32)])) >= all_found
 
     # the same gallery searched by kernels rebuilt from scratch gives the same answers
     q = vectors(40, 12, 2)
@@ -83,7 +84,7 @@ def test_kernels_follow_add_delete_upgrade_backfill(tmp_path, ann):
         np.testing.assert_allclose([r.scores for r in kept], [r.scores for r in rebuilt], atol=1e-5)
     else:  # approximate: the same rows are there (each found by its own vector)
         fresh = Service.open(tmp_path / "g")
-        assert found_by_own_vector(fresh, ids[300:2600:7], np.hstack([x[300:2600:7], np.zeros((329, 4), np.float32)])) == 1.0
+        assert found_by_own_vector(fresh, ids[300:2600:7], np.hstack([x[300:2600:7], np.zeros((329, 4), np.float32)])) >= all_found
 
 
 def test_ann_kernel_is_persisted_and_follows_another_process(tmp_path):
@@ -160,3 +161,20 @@ def test_parquet_vectors_from_another_store(tmp_path):
     good = subprocess.run(run + ["add", str(tmp_path / "g"), "--vectors", str(tmp_path / "v.parquet"), "--json"], capture_output=True, text=True)
     assert good.returncode == 0, good.stderr
     assert Service.open(tmp_path / "g").query(vectors=x[42:43], k=1)[0].ids == ["p42"]
+
+
+def test_ivfpq_gallery_scores_are_exact_on_the_stored_vectors(tmp_path):
+    """Through the service, an ivfpq gallery's hits carry exact scores (the re-rank ran on the
+    stored rows the hit ids name), and it finds what exact search finds."""
+    s = Service.create(tmp_path / "g", dim=32, version_id="v1", ann="ivfpq")
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(40, 32))
+    x = normalize(centers[rng.integers(0, 40, 6000)] + 0.4 * rng.normal(size=(6000, 32)))
+    s.add_vectors(x, ids=[str(i) for i in range(6000)], batch_size=2000)
+    q = normalize(centers[rng.integers(0, 40, 50)] + 0.4 * rng.normal(size=(50, 32)))
+    res = s.query(vectors=q, k=10)
+    for r, qv in zip(res, q):
+        np.testing.assert_allclose(r.scores, x[[int(i) for i in r.ids]] @ qv, atol=1e-5)
+    exact = np.argsort(-(q @ x.T), axis=1)[:, :10]
+    recall = np.mean([len({int(i) for i in r.ids} & set(e.tolist())) / 10 for r, e in zip(res, exact)])
+    assert recall >= 0.95

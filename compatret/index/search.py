@@ -1,23 +1,31 @@
-"""Inner-product search kernels (faiss CPU/GPU exact or IVF/HNSW, torch, numpy) behind one interface.
+"""Inner-product search kernels (faiss CPU/GPU exact or IVF/IVF-PQ/HNSW, torch, numpy) behind one interface.
 
 Every kernel returns int64 *labels* that its caller chose when adding vectors (a gallery uses
 Lance row addresses; `make_kernel` uses row positions), and can be updated in place:
 `add` appends labelled vectors, `remove` drops labels (or whole label ranges). A kernel that
 cannot remove (HNSW, faiss GPU) says so and is rebuilt by its owner.
+
+IVF-PQ kernels hold product-quantised codes (a byte per 4 dims: 16x smaller than float32);
+their candidates are re-scored on the stored float vectors (`rerank`), which the caller looks
+up by label, so the compressed codes decide only which rows are looked at.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
 KERNELS = ("auto", "faiss", "faiss-gpu", "torch", "numpy")
-ANN_KINDS = ("auto", "flat", "ivf", "hnsw")
+ANN_KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
+IVF_KINDS = ("ivf", "ivfpq")  # trained kernels: nprobe calibrated, retrained when their group grows
 FLAT_BELOW = 200_000  # rows: exact search is fast enough below this, and loses nothing
 TARGET_RECALL = 0.97  # IVF nprobe is the smallest reaching this recall@10 on stored rows (margin over 0.95)
 
+RERANK = 10  # ivfpq: candidates per requested hit (at least RERANK_MIN), re-scored on the stored float vectors
+RERANK_MIN = 100
 Part = tuple[np.ndarray, np.ndarray]  # (labels int64 [n], vectors float32 [n, d])
+Lookup = Callable[[np.ndarray], np.ndarray]  # labels int64 [n] -> their stored float32 vectors [n, d]
 
 
 class Kernel(Protocol):
@@ -177,6 +185,34 @@ def resolve_ann(kind: str, rows: int) -> str:
     return kind
 
 
+def pq_bytes(dim: int) -> int:
+    """Sub-quantisers (one byte each) for a dim: the largest divisor of dim at most dim / 4."""
+    return max(m for m in range(1, max(1, dim // 4) + 1) if dim % m == 0)
+
+
+def pq_bits(n: int) -> int:
+    """Bits per sub-quantiser code: 8 (256 centroids), fewer when there are too few rows to train them."""
+    return int(max(1, min(8, np.floor(np.log2(max(2, n // 39))))))
+
+
+def candidates_for(k: int) -> int:
+    """How many IVF-PQ candidates a top-k search re-ranks."""
+    return max(RERANK * k, RERANK_MIN)
+
+
+def rerank(queries: np.ndarray, candidates: np.ndarray, lookup: Lookup, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of the candidate labels by exact inner product with their stored vectors (-1 pads, as faiss)."""
+    queries = _f32(queries)
+    valid = candidates >= 0
+    scores = np.full(candidates.shape, -np.finfo(np.float32).max, np.float32)
+    if valid.any():
+        vectors = lookup(candidates[valid])
+        scores[valid] = np.einsum("nd,nd->n", vectors, queries[np.nonzero(valid)[0]])
+    k = min(k, candidates.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(np.where(valid, candidates, -1), order, 1)
+
+
 def ivf_lists(n: int) -> int:
     """sqrt(n) lists (at least 39 training points each): 1,000 at 1M rows, 3,162 at 10M."""
     return max(1, min(int(round(np.sqrt(n))), n // 39))
@@ -204,8 +240,10 @@ def sample_parts(parts: Sequence[Part], n: int, rng: np.random.Generator) -> np.
     return sample_labelled(parts, n, rng)[1]
 
 
-def calibrate_nprobe(index: "faiss.IndexIVF", parts: Sequence[Part], target: float = TARGET_RECALL, probes: int = 256) -> int:  # noqa: F821
-    """The smallest nprobe whose recall@10 reaches `target` for stored rows used as queries.
+def calibrate_nprobe(index: "faiss.IndexIVF", parts: Sequence[Part], lookup: Lookup | None = None,  # noqa: F821
+                     target: float = TARGET_RECALL, probes: int = 256) -> int:
+    """The smallest nprobe whose recall@10 reaches `target` for stored rows used as queries
+    (after the re-rank on stored vectors when `lookup` is given, as IVF-PQ searches).
 
     Each probe row's own label is left out of both rankings, so the check is about its
     neighbours, as for a new query from the same distribution. Exact top-11 streams over the
@@ -227,7 +265,9 @@ def calibrate_nprobe(index: "faiss.IndexIVF", parts: Sequence[Part], target: flo
     truth = [set(row[row != own][:10].tolist()) for row, own in zip(best_l, labels)]
     def reaches(nprobe: int) -> bool:
         index.nprobe = nprobe
-        _, found = index.search(queries, k)
+        _, found = index.search(queries, candidates_for(k) if lookup else k)
+        if lookup is not None:
+            found = rerank(queries, found, lookup, k)[1]
         got = np.mean([len(set(row[row != own][:10].tolist()) & t) / max(1, len(t)) for row, own, t in zip(found, labels, truth)])
         return bool(got >= target)
 
@@ -240,11 +280,13 @@ def calibrate_nprobe(index: "faiss.IndexIVF", parts: Sequence[Part], target: flo
     return hi
 
 
-def build_kernel(name: str, ann: str, dim: int, parts: Iterable[Part]) -> Kernel:
+def build_kernel(name: str, ann: str, dim: int, parts: Iterable[Part], lookup: Lookup | None = None) -> Kernel:
     """A kernel over labelled parts, added part by part (one copy of the vectors in memory).
 
     ann = ivf trains k-means on a sample first (40 points per list, 10 iterations) and
-    calibrates nprobe on stored rows (calibrate_nprobe); hnsw uses
+    calibrates nprobe on stored rows (calibrate_nprobe); ivfpq also trains product-quantiser
+    codes (pq_bytes, pq_bits) and calibrates nprobe with the re-rank, for which it needs
+    `lookup` (the caller's stored vectors by label); hnsw uses
     32 links, efSearch 128. `auto` is faiss on a GPU when faiss sees one, else torch CUDA,
     else faiss CPU; approximate indexes are always faiss.
     """
@@ -259,14 +301,21 @@ def build_kernel(name: str, ann: str, dim: int, parts: Iterable[Part]) -> Kernel
         backend = "numpy" if name == "numpy" else "torch"
         device = "cuda" if name == "auto" or (backend == "torch" and torch_cuda()) else "cpu"
         return ArrayKernel(labels, vectors, backend, device)
-    gpu = name == "faiss-gpu" or (name == "auto" and faiss_gpus() > 0 and ann != "hnsw")  # faiss has no GPU HNSW
+    # faiss has no GPU HNSW; GPU IVF-PQ needs settings per code size that are not checked here
+    gpu = name == "faiss-gpu" or (name == "auto" and faiss_gpus() > 0 and ann not in ("hnsw", "ivfpq"))
     n = sum(len(p[0]) for p in parts)
     trained_on = 0
-    if ann == "ivf" and n:
+    if ann == "ivfpq" and lookup is None:
+        raise ValueError("an ivfpq kernel needs a lookup of stored vectors for its re-rank")
+    if ann in IVF_KINDS and n:
         nlist = ivf_lists(n)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        if ann == "ivf":
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, pq_bytes(dim), pq_bits(n), faiss.METRIC_INNER_PRODUCT)
         index.cp.niter = 10
-        index.train(sample_parts(parts, 40 * nlist, np.random.default_rng(0)))
+        sample = 40 * nlist if ann == "ivf" else max(40 * nlist, 64 << index.pq.nbits)  # 64 points per PQ centroid
+        index.train(sample_parts(parts, sample, np.random.default_rng(0)))
         trained_on = n
     elif ann == "hnsw":
         hnsw = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
@@ -277,15 +326,17 @@ def build_kernel(name: str, ann: str, dim: int, parts: Iterable[Part]) -> Kernel
     kernel = FaissKernel(index, False, trained_on)
     for labels, vectors in parts:
         kernel.add(labels, vectors)
-    if ann == "ivf" and n:
-        index.nprobe = calibrate_nprobe(index, parts)
+    if ann in IVF_KINDS and n:
+        index.nprobe = calibrate_nprobe(index, parts, lookup if ann == "ivfpq" else None)
     return FaissKernel(index, gpu, trained_on) if gpu else kernel
 
 
 def make_kernel(name: str, vectors: np.ndarray, ann: str = "flat") -> Kernel:
-    """A kernel over plain vectors whose labels are their row positions."""
+    """A kernel over plain vectors whose labels are their row positions (an ivfpq kernel's
+    candidates are re-ranked by the caller: `rerank(q, labels, lambda l: vectors[l], k)`)."""
     vectors = _f32(vectors)
-    return build_kernel(name, ann, vectors.shape[1], [(np.arange(len(vectors), dtype=np.int64), vectors)])
+    return build_kernel(name, ann, vectors.shape[1], [(np.arange(len(vectors), dtype=np.int64), vectors)],
+                        lambda labels: vectors[labels])
 
 
 def backend_name(name: str) -> str:

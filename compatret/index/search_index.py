@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from compatret.index.gallery import Gallery, GalleryMeta
-from compatret.index.search import Kernel, build_kernel
+from compatret.index.search import IVF_KINDS, Kernel, build_kernel, candidates_for, rerank
 
 CACHE_DIR = "search"
 FORMAT = 3
@@ -56,6 +56,14 @@ class RowsRead:
     def masks(self) -> dict[str, np.ndarray]:
         """Which rows each model version wrote: compared once per fragment, not per write."""
         return {v: self.versions == v for v in self.vectors}
+
+    @cached_property
+    def slots(self) -> np.ndarray:
+        """Each read row's position in its version's vector array (to fetch vectors by row address)."""
+        slots = np.zeros(len(self.offsets), np.int64)
+        for mask in self.masks.values():
+            slots[mask] = np.arange(int(np.count_nonzero(mask)))
+        return slots
 
 
 @dataclass
@@ -339,7 +347,7 @@ def _load_kernel(gallery_dir: Path, key: tuple[str, ...]) -> KernelState | None:
         index = faiss.read_index(str(d / state["index"]))  # gone if the folder was replaced meanwhile
     except (OSError, ValueError, KeyError, RuntimeError):
         return None
-    gpu = key[1] in ("auto", "faiss-gpu") and key[2] == "ivf" and faiss_gpus() > 0
+    gpu = (key[1] == "faiss-gpu" or (key[1] == "auto" and key[2] == "ivf")) and faiss_gpus() > 0
     return KernelState(FaissKernel(index, gpu, int(state["trained_on"])), dict(state["covers"]), {k: int(v) for k, v in state["fids"].items()})
 
 
@@ -435,11 +443,34 @@ class SearchIndex:
             ids[m], versions[m] = f.read.ids[pos], f.read.versions[pos]
         return ids, versions
 
+    def vectors_of(self, version: str, labels: np.ndarray, mapper: Mapper | None = None) -> np.ndarray:
+        """The stored vectors of live `version` rows by kernel label (row address), in the plan's space."""
+        fids, offs = labels >> 32, labels & 0xFFFFFFFF
+        found: list[np.ndarray] = []
+        where: list[np.ndarray] = []
+        for fid in np.unique(fids):
+            m = np.nonzero(fids == fid)[0]
+            f = self._by_fid.get(int(fid))
+            pos = f.find(offs[m]) if f is not None else None
+            if pos is None or not (f.read.versions[pos] == version).all():
+                raise RuntimeError(f"search kernel holds rows that are not live {version} rows (stale kernel)")
+            found.append(np.asarray(f.read.vectors[version][f.read.slots[pos]]))
+            where.append(m)
+        if not found:
+            return np.zeros((0, 0), np.float32)
+        vectors = np.concatenate(found)[np.argsort(np.concatenate(where), kind="stable")]
+        return mapper(vectors) if mapper else vectors
+
     # ---- kernels -------------------------------------------------------------------------
     def search(self, version: str, queries: np.ndarray, k: int, name: str, ann: str,
                plan_key: str = "", mapper: Mapper | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, labels) among one version's rows, in the plan's space (`mapper` maps stored vectors)."""
-        return self.kernel(version, name, ann, plan_key, mapper).search(queries, k)
+        """Top-k (scores, labels) among one version's rows, in the plan's space (`mapper` maps stored
+        vectors); an ivfpq kernel's candidates (candidates_for(k)) are re-scored on the stored vectors."""
+        kernel = self.kernel(version, name, ann, plan_key, mapper)
+        if ann != "ivfpq":
+            return kernel.search(queries, k)
+        _, candidates = kernel.search(queries, candidates_for(k))
+        return rerank(queries, candidates, lambda labels: self.vectors_of(version, labels, mapper), k)
 
     def kernel(self, version: str, name: str, ann: str, plan_key: str = "", mapper: Mapper | None = None) -> Kernel:
         """The kernel over one version's rows: kept, loaded from disk and brought up to date, or built."""
@@ -468,7 +499,8 @@ class SearchIndex:
         parts = self._parts(version, mapper)
         dim = parts[0][1].shape[1] if parts else 1
         covered = {k: f for k, f in self.fragments.items() if version in f.counts}
-        state = KernelState(build_kernel(name, ann, dim, parts), {k: f.deletion for k, f in covered.items()},
+        lookup = (lambda labels: self.vectors_of(version, labels, mapper)) if ann == "ivfpq" else None
+        state = KernelState(build_kernel(name, ann, dim, parts, lookup), {k: f.deletion for k, f in covered.items()},
                             {k: f.fid for k, f in covered.items()}, mapper)
         if ann != "flat" and self.gallery_dir is not None and hasattr(state.kernel, "index"):
             _save_kernel(self.gallery_dir, key, state)
@@ -501,7 +533,7 @@ class SearchIndex:
         state.mapper = mapper
         state.dirty += len(removed) + sum(cur[k].counts[version] for k in added) + sum(len(r[0]) for r in revived)
         trained_on = getattr(state.kernel, "trained_on", 0)
-        if ann == "ivf" and trained_on and state.kernel.ntotal > RETRAIN_GROWTH * trained_on:
+        if ann in IVF_KINDS and trained_on and state.kernel.ntotal > RETRAIN_GROWTH * trained_on:
             return False
         if ann != "flat" and state.dirty > SAVE_DIRTY * max(1, state.kernel.ntotal) and self.gallery_dir is not None:
             _save_kernel(self.gallery_dir, key, state)

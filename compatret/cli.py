@@ -51,7 +51,7 @@ def engine_options(fn: Any) -> Any:
     """--engine local|ray and the Ray settings, shared by `index add` and `index backfill`."""
     for option in reversed([
         click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-                     help="ray: encode in Ray actors that write Lance fragments; this process commits them once per step."),
+                     help="ray: Ray workers encode (--items) or normalise (--vectors) rows and write Lance fragments; this process commits them once per step."),
         click.option("--ray-address", help="A running Ray cluster (default: $RAY_ADDRESS, else a local one is started)."),
         click.option("--workers", type=int, default=2, show_default=True, help="Ray encoding actors."),
         click.option("--num-gpus-per-worker", type=float, default=0.0, show_default=True),
@@ -94,9 +94,7 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
         raise CompatretError("--batch-size must be >= 1")
     service = Service.open(directory)
     ray = ray_options(engine, ray_address, workers, num_gpus_per_worker, step_rows, batch_size)
-    if ray is not None and vectors is not None:
-        raise CompatretError("--engine ray embeds --items; store precomputed --vectors with the local engine")
-    if ray is not None:
+    if ray is not None and items is not None:
         from compatret.index.ray_engine import ingest_items
 
         report = ingest_items(service.gallery, service.source_of_serving(), items, ray, progress=not as_json)  # type: ignore[arg-type]
@@ -123,8 +121,17 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
         else:
             vec = read_array(vectors, "vectors")  # type: ignore[arg-type]
             id_list = read_array(ids, "ids").astype(str) if ids is not None else None
-        added = service.add_vectors(vec, ids=id_list, model=model, progress=not as_json)
-    emit({"added": added, "rows": service.gallery.count()}, as_json, f"added {added} rows; {service.gallery.count()} in all")
+        if ray is not None:
+            from compatret.index.ray_engine import ingest_vectors
+
+            with service.gallery.writing("ray add vectors: checks"):
+                version, id_arr, stored = service.vectors_to_add(vec, id_list, model)
+            added = ingest_vectors(service.gallery, vec, id_arr, stored, version.id, ray, progress=not as_json)
+        else:
+            added = service.add_vectors(vec, ids=id_list, model=model, progress=not as_json)
+    skipped = len(vec) - added
+    emit({"added": added, "skipped": skipped, "rows": service.gallery.count()}, as_json,
+         f"added {added} rows ({skipped} already stored); {service.gallery.count()} in all")
 
 
 @index.command("delete")

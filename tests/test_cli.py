@@ -41,7 +41,7 @@ def test_vector_gallery_lifecycle(runner, tmp_path):
     info = json.loads(ok(runner, "index", "create", g, "--dim", "12", "--version-id", "v1", "--json"))
     assert info["dim"] == 12 and info["rows"] == 0
     out = json.loads(ok(runner, "index", "add", g, "--vectors", str(tmp_path / "x.npy"), "--ids", str(tmp_path / "ids.npy"), "--json"))
-    assert out == {"added": 300, "rows": 300}
+    assert out == {"added": 300, "skipped": 0, "rows": 300}
     np.save(tmp_path / "q.npy", x[:3])
     lines = ok(runner, "query", g, "--vectors", str(tmp_path / "q.npy"), "-k", "4", "--json").splitlines()
     assert len(lines) == 3

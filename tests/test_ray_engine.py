@@ -151,3 +151,51 @@ def test_a_killed_driver_resumes(tmp_path, digit_models, cluster):
     assert Gallery.open(tmp_path / "g").count() == expected == len(rows(tmp_path / "g"))
     on_disk, used = _data_files(tmp_path / "g")
     assert on_disk <= used  # files of the killed attempt (and of the rerun's skipped blocks) removed... or in use
+
+
+def test_vectors_on_ray_match_the_local_engine_and_resume(tmp_path, cluster, monkeypatch):
+    """`add --vectors --engine ray`: the rows the local engine stores; a rerun after a partial run
+    (steps committed, the rest not) adds only the rest; another vector under a stored id is refused."""
+    import compatret.index.ray_engine as engine
+    from compatret.index.ray_engine import ingest_vectors
+
+    monkeypatch.setattr(engine, "VECTOR_BLOCK_ROWS", 250)  # several blocks and steps on a small gallery
+    x = np.random.default_rng(0).normal(size=(1200, 16)).astype(np.float32)
+    ids = np.array([f"v{i}" for i in range(1200)])
+    local = Service.create(tmp_path / "local", dim=16, version_id="v1")
+    local.add_vectors(x, ids=ids, batch_size=250)
+
+    remote = Service.create(tmp_path / "ray", dim=16, version_id="v1")
+    remote.add_vectors(x[:500], ids=ids[:500], batch_size=250)  # what a killed driver had committed
+    with remote.gallery.writing("checks"):
+        version, id_arr, stored = remote.vectors_to_add(x, ids, None)
+    assert stored.sum() == 500 and stored[:500].all()
+    added = ingest_vectors(remote.gallery, x, id_arr, stored, version.id, RayOptions(workers=2), progress=False)
+    assert added == 700
+    assert_same_rows(tmp_path / "local", tmp_path / "ray")
+    assert len(Gallery.open(tmp_path / "ray").dataset(Gallery.open(tmp_path / "ray").latest_version()).get_fragments()) == 2 + 3
+
+    before = Gallery.open(tmp_path / "ray").latest_version()
+    other = x[:3].copy()
+    other[1] += 1.0
+    with remote.gallery.writing("checks"), pytest.raises(Exception, match="other content, e.g. 'v1'"):
+        remote.vectors_to_add(other, ids[:3], None)
+    assert Gallery.open(tmp_path / "ray").latest_version() == before
+
+
+def test_cli_vectors_on_ray(tmp_path, cluster):
+    """The CLI path: a separate process joins this test's cluster and stores the vectors."""
+    x = np.random.default_rng(1).normal(size=(300, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "ids.npy", np.array([f"r{i}" for i in range(300)]))
+    Service.create(tmp_path / "g", dim=8, version_id="v1")
+    cmd = [sys.executable, "-m", "compatret", "index", "add", str(tmp_path / "g"), "--vectors", str(tmp_path / "x.npy"),
+           "--ids", str(tmp_path / "ids.npy"), "--engine", "ray", "--ray-address", cluster, "--json"]
+    env = {**os.environ, "LANCEDB_LOG": "error"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["added"] == 300
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and json.loads(again.stdout)["skipped"] == 300, again.stderr[-2000:]
+    got = Gallery.open(tmp_path / "g").vectors_by_id()
+    np.testing.assert_allclose(got["r7"][1], x[7] / np.linalg.norm(x[7]), atol=1e-6)

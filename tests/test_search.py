@@ -73,7 +73,7 @@ def test_ivfpq_candidates_are_rescored_on_the_stored_vectors():
     _, exact = make_kernel("faiss", x).search(q, 10)
     kernel = make_kernel("faiss", x, ann="ivfpq")
     assert kernel.index.pq.M == 16  # type: ignore[attr-defined]  # a sub-quantiser per 4 dims
-    coarse_scores, candidates = kernel.search(q, candidates_for(10))
+    coarse_scores, candidates = kernel.search(q, candidates_for(10, kernel.rerank))  # type: ignore[attr-defined]
     scores, found = rerank(q, candidates, lambda labels: x[labels], 10)
     np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", x[found], q), atol=1e-5)
     assert np.abs(coarse_scores[:, :10] - np.einsum("qkd,qd->qk", x[candidates[:, :10]], q)).max() > 1e-3

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from compatret.errors import CompatretError
 from compatret.index.writer_lock import retry_commit, writer_lock
-from compatret.versions import ModelVersion
+from compatret.versions import ModelVersion, normalize
 
 os.environ.setdefault("LANCEDB_LOG", "error")
 
@@ -474,6 +474,26 @@ class Gallery:
         if differ:
             raise CompatretError(f"{len(differ)} ids are already in the gallery with other content, e.g. {differ[0]!r}")
         return set(stored)
+
+    def stored_vectors_alike(self, ids: np.ndarray, vectors: np.ndarray, version: ModelVersion, block: int = 100_000) -> np.ndarray:
+        """Which of these (id, vector) rows are stored already, by `version`, with the same vector
+        (normalised, within 1e-6): what a rerun of an interrupted `add --vectors` skips. An id
+        stored otherwise is an error naming it. Read block by block (memory-mapped input)."""
+        alike = np.zeros(len(ids), dtype=bool)
+        for s in range(0, len(ids), block):
+            taken = self.existing(ids[s : s + block])
+            if not taken:
+                continue
+            column = self.meta.column(version)
+            rows = self._rows(taken, ["id", "model_version"] + ([column] if column in self.table.schema.names else []))
+            pos = {str(i): n for n, i in enumerate(ids[s : s + block])}
+            for i, row in rows.items():
+                mine = normalize(np.asarray(vectors[s + pos[i]], np.float32)[None])[0]
+                stored = row.get(column) if row["model_version"] == version.id else None
+                if stored is None or not np.allclose(np.asarray(stored, np.float32), mine, atol=1e-6):
+                    raise CompatretError(f"ids are already in the gallery with other content, e.g. {i!r}")
+                alike[s + pos[i]] = True
+        return alike
 
     def _rows(self, ids: Iterable[str], columns: list[str], version: int | None = None) -> dict[str, dict[str, Any]]:
         unique = set(ids)

@@ -300,6 +300,74 @@ def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, pr
     return {"added": added, "skipped": skipped, "seconds": time.perf_counter() - start, "engine": "ray", "workers": options.workers}
 
 
+VECTOR_BLOCK_ROWS = 100_000  # rows per worker task and Lance fragment of `add --vectors` (the local engine's batch)
+
+
+def _write_vector_block(batch: pa.Table, uri: str, schema_ipc: bytes, column: str, version_id: str) -> dict[str, list[Any]]:
+    """A Ray task: one block of precomputed vectors normalised and written as Lance fragments
+    (not committed), exactly as the local engine stores them."""
+    import lance
+
+    ids = batch.column("id").to_pylist()
+    vec = batch.column("vector").combine_chunks()
+    vectors = normalize(vec.values.to_numpy(zero_copy_only=False).reshape(len(ids), vec.type.list_size))
+    table = rows_table(pa.ipc.read_schema(pa.py_buffer(schema_ipc)), column, version_id, ids, vectors)
+    fragments = lance.fragment.write_fragments(table, uri, schema=table.schema, max_rows_per_file=len(ids) + 1)
+    return {"fragments": [json.dumps([json.dumps(f.to_json()) for f in fragments])], "ids": [json.dumps(ids)]}
+
+
+def ingest_vectors(gallery: Gallery, vectors: np.ndarray, ids: np.ndarray | None, stored: np.ndarray, version_id: str,
+                   options: RayOptions, progress: bool = True) -> int:
+    """`index add --vectors X --engine ray`, after the checks of `Service.vectors_to_add`: rows
+    not `stored` yet are normalised and written by Ray tasks, a block each, and committed by
+    the driver once per step (one block per worker). Returns the rows added."""
+    import lance
+    import ray
+    import ray.data
+
+    connect(options)
+    added = 0
+    with ray_job(gallery):
+        version = gallery.meta.version(version_id)
+        with gallery.writing("ray add vectors: columns"):
+            column = gallery.ensure_column(version)
+        ds_now = gallery.dataset(gallery.latest_version())
+        target = {"uri": ds_now.uri, "schema_ipc": ds_now.schema.serialize().to_pybytes(), "column": column, "version_id": version.id}
+        token = uuid.uuid4().hex
+        step = VECTOR_BLOCK_ROWS * max(1, options.workers)
+        bar = tqdm(total=int(len(vectors) - stored.sum()), desc=f"ray add -> {version.id}", unit="row", disable=not progress)
+        for s0 in range(0, len(vectors), step):
+            refs = []
+            for s in range(s0, min(len(vectors), s0 + step), VECTOR_BLOCK_ROWS):
+                e = min(len(vectors), s + VECTOR_BLOCK_ROWS)
+                keep = ~stored[s:e]
+                block_ids = ids[s:e][keep] if ids is not None else np.array([f"{token}-{i}" for i in range(s, e)])
+                if len(block_ids):
+                    vec = np.ascontiguousarray(vectors[s:e][keep], dtype=np.float32)
+                    values = pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), vec.shape[1])
+                    refs.append(ray.put(pa.table({"id": pa.array(block_ids.tolist(), pa.string()), "vector": values})))
+            if not refs:
+                continue
+            out = ray.data.from_arrow_refs(refs).map_batches(
+                _write_vector_block, batch_size=None, batch_format="pyarrow", num_cpus=actor_cpus(options.workers),
+                scheduling_strategy="SPREAD", fn_kwargs=target)
+            written = [(json.loads(r["fragments"]), json.loads(r["ids"])) for r in out.iter_rows()]
+            with gallery.writing("ray add vectors step"):
+                ids_now = [i for _, b in written for i in b]
+                if gallery.existing(ids_now):  # another writer stored some of them meanwhile: nothing of this step is committed
+                    raise CompatretError(f"ids of this run were stored by another writer meanwhile, e.g. {gallery.existing(ids_now)[0]!r}; rerun to continue")
+                ds = gallery.dataset(gallery.latest_version())
+                fragments = [lance.fragment.FragmentMetadata.from_json(f) for frags, _ in written for f in frags]
+                lance.LanceDataset.commit(ds, lance.LanceOperation.Append(fragments), read_version=ds.version)
+                gallery.latest_version()
+            added += len(ids_now)
+            bar.update(len(ids_now))
+        bar.close()
+        with gallery.writing("ray add vectors: id index"):
+            gallery.ensure_id_index()
+    return added
+
+
 class _BackfillWriter:
     """A Ray Data actor: re-embeds a block of pending rows (read from table version `version`)
     with the serving model and writes their new versions as fragments."""

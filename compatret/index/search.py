@@ -22,8 +22,8 @@ IVF_KINDS = ("ivf", "ivfpq")  # trained kernels: nprobe calibrated, retrained wh
 FLAT_BELOW = 200_000  # rows: exact search is fast enough below this, and loses nothing
 TARGET_RECALL = 0.97  # IVF nprobe is the smallest reaching this recall@10 on stored rows (margin over 0.95)
 
-RERANK = 10  # ivfpq: candidates per requested hit (at least RERANK_MIN), re-scored on the stored float vectors
-RERANK_MIN = 100
+RERANK_MAX = 100  # ivfpq: at most this many candidates per requested hit are re-scored on the stored vectors
+RERANK_MIN = 100  # ... and at least this many in all
 Part = tuple[np.ndarray, np.ndarray]  # (labels int64 [n], vectors float32 [n, d])
 Lookup = Callable[[np.ndarray], np.ndarray]  # labels int64 [n] -> their stored float32 vectors [n, d]
 
@@ -72,10 +72,11 @@ class FaissKernel:
     `gpu` copies it to every GPU faiss sees: edits go to the CPU index, then it is copied again.
     """
 
-    def __init__(self, index: "faiss.Index", gpu: bool = False, trained_on: int = 0) -> None:  # noqa: F821
+    def __init__(self, index: "faiss.Index", gpu: bool = False, trained_on: int = 0, rerank: int = 0) -> None:  # noqa: F821
         self.index = index
         self.gpu = gpu
         self.trained_on = trained_on  # rows the IVF lists were trained on (0: nothing trained)
+        self.rerank = rerank  # IVF-PQ: candidates re-ranked per requested hit (calibrated; 0: no re-rank)
         self.name = "faiss-gpu" if gpu else "faiss-cpu"
         self._to_device()
 
@@ -195,9 +196,9 @@ def pq_bits(n: int) -> int:
     return int(max(1, min(8, np.floor(np.log2(max(2, n // 39))))))
 
 
-def candidates_for(k: int) -> int:
-    """How many IVF-PQ candidates a top-k search re-ranks."""
-    return max(RERANK * k, RERANK_MIN)
+def candidates_for(k: int, factor: int) -> int:
+    """How many IVF-PQ candidates a top-k search re-ranks (`factor`: the kernel's calibrated depth)."""
+    return max(factor * k, RERANK_MIN)
 
 
 def rerank(queries: np.ndarray, candidates: np.ndarray, lookup: Lookup, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -240,14 +241,26 @@ def sample_parts(parts: Sequence[Part], n: int, rng: np.random.Generator) -> np.
     return sample_labelled(parts, n, rng)[1]
 
 
-def calibrate_nprobe(index: "faiss.IndexIVF", parts: Sequence[Part], lookup: Lookup | None = None,  # noqa: F821
-                     target: float = TARGET_RECALL, probes: int = 256) -> int:
-    """The smallest nprobe whose recall@10 reaches `target` for stored rows used as queries
-    (after the re-rank on stored vectors when `lookup` is given, as IVF-PQ searches).
+def smallest(holds: Callable[[int], bool], top: int) -> int:
+    """The smallest n in [1, top] for which the monotone `holds(n)` is true (top when none is):
+    doubling from 1, then bisection."""
+    lo, hi = 0, 1
+    while hi < top and not holds(hi):
+        lo, hi = hi, min(top, hi * 2)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if holds(mid) else (mid, hi)
+    return hi
+
+
+def calibrate(index: "faiss.IndexIVF", parts: Sequence[Part], lookup: Lookup | None = None,  # noqa: F821
+              target: float = TARGET_RECALL, probes: int = 256) -> tuple[int, int]:
+    """The smallest nprobe, and for IVF-PQ (`lookup` given) the smallest re-rank depth, whose
+    recall@10 reaches `target` for stored rows used as queries: (nprobe, rerank factor; 0 for IVF).
 
     Each probe row's own label is left out of both rankings, so the check is about its
     neighbours, as for a new query from the same distribution. Exact top-11 streams over the
-    parts (O(probes x rows)); nprobe doubles from 1 until the target is met, then is bisected.
+    parts (O(probes x rows)). nprobe is chosen with the deepest re-rank, then the depth at that nprobe.
     """
     import faiss
 
@@ -263,29 +276,28 @@ def calibrate_nprobe(index: "faiss.IndexIVF", parts: Sequence[Part], lookup: Loo
         top = np.argsort(-all_s, axis=1)[:, :k]
         best_s, best_l = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_l, top, 1)
     truth = [set(row[row != own][:10].tolist()) for row, own in zip(best_l, labels)]
-    def reaches(nprobe: int) -> bool:
+
+    def reaches(nprobe: int, factor: int) -> bool:
         index.nprobe = nprobe
-        _, found = index.search(queries, candidates_for(k) if lookup else k)
-        if lookup is not None:
-            found = rerank(queries, found, lookup, k)[1]
+        if lookup is None:
+            found = index.search(queries, k)[1]
+        else:
+            found = rerank(queries, index.search(queries, candidates_for(k, factor))[1], lookup, k)[1]
         got = np.mean([len(set(row[row != own][:10].tolist()) & t) / max(1, len(t)) for row, own, t in zip(found, labels, truth)])
         return bool(got >= target)
 
-    lo, hi = 0, 1  # doubling, then bisection: the smallest nprobe that reaches the target
-    while hi < index.nlist and not reaches(hi):
-        lo, hi = hi, min(index.nlist, hi * 2)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
-    return hi
+    nprobe = smallest(lambda p: reaches(p, RERANK_MAX), index.nlist)
+    factor = smallest(lambda f: reaches(nprobe, f), RERANK_MAX) if lookup is not None else 0
+    index.nprobe = nprobe
+    return nprobe, factor
 
 
 def build_kernel(name: str, ann: str, dim: int, parts: Iterable[Part], lookup: Lookup | None = None) -> Kernel:
     """A kernel over labelled parts, added part by part (one copy of the vectors in memory).
 
     ann = ivf trains k-means on a sample first (40 points per list, 10 iterations) and
-    calibrates nprobe on stored rows (calibrate_nprobe); ivfpq also trains product-quantiser
-    codes (pq_bytes, pq_bits) and calibrates nprobe with the re-rank, for which it needs
+    calibrates nprobe on stored rows (calibrate); ivfpq also trains product-quantiser
+    codes (pq_bytes, pq_bits) and calibrates the re-rank depth too, for which it needs
     `lookup` (the caller's stored vectors by label); hnsw uses
     32 links, efSearch 128. `auto` is faiss on a GPU when faiss sees one, else torch CUDA,
     else faiss CPU; approximate indexes are always faiss.
@@ -327,8 +339,8 @@ def build_kernel(name: str, ann: str, dim: int, parts: Iterable[Part], lookup: L
     for labels, vectors in parts:
         kernel.add(labels, vectors)
     if ann in IVF_KINDS and n:
-        index.nprobe = calibrate_nprobe(index, parts, lookup if ann == "ivfpq" else None)
-    return FaissKernel(index, gpu, trained_on) if gpu else kernel
+        index.nprobe, kernel.rerank = calibrate(index, parts, lookup if ann == "ivfpq" else None)
+    return FaissKernel(index, gpu, trained_on, kernel.rerank) if gpu else kernel
 
 
 def make_kernel(name: str, vectors: np.ndarray, ann: str = "flat") -> Kernel:

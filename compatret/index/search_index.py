@@ -327,7 +327,8 @@ def _save_kernel(gallery_dir: Path, key: tuple[str, ...], state: KernelState) ->
         tmp.mkdir(parents=True)
         faiss.write_index(state.kernel.index, str(tmp / f"index-{token}.faiss"))  # type: ignore[attr-defined]
         (tmp / "state.json").write_text(json.dumps({"key": list(key), "index": f"index-{token}.faiss", "covers": state.covers,
-                                                     "fids": state.fids, "trained_on": state.kernel.trained_on}))  # type: ignore[attr-defined]
+                                                     "fids": state.fids, "trained_on": state.kernel.trained_on,  # type: ignore[attr-defined]
+                                                     "rerank": state.kernel.rerank}))  # type: ignore[attr-defined]
         _replace_dir(tmp, target)
         state.dirty = 0
     except OSError:
@@ -348,7 +349,8 @@ def _load_kernel(gallery_dir: Path, key: tuple[str, ...]) -> KernelState | None:
     except (OSError, ValueError, KeyError, RuntimeError):
         return None
     gpu = (key[1] == "faiss-gpu" or (key[1] == "auto" and key[2] == "ivf")) and faiss_gpus() > 0
-    return KernelState(FaissKernel(index, gpu, int(state["trained_on"])), dict(state["covers"]), {k: int(v) for k, v in state["fids"].items()})
+    kernel = FaissKernel(index, gpu, int(state["trained_on"]), int(state.get("rerank", 0)))
+    return KernelState(kernel, dict(state["covers"]), {k: int(v) for k, v in state["fids"].items()})
 
 
 class SearchIndex:
@@ -465,11 +467,11 @@ class SearchIndex:
     def search(self, version: str, queries: np.ndarray, k: int, name: str, ann: str,
                plan_key: str = "", mapper: Mapper | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, labels) among one version's rows, in the plan's space (`mapper` maps stored
-        vectors); an ivfpq kernel's candidates (candidates_for(k)) are re-scored on the stored vectors."""
+        vectors); an ivfpq kernel's candidates (candidates_for(k, its calibrated depth)) are re-scored on the stored vectors."""
         kernel = self.kernel(version, name, ann, plan_key, mapper)
         if ann != "ivfpq":
             return kernel.search(queries, k)
-        _, candidates = kernel.search(queries, candidates_for(k))
+        _, candidates = kernel.search(queries, candidates_for(k, kernel.rerank))  # type: ignore[attr-defined]
         return rerank(queries, candidates, lambda labels: self.vectors_of(version, labels, mapper), k)
 
     def kernel(self, version: str, name: str, ann: str, plan_key: str = "", mapper: Mapper | None = None) -> Kernel:

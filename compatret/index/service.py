@@ -248,12 +248,16 @@ class Service:
                 raise CompatretError(f"vectors contain NaN or infinity (in rows {s}..{min(len(vectors), s + block) - 1})")
 
     # ---- writes: each holds the writer lock and reads the table, never the search view ----
+    @staticmethod
+    def _check_id_values(ids: np.ndarray) -> None:
+        if len(np.unique(ids)) != len(ids):
+            raise CompatretError("duplicate ids in the input")
+        if (np.char.str_len(ids) == 0).any():
+            raise CompatretError("ids must be non-empty strings")
+
     def _check_new_ids(self, ids: Sequence[str] | np.ndarray) -> None:
         arr = np.asarray(ids, dtype=str)
-        if len(np.unique(arr)) != len(arr):
-            raise CompatretError("duplicate ids in the input")
-        if (np.char.str_len(arr) == 0).any():
-            raise CompatretError("ids must be non-empty strings")
+        self._check_id_values(arr)
         taken = self.gallery.existing(arr)
         if taken:
             raise CompatretError(f"{len(taken)} ids already in the gallery, e.g. {taken[0]!r}")
@@ -267,22 +271,32 @@ class Service:
         stays constant. Rows without ids get `<uuid>-<n>` ids, unique by construction.
         """
         with self.gallery.writing("add vectors"):
-            meta = self.meta
-            version = self._version(model, meta) if model is not None else meta.vector_model
-            self._check_writer(vectors, version, meta, batch_size)
-            n = len(vectors)
-            if ids is not None:
-                ids = np.asarray(ids).astype(str)
-                if len(ids) != n:
-                    raise CompatretError(f"{len(ids)} ids for {n} vectors")
-                self._check_new_ids(ids)
+            version, ids, stored = self.vectors_to_add(vectors, ids, model, batch_size)
             token = uuid.uuid4().hex
-            for s in tqdm(range(0, n, batch_size), desc="add", unit="batch", disable=not progress or n <= batch_size):
-                e = min(n, s + batch_size)
-                chunk_ids = ids[s:e].tolist() if ids is not None else [f"{token}-{i}" for i in range(s, e)]
-                self.gallery.add_rows(chunk_ids, normalize(vectors[s:e]), version)
+            for s in tqdm(range(0, len(vectors), batch_size), desc="add", unit="batch", disable=not progress or len(vectors) <= batch_size):
+                e = min(len(vectors), s + batch_size)
+                keep = ~stored[s:e]
+                chunk_ids = ids[s:e][keep].tolist() if ids is not None else [f"{token}-{i}" for i in range(s, e)]
+                if chunk_ids:
+                    self.gallery.add_rows(chunk_ids, normalize(vectors[s:e][keep]), version)
             self.gallery.ensure_id_index()
-        return n
+        return int(len(vectors) - stored.sum())
+
+    def vectors_to_add(self, vectors: np.ndarray, ids: Sequence[str] | np.ndarray | None, model: str | None,
+                       block: int = 100_000) -> tuple[ModelVersion, np.ndarray | None, np.ndarray]:
+        """Checks of an `add --vectors` (both engines), before any commit: the model whose space
+        they are in, the ids as strings, and which rows are stored already with these vectors
+        (skipped, so a rerun of an interrupted add finishes it; other content under an id is refused)."""
+        meta = self.meta
+        version = self._version(model, meta) if model is not None else meta.vector_model
+        self._check_writer(vectors, version, meta, block)
+        if ids is None:
+            return version, None, np.zeros(len(vectors), dtype=bool)
+        ids = np.asarray(ids).astype(str)
+        if len(ids) != len(vectors):
+            raise CompatretError(f"{len(ids)} ids for {len(vectors)} vectors")
+        self._check_id_values(ids)
+        return version, ids, self.gallery.stored_vectors_alike(ids, vectors, version, block)
 
     def add_items(self, items: Sequence[dict[str, Any]], batch_size: int = 256, progress: bool = True) -> int:
         """Embed items with the serving model and store them, one commit per batch; ids default to uuids.

@@ -395,6 +395,7 @@ def quickstart(workdir: str, data: str | None, as_json: bool) -> None:
 
 
 # sub-command groups live in compatret/commands (their heavy imports happen inside the commands)
+from compatret.commands.adapt import adapt  # noqa: E402
 from compatret.commands.evaluate import eval_group  # noqa: E402
 from compatret.commands.retrieval_eval import retrieval  # noqa: E402
 from compatret.commands.retriever import retriever  # noqa: E402
@@ -403,4 +404,5 @@ from compatret.commands.train import train  # noqa: E402
 train.add_command(retriever)
 eval_group.add_command(retrieval)
 main.add_command(train)
+main.add_command(adapt)
 main.add_command(eval_group, name="eval")

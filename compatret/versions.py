@@ -232,19 +232,49 @@ def check_same_weights(known: Iterable[ModelVersion], candidate: ModelVersion) -
 
 
 @dataclass(frozen=True)
-class Affine:
-    """y = x @ weight + bias: one learned transform step, parent space -> child space."""
+class LearnedMap:
+    """y = x @ weight + bias [+ relu(x @ w1 + b1) @ w2]: one learned transform step, parent space
+    -> child space. Stored as .npy (the weight rows, then the bias row) or as .npz (weight, bias,
+    and w1, b1, w2 when it has a residual layer); read with numpy only."""
 
     weight: np.ndarray
     bias: np.ndarray
+    w1: np.ndarray | None = None
+    b1: np.ndarray | None = None
+    w2: np.ndarray | None = None
 
     @staticmethod
-    def load(path: str | Path) -> Affine:
-        m = np.load(path).astype(np.float32)
-        return Affine(weight=m[:-1], bias=m[-1])
+    def load(path: str | Path) -> LearnedMap:
+        try:
+            if str(path).endswith(".npz"):
+                with np.load(path, allow_pickle=False) as z:
+                    parts = {k: z[k].astype(np.float32) for k in ("weight", "bias", "w1", "b1", "w2") if k in z}
+                return LearnedMap(**parts)
+            m = np.load(path, allow_pickle=False).astype(np.float32)
+            return LearnedMap(weight=m[:-1], bias=m[-1])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CompatretError(f"cannot read transform {path}: {exc}") from exc
+
+    def save(self, path: str | Path) -> None:
+        """As .npz, written whole or not at all."""
+        arrays = {k: v for k, v in (("weight", self.weight), ("bias", self.bias), ("w1", self.w1), ("b1", self.b1), ("w2", self.w2))
+                  if v is not None}
+        tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
+        os.replace(tmp, path)
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        """(input dim, output dim)."""
+        return int(self.weight.shape[0]), int(self.weight.shape[1])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return x @ self.weight + self.bias
+        x = np.asarray(x, dtype=np.float32)
+        y = x @ self.weight + self.bias
+        if self.w1 is not None and self.b1 is not None and self.w2 is not None:
+            y = y + np.maximum(x @ self.w1 + self.b1, 0) @ self.w2
+        return y
 
 
 @dataclass(frozen=True)
@@ -330,7 +360,7 @@ def apply_plan(plan: CompatPlan, queries: np.ndarray | None, gallery: np.ndarray
     if gallery is not None:
         g = gallery.astype(np.float32, copy=False)
         for tp in plan.gallery_transforms:
-            g = Affine.load(tp)(g)
+            g = LearnedMap.load(tp)(g)
         g = normalize(np.ascontiguousarray(g[:, : plan.dims], dtype=np.float32))
     return q, g
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 from compatret.encoders.base import ENCODER_FILE, Encoder
 from compatret.errors import CompatretError
-from compatret.versions import VERSION_FILE, ModelVersion, confined
+from compatret.versions import VERSION_FILE, LearnedMap, ModelVersion, confined
 
 
 def _minilm_l6_dir() -> Path:
@@ -51,6 +51,12 @@ _ALIAS_LOADERS: dict[str, Callable[[str | None], Encoder]] = {
     "minilm-l6": _load_minilm_l6,
     "minilm-l3": _load_minilm_l3,
 }
+
+
+def _with_version(encoder: Encoder, version: ModelVersion) -> Encoder:
+    """The same weights, answering for another record (same space, its own id and lineage)."""
+    encoder.version = version
+    return encoder
 
 
 def load_version(spec: str) -> ModelVersion:
@@ -108,6 +114,20 @@ def load_encoder(spec: str, device: str | None = None, _nested: bool = False) ->
 
         return OnnxTextEncoder(confined(path, str(cfg.get("onnx", "")), "onnx"), confined(path, str(cfg.get("tokenizer", "")), "tokenizer"),
                                version, max_length=int(cfg.get("max_length", 128)))
+    if kind == "alias":  # an offline model under a record of its own (an adapter's gallery-side model)
+        if cfg.get("model") not in _ALIAS_LOADERS:
+            raise CompatretError(f"model folder {spec}: unknown alias {cfg.get('model')!r}; choose from {sorted(_ALIAS_LOADERS)}")
+        return _with_version(_ALIAS_LOADERS[cfg["model"]](device), version)
+    if kind == "adapted":  # {"base": alias or subfolder, "head": a LearnedMap .npz}: base's vectors mapped into this space
+        from compatret.encoders.adapted import AdaptedEncoder
+
+        if _nested:
+            raise CompatretError(f"model folder {spec}: an adapted model's base cannot be adapted again")
+        base_spec = str(cfg.get("base", ""))
+        if base_spec not in ALIASES:
+            base_spec = str(confined(path, base_spec, "base"))
+        head = LearnedMap.load(confined(path, str(cfg.get("head", "")), "head"))
+        return AdaptedEncoder(load_encoder(base_spec, device, _nested=True), head, version)
     if kind == "image":
         from compatret.encoders.image import ImageEncoder, load_image_model
 

@@ -10,7 +10,7 @@ import uuid
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -372,9 +372,12 @@ class Service:
             for writer in (meta.vector_model, *meta.versions.values()):
                 resolve(version, writer, self.gallery.path)  # refuses a model that cannot read every row
             model_dir = Path(model)
-            names = [f"{n.id}.npy" for n in version.lineage() if n.compat.kind == "transform"]
-            transforms = [confined(model_dir, f"{TRANSFORMS_DIR}/{name}", "transform file") for name in names]
-            targets = [confined(self.gallery.path, f"{TRANSFORMS_DIR}/{name}", "transform file") for name in names]
+            names = [str(n.compat.transform_path) for n in version.lineage() if n.compat.kind == "transform"]
+            stray = [name for name in names if PurePosixPath(name).parent != PurePosixPath(TRANSFORMS_DIR)]
+            if stray:
+                raise CompatretError(f"model {version.id!r}: transform files live in {TRANSFORMS_DIR}/, not {stray[0]!r}")
+            transforms = [confined(model_dir, name, "transform file") for name in names]
+            targets = [confined(self.gallery.path, name, "transform file") for name in names]
             missing = [t for t in transforms if not t.exists()]
             if missing:
                 raise CompatretError(f"model {version.id!r} lacks its transform file {missing[0]}")

@@ -1,0 +1,166 @@
+"""`compatret adapt`: fit a map between a gallery's model and a new model on the gallery's own
+rows, and write a compatret model folder that `index upgrade` accepts.
+
+- direction `gallery` (FCT): the folder holds NEW under a record whose rule is `transform`
+  from the gallery's model; stored rows are mapped into NEW's space, new and backfilled rows
+  are native, and backfill closes the gap to NEW's own quality;
+- direction `query` (Drift-Adapter): the folder holds NEW plus a head that maps its vectors
+  into the old space, under an `identity` rule: the gallery keeps its space for good.
+
+Pairs are (stored vector, NEW's vector) of a sample of rows that have payloads; a fifth is
+held aside to choose the kind (and, with `auto`, the direction).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from compatret.adapt.fit import KINDS, Candidate, fit_kinds
+from compatret.encoders.base import write_encoder_config
+from compatret.encoders.registry import ALIASES, load_encoder, load_version
+from compatret.errors import CompatretError
+from compatret.index.gallery import ID_FILTER_MAX, Gallery, id_filter, sql_quote
+from compatret.versions import VERSION_FILE, Compat, ModelVersion, apply_plan, normalize, resolve
+
+DIRECTIONS = ("gallery", "query", "auto")
+HELD_ASIDE = 0.2
+TRANSFORMS_DIR = "transforms"
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Stored vectors of the gallery's model and NEW's vectors of the same rows."""
+
+    ids: list[str]
+    old: np.ndarray
+    new: np.ndarray
+
+
+def sample_pairs(gallery: Gallery, new_spec: str, sample: int, seed: int = 0, progress: bool = True) -> tuple[ModelVersion, ModelVersion, Pairs]:
+    """(serving model, NEW's record, pairs): `sample` rows that carry a payload and whose vectors
+    are in the serving model's full space (its own rows, or rows its lineage maps there by
+    identity or transform rules), re-embedded by NEW. After one adapter, the next one continues
+    the lineage from it (v1 -> adapter v2 -> v3)."""
+    meta = gallery.meta
+    old = meta.serving
+    new = load_version(new_spec)
+    if meta.modality == "vector":
+        raise CompatretError("this gallery holds bare vectors, no payload (text or image) for a new model to embed: it cannot be adapted")
+    if new.modality != meta.modality:
+        raise CompatretError(f"model {new.id!r} is for {new.modality}, this gallery holds {meta.modality}")
+    if new.id == old.id:
+        raise CompatretError(f"the gallery already serves {old.id!r}")
+    if sample < 20:
+        raise CompatretError("--sample must be at least 20")
+    plans = {v: resolve(old, meta.version(v), gallery.path) for v in gallery.rows_by_version()}
+    usable = sorted(v for v, plan in plans.items() if plan.dims == old.dim)
+    payload = "image IS NOT NULL" if meta.modality == "image" else "(text IS NOT NULL OR title IS NOT NULL)"
+    in_space = " OR ".join(f"model_version = {sql_quote(v)}" for v in usable) or "FALSE"
+    ids = gallery.scan(["id"], where=f"({in_space}) AND {payload}").column("id").to_pylist()
+    if not ids:
+        raise CompatretError(f"no rows with a payload (text or image) in {old.id!r}'s space to fit on: "
+                             "a gallery of bare vectors cannot be adapted (and rows under a prefix rule need a backfill first)")
+    if sample > len(ids):
+        raise CompatretError(f"--sample {sample} is larger than the gallery's {len(ids)} rows with a payload in {old.id!r}'s space")
+    chosen = sorted(np.random.default_rng(seed).choice(len(ids), size=sample, replace=False).tolist())
+    picked = [ids[i] for i in chosen]
+    columns = sorted({meta.column(meta.version(v)) for v in usable})
+    rows: dict[str, dict[str, Any]] = {}
+    for s in range(0, len(picked), ID_FILTER_MAX):
+        t = gallery.scan(["id", "model_version", "title", "text", "image", *columns], where=id_filter(picked[s : s + ID_FILTER_MAX]))
+        rows.update((r["id"], r) for r in t.to_pylist())
+    old_vec = np.zeros((len(picked), old.dim), np.float32)
+    for v in usable:  # each row's stored vector, brought into the serving space by its plan
+        pos = [n for n, i in enumerate(picked) if rows[i]["model_version"] == v]
+        if pos:
+            stored = np.asarray([rows[picked[n]][meta.column(meta.version(v))] for n in pos], dtype=np.float32)
+            old_vec[pos] = apply_plan(plans[v], None, stored)[1]
+    items = [rows[i]["image"] if meta.modality == "image" else {"title": rows[i]["title"], "text": rows[i]["text"]} for i in picked]
+    new_vec = load_encoder(new_spec).encode_items(items, batch_size=64, progress=progress)
+    return old, new, Pairs(picked, old_vec, normalize(new_vec))
+
+
+def _choose(found: dict[str, list[Candidate]], kind: str) -> tuple[str, Candidate]:
+    """The best (direction, candidate) by held-aside pair MRR; `kind` fixes the kind unless auto."""
+    options = [(d, c) for d, cands in found.items() for c in cands if kind in ("auto", c.kind)]
+    return max(options, key=lambda dc: dc[1].held_out_mrr)
+
+
+def adapt(gallery_dir: str | Path, new_spec: str, out_dir: str | Path, direction: str = "gallery", kind: str = "auto",
+          sample: int = 2000, seed: int = 0, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Fit, choose and write the adapted model folder; returns the report `--json` prints."""
+    if direction not in DIRECTIONS:
+        raise CompatretError(f"unknown direction {direction!r}; choose from {DIRECTIONS}")
+    if kind != "auto" and kind not in KINDS:
+        raise CompatretError(f"unknown kind {kind!r}; choose from {('auto', *KINDS)}")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise CompatretError(f"{out} exists and is not empty")
+    start = time.perf_counter()
+    gallery = Gallery.open(gallery_dir)
+    old, new, pairs = sample_pairs(gallery, new_spec, sample, seed, progress)
+    held = np.random.default_rng(seed + 1).random(len(pairs.ids)) < HELD_ASIDE
+    fit, aside = ~held, held
+    kinds = KINDS if kind == "auto" else (kind,)
+    found: dict[str, list[Candidate]] = {}
+    for d in (("gallery", "query") if direction == "auto" else (direction,)):
+        src, dst = (pairs.old, pairs.new) if d == "gallery" else (pairs.new, pairs.old)
+        if log:
+            log(f"direction {d}: fitting {', '.join(kinds)} on {int(fit.sum())} pairs, scoring on {int(aside.sum())} held aside")
+        found[d] = fit_kinds(src[fit], dst[fit], src[aside], dst[aside], kinds, log)
+    chosen_direction, chosen = _choose(found, kind)
+    version = _write_model(out, new_spec, old, new, chosen_direction, chosen, len(pairs.ids))
+    return {
+        "model": str(out), "model_id": version.id, "direction": chosen_direction, "kind": chosen.kind,
+        "from": old.id, "to": new.id, "sample": len(pairs.ids), "held_aside": int(aside.sum()),
+        "kinds": [{"direction": d, "kind": c.kind, "held_out_mrr": c.held_out_mrr, "held_out_cosine": c.held_out_cosine,
+                   "fit_seconds": c.fit_seconds} for d, cands in found.items() for c in cands],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _write_model(out: Path, new_spec: str, old: ModelVersion, new: ModelVersion, direction: str, chosen: Candidate, sample: int) -> ModelVersion:
+    """Build the folder beside `out` and rename it into place: a failed run leaves nothing."""
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        tag = hashlib.blake2b(chosen.fitted.weight.tobytes(), digest_size=4).hexdigest()
+        method = f"adapter:{chosen.kind}:{direction} from {old.id} ({sample} pairs)"
+        alias = new_spec in ALIASES
+        if direction == "gallery":  # NEW itself (its files, or its alias) under a record with a transform rule
+            vid = f"{new.id}-from-{old.id}-{tag}"
+            if not alias:
+                shutil.copytree(new_spec, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(VERSION_FILE, "checkpoints"))
+            else:
+                write_encoder_config(tmp, "alias", model=new_spec)
+            (tmp / TRANSFORMS_DIR).mkdir(exist_ok=True)
+            chosen.fitted.save(tmp / TRANSFORMS_DIR / f"{vid}.npz")
+            version = ModelVersion(vid, new.dim, new.modality, parent=old, compat=Compat.transform(f"{TRANSFORMS_DIR}/{vid}.npz"), method=method)
+        else:  # NEW (alias, or a copy in base/) followed by the head, under an identity rule
+            vid = f"{new.id}-into-{old.id}-{tag}"
+            if not alias:
+                shutil.copytree(new_spec, tmp / "base", ignore=shutil.ignore_patterns("checkpoints"))
+            chosen.fitted.save(tmp / "head.npz")
+            version = ModelVersion(vid, old.dim, new.modality, parent=old, compat=Compat.identity(), method=method)
+            write_encoder_config(tmp, "adapted", base=new_spec if alias else "base", head="head.npz")
+        version.save(tmp)
+        (tmp / "adapter.json").write_text(json.dumps({"direction": direction, "kind": chosen.kind, "from": old.id, "to": new.id,
+                                                      "sample": sample, "held_out_mrr": chosen.held_out_mrr}, indent=2))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return version
+

@@ -1,0 +1,34 @@
+"""`compatret adapt`: upgrade to a model you did not train, through a map fitted on the gallery's rows."""
+
+from __future__ import annotations
+
+import click
+
+from compatret.commands.output import emit, friendly
+
+
+@click.command("adapt")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--model", "new_model", required=True, help="The new model: an alias (minilm-l6, minilm-l3) or a model folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write the adapted model to (new or empty).")
+@click.option("--direction", type=click.Choice(["gallery", "query", "auto"]), default="gallery", show_default=True,
+              help="gallery: stored vectors are mapped into the new model's space (then backfill to native); "
+                   "query: the new model's vectors are mapped into the stored space, which stays; auto: the better on held-aside rows.")
+@click.option("--kind", type=click.Choice(["auto", "procrustes", "affine", "mlp"]), default="auto", show_default=True,
+              help="The map; auto picks the best on held-aside rows.")
+@click.option("--sample", type=int, default=2000, show_default=True, help="Rows (with payloads) embedded by the new model to fit on.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def adapt(directory: str, new_model: str, out_dir: str, direction: str, kind: str, sample: int, seed: int, as_json: bool) -> None:
+    """Fit a map between the gallery's model and --model on the gallery's own rows; write a model
+    folder that `index upgrade` accepts."""
+    from compatret.adapt.build import adapt as run
+
+    log = None if as_json else (lambda line: click.echo(line, err=True))
+    report = run(directory, new_model, out_dir, direction, kind, sample, seed, progress=not as_json, log=log)
+    best = next(k for k in report["kinds"] if (k["direction"], k["kind"]) == (report["direction"], report["kind"]))
+    emit(report, as_json,
+         f"wrote {report['model']} ({report['model_id']}): {report['kind']} map, direction {report['direction']}, "
+         f"held-aside pair MRR {best['held_out_mrr']:.3f}, {report['sample']} rows, {report['seconds']:.0f} s\n"
+         f"next: compatret index upgrade {directory} --model {report['model']}")

@@ -1,0 +1,144 @@
+"""Adapters: each kind recovers a known map; a real MiniLM-L3 gallery upgrades to MiniLM-L6 through
+one; bad input is one error line and writes nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from compatret.adapt.fit import fit_kinds, pair_mrr
+from compatret.index.service import Service
+from compatret.versions import LearnedMap, normalize
+
+
+def synthetic(kind: str, n: int = 3000, d_in: int = 24, d_out: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x and y = f(x) for a known f of the kind (semi-orthogonal; affine with bias; affine + ReLU layer)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, d_in)).astype(np.float32)
+    q, _ = np.linalg.qr(rng.normal(size=(d_out, d_out)))
+    w = q[:d_in].astype(np.float32)  # rows orthonormal: a semi-orthogonal map
+    if kind == "procrustes":
+        y = x @ w
+    else:
+        a = rng.normal(size=(d_in, d_out)).astype(np.float32)
+        y = x @ a + rng.normal(size=d_out).astype(np.float32)
+        if kind == "mlp":
+            w1 = rng.normal(size=(d_in, 16)).astype(np.float32)
+            y = y + 0.5 * np.maximum(x @ w1, 0) @ rng.normal(size=(16, d_out)).astype(np.float32)
+    return x[:2400], y[:2400], x[2400:], y[2400:]
+
+
+@pytest.mark.parametrize("kind", ["procrustes", "affine", "mlp"])
+def test_each_kind_recovers_a_known_map(kind):
+    x, y, xh, yh = synthetic(kind)
+    found = {c.kind: c for c in fit_kinds(x, y, xh, yh)}
+    best = found[kind]
+    cos = np.sum(normalize(best.fitted(xh)) * normalize(yh), axis=1)
+    assert cos.mean() > (0.999 if kind != "mlp" else 0.98)
+    assert best.held_out_mrr >= max(c.held_out_mrr for c in found.values()) - 0.01  # the kind that made the data is (about) the best
+    if kind == "procrustes":
+        u, _, vt = np.linalg.svd(x.T @ y, full_matrices=False)
+        np.testing.assert_allclose(best.fitted.weight, u @ vt, atol=1e-4)
+    if kind == "mlp":  # the residual layer earns its place: better than the affine map on what is not linear
+        assert found["mlp"].held_out_cosine > found["affine"].held_out_cosine + 0.005
+
+
+def test_learned_map_round_trips_through_npz(tmp_path):
+    m = LearnedMap(np.eye(3, dtype=np.float32) * 2, np.ones(3, np.float32), np.ones((3, 2), np.float32), np.zeros(2, np.float32),
+                   np.ones((2, 3), np.float32))
+    m.save(tmp_path / "m.npz")
+    back = LearnedMap.load(tmp_path / "m.npz")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_allclose(back(x), m(x))
+    assert pair_mrr(x, x) == 1.0
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "compatret", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def l3_gallery(tmp_path_factory, scifact_subset):
+    """300 SciFact abstracts embedded by MiniLM-L3 (ONNX)."""
+    root = tmp_path_factory.mktemp("adapt")
+    s = Service.create(root / "l3", model="minilm-l3")
+    s.add_items(scifact_subset["docs"], progress=False)
+    return root
+
+
+def self_retrieval(s: Service, docs: list[dict], model: str | None = None) -> float:
+    """Fraction of documents found at rank 1 by their own text as the query."""
+    texts = [f"{d['title']} {d['text']}" for d in docs]
+    res = s.query(texts=texts, k=1, model=model)
+    return float(np.mean([r.ids[:1] == [d["id"]] for r, d in zip(res, docs)]))
+
+
+def test_l3_gallery_upgrades_to_l6_through_an_adapter(l3_gallery, scifact_subset, tmp_path):
+    g = tmp_path / "l3"
+    shutil.copytree(l3_gallery / "l3", g)  # the module's gallery stays on minilm-l3
+    done = run("adapt", str(g), "--model", "minilm-l6", "--out", str(tmp_path / "ad"), "--sample", "200", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["direction"] == "gallery" and report["sample"] == 200 and report["held_aside"] > 20
+    assert {k["kind"] for k in report["kinds"]} == {"procrustes", "affine", "mlp"}
+    assert report["kind"] == max(report["kinds"], key=lambda k: k["held_out_mrr"])["kind"]
+    before = Service.open(g).gallery.latest_version()
+
+    up = run("index", "upgrade", str(g), "--model", str(tmp_path / "ad"), "--json")
+    assert up.returncode == 0, up.stderr
+    s = Service.open(g)
+    assert s.meta.serving.id == report["model_id"] and s.meta.serving.compat.kind == "transform"
+    assert s.gallery.latest_version() == before + 1  # one metadata commit, nothing re-embedded
+    docs = scifact_subset["docs"]
+    mapped = self_retrieval(s, docs)  # L6 queries against the L3 rows mapped into L6's space
+    from compatret.encoders.registry import load_encoder
+
+    stored = s.gallery.vectors_by_id()
+    l6 = load_encoder("minilm-l6").encode_queries([f"{d['title']} {d['text']}" for d in docs])
+    raw = np.mean(np.argmax(l6 @ np.stack([stored[d["id"]][1] for d in docs]).T, axis=1) == np.arange(len(docs)))
+    assert mapped >= 0.7 and mapped > raw + 0.2, (mapped, raw)  # without the map, L6 reads L3 vectors poorly (0.52 here)
+
+    other = tmp_path / "l6"
+    Service.create(other, model="minilm-l6")
+    refused = run("index", "upgrade", str(other), "--model", str(tmp_path / "ad"))
+    assert refused.returncode == 2 and refused.stderr.startswith("error:") and len(refused.stderr.strip().splitlines()) == 1
+    assert "minilm-l3" in refused.stderr
+
+
+def test_query_direction_keeps_the_stored_space(l3_gallery, scifact_subset, tmp_path):
+    done = run("adapt", str(l3_gallery / "l3"), "--model", "minilm-l6", "--out", str(tmp_path / "q"), "--sample", "200",
+               "--direction", "query", "--kind", "affine", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["direction"], report["kind"]) == ("query", "affine")
+    from compatret.encoders.registry import load_encoder, load_version
+
+    version = load_version(str(tmp_path / "q"))
+    assert version.compat.kind == "identity" and version.parent is not None and version.parent.id == "minilm-l3"
+    enc = load_encoder(str(tmp_path / "q"))
+    docs = scifact_subset["docs"][250:300]
+    own = Service.open(l3_gallery / "l3").gallery.vectors_by_id()
+    mine = enc.encode_items([{"title": d["title"], "text": d["text"]} for d in docs])
+    cos = np.mean([float(own[d["id"]][1] @ v) for d, v in zip(docs, mine)])
+    assert cos > 0.8  # L6's vectors land next to the L3 vectors stored for the same documents
+
+
+def test_bad_input_is_one_error_line_and_writes_nothing(l3_gallery, tmp_path, digit_models):
+    bare = tmp_path / "bare"
+    Service.create(bare, dim=384, version_id="v1").add_vectors(normalize(np.random.default_rng(0).normal(size=(50, 384))))
+    cases = [
+        ([str(bare), "--model", "minilm-l6"], "payload"),
+        ([str(l3_gallery / "l3"), "--model", digit_models["v1"]], "is for image"),
+        ([str(l3_gallery / "l3"), "--model", "minilm-l6", "--sample", "5000"], "larger than"),
+    ]
+    for n, (args, message) in enumerate(cases):
+        out = tmp_path / f"out{n}"
+        done = run("adapt", *args, "--out", str(out))
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("error:") and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        assert not out.exists() and not list(tmp_path.glob(f".out{n}.tmp-*"))

@@ -142,3 +142,33 @@ def test_bad_input_is_one_error_line_and_writes_nothing(l3_gallery, tmp_path, di
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith("error:") and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
         assert not out.exists() and not list(tmp_path.glob(f".out{n}.tmp-*"))
+
+
+def test_a_chain_adapter_then_prefix_composes_on_one_gallery(tmp_path):
+    """v1 -> (fitted map, .npz) v2 -> (prefix, BT²-style) v3: v3's queries read v1's stored rows
+    through both rules (the map, then the shared dims), the map file copied in by `upgrade`."""
+    from compatret import Compat, ModelVersion
+    from compatret.adapt.fit import fit_affine
+
+    rng = np.random.default_rng(0)
+    x = normalize(rng.normal(size=(400, 8)))
+    a, b = rng.normal(size=(8, 8)).astype(np.float32), rng.normal(size=8).astype(np.float32)
+    mapped = x @ a + b  # what v2 embeds for the same items
+    v1 = ModelVersion("v1", 8, "vector", method="external")
+    v2 = ModelVersion("v2", 8, "vector", parent=v1, compat=Compat.transform("transforms/v2.npz"), method="adapter")
+    v3 = ModelVersion("v3", 12, "vector", parent=v2, compat=Compat.prefix(8), method="bt2")
+    d2, d3 = tmp_path / "v2", tmp_path / "v3"
+    (d2 / "transforms").mkdir(parents=True)
+    fit_affine(x, mapped, 1e-6).save(d2 / "transforms" / "v2.npz")
+    v2.save(d2)
+    (d3 / "transforms").mkdir(parents=True)
+    shutil.copy(d2 / "transforms" / "v2.npz", d3 / "transforms" / "v2.npz")  # a model folder carries its lineage's maps
+    v3.save(d3)
+    s = Service.create(tmp_path / "g", dim=8, version_id="v1")
+    s.add_vectors(x, ids=[str(i) for i in range(400)])
+    s.upgrade(str(d2))
+    s.upgrade(str(d3))
+    q = np.hstack([normalize(mapped[:50]), 0.1 * rng.normal(size=(50, 4)).astype(np.float32)])
+    hits = s.query(vectors=q, k=1)
+    assert [r.ids[0] for r in hits] == [str(i) for i in range(50)]
+    assert s.plan().gallery_transforms and s.plan().dims == 8

@@ -90,27 +90,29 @@ def sample_pairs(gallery: Gallery, new_spec: str, sample: int, seed: int = 0, pr
     return old, new, Pairs(picked, old_vec, normalize(new_vec))
 
 
-def _choose(found: dict[str, list[Candidate]], kind: str) -> tuple[str, Candidate]:
-    """The best (direction, candidate) by held-aside pair MRR; `kind` fixes the kind unless auto."""
-    options = [(d, c) for d, cands in found.items() for c in cands if kind in ("auto", c.kind)]
-    return max(options, key=lambda dc: dc[1].held_out_mrr)
+@dataclass(frozen=True)
+class Fitted:
+    """Everything one fitting run found: the two records, the pairs, and each direction's candidates."""
+
+    old: ModelVersion
+    new: ModelVersion
+    pairs: Pairs
+    held_aside: int
+    found: dict[str, list[Candidate]]
+    seconds: float
 
 
-def adapt(gallery_dir: str | Path, new_spec: str, out_dir: str | Path, direction: str = "gallery", kind: str = "auto",
-          sample: int = 2000, seed: int = 0, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Fit, choose and write the adapted model folder; returns the report `--json` prints."""
+def fit_adapters(gallery_dir: str | Path, new_spec: str, direction: str = "gallery", kind: str = "auto", sample: int = 2000,
+                 seed: int = 0, progress: bool = True, log: Callable[[str], None] | None = None) -> Fitted:
+    """Sample and embed the pairs once, then fit every asked kind in every asked direction."""
     if direction not in DIRECTIONS:
         raise CompatretError(f"unknown direction {direction!r}; choose from {DIRECTIONS}")
     if kind != "auto" and kind not in KINDS:
         raise CompatretError(f"unknown kind {kind!r}; choose from {('auto', *KINDS)}")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise CompatretError(f"{out} exists and is not empty")
     start = time.perf_counter()
-    gallery = Gallery.open(gallery_dir)
-    old, new, pairs = sample_pairs(gallery, new_spec, sample, seed, progress)
-    held = np.random.default_rng(seed + 1).random(len(pairs.ids)) < HELD_ASIDE
-    fit, aside = ~held, held
+    old, new, pairs = sample_pairs(Gallery.open(gallery_dir), new_spec, sample, seed, progress)
+    aside = np.random.default_rng(seed + 1).random(len(pairs.ids)) < HELD_ASIDE
+    fit = ~aside
     kinds = KINDS if kind == "auto" else (kind,)
     found: dict[str, list[Candidate]] = {}
     for d in (("gallery", "query") if direction == "auto" else (direction,)):
@@ -118,18 +120,33 @@ def adapt(gallery_dir: str | Path, new_spec: str, out_dir: str | Path, direction
         if log:
             log(f"direction {d}: fitting {', '.join(kinds)} on {int(fit.sum())} pairs, scoring on {int(aside.sum())} held aside")
         found[d] = fit_kinds(src[fit], dst[fit], src[aside], dst[aside], kinds, log)
-    chosen_direction, chosen = _choose(found, kind)
-    version = _write_model(out, new_spec, old, new, chosen_direction, chosen, len(pairs.ids))
+    return Fitted(old, new, pairs, int(aside.sum()), found, time.perf_counter() - start)
+
+
+def choose(fitted: Fitted) -> tuple[str, Candidate]:
+    """The best (direction, candidate) by held-aside pair MRR."""
+    return max(((d, c) for d, cands in fitted.found.items() for c in cands), key=lambda dc: dc[1].held_out_mrr)
+
+
+def adapt(gallery_dir: str | Path, new_spec: str, out_dir: str | Path, direction: str = "gallery", kind: str = "auto",
+          sample: int = 2000, seed: int = 0, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Fit, choose and write the adapted model folder; returns the report `--json` prints."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise CompatretError(f"{out} exists and is not empty")
+    fitted = fit_adapters(gallery_dir, new_spec, direction, kind, sample, seed, progress, log)
+    chosen_direction, chosen = choose(fitted)
+    version = write_model(out, new_spec, fitted.old, fitted.new, chosen_direction, chosen, len(fitted.pairs.ids))
     return {
         "model": str(out), "model_id": version.id, "direction": chosen_direction, "kind": chosen.kind,
-        "from": old.id, "to": new.id, "sample": len(pairs.ids), "held_aside": int(aside.sum()),
+        "from": fitted.old.id, "to": fitted.new.id, "sample": len(fitted.pairs.ids), "held_aside": fitted.held_aside,
         "kinds": [{"direction": d, "kind": c.kind, "held_out_mrr": c.held_out_mrr, "held_out_cosine": c.held_out_cosine,
-                   "fit_seconds": c.fit_seconds} for d, cands in found.items() for c in cands],
-        "seconds": time.perf_counter() - start,
+                   "fit_seconds": c.fit_seconds} for d, cands in fitted.found.items() for c in cands],
+        "seconds": fitted.seconds,
     }
 
 
-def _write_model(out: Path, new_spec: str, old: ModelVersion, new: ModelVersion, direction: str, chosen: Candidate, sample: int) -> ModelVersion:
+def write_model(out: Path, new_spec: str, old: ModelVersion, new: ModelVersion, direction: str, chosen: Candidate, sample: int) -> ModelVersion:
     """Build the folder beside `out` and rename it into place: a failed run leaves nothing."""
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)

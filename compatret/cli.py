@@ -189,6 +189,7 @@ def index_info(directory: str, as_json: bool) -> None:
             f"serving        {info['serving_model']}",
             f"lineage        {lineage}",
             f"query plan     {info['query_plan']['dims']} shared dims, {info['query_plan']['transforms']} transforms",
+            f"rows read as   {', '.join(f'{k}: {v}' for k, v in info['rows_by_plan'].items()) or 'no rows'}",
             f"kernel         {info['kernel']}, index {info['ann']}, merge {info['merge']}",
             f"table version  {info['table_version']}",
             f"unembeddable   {info['unembeddable']} rows have no text or image (backfill skips them)"

@@ -94,6 +94,7 @@ def test_l3_gallery_upgrades_to_l6_through_an_adapter(l3_gallery, scifact_subset
     s = Service.open(g)
     assert s.meta.serving.id == report["model_id"] and s.meta.serving.compat.kind == "transform"
     assert s.gallery.latest_version() == before + 1  # one metadata commit, nothing re-embedded
+    assert s.rows_by_plan() == {"mapped": len(scifact_subset["docs"])}
     docs = scifact_subset["docs"]
     mapped = self_retrieval(s, docs)  # L6 queries against the L3 rows mapped into L6's space
     from compatret.encoders.registry import load_encoder

@@ -498,6 +498,18 @@ class Service:
         """How many rows each model version made: the backfill progress, counted in the table."""
         return self.gallery.rows_by_version()
 
+    def rows_by_plan(self) -> dict[str, int]:
+        """How the serving model reads the rows: `native` (its own vectors), `same space` (identity
+        rules), `shared dims` (prefix rules: the first d dims) or `mapped` (through a transform)."""
+        meta = self.meta
+        out: dict[str, int] = {}
+        for v, n in self.rows_by_version().items():
+            plan = self._plan(meta.serving, meta.version(v))
+            how = ("native" if v == meta.serving.id else "mapped" if plan.gallery_transforms
+                   else "shared dims" if plan.dims < meta.serving.dim else "same space")
+            out[how] = out.get(how, 0) + n
+        return out
+
     def info(self) -> dict[str, Any]:
         from compatret.index.backfill import pending_rows
 
@@ -519,6 +531,7 @@ class Service:
                 {"id": v.id, "dim": v.dim, "method": v.method, "compat": v.compat.to_dict()} for v in meta.serving.lineage()
             ],
             "query_plan": {"dims": plan.dims, "transforms": len(plan.gallery_transforms)},
+            "rows_by_plan": self.rows_by_plan(),
             "table_version": self.gallery.version,
             "unembeddable": len(bare),
             "unembeddable_examples": bare[:5],

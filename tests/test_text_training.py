@@ -78,6 +78,7 @@ def test_bt2_extends_the_space_and_resumes_after_interruption(text_env, tmp_path
     monkeypatch.setattr(trainer, "_item_step", counting)
     folder = train_retriever(cfg, progress=False)  # resumes at step 2 of 2: nothing left to run
     assert calls == []
+    assert not (folder / CHECKPOINT).parent.exists()  # a finished folder keeps no (empty) checkpoints/
     log = json.loads((folder / LOG_FILE).read_text())
     assert log["steps"] == 2 and len(log["history"]) == 2
     version = ModelVersion.load(folder)

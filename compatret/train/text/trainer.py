@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -195,5 +196,5 @@ def train_retriever(cfg: RetrieverConfig, progress: bool = True) -> Path:
     (out / LOG_FILE).write_text(json.dumps({"fingerprint": fp, "config": cfg.__dict__, "steps": total,
                                             "train_seconds": seconds, "history": history}, indent=2))
     save_retriever(model, out, version, item_encoder=cfg.old if cfg.method == "adore" else None)
-    ckpt.unlink(missing_ok=True)
+    shutil.rmtree(ckpt.parent, ignore_errors=True)  # a finished folder holds the model only
     return out

@@ -251,15 +251,18 @@ def index_verify(directory: str, repair: bool, as_json: bool) -> None:
 
 @index.command("history")
 @click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--every-version", is_flag=True, help="One line per table version (default: a backfill's batches as one line).")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def index_history(directory: str, as_json: bool) -> None:
-    """Every table version: time, rows, serving model, what changed."""
-    from compatret.index.history import history
+def index_history(directory: str, every_version: bool, as_json: bool) -> None:
+    """Table versions: time, rows, serving model, what changed (a backfill's batches as one entry)."""
+    from compatret.index.history import grouped, history
     from compatret.index.service import Service
 
     rows = history(Service.open(directory))
-    text = "\n".join(f"{r['version']:>6}  {r['time']}  {r['rows']:>9} rows  serving {r['serving']:<20} {r['change']}" for r in rows)
+    rows = rows if every_version else grouped(rows)
+    text = "\n".join(f"{str(r['version']) + ('..' + str(r['to_version']) if r.get('to_version', r['version']) != r['version'] else ''):>12}  "
+                     f"{r['time']}  {r['rows']:>9} rows  serving {r['serving']:<20} {r['change']}" for r in rows)
     emit(rows, as_json, text)
 
 

@@ -15,7 +15,7 @@ from compatret import CompatretError
 from compatret.encoders import load_encoder
 from compatret.index.backfill import backfill, pending_rows, plan_order
 from compatret.index.gallery import Gallery
-from compatret.index.history import history, rollback
+from compatret.index.history import grouped, history, rollback
 from compatret.index.service import Service
 
 
@@ -88,7 +88,7 @@ def test_rollback_restores_serving_model_and_vectors(tmp_path, digit_models):
     before = snapshot(tmp_path / "g")
     point = s.gallery.version
     s.upgrade(digit_models["v2"])
-    backfill(s, progress=False)
+    backfill(s, progress=False, batch_size=16)
     assert Service.open(tmp_path / "g").rows_by_version() == {"v2": 64}
     rollback(Service.open(tmp_path / "g"), point)
     after = Service.open(tmp_path / "g")
@@ -98,6 +98,10 @@ def test_rollback_restores_serving_model_and_vectors(tmp_path, digit_models):
         assert rows[i][0] == v and np.allclose(rows[i][1], vec)
     changes = [h["change"] for h in history(after)]
     assert "upgrade" in changes and changes[-1] == "rollback"
+    batches = changes.count("vectors rewritten")
+    assert batches == 4  # 64 rows in batches of 16
+    summary = [h for h in grouped(history(after)) if h["change"].startswith("backfill")]
+    assert len(summary) == 1 and summary[0]["batches"] == batches and summary[0]["change"] == f"backfill to v2: {batches} batches"
     with pytest.raises(CompatretError, match="no version"):
         rollback(after, 10_000)
 

@@ -24,19 +24,20 @@ def test_eval_retrieval_json(text_env):  # noqa: F811
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["query_model"] == out["gallery_model"] == "minilm-l6" and 0 < out["ndcg_at_10"] <= 1
+    assert out["gallery_rows"] == {"minilm-l6": 300}  # the rows' models, as they are now
 
 
 @pytest.mark.parametrize(
-    "args",
+    "args, message",
     [
-        ["--gallery", "/nonexistent/g", "--data", "/nonexistent/d"],
-        ["--gallery", "{gallery}", "--data", "{beir}", "--split", "dev"],
-        ["--gallery", "{gallery}", "--data", "{beir}", "--query-model", "minilm-l3"],
+        (["--gallery", "/nonexistent/g", "--data", "/nonexistent/d"], "error:"),
+        (["--gallery", "{gallery}", "--data", "{beir}", "--split", "dev"], "error: no qrels for split 'dev': the data has test, train"),
+        (["--gallery", "{gallery}", "--data", "{beir}", "--query-model", "minilm-l3"], "error:"),
     ],
 )
-def test_eval_retrieval_bad_input(text_env, args):  # noqa: F811
+def test_eval_retrieval_bad_input(text_env, args, message):  # noqa: F811
     args = [a.format(gallery=text_env.gallery, beir=text_env.beir) for a in args]
-    assert _one_error_line(CliRunner().invoke(retrieval, args, catch_exceptions=False)).startswith("error:")
+    assert _one_error_line(CliRunner().invoke(retrieval, args, catch_exceptions=False)).startswith(message)
 
 
 @pytest.mark.parametrize(

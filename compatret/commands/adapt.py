@@ -16,7 +16,7 @@ from compatret.commands.output import emit, friendly
                    "query: the new model's vectors are mapped into the stored space, which stays; auto: the better on held-aside rows.")
 @click.option("--kind", type=click.Choice(["auto", "procrustes", "affine", "mlp"]), default="auto", show_default=True,
               help="The map; auto picks the best on held-aside rows.")
-@click.option("--sample", type=int, default=2000, show_default=True, help="Rows (with payloads) embedded by the new model to fit on.")
+@click.option("--sample", type=int, default=3000, show_default=True, help="Rows (with payloads) embedded by the new model to fit on.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @friendly
@@ -30,5 +30,5 @@ def adapt(directory: str, new_model: str, out_dir: str, direction: str, kind: st
     best = next(k for k in report["kinds"] if (k["direction"], k["kind"]) == (report["direction"], report["kind"]))
     emit(report, as_json,
          f"wrote {report['model']} ({report['model_id']}): {report['kind']} map, direction {report['direction']}, "
-         f"held-aside pair MRR {best['held_out_mrr']:.3f}, {report['sample']} rows, {report['seconds']:.0f} s\n"
+         f"held-aside neighbour recall@10 {best['held_out_recall']:.3f}, {report['sample']} rows, {report['seconds']:.0f} s\n"
          f"next: compatret index upgrade {directory} --model {report['model']}")

@@ -25,9 +25,12 @@ def retrieval(query_model: str | None, gallery: str, data: str, split: str, igno
 
     service = Service.open(gallery)  # fails early, before the data is read
     scores = evaluate_pair(query_model, gallery, load_beir(data, splits=(split,)), split, unchecked=ignore_lineage)
-    pair = {"query_model": query_model or service.meta.serving.id, "gallery_model": service.meta.vector_model.id, "split": split}
+    rows = service.rows_by_version()  # the models whose vectors the gallery holds now (a backfill changes them)
+    pair = {"query_model": query_model or service.meta.serving.id, "gallery_model": next(iter(rows)) if len(rows) == 1 else "mixed",
+            "gallery_rows": rows, "split": split}
     if as_json:
         click.echo(json.dumps({**pair, **scores}))
         return
-    click.echo(f"{pair['query_model']} queries / {pair['gallery_model']} gallery ({split}): "
+    held = pair["gallery_model"] if len(rows) == 1 else ", ".join(f"{v}: {n}" for v, n in rows.items())
+    click.echo(f"{pair['query_model']} queries / gallery of {held} rows ({split}): "
                + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))

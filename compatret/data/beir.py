@@ -18,11 +18,12 @@ class BeirData:
     corpus: dict[str, dict[str, str]]
     queries: dict[str, str]
     qrels: dict[str, Qrels]
+    available: tuple[str, ...] = ()  # every split with a qrels file, loaded or not
 
     def split(self, name: str) -> Qrels:
         """Positive judgements of one split, restricted to queries and documents that exist."""
         if name not in self.qrels:
-            raise CompatretError(f"no qrels for split {name!r}: have {sorted(self.qrels) or 'none'}")
+            raise CompatretError(f"no qrels for split {name!r}: the data has {', '.join(self.available) or 'no qrels/*.tsv'}")
         return {
             q: {d: s for d, s in docs.items() if s > 0 and d in self.corpus}
             for q, docs in self.qrels[name].items()
@@ -71,4 +72,5 @@ def load_beir(folder: str | Path, splits: tuple[str, ...] = ("train", "test")) -
     qrels = {s: _qrels(root / "qrels" / f"{s}.tsv") for s in splits if (root / "qrels" / f"{s}.tsv").exists()}
     if not corpus or not queries:
         raise CompatretError(f"{root}: empty corpus or queries")
-    return BeirData(corpus, queries, qrels)
+    available = tuple(sorted(p.stem for p in (root / "qrels").glob("*.tsv")))
+    return BeirData(corpus, queries, qrels, available)

@@ -10,6 +10,8 @@ from compatret.index.gallery import META_KEY, GalleryMeta
 from compatret.index.service import Service
 from compatret.index.writer_lock import retry_commit
 
+REWRITE = "vectors rewritten"  # same rows, same metadata: a backfill batch (or a new vector column)
+
 
 def history(service: Service) -> list[dict[str, Any]]:
     """One entry per table version: when, how many rows, which model served, what happened."""
@@ -30,10 +32,26 @@ def history(service: Service) -> list[dict[str, Any]]:
         elif rows != rows_before:
             change = f"rows {rows - rows_before:+d}"
         else:
-            change = "vectors or schema rewritten"
+            change = REWRITE
         out.append({"version": int(v["version"]), "time": v["timestamp"].isoformat(timespec="seconds"), "rows": rows,
                     "serving": meta.serving.id if meta else None, "change": change})
         seen_events, rows_before = events, rows
+    return out
+
+
+def grouped(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs of consecutive rewrites under one serving model (a backfill's batches) as one entry
+    naming its first and last version and its batch count; other entries as they are."""
+    out: list[dict[str, Any]] = []
+    for e in entries:
+        last = out[-1] if out else None
+        if e["change"] == REWRITE and last is not None and last.get("batches") and last["serving"] == e["serving"]:
+            last.update(to_version=e["version"], time=e["time"], batches=last["batches"] + 1, rows=e["rows"],
+                        change=f"backfill to {e['serving']}: {last['batches'] + 1} batches")
+        elif e["change"] == REWRITE:
+            out.append({**e, "to_version": e["version"], "batches": 1, "change": f"backfill to {e['serving']}: 1 batch"})
+        else:
+            out.append(dict(e))
     return out
 
 

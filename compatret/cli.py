@@ -180,7 +180,7 @@ def index_info(directory: str, as_json: bool) -> None:
     from compatret.index.service import Service
 
     info = Service.open(directory).info()
-    lineage = " -> ".join(f"{v['id']}[{v['compat']['kind']}{'(' + str(v['compat']['dims']) + ')' if 'dims' in v['compat'] else ''}]" for v in info["lineage"])
+    lineage = " -> ".join(f"{v['id']}[{v['rule']}]" for v in info["lineage"])
     text = "\n".join(
         [
             f"gallery        {info['path']}",

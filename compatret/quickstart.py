@@ -7,7 +7,7 @@ shared parquet layout (train.parquet / test.parquet with image bytes and labels)
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +84,14 @@ def run_quickstart(workdir: str | Path, data: str | None = None, progress: bool 
     if work.exists() and any(work.iterdir()):
         raise CompatretError(f"{work} is not empty: choose a new --workdir")
     train, test, spec, cfg = _load(data)
-    cfg = TrainConfig(**{**cfg.__dict__, "progress": progress})
+    cfg = replace(cfg, progress=progress)
     n_classes = int(train.labels.max()) + 1
     old_classes = int(round(0.7 * n_classes))
     models = work / "models"
     fit_image_version("v1", MethodSpec("independent"), train.subset(train.labels < old_classes), spec, cfg, models / "v1")
     bct = MethodSpec("bct", num_classes=n_classes, compat_weight=BCT_WEIGHT, align_weight=ALIGN_WEIGHT)
     fit_image_version("v2-bct", bct, train, spec, cfg, models / "v2-bct", parent_dir=models / "v1")
-    other_seed = TrainConfig(**{**cfg.__dict__, "seed": cfg.seed + 1})  # independent = its own init too
+    other_seed = replace(cfg, seed=cfg.seed + 1)  # independent = its own init too
     fit_image_version("v2-independent", MethodSpec("independent"), train, spec, other_seed, models / "v2-independent")
 
     ids = [f"test-{i}" for i in range(len(test.images))]

@@ -96,6 +96,10 @@ class Compat:
     def transform(path: str | Path) -> Compat:
         return Compat("transform", transform_path=str(path))
 
+    def __str__(self) -> str:
+        """The rule as people read it: identity, prefix(384), transform."""
+        return self.kind + (f"({self.dims})" if self.dims is not None else "")
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
         if self.dims is not None:

@@ -53,7 +53,7 @@ def retriever(method: str, old: str, gallery: str, train_data: str, out: str | N
     if as_json:
         click.echo(json.dumps(result))
         return
-    rule = version.compat.kind + (f"({version.compat.dims})" if version.compat.dims else "")
+    rule = str(version.compat)
     click.echo(f"saved {version.id} to {folder}: {version.dim}-d, "
                + (f"{rule} with {result['parent']}" if version.parent else "independent (no parent: a new gallery is needed)")
                + f"; {log['steps']} steps in {log['train_seconds'] / 60:.1f} min")

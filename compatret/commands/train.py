@@ -40,7 +40,7 @@ def train_image(
     records, lines = [], []
     for outcome in outcomes.values():
         v = outcome.version
-        rule = v.compat.kind + (f"({v.compat.dims})" if v.compat.dims else "")
+        rule = str(v.compat)
         verb = "already trained, nothing to do:" if outcome.skipped else "trained"
         parent = f", parent {v.parent.id} [{rule}]" if v.parent else ""
         records.append({"version": v.to_dict(), "out": str(outcome.out), "skipped": outcome.skipped})

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from compatret.data.items import read_jsonl
 from compatret.errors import CompatretError
 
 Qrels = dict[str, dict[str, int]]
@@ -38,15 +38,7 @@ class BeirData:
 def _jsonl(path: Path) -> list[dict]:
     if not path.exists():
         raise CompatretError(f"BEIR folder lacks {path.name}: {path}")
-    rows = []
-    with path.open() as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise CompatretError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
-    return rows
+    return read_jsonl(path)
 
 
 def _qrels(path: Path) -> Qrels:

@@ -10,10 +10,8 @@ import numpy as np
 
 from compatret.errors import CompatretError
 
-ITEM_KEYS = {"id", "text", "title", "image", "image_path", "metadata"}
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every non-empty line as a JSON object; a bad line is one error naming file and line."""
     rows = []
     with path.open() as fh:
         for n, line in enumerate(fh, 1):
@@ -49,7 +47,7 @@ def read_items(path: str | Path) -> list[dict[str, Any]]:
     if not p.exists():
         raise CompatretError(f"no such file: {p}")
     if p.suffix == ".jsonl":
-        rows = _read_jsonl(p)
+        rows = read_jsonl(p)
     elif p.suffix == ".parquet":
         rows = _read_parquet(p)
     else:
@@ -74,7 +72,7 @@ def read_queries(path: str | Path) -> list[Any]:
     if p.suffix == ".txt":
         queries: list[Any] = [line.rstrip("\n") for line in p.open() if line.strip()]
     elif p.suffix in (".jsonl", ".parquet"):
-        rows = _read_jsonl(p) if p.suffix == ".jsonl" else _read_parquet(p)
+        rows = read_jsonl(p) if p.suffix == ".jsonl" else _read_parquet(p)
         queries = []
         for n, row in enumerate(rows, 1):
             if row.get("text") is not None:

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from compatret.device import torch_device
 from compatret.encoders.base import ENCODER_FILE, write_encoder_config
 from compatret.errors import CompatretError
 from compatret.heads.basis_transform import BasisTransform
@@ -147,7 +148,7 @@ class ImageEncoder:
     """Encoder protocol over an ImageEmbedder; queries and items go through the same tower."""
 
     def __init__(self, model: ImageEmbedder, version: ModelVersion, device: str | None = None) -> None:
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch_device(device)
         self.model = model.to(self.device).eval()
         self.version = version
 

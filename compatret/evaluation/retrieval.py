@@ -82,10 +82,11 @@ def evaluate_pair(
 
 def build_gallery(model: str, gallery_dir: str | Path, data: BeirData, batch_size: int = 64, progress: bool = True) -> Path:
     """A gallery of the whole corpus embedded by `model`; resumes a partly filled one."""
+    from compatret.index.gallery import Gallery
     from compatret.index.service import Service
 
     path = Path(gallery_dir)
-    if (path / "gallery.lance").exists():
+    if Gallery.exists(path):
         service = Service.open(path)
         if service.meta.vector_model.id != _version_id(model):
             raise CompatretError(f"{path} holds vectors of {service.meta.vector_model.id!r}, not {model!r}")

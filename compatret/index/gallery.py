@@ -193,15 +193,20 @@ class Gallery:
         self._writing = 0  # > 0 while this handle holds the writer lock (see writing())
 
     @staticmethod
+    def exists(path: str | Path) -> bool:
+        """Whether a gallery's table lives at `path`."""
+        return (Path(path) / f"{TABLE}.lance").exists()
+
+    @staticmethod
     def create(path: str | Path, meta: GalleryMeta) -> Gallery:
         p = Path(path)
-        if (p / f"{TABLE}.lance").exists():
+        if Gallery.exists(p):
             raise CompatretError(f"{p} already holds a gallery")
         if meta.metric != "cosine":
             raise CompatretError(f"unsupported metric {meta.metric!r}: compatret scores by cosine")
         p.mkdir(parents=True, exist_ok=True)
         with writer_lock(p, "index create"):
-            if (p / f"{TABLE}.lance").exists():
+            if Gallery.exists(p):
                 raise CompatretError(f"{p} already holds a gallery")
             table = _connect(p).create_table(TABLE, schema=_schema(meta))
         return Gallery(p, table)
@@ -209,7 +214,7 @@ class Gallery:
     @staticmethod
     def open(path: str | Path) -> Gallery:
         p = Path(path)
-        if not (p / f"{TABLE}.lance").exists():
+        if not Gallery.exists(p):
             raise CompatretError(f"no gallery at {p} (create one with `compatret index create`)")
         return Gallery(p, _connect(p).open_table(TABLE))
 
@@ -276,7 +281,7 @@ class Gallery:
         update = {"path": "vector", "metadata": {META_KEY: meta.to_json()}}
         retry_commit(lambda: self.table.update_field_metadata(update), "metadata update", self.table.checkout_latest)
 
-    def record(self, event: str, **details: Any) -> GalleryMeta:
+    def with_event(self, event: str, **details: Any) -> GalleryMeta:
         """The current metadata with an event appended to its history (returned, not yet written)."""
         import datetime as dt
 

@@ -64,7 +64,7 @@ def rollback(service: Service, to: int) -> GalleryMeta:
             raise CompatretError(f"no version {to} (have {min(versions)}..{max(versions)}; pruned versions are gone)")
         current = gallery.version
         retry_commit(lambda: gallery.table.restore(to), "rollback", gallery.table.checkout_latest)
-        meta = gallery.record("rollback", to=to, from_version=current)
+        meta = gallery.with_event("rollback", to=to, from_version=current)
         gallery.set_meta(meta)
     return meta
 

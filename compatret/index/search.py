@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
+from compatret.device import torch_cuda
+
 KERNELS = ("auto", "faiss", "faiss-gpu", "torch", "numpy")
 ANN_KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 IVF_KINDS = ("ivf", "ivfpq")  # trained kernels: nprobe calibrated, retrained when their group grows
@@ -49,17 +51,6 @@ def faiss_gpus() -> int:
     import faiss
 
     return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
-
-
-def torch_cuda() -> bool:
-    """CUDA through torch, without importing torch on machines that have no NVIDIA driver."""
-    import os
-
-    if not os.path.exists("/proc/driver/nvidia"):
-        return False
-    import torch
-
-    return bool(torch.cuda.is_available())
 
 
 def _f32(x: np.ndarray) -> np.ndarray:

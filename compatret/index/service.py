@@ -145,7 +145,7 @@ class Service:
                            sources=sources, ann=ann, merge=merge)
         gallery = Gallery.create(path, meta)
         with gallery.writing("index create"):
-            gallery.set_meta(gallery.record("create", model=version.id))
+            gallery.set_meta(gallery.with_event("create", model=version.id))
         return Service(gallery)
 
     @staticmethod
@@ -388,7 +388,7 @@ class Service:
             sources = dict(meta.sources)
             if (model_dir / "encoder.json").exists() or model in ALIASES:
                 sources[version.id] = _source_of(model)
-            new_meta = replace(self.gallery.record("upgrade", model=version.id, previous=meta.serving.id),
+            new_meta = replace(self.gallery.with_event("upgrade", model=version.id, previous=meta.serving.id),
                                serving=version, sources=sources)
             self.gallery.set_meta(new_meta)
         with self._encoder_lock:
@@ -528,7 +528,8 @@ class Service:
             "vector_model": meta.vector_model.id,
             "serving_model": meta.serving.id,
             "lineage": [
-                {"id": v.id, "dim": v.dim, "method": v.method, "compat": v.compat.to_dict()} for v in meta.serving.lineage()
+                {"id": v.id, "dim": v.dim, "method": v.method, "compat": v.compat.to_dict(), "rule": str(v.compat)}
+                for v in meta.serving.lineage()
             ],
             "query_plan": {"dims": plan.dims, "transforms": len(plan.gallery_transforms)},
             "rows_by_plan": self.rows_by_plan(),

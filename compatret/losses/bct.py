@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from compatret.losses.oca import class_means
+
 
 def influence_weights(old_weight: torch.Tensor, old_features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Old classifier rows for the classes it knew, old-feature class means for the new ones.
@@ -14,13 +16,11 @@ def influence_weights(old_weight: torch.Tensor, old_features: torch.Tensor, labe
     influence loss covers every training sample. Returns [num_classes, d_old], rows L2-normalised.
     """
     c_old, d_old = old_weight.shape
-    rows = [F.normalize(old_weight.detach().float(), dim=1)]
-    for c in range(c_old, num_classes):
-        mask = labels == c
-        if not bool(mask.any()):
-            raise ValueError(f"no samples of new class {c} to build its pseudo-classifier")
-        rows.append(F.normalize(old_features[mask].float().mean(0, keepdim=True), dim=1))
-    weight = torch.cat(rows)
+    seen = torch.bincount(labels, minlength=num_classes)[c_old:num_classes]
+    if len(seen) and not bool((seen > 0).all()):
+        raise ValueError(f"no samples of new class {c_old + int(torch.nonzero(seen == 0)[0])} to build its pseudo-classifier")
+    means = class_means(old_features.float(), labels, num_classes)[c_old:]
+    weight = torch.cat([F.normalize(old_weight.detach().float(), dim=1), F.normalize(means, dim=1)])
     if weight.shape != (num_classes, d_old):
         raise ValueError(f"influence weights have shape {tuple(weight.shape)}, expected ({num_classes}, {d_old})")
     return weight

@@ -23,7 +23,8 @@ from compatret.losses.bct import BCTLoss, influence_weights
 from compatret.losses.bt2 import BT2Loss
 from compatret.losses.hoc import DSimplexLoss
 from compatret.losses.oca import OCALoss, class_means
-from compatret.train.image_trainer import CompatLoss, TrainConfig, embed, pick_device, train_image_model
+from compatret.device import torch_device
+from compatret.train.image_trainer import CompatLoss, TrainConfig, embed, train_image_model
 from compatret.train.seeding import seed_everything
 from compatret.versions import Compat, ModelVersion
 
@@ -214,7 +215,7 @@ def fit_image_version(
     num_classes = method.num_classes or int(train.labels.max()) + 1
     x = to_batch(train.images, spec)
     y = torch.from_numpy(train.labels)
-    device = pick_device(cfg.device)
+    device = torch_device(cfg.device)
     parent = _load_parent(parent_dir, spec, x, device) if parent_dir is not None else None
     spec = _embedder_spec(method, spec, parent.version if parent else None)
     seed_everything(cfg.seed)  # weights are initialised here, before the trainer seeds again

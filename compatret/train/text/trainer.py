@@ -9,7 +9,6 @@ The losses themselves are sentence-transformers' (MultipleNegativesRankingLoss) 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -20,10 +19,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from compatret.device import torch_device
 from compatret.encoders import load_version
 from compatret.errors import CompatretError
 from compatret.losses.ranking import AdoreLoss, StarLoss
 from compatret.losses.retrieval_compat import CompatRetrievalLoss
+from compatret.train.checkpoint import load_checkpoint, save_checkpoint
 from compatret.train.seeding import seed_everything
 from compatret.train.text.config import RetrieverConfig
 from compatret.train.text.heads import ExtensionHead, alignment_map
@@ -38,23 +39,19 @@ Step = Callable[[np.ndarray, np.random.Generator], dict[str, Tensor]]
 ITEM_TERMS = {"star": "none", "bct": "influence", "bt2": "cosine", "oca": "anchor"}
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def build_model(cfg: RetrieverConfig, ts: TrainingSet) -> nn.Module:
     """Start weights, aligned to the old space when asked, with the extension head for BT²/OCA."""
     old_dim = ts.old_vectors.shape[1]
-    model = load_trainable(cfg.init or cfg.old, device=_device())
+    model = load_trainable(cfg.init or cfg.old, device=torch_device())
     model.serve_seq_length = model.max_seq_length  # type: ignore[attr-defined]  # restored on save
     model.max_seq_length = min(cfg.max_seq_length, model.max_seq_length)  # type: ignore[attr-defined]
     if cfg.align_docs:
-        model.append(_fit_alignment(model, ts, cfg.align_docs, cfg.seed).to(_device()))  # type: ignore[attr-defined]
+        model.append(_fit_alignment(model, ts, cfg.align_docs, cfg.seed).to(torch_device()))  # type: ignore[attr-defined]
     dim = model.get_embedding_dimension()  # type: ignore[attr-defined]
     if cfg.method in ("bt2", "oca"):
         if dim < old_dim:
             raise CompatretError(f"{cfg.method}: start model has {dim} dims, the gallery {old_dim}")
-        model.append(ExtensionHead(dim, cfg.extra_dims).to(_device()))  # type: ignore[attr-defined]
+        model.append(ExtensionHead(dim, cfg.extra_dims).to(torch_device()))  # type: ignore[attr-defined]
     elif cfg.method != "star" and dim != old_dim:
         raise CompatretError(f"{cfg.method} keeps the old space: start model has {dim} dims, the gallery {old_dim}")
     return model
@@ -84,7 +81,7 @@ def _item_step(cfg: RetrieverConfig, ts: TrainingSet, model: nn.Module) -> Step:
     if cfg.method == "star":
         loss: nn.Module = StarLoss(model)
     else:
-        old = torch.from_numpy(ts.old_vectors).to(_device())
+        old = torch.from_numpy(ts.old_vectors).to(torch_device())
         loss = CompatRetrievalLoss(model, old, ITEM_TERMS[cfg.method], cfg.compat_weight, cfg.compat_weight)  # type: ignore[arg-type]
 
     def step(batch: np.ndarray, rng: np.random.Generator) -> dict[str, Tensor]:
@@ -116,15 +113,8 @@ def _adore_step(cfg: RetrieverConfig, ts: TrainingSet, model: nn.Module) -> Step
 
 
 def _to_device(features: dict) -> dict:
-    dev = _device()
+    dev = torch_device()
     return {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in features.items()}
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def _finished(out: Path, fingerprint: str) -> bool:
@@ -154,7 +144,7 @@ def train_retriever(cfg: RetrieverConfig, progress: bool = True) -> Path:
     start, seconds, history = 0, 0.0, []
     ckpt = out / CHECKPOINT
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=_device(), weights_only=True)
+        state = load_checkpoint(ckpt, torch_device())
         if state["fingerprint"] != fp:
             raise CompatretError(f"{ckpt} belongs to a different run; choose another --out or delete it")
         model.load_state_dict(state["model"])
@@ -184,7 +174,7 @@ def train_retriever(cfg: RetrieverConfig, progress: bool = True) -> Path:
             history.append({"step": step + 1, **{k: v / n for k, v in sums.items()}})
             sums = {}
             seconds_now = seconds + time.perf_counter() - t0
-            _save_checkpoint(ckpt, {"fingerprint": fp, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            save_checkpoint(ckpt, {"fingerprint": fp, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "schedule": schedule.state_dict(), "step": step + 1, "seconds": seconds_now, "history": history})
     bar.close()
     seconds += time.perf_counter() - t0

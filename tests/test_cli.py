@@ -24,12 +24,16 @@ def ok(runner: CliRunner, *args: str) -> str:
     return res.stdout
 
 
-def fails(runner: CliRunner, *args: str) -> str:
+def fails(runner: CliRunner, *args: str, message: str = "") -> str:
+    """Exit code 2 and either compatret's one `error:` line or click's usage error; `message` in it."""
     res = runner.invoke(main, list(args), catch_exceptions=False)
-    assert res.exit_code != 0
+    assert res.exit_code == 2, res.output
     assert "Traceback" not in res.output
     lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(("error:", "Error:", "Usage:")) or "Error:" in res.stderr
+    ours = len(lines) == 1 and lines[0].startswith("error:")
+    clicks = lines[0].startswith("Usage:") and lines[-1].startswith("Error:")
+    assert ours or clicks, res.stderr
+    assert message in res.stderr, res.stderr
     return res.stderr
 
 
@@ -76,21 +80,21 @@ def test_text_gallery_with_real_model(runner, tmp_path, scifact_subset):
 
 
 @pytest.mark.parametrize(
-    "args",
+    "args, message",
     [
-        ["index", "info", "/nonexistent/gallery"],
-        ["index", "create", "G", "--dim", "4"],
-        ["query", "G", "--text", "a", "--vectors", "x.npy"],
-        ["index", "add", "G", "--items", "missing.jsonl"],
-        ["index", "upgrade", "G", "--model", "no-such-model"],
-        ["query", "G", "--vectors", "bad.npy"],
-        ["query", "G", "--vectors", "q3.npy"],
-        ["index", "add", "G", "--items", "bad.jsonl"],
-        ["index", "add", "G", "--vectors", "x.npy", "--ids", "taken.npy"],
-        ["index", "add", "G", "--ids", "taken.npy", "--items", "bad.jsonl"],
+        (["index", "info", "/nonexistent/gallery"], "no gallery at"),
+        (["index", "create", "G", "--dim", "4"], "give --model, or both --dim and --version-id"),
+        (["query", "G", "--text", "a", "--vectors", "x.npy"], "error:"),
+        (["index", "add", "G", "--items", "missing.jsonl"], "no such file"),
+        (["index", "upgrade", "G", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["query", "G", "--vectors", "bad.npy"], "error:"),
+        (["query", "G", "--vectors", "q3.npy"], "shape"),
+        (["index", "add", "G", "--items", "bad.jsonl"], "bad.jsonl:2: not valid JSON"),
+        (["index", "add", "G", "--vectors", "y.npy", "--ids", "taken.npy"], "already in the gallery with other content, e.g. '1'"),
+        (["index", "add", "G", "--ids", "taken.npy", "--items", "bad.jsonl"], "--ids goes with --vectors"),
     ],
 )
-def test_bad_input_gives_one_line_and_nonzero_exit(runner, tmp_path, args, monkeypatch):
+def test_bad_input_gives_one_line_and_nonzero_exit(runner, tmp_path, args, message, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ok(runner, "index", "create", "G", "--dim", "4", "--version-id", "v1")
     np.save("x.npy", np.ones((2, 4), np.float32))
@@ -100,7 +104,7 @@ def test_bad_input_gives_one_line_and_nonzero_exit(runner, tmp_path, args, monke
     (tmp_path / "bad.npy").write_text("not an array")
     (tmp_path / "bad.jsonl").write_text('{"id": 1, "text": "fine"}\n{broken\n')
     np.save("taken.npy", np.array(["new", "1"]))
+    np.save("y.npy", np.arange(8, dtype=np.float32).reshape(2, 4))  # "1" holds another vector
     rows_before = 2
-    err = fails(runner, *args)
-    assert err.strip()
+    fails(runner, *args, message=message)
     assert json.loads(ok(runner, "index", "info", "G", "--json"))["rows"] == rows_before

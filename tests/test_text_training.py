@@ -51,7 +51,7 @@ def test_star_is_independent_and_refused_by_upgrade(text_env, tmp_path):  # noqa
     version = ModelVersion.load(folder)
     assert version.parent is None
     assert load_encoder(str(folder)).encode_items(["a document"]).shape == (1, 384)
-    with pytest.raises(CompatretError):
+    with pytest.raises(CompatretError, match="not compatible|lineage"):
         _copy_gallery(text_env, tmp_path).upgrade(str(folder))
 
 

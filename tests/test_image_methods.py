@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ from compatret.heads.orthogonal import OrthogonalProjection
 from compatret.index.service import Service
 from compatret.train.image_methods import MethodSpec, fit_image_version
 from compatret.train.image_trainer import TrainConfig
-from compatret.versions import ModelVersion
+from compatret.versions import ModelVersion, normalize
 
 SPEC = ImageModelSpec(width=0.125, in_channels=1, image_size=8, embed_dim=16, mean=(0.3,), std=(0.4,))
 CFG = TrainConfig(epochs=2, batch_size=32, lr=0.05, crop_padding=1, flip=False, progress=False)
@@ -80,7 +81,15 @@ def test_method_trains_saves_reloads_and_upgrades(name, digits, parents, tmp_pat
     assert gallery.meta.serving.id == f"v2-{name}"
     assert gallery.plan().dims == (16 if rule == "prefix" else dim)
     hits = gallery.query(images=test.images[:3], k=2)
-    assert all(len(h.ids) == 2 for h in hits)
+    # what the plan promises: the new model's queries, cut to the shared dims, scored by cosine on the old rows
+    dims = gallery.plan().dims
+    stored = gallery.gallery.vectors_by_id()
+    ids = list(stored)
+    g = normalize(np.stack([stored[i][1][:dims] for i in ids]))
+    expect = normalize(enc.encode_queries(test.images[:3])[:, :dims]) @ g.T
+    top = np.argsort(-expect, axis=1)[:, :2]
+    assert [h.ids for h in hits] == [[ids[j] for j in row] for row in top]
+    np.testing.assert_allclose([h.scores for h in hits], np.take_along_axis(expect, top, 1), atol=1e-5)
 
 
 def test_method_errors(digits, parents, tmp_path):

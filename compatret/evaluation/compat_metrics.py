@@ -22,10 +22,11 @@ def retrieval_scores(
 ) -> dict[str, float]:
     """Return ``{"top1", "map"}`` in percent for cosine-similarity retrieval.
 
-    A gallery item is relevant when it shares the query's label. ``top1`` is the
-    share of queries whose nearest gallery item is relevant; ``map`` is the mean,
-    over queries with at least one relevant item, of the average precision over
-    the full ranking. With ``leave_one_out`` (query set == gallery set) query i
+    A gallery item is relevant when it shares the query's label. Both scores are
+    averaged over the queries that have at least one relevant item (a lone query
+    can neither hit nor miss; pytorch-metric-learning drops them too): ``top1``
+    is the share whose nearest gallery item is relevant, ``map`` the mean average
+    precision over the full ranking. With ``leave_one_out`` (query set == gallery set) query i
     never retrieves gallery item i. Query and gallery may come from different
     models (old gallery, new queries): that is the compatibility test. Works in
     query chunks so 5k x 5k takes about a second.
@@ -46,16 +47,15 @@ def retrieval_scores(
             relevant[rows, rows + start] = False
         order = np.argsort(-sims, axis=1, kind="stable")
         ranked = np.take_along_axis(relevant, order, axis=1)
-        hits.append(ranked[:, 0])
         n_rel = ranked.sum(axis=1)
+        hits.append(ranked[n_rel > 0, 0])
         precision = np.cumsum(ranked, axis=1) / np.arange(1, ranked.shape[1] + 1)
         ap = (precision * ranked).sum(axis=1) / np.maximum(n_rel, 1)
         aps.append(ap[n_rel > 0])
-    all_aps = np.concatenate(aps)
-    return {
-        "top1": 100.0 * float(np.concatenate(hits).mean()),
-        "map": 100.0 * float(all_aps.mean()) if len(all_aps) else 0.0,
-    }
+    all_hits, all_aps = np.concatenate(hits), np.concatenate(aps)
+    if not len(all_aps):
+        return {"top1": 0.0, "map": 0.0}
+    return {"top1": 100.0 * float(all_hits.mean()), "map": 100.0 * float(all_aps.mean())}
 
 
 def _check_square(matrix: np.ndarray) -> np.ndarray:

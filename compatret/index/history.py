@@ -10,13 +10,14 @@ from compatret.index.gallery import META_KEY, GalleryMeta
 from compatret.index.service import Service
 from compatret.index.writer_lock import retry_commit
 
-REWRITE = "vectors rewritten"  # same rows, same metadata: a backfill batch (or a new vector column)
+REWRITE = "vectors rewritten"  # a Lance Update with the same rows and metadata: a backfill batch
 
 
 def history(service: Service) -> list[dict[str, Any]]:
     """One entry per table version: when, how many rows, which model served, what happened."""
     table = service.gallery.table
     snapshot = service.gallery.open_snapshot()
+    lance_ds = service.gallery.dataset(service.gallery.latest_version())
     out: list[dict[str, Any]] = []
     seen_events, rows_before = 0, 0
     for v in table.list_versions():
@@ -32,11 +33,25 @@ def history(service: Service) -> list[dict[str, Any]]:
         elif rows != rows_before:
             change = f"rows {rows - rows_before:+d}"
         else:
-            change = REWRITE
+            change = _operation(lance_ds, int(v["version"]))
         out.append({"version": int(v["version"]), "time": v["timestamp"].isoformat(timespec="seconds"), "rows": rows,
                     "serving": meta.serving.id if meta else None, "change": change})
         seen_events, rows_before = events, rows
     return out
+
+
+OPERATIONS = {"Update": REWRITE, "CreateIndex": "index built", "Merge": "column added", "Project": "columns changed",
+              "Rewrite": "compacted", "UpdateConfig": "metadata changed"}
+
+
+def _operation(ds: Any, version: int) -> str:
+    """What a version with the same rows and metadata did, from its Lance transaction."""
+    try:
+        tx = ds.read_transaction(version)
+    except (OSError, ValueError, RuntimeError):
+        tx = None
+    name = type(tx.operation).__name__ if tx is not None else ""
+    return OPERATIONS.get(name, f"table rewritten ({name or 'unknown'})")
 
 
 def grouped(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -273,11 +273,20 @@ class LearnedMap:
         """(input dim, output dim)."""
         return int(self.weight.shape[0]), int(self.weight.shape[1])
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, block: int = 8192) -> np.ndarray:
+        """Mapped in blocks of rows: temporaries stay small (a 1M-row group needs no 2 GB hidden layer)."""
         x = np.asarray(x, dtype=np.float32)
-        y = x @ self.weight + self.bias
-        if self.w1 is not None and self.b1 is not None and self.w2 is not None:
-            y = y + np.maximum(x @ self.w1 + self.b1, 0) @ self.w2
+        y = np.empty((len(x), self.weight.shape[1]), np.float32)
+        for s in range(0, len(x), block):
+            part = x[s : s + block]
+            out = part @ self.weight
+            out += self.bias
+            if self.w1 is not None and self.b1 is not None and self.w2 is not None:
+                hidden = part @ self.w1
+                hidden += self.b1
+                np.maximum(hidden, 0, out=hidden)
+                out += hidden @ self.w2
+            y[s : s + block] = out
         return y
 
 

@@ -33,7 +33,7 @@ def test_interrupted_add_resumes(tmp_path, digit_models, sig):
     src = items_parquet(tmp_path / "items.parquet", digit_models, 400)
     for name in ("whole", "cut"):
         Service.create(tmp_path / name, model=digit_models["v1"])
-    cmd = lambda g: [sys.executable, "-m", "compatret", "index", "add", str(tmp_path / g), "--items", src, "--batch-size", "16", "--json"]  # noqa: E731
+    cmd = lambda g: [sys.executable, "-m", "compatret", "index", "add", str(tmp_path / g), "--items", src, "--batch-size", "4", "--json"]  # noqa: E731  (100 commits: room to land the signal mid-run)
     subprocess.run(cmd("whole"), env=ENV, check=True, capture_output=True)
     start = Gallery.open(tmp_path / "cut").version
     proc = subprocess.Popen(cmd("cut"), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

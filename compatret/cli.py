@@ -102,10 +102,15 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
              f"added {report['added']} rows ({report['skipped']} already stored) on Ray; {service.gallery.count()} in all")
         return
     if items is not None:
+        from compatret.index.interrupt import stop_on_sigint
+
         todo, before = read_items(items), service.gallery.count()
         try:
-            added = service.add_items(todo, batch_size=batch_size, progress=not as_json)
-        except KeyboardInterrupt:
+            with stop_on_sigint() as stop:  # the first Ctrl-C finishes the batch in hand
+                added = service.add_items(todo, batch_size=batch_size, progress=not as_json, stop=stop)
+        except KeyboardInterrupt:  # a second Ctrl-C: at once
+            stop.set()
+        if stop.is_set():
             done = Gallery.open(directory).count() - before
             click.echo(f"interrupted: {done} rows committed; rerun the same command to add the rest", err=True)
             sys.exit(130)
@@ -371,8 +376,10 @@ def query(directory: str, texts: tuple[str, ...], queries: str | None, vectors: 
         click.echo(f"# {label}")
         for rank, (i, s) in enumerate(zip(r.ids, r.scores), 1):
             extra = ""
-            if r.payloads is not None and r.payloads[rank - 1].get("text"):
-                extra = "  " + r.payloads[rank - 1]["text"][:80]
+            if r.payloads is not None:  # title first (it names the item), then the start of its text
+                p = r.payloads[rank - 1]
+                shown = " | ".join(x for x in (p.get("title"), (p.get("text") or "")[:120]) if x)
+                extra = f"  [{p.get('model_version', '?')}]  {shown}" if shown else f"  [{p.get('model_version', '?')}]"
             click.echo(f"{rank:>3}  {s:.4f}  {i}{extra}")
 
 

@@ -76,6 +76,9 @@ def test_text_gallery_with_real_model(runner, tmp_path, scifact_subset):
     doc = scifact_subset["docs"][5]
     res = json.loads(ok(runner, "query", g, "--text", doc["title"], "-k", "3", "--payload", "--json"))
     assert res["ids"][0] == doc["id"] and res["payloads"][0]["text"] == doc["text"]
+    assert res["payloads"][0]["title"] == doc["title"] and res["payloads"][0]["model_version"] == "minilm-l3"
+    shown = ok(runner, "query", g, "--text", doc["title"], "-k", "1", "--payload")
+    assert f"[minilm-l3]  {doc['title']} | {doc['text'][:40]}" in shown  # the title, then the text, and which model's vector
     fails(runner, "index", "upgrade", g, "--model", "minilm-l6")  # different lineage: refused
 
 

@@ -36,7 +36,9 @@ def test_interrupted_add_resumes(tmp_path, digit_models, sig):
     cmd = lambda g: [sys.executable, "-m", "compatret", "index", "add", str(tmp_path / g), "--items", src, "--batch-size", "4", "--json"]  # noqa: E731  (100 commits: room to land the signal mid-run)
     subprocess.run(cmd("whole"), env=ENV, check=True, capture_output=True)
     start = Gallery.open(tmp_path / "cut").version
-    proc = subprocess.Popen(cmd("cut"), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a child of a background job inherits an ignored SIGINT (no KeyboardInterrupt): give it Ctrl-C back
+    proc = subprocess.Popen(cmd("cut"), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and Gallery.open(tmp_path / "cut").latest_version() < start + 3:
         time.sleep(0.02)

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from compatret.errors import CompatretError
 from compatret.index.gallery import sql_quote
+from compatret.index.interrupt import stop_on_sigint
 from compatret.index.search import make_kernel, sample_parts
 from compatret.index.service import Service
 
@@ -143,31 +141,6 @@ def _inputs(rows: dict[str, dict[str, Any]], ids: list[str], modality: str) -> l
     if modality == "image":
         return [rows[i]["image"] for i in ids]
     return [{"title": rows[i].get("title"), "text": rows[i].get("text")} for i in ids]
-
-
-@contextmanager
-def stop_on_sigint() -> Iterator[threading.Event]:
-    """Ctrl-C asks the loop to stop after the batch in hand (a second one interrupts at once).
-
-    A KeyboardInterrupt raised inside a native LanceDB or pyarrow call comes back as some other
-    error, so the first Ctrl-C only sets a flag the loop checks between batches. Outside the main
-    thread (a server's backfill) signals cannot be caught, and the flag simply stays clear.
-    """
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def backfill(

@@ -298,7 +298,8 @@ class Service:
         self._check_id_values(ids)
         return version, ids, self.gallery.stored_vectors_alike(ids, vectors, version, block)
 
-    def add_items(self, items: Sequence[dict[str, Any]], batch_size: int = 256, progress: bool = True) -> int:
+    def add_items(self, items: Sequence[dict[str, Any]], batch_size: int = 256, progress: bool = True,
+                  stop: threading.Event | None = None) -> int:
         """Embed items with the serving model and store them, one commit per batch; ids default to uuids.
 
         Resumable: items whose id is stored already with the same content are skipped (a rerun
@@ -336,6 +337,9 @@ class Service:
             encoder = self.encoder()
             bar = tqdm(total=len(items), desc="embed+add", unit="item", disable=not progress)
             for s in range(0, len(items), batch_size):
+                if stop is not None and stop.is_set():  # Ctrl-C: the batches committed so far are all there is
+                    bar.close()
+                    return s
                 sl = slice(s, s + batch_size)
                 batch = [{"title": it.get("title"), "text": it.get("text")} for it in items[sl]] if not is_image else images[sl]
                 vecs = encoder.encode_items(batch, batch_size=batch_size)
@@ -556,8 +560,8 @@ def check_query_vectors(vectors: Any, version: ModelVersion) -> np.ndarray:
 
 
 def _public_payload(row: dict[str, Any]) -> dict[str, Any]:
-    """Payload without raw image bytes (JSON-safe): text, metadata, model version, image size."""
-    out = {k: row[k] for k in ("text", "metadata", "model_version") if row.get(k) is not None}
+    """Payload without raw image bytes (JSON-safe): title, text, metadata, model version, image size."""
+    out = {k: row[k] for k in ("title", "text", "metadata", "model_version") if row.get(k) is not None}
     if row.get("image") is not None:
         out["image_bytes"] = len(row["image"])
     return out

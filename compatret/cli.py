@@ -98,8 +98,8 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
         from compatret.index.ray_engine import ingest_items
 
         report = ingest_items(service.gallery, service.source_of_serving(), items, ray, progress=not as_json)  # type: ignore[arg-type]
-        emit({**report, "rows": service.gallery.count()}, as_json,
-             f"added {report['added']} rows ({report['skipped']} already stored) on Ray; {service.gallery.count()} in all")
+        rows = service.gallery.count()
+        emit({**report, "rows": rows}, as_json, f"added {report['added']} rows ({report['skipped']} already stored) on Ray; {rows} in all")
         return
     if items is not None:
         from compatret.index.interrupt import stop_on_sigint
@@ -114,10 +114,7 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
             done = Gallery.open(directory).count() - before
             click.echo(f"interrupted: {done} rows committed; rerun the same command to add the rest", err=True)
             sys.exit(130)
-        rows = service.gallery.count()
-        emit({"added": added, "skipped": len(todo) - added, "rows": rows}, as_json,
-             f"added {added} rows ({len(todo) - added} already stored); {rows} in all")
-        return
+        total = len(todo)
     else:
         if str(vectors).endswith(".parquet"):
             if ids is not None:
@@ -126,17 +123,9 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
         else:
             vec = read_array(vectors, "vectors")  # type: ignore[arg-type]
             id_list = read_array(ids, "ids").astype(str) if ids is not None else None
-        if ray is not None:
-            from compatret.index.ray_engine import ingest_vectors
-
-            with service.gallery.writing("ray add vectors: checks"):
-                version, id_arr, stored = service.vectors_to_add(vec, id_list, model)
-            added = ingest_vectors(service.gallery, vec, id_arr, stored, version.id, ray, progress=not as_json)
-        else:
-            added = service.add_vectors(vec, ids=id_list, model=model, progress=not as_json)
-    skipped = len(vec) - added
-    emit({"added": added, "skipped": skipped, "rows": service.gallery.count()}, as_json,
-         f"added {added} rows ({skipped} already stored); {service.gallery.count()} in all")
+        added, total = service.add_vectors(vec, ids=id_list, model=model, progress=not as_json, ray=ray), len(vec)
+    rows = service.gallery.count()
+    emit({"added": added, "skipped": total - added, "rows": rows}, as_json, f"added {added} rows ({total - added} already stored); {rows} in all")
 
 
 @index.command("delete")

@@ -31,11 +31,11 @@ from compatret.encoders.base import write_encoder_config
 from compatret.encoders.registry import ALIASES, load_encoder, load_version
 from compatret.errors import CompatretError
 from compatret.index.gallery import ID_FILTER_MAX, Gallery, id_filter, sql_quote
+from compatret.index.service import TRANSFORMS_DIR
 from compatret.versions import VERSION_FILE, Compat, ModelVersion, apply_plan, normalize, resolve
 
 DIRECTIONS = ("gallery", "query", "auto")
 HELD_ASIDE = 0.2
-TRANSFORMS_DIR = "transforms"
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ def sample_pairs(gallery: Gallery, new_spec: str, sample: int, seed: int = 0, pr
         raise CompatretError(f"--sample {sample} is larger than the gallery's {len(ids)} rows with a payload in {old.id!r}'s space")
     chosen = sorted(np.random.default_rng(seed).choice(len(ids), size=sample, replace=False).tolist())
     picked = [ids[i] for i in chosen]
-    columns = sorted({meta.column(meta.version(v)) for v in usable})
+    column_of = {v: meta.column(meta.version(v)) for v in usable}
+    columns = sorted(set(column_of.values()))
     rows: dict[str, dict[str, Any]] = {}
     for s in range(0, len(picked), ID_FILTER_MAX):
         t = gallery.scan(["id", "model_version", "title", "text", "image", *columns], where=id_filter(picked[s : s + ID_FILTER_MAX]))
@@ -84,7 +85,7 @@ def sample_pairs(gallery: Gallery, new_spec: str, sample: int, seed: int = 0, pr
     for v in usable:  # each row's stored vector, brought into the serving space by its plan
         pos = [n for n, i in enumerate(picked) if rows[i]["model_version"] == v]
         if pos:
-            stored = np.asarray([rows[picked[n]][meta.column(meta.version(v))] for n in pos], dtype=np.float32)
+            stored = np.asarray([rows[picked[n]][column_of[v]] for n in pos], dtype=np.float32)
             old_vec[pos] = apply_plan(plans[v], None, stored)[1]
     items = [rows[i]["image"] if meta.modality == "image" else {"title": rows[i]["title"], "text": rows[i]["text"]} for i in picked]
     new_vec = load_encoder(new_spec).encode_items(items, batch_size=64, progress=progress)
@@ -129,7 +130,8 @@ def fit_adapters(gallery_dir: str | Path, new_spec: str, direction: str = "galle
 def choose(fitted: Fitted) -> tuple[str, Candidate]:
     """The best (direction, candidate) by held-aside neighbour recall (ties: the simpler kind, listed first)."""
     options = [(d, c) for d, cands in fitted.found.items() for c in cands]
-    return max(options, key=lambda dc: (round(dc[1].held_out_recall, 3), -options.index(dc)))
+    best = max(range(len(options)), key=lambda n: (round(options[n][1].held_out_recall, 3), -n))
+    return options[best]
 
 
 def adapt(gallery_dir: str | Path, new_spec: str, out_dir: str | Path, direction: str = "gallery", kind: str = "auto",

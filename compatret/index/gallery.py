@@ -485,12 +485,13 @@ class Gallery:
         (normalised, within 1e-6): what a rerun of an interrupted `add --vectors` skips. An id
         stored otherwise is an error naming it. Read block by block (memory-mapped input)."""
         alike = np.zeros(len(ids), dtype=bool)
+        column = self.meta.column(version)
+        columns = ["id", "model_version"] + ([column] if column in self.table.schema.names else [])
         for s in range(0, len(ids), block):
             taken = self.existing(ids[s : s + block])
             if not taken:
                 continue
-            column = self.meta.column(version)
-            rows = self._rows(taken, ["id", "model_version"] + ([column] if column in self.table.schema.names else []))
+            rows = self._rows(taken, columns)
             pos = {str(i): n for n, i in enumerate(ids[s : s + block])}
             for i, row in rows.items():
                 mine = normalize(np.asarray(vectors[s + pos[i]], np.float32)[None])[0]

@@ -59,14 +59,14 @@ def grouped(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     naming its first and last version and its batch count; other entries as they are."""
     out: list[dict[str, Any]] = []
     for e in entries:
-        last = out[-1] if out else None
-        if e["change"] == REWRITE and last is not None and last.get("batches") and last["serving"] == e["serving"]:
-            last.update(to_version=e["version"], time=e["time"], batches=last["batches"] + 1, rows=e["rows"],
-                        change=f"backfill to {e['serving']}: {last['batches'] + 1} batches")
-        elif e["change"] == REWRITE:
-            out.append({**e, "to_version": e["version"], "batches": 1, "change": f"backfill to {e['serving']}: 1 batch"})
-        else:
+        if e["change"] != REWRITE:
             out.append(dict(e))
+            continue
+        if not (out and out[-1].get("batches") and out[-1]["serving"] == e["serving"]):
+            out.append({**e, "batches": 0})
+        run = out[-1]
+        run.update(to_version=e["version"], time=e["time"], rows=e["rows"], batches=run["batches"] + 1)
+        run["change"] = f"backfill to {e['serving']}: {run['batches']} batch{'es' if run['batches'] > 1 else ''}"
     return out
 
 

@@ -30,7 +30,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from compatret.errors import CompatretError
-from compatret.index.gallery import Gallery, commit_replacement, id_filter, rows_table
+from compatret.index.gallery import Gallery, commit_replacement, id_filter, rows_table, vector_array
 from compatret.versions import normalize
 
 RAY_JOB_LOCK = ".ray-job.lock"
@@ -95,12 +95,28 @@ def _write_rows(encoder: Any, uri: str, schema: pa.Schema, column: str, version_
                 ids: list[str], titles: list[Any], texts: list[Any], images: list[Any], metadata: list[Any]) -> list[str]:
     """Encode rows with `encoder` and write them, exactly as the local engine stores them, as new
     Lance fragments of the table at `uri` (not committed): returns their metadata as JSON."""
-    import lance
-
     inputs = images if modality == "image" else [{"title": t, "text": x} for t, x in zip(titles, texts)]
     vectors = normalize(encoder.encode_items(inputs, batch_size=max(1, len(ids))))
-    table = rows_table(schema, column, version_id, ids, vectors, titles, texts, images, metadata)
-    return [json.dumps(f.to_json()) for f in lance.fragment.write_fragments(table, uri, schema=schema)]
+    return _write_fragments(rows_table(schema, column, version_id, ids, vectors, titles, texts, images, metadata), uri)
+
+
+def _write_fragments(table: pa.Table, uri: str) -> list[str]:
+    """`table` written as new Lance fragments of the table at `uri` (one per file of up to its
+    rows; not committed): their metadata as JSON, for the driver's commit."""
+    import lance
+
+    fragments = lance.fragment.write_fragments(table, uri, schema=table.schema, max_rows_per_file=max(1, table.num_rows))
+    return [json.dumps(f.to_json()) for f in fragments]
+
+
+def _append(gallery: Gallery, fragments: list[str]) -> None:
+    """One Lance `Append` of fragments the workers wrote (the caller holds the writer lock)."""
+    import lance
+
+    ds = gallery.dataset(gallery.latest_version())
+    lance.LanceDataset.commit(ds, lance.LanceOperation.Append([lance.fragment.FragmentMetadata.from_json(f) for f in fragments]),
+                              read_version=ds.version)
+    gallery.latest_version()
 
 
 class _IngestWriter:
@@ -223,7 +239,6 @@ def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, pr
     driver commits what comes back once per step. Rows a dead worker's batch never returned
     are simply not stored, so the next pass takes them (Ray retries a killed worker's task,
     but this does not rely on it). Rows without ids get uuids and cannot be resumed."""
-    import lance
     import ray
     import ray.data
 
@@ -261,17 +276,16 @@ def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, pr
                     ids = [i for _, block in pending for i in block]
                     taken = set(gallery.existing(ids)) if ids else set()
                     seen: set[str] = set()
-                    fresh, count = [], 0
+                    fresh: list[str] = []
+                    count = 0
                     for fragments, block in pending:
                         if taken.intersection(block) or seen.intersection(block):
                             continue  # a block another attempt stored first: its file is an orphan, removed next run
                         seen.update(block)
-                        fresh.extend(lance.fragment.FragmentMetadata.from_json(f) for f in fragments)
+                        fresh.extend(fragments)
                         count += len(block)
                     if fresh:
-                        ds = gallery.dataset(gallery.latest_version())
-                        lance.LanceDataset.commit(ds, lance.LanceOperation.Append(fresh), read_version=ds.version)
-                        gallery.latest_version()
+                        _append(gallery, fresh)
                 pending.clear()
                 return count
 
@@ -306,14 +320,11 @@ VECTOR_BLOCK_ROWS = 100_000  # rows per worker task and Lance fragment of `add -
 def _write_vector_block(batch: pa.Table, uri: str, schema_ipc: bytes, column: str, version_id: str) -> dict[str, list[Any]]:
     """A Ray task: one block of precomputed vectors normalised and written as Lance fragments
     (not committed), exactly as the local engine stores them."""
-    import lance
-
     ids = batch.column("id").to_pylist()
     vec = batch.column("vector").combine_chunks()
     vectors = normalize(vec.values.to_numpy(zero_copy_only=False).reshape(len(ids), vec.type.list_size))
     table = rows_table(pa.ipc.read_schema(pa.py_buffer(schema_ipc)), column, version_id, ids, vectors)
-    fragments = lance.fragment.write_fragments(table, uri, schema=table.schema, max_rows_per_file=len(ids) + 1)
-    return {"fragments": [json.dumps([json.dumps(f.to_json()) for f in fragments])], "ids": [json.dumps(ids)]}
+    return {"fragments": [json.dumps(_write_fragments(table, uri))], "ids": [json.dumps(ids)]}
 
 
 def ingest_vectors(gallery: Gallery, vectors: np.ndarray, ids: np.ndarray | None, stored: np.ndarray, version_id: str,
@@ -321,7 +332,6 @@ def ingest_vectors(gallery: Gallery, vectors: np.ndarray, ids: np.ndarray | None
     """`index add --vectors X --engine ray`, after the checks of `Service.vectors_to_add`: rows
     not `stored` yet are normalised and written by Ray tasks, a block each, and committed by
     the driver once per step (one block per worker). Returns the rows added."""
-    import lance
     import ray
     import ray.data
 
@@ -343,8 +353,7 @@ def ingest_vectors(gallery: Gallery, vectors: np.ndarray, ids: np.ndarray | None
                 keep = ~stored[s:e]
                 block_ids = ids[s:e][keep] if ids is not None else np.array([f"{token}-{i}" for i in range(s, e)])
                 if len(block_ids):
-                    vec = np.ascontiguousarray(vectors[s:e][keep], dtype=np.float32)
-                    values = pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), vec.shape[1])
+                    values = vector_array(vectors[s:e][keep], version.dim)
                     refs.append(ray.put(pa.table({"id": pa.array(block_ids.tolist(), pa.string()), "vector": values})))
             if not refs:
                 continue
@@ -354,12 +363,10 @@ def ingest_vectors(gallery: Gallery, vectors: np.ndarray, ids: np.ndarray | None
             written = [(json.loads(r["fragments"]), json.loads(r["ids"])) for r in out.iter_rows()]
             with gallery.writing("ray add vectors step"):
                 ids_now = [i for _, b in written for i in b]
-                if gallery.existing(ids_now):  # another writer stored some of them meanwhile: nothing of this step is committed
-                    raise CompatretError(f"ids of this run were stored by another writer meanwhile, e.g. {gallery.existing(ids_now)[0]!r}; rerun to continue")
-                ds = gallery.dataset(gallery.latest_version())
-                fragments = [lance.fragment.FragmentMetadata.from_json(f) for frags, _ in written for f in frags]
-                lance.LanceDataset.commit(ds, lance.LanceOperation.Append(fragments), read_version=ds.version)
-                gallery.latest_version()
+                taken = gallery.existing(ids_now)
+                if taken:  # another writer stored some of them meanwhile: nothing of this step is committed
+                    raise CompatretError(f"ids of this run were stored by another writer meanwhile, e.g. {taken[0]!r}; rerun to continue")
+                _append(gallery, [f for frags, _ in written for f in frags])
             added += len(ids_now)
             bar.update(len(ids_now))
         bar.close()

@@ -168,6 +168,12 @@ class ArrayKernel:
         return np.concatenate(out_s), self.labels[np.concatenate(out_i)]
 
 
+def on_gpu(name: str, ann: str) -> bool:
+    """Whether a faiss kernel runs on the GPU: asked for, or `auto` with a GPU for exact and IVF
+    search (faiss has no GPU HNSW; GPU IVF-PQ needs settings per code size not checked here)."""
+    return name == "faiss-gpu" or (name == "auto" and ann in ("flat", "ivf") and faiss_gpus() > 0)
+
+
 def resolve_ann(kind: str, rows: int) -> str:
     """`auto` is exact (flat) for small galleries and IVF from FLAT_BELOW rows on."""
     if kind not in ANN_KINDS:
@@ -304,8 +310,7 @@ def build_kernel(name: str, ann: str, dim: int, parts: Iterable[Part], lookup: L
         backend = "numpy" if name == "numpy" else "torch"
         device = "cuda" if name == "auto" or (backend == "torch" and torch_cuda()) else "cpu"
         return ArrayKernel(labels, vectors, backend, device)
-    # faiss has no GPU HNSW; GPU IVF-PQ needs settings per code size that are not checked here
-    gpu = name == "faiss-gpu" or (name == "auto" and faiss_gpus() > 0 and ann not in ("hnsw", "ivfpq"))
+    gpu = on_gpu(name, ann)
     n = sum(len(p[0]) for p in parts)
     trained_on = 0
     if ann == "ivfpq" and lookup is None:

@@ -338,7 +338,7 @@ def _save_kernel(gallery_dir: Path, key: tuple[str, ...], state: KernelState) ->
 def _load_kernel(gallery_dir: Path, key: tuple[str, ...]) -> KernelState | None:
     import faiss
 
-    from compatret.index.search import FaissKernel, faiss_gpus
+    from compatret.index.search import FaissKernel, faiss_gpus, on_gpu
 
     d = _kernel_dir(gallery_dir, key)
     try:
@@ -348,8 +348,7 @@ def _load_kernel(gallery_dir: Path, key: tuple[str, ...]) -> KernelState | None:
         index = faiss.read_index(str(d / state["index"]))  # gone if the folder was replaced meanwhile
     except (OSError, ValueError, KeyError, RuntimeError):
         return None
-    gpu = (key[1] == "faiss-gpu" or (key[1] == "auto" and key[2] == "ivf")) and faiss_gpus() > 0
-    kernel = FaissKernel(index, gpu, int(state["trained_on"]), int(state.get("rerank", 0)))
+    kernel = FaissKernel(index, on_gpu(key[1], key[2]) and faiss_gpus() > 0, int(state["trained_on"]), int(state.get("rerank", 0)))
     return KernelState(kernel, dict(state["covers"]), {k: int(v) for k, v in state["fids"].items()})
 
 
@@ -454,7 +453,7 @@ class SearchIndex:
             m = np.nonzero(fids == fid)[0]
             f = self._by_fid.get(int(fid))
             pos = f.find(offs[m]) if f is not None else None
-            if pos is None or not (f.read.versions[pos] == version).all():
+            if pos is None or version not in f.read.masks or not f.read.masks[version][pos].all():
                 raise RuntimeError(f"search kernel holds rows that are not live {version} rows (stale kernel)")
             found.append(np.asarray(f.read.vectors[version][f.read.slots[pos]]))
             where.append(m)

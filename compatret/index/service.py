@@ -11,7 +11,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -22,6 +22,9 @@ from compatret.index.gallery import Gallery, GalleryMeta
 from compatret.index.search import ANN_KINDS, backend_name, resolve_ann
 from compatret.index.search_index import SearchIndex
 from compatret.versions import CompatPlan, ModelVersion, apply_plan, check_same_weights, confined, normalize, resolve
+
+if TYPE_CHECKING:
+    from compatret.index.ray_engine import RayOptions
 
 TRANSFORMS_DIR = "transforms"
 ENCODER_CACHE = 4  # encoders kept loaded per service (least recently used goes first)
@@ -263,13 +266,21 @@ class Service:
             raise CompatretError(f"{len(taken)} ids already in the gallery, e.g. {taken[0]!r}")
 
     def add_vectors(self, vectors: np.ndarray, ids: Sequence[str] | np.ndarray | None = None, model: str | None = None,
-                    batch_size: int = 100_000, progress: bool = False) -> int:
-        """Store precomputed vectors of `model` (default: the gallery's first model), one commit per batch.
+                    batch_size: int = 100_000, progress: bool = False, ray: RayOptions | None = None) -> int:
+        """Store precomputed vectors of `model` (default: the gallery's first model), one commit per
+        batch; returns the rows added (rows stored already with the same vector are skipped).
 
         Streams: the input may be memory-mapped; it is checked in blocks before the first
         commit (all or nothing) and normalised block by block, so memory beyond the input
-        stays constant. Rows without ids get `<uuid>-<n>` ids, unique by construction.
+        stays constant. Rows without ids get `<uuid>-<n>` ids, unique by construction. With
+        `ray`, Ray tasks normalise and write the blocks and this process commits them per step.
         """
+        if ray is not None:
+            from compatret.index.ray_engine import ingest_vectors
+
+            with self.gallery.writing("ray add vectors: checks"):
+                version, id_arr, stored = self.vectors_to_add(vectors, ids, model)
+            return ingest_vectors(self.gallery, vectors, id_arr, stored, version.id, ray, progress)
         with self.gallery.writing("add vectors"):
             version, ids, stored = self.vectors_to_add(vectors, ids, model, batch_size)
             token = uuid.uuid4().hex
@@ -502,12 +513,13 @@ class Service:
         """How many rows each model version made: the backfill progress, counted in the table."""
         return self.gallery.rows_by_version()
 
-    def rows_by_plan(self) -> dict[str, int]:
-        """How the serving model reads the rows: `native` (its own vectors), `same space` (identity
-        rules), `shared dims` (prefix rules: the first d dims) or `mapped` (through a transform)."""
+    def rows_by_plan(self, counts: dict[str, int] | None = None) -> dict[str, int]:
+        """How the serving model reads the rows (`counts`: rows_by_version, when already read):
+        `native` (its own vectors), `same space` (identity rules), `shared dims` (prefix rules:
+        the first d dims) or `mapped` (through a transform)."""
         meta = self.meta
         out: dict[str, int] = {}
-        for v, n in self.rows_by_version().items():
+        for v, n in (counts if counts is not None else self.rows_by_version()).items():
             plan = self._plan(meta.serving, meta.version(v))
             how = ("native" if v == meta.serving.id else "mapped" if plan.gallery_transforms
                    else "shared dims" if plan.dims < meta.serving.dim else "same space")
@@ -520,10 +532,11 @@ class Service:
         bare = pending_rows(self).unembeddable
         meta = self.meta
         plan = self.plan()
+        counts = self.rows_by_version()
         return {
             "path": str(self.gallery.path),
             "rows": self.gallery.count(),
-            "rows_by_version": self.rows_by_version(),
+            "rows_by_version": counts,
             "ann": meta.ann,
             "merge": meta.merge,
             "dim": meta.dim,
@@ -536,7 +549,7 @@ class Service:
                 for v in meta.serving.lineage()
             ],
             "query_plan": {"dims": plan.dims, "transforms": len(plan.gallery_transforms)},
-            "rows_by_plan": self.rows_by_plan(),
+            "rows_by_plan": self.rows_by_plan(counts),
             "table_version": self.gallery.version,
             "unembeddable": len(bare),
             "unembeddable_examples": bare[:5],

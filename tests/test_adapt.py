@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from compatret.adapt.fit import fit_kinds, neighbour_recall
+from compatret.errors import CompatretError
 from compatret.index.service import Service
 from compatret.versions import LearnedMap, normalize
 
@@ -120,11 +121,12 @@ def test_l3_gallery_upgrades_to_l6_through_an_adapter(l3_gallery, scifact_subset
 
 
 def test_query_direction_keeps_the_stored_space(l3_gallery, scifact_subset, tmp_path):
-    done = run("adapt", str(l3_gallery / "l3"), "--model", "minilm-l6", "--out", str(tmp_path / "q"), "--sample", "200",
+    done = run("adapt", str(l3_gallery / "l3"), "--model", "minilm-l6", "--out", str(tmp_path / "q"), "--budget", "0.001",
                "--direction", "query", "--kind", "affine", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert (report["direction"], report["kind"]) == ("query", "affine")
+    assert report["sample"] == 256  # the budget ran out after the first batch of 256 of the 300 rows
     from compatret.encoders.registry import load_encoder, load_version
 
     version = load_version(str(tmp_path / "q"))
@@ -136,6 +138,23 @@ def test_query_direction_keeps_the_stored_space(l3_gallery, scifact_subset, tmp_
     cos = np.mean([float(own[d["id"]][1] @ v) for d, v in zip(docs, mine)])
     assert cos > 0.8  # L6's vectors land next to the L3 vectors stored for the same documents
 
+    from compatret.train.text.model_io import load_trainable  # ADORE's --init: training starts where the adapter serves
+
+    start = load_trainable(str(tmp_path / "q")).encode([f"{d['title']} {d['text']}" for d in docs], convert_to_numpy=True)
+    assert np.abs(start - mine).max() < 1e-4
+
+
+def test_an_mlp_adapter_is_refused_as_training_start(tmp_path):
+    from compatret.encoders.base import write_encoder_config
+    from compatret.train.text.model_io import load_trainable
+
+    rng = np.random.default_rng(0)
+    LearnedMap(np.eye(384, dtype=np.float32), np.zeros(384, np.float32), rng.normal(size=(384, 8)).astype(np.float32),
+               np.zeros(8, np.float32), rng.normal(size=(8, 384)).astype(np.float32)).save(tmp_path / "head.npz")
+    write_encoder_config(tmp_path, "adapted", base="minilm-l6", head="head.npz")
+    with pytest.raises(CompatretError, match="head is an MLP"):
+        load_trainable(str(tmp_path))
+
 
 def test_bad_input_is_one_error_line_and_writes_nothing(l3_gallery, tmp_path, digit_models):
     bare = tmp_path / "bare"
@@ -144,6 +163,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(l3_gallery, tmp_path, di
         ([str(bare), "--model", "minilm-l6"], "payload"),
         ([str(l3_gallery / "l3"), "--model", digit_models["v1"]], "is for image"),
         ([str(l3_gallery / "l3"), "--model", "minilm-l6", "--sample", "5000"], "larger than"),
+        ([str(l3_gallery / "l3"), "--model", "minilm-l6", "--budget", "0"], "--budget"),
     ]
     for n, (args, message) in enumerate(cases):
         out = tmp_path / f"out{n}"

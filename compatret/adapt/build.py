@@ -7,9 +7,9 @@ rows, and write a compatret model folder that `index upgrade` accepts.
 - direction `query` (Drift-Adapter): the folder holds NEW plus a head that maps its vectors
   into the old space, under an `identity` rule: the gallery keeps its space for good.
 
-Pairs are (stored vector, NEW's vector) of a sample of rows that have payloads; a fifth is
-held aside to choose the kind (and, with `auto`, the direction), then the chosen map is
-fitted again on every pair.
+Pairs are (stored vector, NEW's vector) of rows that have payloads, as many as NEW embeds in the
+time budget; a fifth is held aside to choose the kind (and, with `auto`, the direction), then the
+chosen map is fitted again on every pair.
 """
 
 from __future__ import annotations
@@ -25,17 +25,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from compatret.adapt.fit import KINDS, Candidate, fit_kinds
 from compatret.encoders.base import write_encoder_config
 from compatret.encoders.registry import ALIASES, load_encoder, load_version
 from compatret.errors import CompatretError
-from compatret.index.gallery import ID_FILTER_MAX, Gallery, id_filter, sql_quote
+from compatret.index.gallery import Gallery, id_filter, sql_quote
 from compatret.index.service import TRANSFORMS_DIR
 from compatret.versions import VERSION_FILE, Compat, ModelVersion, apply_plan, normalize, resolve
 
 DIRECTIONS = ("gallery", "query", "auto")
 HELD_ASIDE = 0.2
+DEFAULT_BUDGET_S = 150.0  # seconds of embedding by NEW: with fitting, `adapt` stays within about 3 minutes
+MAX_SAMPLE = 20_000  # bounds the fit: the MLP trains on every pair for a fixed number of epochs
+MIN_PAIRS = 20
+CHUNK = 256  # rows read and embedded between two looks at the clock
 
 
 @dataclass(frozen=True)
@@ -47,11 +52,15 @@ class Pairs:
     new: np.ndarray
 
 
-def sample_pairs(gallery: Gallery, new_spec: str, sample: int, seed: int = 0, progress: bool = True) -> tuple[ModelVersion, ModelVersion, Pairs]:
-    """(serving model, NEW's record, pairs): `sample` rows that carry a payload and whose vectors
-    are in the serving model's full space (its own rows, or rows its lineage maps there by
-    identity or transform rules), re-embedded by NEW. After one adapter, the next one continues
-    the lineage from it (v1 -> adapter v2 -> v3)."""
+def sample_pairs(gallery: Gallery, new_spec: str, sample: int | None = None, budget: float | None = DEFAULT_BUDGET_S, seed: int = 0,
+                 progress: bool = True) -> tuple[ModelVersion, ModelVersion, Pairs]:
+    """(serving model, NEW's record, pairs): rows that carry a payload and whose vectors are in the
+    serving model's full space (its own rows, or rows its lineage maps there by identity or
+    transform rules), re-embedded by NEW in a seeded random order until `sample` rows (default:
+    all, at most MAX_SAMPLE) or until `budget` seconds of embedding are spent. More pairs fit a
+    better map (the MLP most of all), and what a user can spare is time: a fast NEW model gets
+    every row, a slow one what the budget allows. After one adapter, the next one continues the
+    lineage from it (v1 -> adapter v2 -> v3)."""
     meta = gallery.meta
     old = meta.serving
     new = load_version(new_spec)
@@ -61,8 +70,10 @@ def sample_pairs(gallery: Gallery, new_spec: str, sample: int, seed: int = 0, pr
         raise CompatretError(f"model {new.id!r} is for {new.modality}, this gallery holds {meta.modality}")
     if new.id == old.id:
         raise CompatretError(f"the gallery already serves {old.id!r}")
-    if sample < 20:
-        raise CompatretError("--sample must be at least 20")
+    if sample is not None and sample < MIN_PAIRS:
+        raise CompatretError(f"--sample must be at least {MIN_PAIRS}")
+    if budget is not None and budget <= 0:
+        raise CompatretError("--budget must be a positive number of seconds")
     plans = {v: resolve(old, meta.version(v), gallery.path) for v in gallery.rows_by_version()}
     usable = sorted(v for v, plan in plans.items() if plan.dims == old.dim)
     payload = "image IS NOT NULL" if meta.modality == "image" else "(text IS NOT NULL OR title IS NOT NULL)"
@@ -71,25 +82,42 @@ def sample_pairs(gallery: Gallery, new_spec: str, sample: int, seed: int = 0, pr
     if not ids:
         raise CompatretError(f"no rows with a payload (text or image) in {old.id!r}'s space to fit on: "
                              "a gallery of bare vectors cannot be adapted (and rows under a prefix rule need a backfill first)")
-    if sample > len(ids):
+    if sample is not None and sample > len(ids):
         raise CompatretError(f"--sample {sample} is larger than the gallery's {len(ids)} rows with a payload in {old.id!r}'s space")
-    chosen = sorted(np.random.default_rng(seed).choice(len(ids), size=sample, replace=False).tolist())
-    picked = [ids[i] for i in chosen]
+    wanted = min(len(ids), MAX_SAMPLE) if sample is None else sample
+    order = np.random.default_rng(seed).permutation(len(ids))[:wanted]
+    encoder = load_encoder(new_spec)
+    olds, news = [], []
+    start = time.perf_counter()
+    with tqdm(total=wanted, desc=f"embedding rows with {new.id}", unit="row", disable=not progress) as bar:
+        for s in range(0, wanted, CHUNK):
+            picked = [ids[i] for i in order[s : s + CHUNK]]
+            old_vec, items = _stored_and_payloads(gallery, picked, plans, usable)
+            olds.append(old_vec)
+            news.append(encoder.encode_items(items, batch_size=64, progress=False))
+            bar.update(len(picked))
+            if budget is not None and time.perf_counter() - start > budget:
+                break
+    done = [ids[i] for i in order[: sum(len(o) for o in olds)]]
+    if len(done) < MIN_PAIRS:
+        raise CompatretError(f"{new.id!r} embedded only {len(done)} rows in --budget {budget:g} s: at least {MIN_PAIRS} are needed")
+    return old, new, Pairs(done, np.concatenate(olds), normalize(np.concatenate(news)))
+
+
+def _stored_and_payloads(gallery: Gallery, picked: list[str], plans: dict[str, Any], usable: list[str]) -> tuple[np.ndarray, list[Any]]:
+    """The stored vectors of `picked` rows, brought into the serving space by their plans, and their payloads."""
+    meta = gallery.meta
     column_of = {v: meta.column(meta.version(v)) for v in usable}
-    columns = sorted(set(column_of.values()))
-    rows: dict[str, dict[str, Any]] = {}
-    for s in range(0, len(picked), ID_FILTER_MAX):
-        t = gallery.scan(["id", "model_version", "title", "text", "image", *columns], where=id_filter(picked[s : s + ID_FILTER_MAX]))
-        rows.update((r["id"], r) for r in t.to_pylist())
-    old_vec = np.zeros((len(picked), old.dim), np.float32)
-    for v in usable:  # each row's stored vector, brought into the serving space by its plan
+    t = gallery.scan(["id", "model_version", "title", "text", "image", *sorted(set(column_of.values()))], where=id_filter(picked))
+    rows = {r["id"]: r for r in t.to_pylist()}
+    old_vec = np.zeros((len(picked), meta.serving.dim), np.float32)
+    for v in usable:
         pos = [n for n, i in enumerate(picked) if rows[i]["model_version"] == v]
         if pos:
             stored = np.asarray([rows[picked[n]][column_of[v]] for n in pos], dtype=np.float32)
             old_vec[pos] = apply_plan(plans[v], None, stored)[1]
     items = [rows[i]["image"] if meta.modality == "image" else {"title": rows[i]["title"], "text": rows[i]["text"]} for i in picked]
-    new_vec = load_encoder(new_spec).encode_items(items, batch_size=64, progress=progress)
-    return old, new, Pairs(picked, old_vec, normalize(new_vec))
+    return old_vec, items
 
 
 @dataclass(frozen=True)
@@ -105,15 +133,16 @@ class Fitted:
     seconds: float  # everything
 
 
-def fit_adapters(gallery_dir: str | Path, new_spec: str, direction: str = "gallery", kind: str = "auto", sample: int = 3000,
-                 seed: int = 0, progress: bool = True, log: Callable[[str], None] | None = None) -> Fitted:
+def fit_adapters(gallery_dir: str | Path, new_spec: str, direction: str = "gallery", kind: str = "auto", sample: int | None = None,
+                 budget: float | None = DEFAULT_BUDGET_S, seed: int = 0, progress: bool = True,
+                 log: Callable[[str], None] | None = None) -> Fitted:
     """Sample and embed the pairs once, then fit every asked kind in every asked direction."""
     if direction not in DIRECTIONS:
         raise CompatretError(f"unknown direction {direction!r}; choose from {DIRECTIONS}")
     if kind != "auto" and kind not in KINDS:
         raise CompatretError(f"unknown kind {kind!r}; choose from {('auto', *KINDS)}")
     start = time.perf_counter()
-    old, new, pairs = sample_pairs(Gallery.open(gallery_dir), new_spec, sample, seed, progress)
+    old, new, pairs = sample_pairs(Gallery.open(gallery_dir), new_spec, sample, budget, seed, progress)
     embedded = time.perf_counter() - start
     aside = np.random.default_rng(seed + 1).random(len(pairs.ids)) < HELD_ASIDE
     kinds = KINDS if kind == "auto" else (kind,)
@@ -135,12 +164,13 @@ def choose(fitted: Fitted) -> tuple[str, Candidate]:
 
 
 def adapt(gallery_dir: str | Path, new_spec: str, out_dir: str | Path, direction: str = "gallery", kind: str = "auto",
-          sample: int = 3000, seed: int = 0, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+          sample: int | None = None, budget: float | None = DEFAULT_BUDGET_S, seed: int = 0, progress: bool = True,
+          log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fit, choose and write the adapted model folder; returns the report `--json` prints."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise CompatretError(f"{out} exists and is not empty")
-    fitted = fit_adapters(gallery_dir, new_spec, direction, kind, sample, seed, progress, log)
+    fitted = fit_adapters(gallery_dir, new_spec, direction, kind, sample, budget, seed, progress, log)
     chosen_direction, chosen = choose(fitted)
     version = write_model(out, new_spec, fitted.old, fitted.new, chosen_direction, chosen, len(fitted.pairs.ids))
     return {

@@ -16,17 +16,21 @@ from compatret.commands.output import emit, friendly
                    "query: the new model's vectors are mapped into the stored space, which stays; auto: the better on held-aside rows.")
 @click.option("--kind", type=click.Choice(["auto", "procrustes", "affine", "mlp"]), default="auto", show_default=True,
               help="The map; auto picks the best on held-aside rows.")
-@click.option("--sample", type=int, default=3000, show_default=True, help="Rows (with payloads) embedded by the new model to fit on.")
+@click.option("--sample", type=int, default=None, help="Rows (with payloads) embedded by the new model to fit on [default: all, at most 20,000, "
+              "within --budget].")
+@click.option("--budget", type=float, default=150.0, show_default=True,
+              help="Seconds the new model may spend embedding rows: it stops after the batch that passes them.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def adapt(directory: str, new_model: str, out_dir: str, direction: str, kind: str, sample: int, seed: int, as_json: bool) -> None:
+def adapt(directory: str, new_model: str, out_dir: str, direction: str, kind: str, sample: int | None, budget: float, seed: int,
+          as_json: bool) -> None:
     """Fit a map between the gallery's model and --model on the gallery's own rows; write a model
     folder that `index upgrade` accepts."""
     from compatret.adapt.build import adapt as run
 
     log = None if as_json else (lambda line: click.echo(line, err=True))
-    report = run(directory, new_model, out_dir, direction, kind, sample, seed, progress=not as_json, log=log)
+    report = run(directory, new_model, out_dir, direction, kind, sample, budget, seed, progress=not as_json, log=log)
     best = next(k for k in report["kinds"] if (k["direction"], k["kind"]) == (report["direction"], report["kind"]))
     emit(report, as_json,
          f"wrote {report['model']} ({report['model_id']}): {report['kind']} map, direction {report['direction']}, "

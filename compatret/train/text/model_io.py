@@ -12,14 +12,15 @@ from compatret.encoders.base import ENCODER_FILE, write_encoder_config
 from compatret.encoders.registry import ALIASES, _minilm_l6_dir
 from compatret.errors import CompatretError
 from compatret.train.text.heads import ExtensionHead
-from compatret.versions import VERSION_FILE, ModelVersion
+from compatret.versions import VERSION_FILE, LearnedMap, ModelVersion, confined
 
 ITEM_ENCODER_DIR = "item_encoder"
 TRAINABLE_ALIASES = {"minilm-l6": _minilm_l6_dir}
 
 
 def load_trainable(spec: str, device: str = "cpu") -> nn.Module:
-    """A SentenceTransformer to fine-tune: the minilm-l6 alias or a sentence-transformers folder.
+    """A SentenceTransformer to fine-tune: the minilm-l6 alias, a sentence-transformers folder, or
+    a query-direction adapter folder over one of those.
 
     Frozen ONNX models (minilm-l3) have no trainable weights: start from another model
     with --init and train it towards their gallery.
@@ -32,9 +33,32 @@ def load_trainable(spec: str, device: str = "cpu") -> nn.Module:
         raise CompatretError(f"{spec} is a frozen model and cannot be trained; start from minilm-l6 (--init)")
     path = Path(spec)
     cfg = path / ENCODER_FILE
-    if not cfg.exists() or json.loads(cfg.read_text()).get("kind") != "sentence-transformers":
+    settings = json.loads(cfg.read_text()) if cfg.exists() else {}
+    if settings.get("kind") == "adapted":
+        return _trainable_adapter(path, settings, device)
+    if settings.get("kind") != "sentence-transformers":
         raise CompatretError(f"{spec} is not a sentence-transformers model folder written by compatret")
     return SentenceTransformer(str(path), device=device)
+
+
+def _trainable_adapter(path: Path, settings: dict, device: str) -> nn.Module:
+    """A `compatret adapt --direction query` folder as start weights: its base model with the
+    fitted head appended as a Dense layer (and a Normalize), so training starts exactly where
+    the adapter serves: inside the gallery's space."""
+    import torch
+    from sentence_transformers.base.modules.dense import Dense
+    from sentence_transformers.base.modules.normalize import Normalize
+
+    head = LearnedMap.load(confined(path, str(settings.get("head", "")), "head"))
+    if head.w1 is not None:
+        raise CompatretError(f"{path}'s head is an MLP: --init takes a linear adapter (compatret adapt --direction query --kind affine)")
+    base = str(settings.get("base", ""))
+    model = load_trainable(base if base in ALIASES else str(confined(path, base, "base")), device)
+    weight, bias = torch.from_numpy(head.weight.T.copy()), torch.from_numpy(head.bias.copy())
+    model.append(Dense(weight.shape[1], weight.shape[0], bias=True, activation_function=nn.Identity(), init_weight=weight,  # type: ignore[attr-defined]
+                       init_bias=bias).to(device))
+    model.append(Normalize())  # type: ignore[attr-defined]
+    return model
 
 
 def export_modules(model: nn.Module) -> nn.Module:

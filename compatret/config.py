@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
+from typing import Any
 
 from compatret.errors import CompatretError
 
@@ -27,3 +29,14 @@ def dataset(name: str) -> Path:
 def index_home() -> Path:
     """Default home of indexes made by the CLI: $COMPATRET_INDEXES, else ./indexes."""
     return Path(os.environ.get("COMPATRET_INDEXES", "indexes"))
+
+
+def read_toml(path: str | Path, what: str = "recipe") -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file is one CompatretError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise CompatretError(f"{what} {p} not found")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise CompatretError(f"{what} {p} is not valid TOML: {exc}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -10,6 +11,8 @@ from text_env import text_env  # noqa: F401
 
 from compatret.commands.retrieval_eval import retrieval
 from compatret.commands.retriever import retriever
+from compatret.config import dataset
+from compatret.train.text.config import config_from
 
 
 def _one_error_line(res) -> str:
@@ -61,3 +64,47 @@ def test_train_retriever_bad_input(text_env, tmp_path, extra, message):  # noqa:
     args = [x for kv in base.items() for x in kv]
     line = _one_error_line(CliRunner().invoke(retriever, args, catch_exceptions=False))
     assert line.startswith("error:") and message in line
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "training").glob("scifact_*.toml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_shipped_text_recipes_are_valid(recipe):
+    cfg = config_from(recipe, {"gallery": "g", "out": "m"})  # a typo or a wrong type in a recipe fails here
+    assert Path(cfg.train_data) == dataset("scifact")  # relative data names resolve under COMPATRET_DATA
+
+
+def test_flags_override_the_recipe(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('method = "bt2"\nold = "minilm-l6"\ntrain_data = "scifact"\nepochs = 2\nlr = 3e-5\n')
+    cfg = config_from(recipe, {"gallery": "g", "epochs": 5, "lr": None})
+    assert (cfg.method, cfg.epochs, cfg.lr, cfg.batch_size) == ("bt2", 5, 3e-5, 16)  # given, from the recipe, default
+    assert cfg.out.endswith("models/bt2")
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ('method = "adore"\nold = "minilm-l6"\ntrain_data = "scifact"\nepochs = 0\n', "recipe {r}: epochs: Input should be greater than or equal to 1"),
+        ('method = "adore"\nold = "minilm-l6"\ntrain_data = "scifact"\nepochs = "2"\n', "recipe {r}: epochs: Input should be a valid integer"),
+        ('method = "adore"\nold = "minilm-l6"\ntrain_data = "scifact"\nepochs = 2.5\n', "epochs: Input should be a valid integer"),
+        ('method = "adore"\nold = "minilm-l6"\ntrain_data = "scifact"\nepoch = 2\n', "recipe {r}: unknown key 'epoch'"),
+        ('method = "dpr"\nold = "minilm-l6"\ntrain_data = "scifact"\n', "method: Input should be 'star', 'adore'"),
+        ('old = "minilm-l6"\n', "missing --method"),
+        ('method = "adore\n', "is not valid TOML"),
+    ],
+)
+def test_bad_recipe_is_one_error_line(text_env, tmp_path, body, message):  # noqa: F811
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(body)
+    args = ["--recipe", str(recipe), "--gallery", str(text_env.gallery), "--out", str(tmp_path / "m")]
+    line = _one_error_line(CliRunner().invoke(retriever, args, catch_exceptions=False))
+    assert line.startswith("error: ") and message.format(r=recipe) in line, line
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_flag_error_is_not_blamed_on_the_recipe(text_env, tmp_path):  # noqa: F811
+    args = ["--recipe", str(RECIPES[0]), "--gallery", str(text_env.gallery), "--epochs", "0"]
+    assert _one_error_line(CliRunner().invoke(retriever, args, catch_exceptions=False)) == \
+        "error: epochs: Input should be greater than or equal to 1"

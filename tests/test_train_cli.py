@@ -46,7 +46,7 @@ def write_recipe(tmp_path: Path, name: str, method: str = "independent", last: i
 
 
 def test_every_shipped_recipe_is_valid():
-    recipes = [load_recipe(p) for p in sorted((ROOT / "training").glob("*.toml"))]
+    recipes = [load_recipe(p) for p in sorted((ROOT / "training").glob("tinyimagenet100_*.toml"))]  # image recipes (text: test_text_cli)
     assert len(recipes) >= 15
     outs = {r.out for r in recipes}
     for r in recipes:

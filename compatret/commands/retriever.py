@@ -3,48 +3,50 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
 from compatret.commands.output import friendly
-from compatret.train.text.config import METHODS
+from compatret.train.text.config import METHODS, RetrieverConfig
+
+
+def _default(name: str) -> str:
+    return f" [default: {RetrieverConfig.model_fields[name].default}]"
 
 
 @click.command("retriever")
-@click.option("--method", type=click.Choice(METHODS), required=True,
+@click.option("--recipe", type=click.Path(dir_okay=False),
+              help="TOML recipe with the settings below (e.g. training/scifact_adore.toml); flags given here override it.")
+@click.option("--method", type=click.Choice(METHODS),
               help="star: independent baseline; adore: query tower only (gallery untouched); bct: same space; bt2/oca: old space in a prefix plus --extra-dims.")
-@click.option("--old", required=True, help="The model of the gallery's vectors (alias or model folder).")
-@click.option("--gallery", required=True, type=click.Path(file_okay=False), help="Gallery of the old model: old item vectors and hard negatives come from it.")
-@click.option("--train-data", required=True, type=click.Path(file_okay=False), help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")
+@click.option("--old", help="The model of the gallery's vectors (alias or model folder).")
+@click.option("--gallery", type=click.Path(file_okay=False), help="Gallery of the old model: old item vectors and hard negatives come from it.")
+@click.option("--train-data", type=click.Path(file_okay=False), help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv).")
 @click.option("--out", type=click.Path(file_okay=False), help="Model folder (default: indexes/models/<method>); holds checkpoints while training.")
 @click.option("--init", help="Start weights (default: --old); e.g. minilm-l6 to train towards a frozen minilm-l3 gallery.")
-@click.option("--split", default="train", show_default=True, help="Qrels split to train on.")
-@click.option("--epochs", type=int, default=1, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, default=2e-5, show_default=True)
-@click.option("--extra-dims", type=int, default=64, show_default=True, help="Extension dims for bt2/oca.")
-@click.option("--hard-negatives", type=int, default=1, show_default=True, help="Static hard negatives per query (star/bct/bt2/oca).")
-@click.option("--align-docs", type=int, default=0, show_default=True,
-              help="Fit a linear map from --init's space into the old one on this many gallery documents first (cross-architecture).")
-@click.option("--max-seq-length", type=int, default=256, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--split", help="Qrels split to train on." + _default("split"))
+@click.option("--epochs", type=int, help=_default("epochs"))
+@click.option("--batch-size", type=int, help=_default("batch_size"))
+@click.option("--lr", type=float, help=_default("lr"))
+@click.option("--extra-dims", type=int, help="Extension dims for bt2/oca." + _default("extra_dims"))
+@click.option("--hard-negatives", type=int, help="Static hard negatives per query (star/bct/bt2/oca)." + _default("hard_negatives"))
+@click.option("--compat-weight", type=float, help="Weight of the compatibility term (bct/bt2/oca)." + _default("compat_weight"))
+@click.option("--align-docs", type=int,
+              help="Fit a linear map from --init's space into the old one on this many gallery documents first (cross-architecture)."
+                   + _default("align_docs"))
+@click.option("--max-seq-length", type=int, help="Tokens per text while training (served at the model's full length)." + _default("max_seq_length"))
+@click.option("--seed", type=int, help=_default("seed"))
 @click.option("--max-steps", type=int, help="Stop after this many steps (default: all epochs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @friendly
-def retriever(method: str, old: str, gallery: str, train_data: str, out: str | None, init: str | None, split: str,
-              epochs: int, batch_size: int, lr: float, extra_dims: int, hard_negatives: int, align_docs: int, max_seq_length: int,
-              seed: int, max_steps: int | None, as_json: bool) -> None:
+def retriever(recipe: str | None, as_json: bool, **settings: Any) -> None:
     """Fine-tune a text retriever on hard negatives; rerun the same command to resume after an interruption."""
-    from compatret.config import index_home
-    from compatret.train.text.config import RetrieverConfig
+    from compatret.train.text.config import config_from
     from compatret.train.text.trainer import LOG_FILE, train_retriever
     from compatret.versions import ModelVersion
 
-    cfg = RetrieverConfig(
-        method=method, old=old, gallery=gallery, train_data=train_data, out=out or str(index_home() / "models" / method),
-        init=init, split=split, epochs=epochs, batch_size=batch_size, lr=lr, extra_dims=extra_dims, seed=seed,
-        max_steps=max_steps, hard_negatives=hard_negatives, align_docs=align_docs, max_seq_length=max_seq_length,
-    )
+    cfg = config_from(recipe, settings)
     folder = train_retriever(cfg, progress=not as_json)
     version = ModelVersion.load(folder)
     log = json.loads((folder / LOG_FILE).read_text())

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from compatret.config import dataset
+from compatret.config import dataset, read_toml
 from compatret.data.images import ImageSplit, load_parquet_split
 from compatret.encoders.image import ImageModelSpec
 from compatret.errors import CompatretError
@@ -136,14 +135,7 @@ def parse_recipe(doc: dict[str, Any], source: str = "recipe") -> ImageRecipe:
 
 def load_recipe(path: str | Path) -> ImageRecipe:
     """Read and validate a TOML recipe."""
-    p = Path(path)
-    if not p.is_file():
-        raise CompatretError(f"recipe {p} not found")
-    try:
-        doc = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise CompatretError(f"recipe {p} is not valid TOML: {exc}") from exc
-    return parse_recipe(doc, str(p))
+    return parse_recipe(read_toml(path), str(path))
 
 
 def load_train_split(recipe: ImageRecipe) -> ImageSplit:

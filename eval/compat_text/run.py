@@ -14,27 +14,19 @@ import argparse
 import json
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from compatret.config import dataset, index_home
 from compatret.data.beir import BeirData, load_beir
 from compatret.evaluation.retrieval import build_gallery, evaluate_pair
-from compatret.train.text.config import RetrieverConfig
+from compatret.train.text.config import config_from, read_recipe
 from compatret.train.text.trainer import LOG_FILE, train_retriever
 
 HERE = Path(__file__).resolve().parent
-ITEM = dict(epochs=2, batch_size=16, lr=3e-5, hard_negatives=1, max_seq_length=128)
-SETTINGS = {  # chosen so each run fits ~30 min on 2 CPU cores (see the smoke estimate)
-    "star": ITEM,
-    "adore": dict(epochs=10, batch_size=32, lr=2e-5, max_seq_length=128),
-    "bct": ITEM,
-    "bt2": {**ITEM, "extra_dims": 64},
-    "oca": {**ITEM, "extra_dims": 64},
-}
-# minilm-l6 into the frozen minilm-l3 gallery's space: first a linear fit onto 2,000 of its vectors,
-# then BCT; at 2 epochs and weight 1 new/old reached 0.501 against L3's 0.513, hence 4 epochs, weight 2
-CROSS = ("bct", {**ITEM, "epochs": 4, "compat_weight": 2.0, "align_docs": 2000})
+TRAINING = HERE.parents[1] / "training"
+# one recipe per method: the README's `compatret train retriever --recipe` commands read the same files
+RECIPES = {m: TRAINING / f"scifact_{m}.toml" for m in ("star", "adore", "bct", "bt2", "oca")}
+CROSS = TRAINING / "scifact_cross_l6_into_l3.toml"  # minilm-l6 into the frozen minilm-l3 gallery's space
 
 
 def subset(data: BeirData, n_docs: int, n_test: int, seed: int = 0) -> BeirData:
@@ -94,11 +86,10 @@ class Bench:
         print(f"[compat_text] scoring {key}", flush=True)
         return self._remember(f"score:{key}", lambda: evaluate_pair(query_model, gallery, self.data, "test", unchecked=unchecked))
 
-    def train(self, name: str, method: str, old: str, gallery: Path, init: str | None, settings: dict) -> tuple[str, float]:
+    def train(self, name: str, recipe: Path, gallery: Path) -> tuple[str, float]:
         out = self.work / "models" / name
-        print(f"[compat_text] training {name} ({method}, old {old}, init {init or old})", flush=True)
-        cfg = RetrieverConfig(method=method, old=old, gallery=str(gallery), train_data=str(self.data_dir), out=str(out),
-                              init=init, max_steps=self.max_steps, **settings)
+        print(f"[compat_text] training {name} from {recipe.name}", flush=True)
+        cfg = config_from(recipe, {"gallery": str(gallery), "out": str(out), "train_data": str(self.data_dir), "max_steps": self.max_steps})
         folder = train_retriever(cfg)
         log = json.loads((folder / LOG_FILE).read_text())
         self.cache[f"train:{name}"] = {"steps": log["steps"], "seconds": log["train_seconds"]}
@@ -107,24 +98,23 @@ class Bench:
 
 def run(work: Path, data: BeirData, data_dir: Path, max_steps: int | None, only: list[str] | None = None) -> dict:
     """The whole protocol, or (only=...) some methods; "cross" names the cross-architecture run."""
-    only = only or [*SETTINGS, "cross"]
+    only = only or [*RECIPES, "cross"]
     bench = Bench(work, data, data_dir, max_steps)
     g_old = bench.gallery("minilm-l6", "minilm-l6")
     old_old = bench.score("old_old", "minilm-l6", g_old)
     methods = {}
-    for method, settings in SETTINGS.items():
+    for method, recipe in RECIPES.items():
         if method not in only:
             continue
-        model, minutes = bench.train(method, method, "minilm-l6", g_old, None, settings)
+        model, minutes = bench.train(method, recipe, g_old)
         new_old = bench.score(f"{method}:new_old", model, g_old, unchecked=method == "star")
         # ADORE embeds items with the frozen old encoder: its own gallery is the old one
         new_new = new_old if method == "adore" else bench.score(f"{method}:new_new", model, bench.gallery(model, method))
         methods[method] = {"new_old": new_old, "new_new": new_new, "train_minutes": round(minutes, 2)}
-    cross_method, cross_settings = CROSS
     cross, cross_minutes = None, 0.0
     if "cross" in only:
         g_l3 = bench.gallery("minilm-l3", "minilm-l3")
-        model, cross_minutes = bench.train("cross_arch", cross_method, "minilm-l3", g_l3, "minilm-l6", cross_settings)
+        model, cross_minutes = bench.train("cross_arch", CROSS, g_l3)
         cross = {
             "old_old": bench.score("cross:old_old", "minilm-l3", g_l3),
             # the problem: the untrained new model on the old gallery (compatret refuses this pair; scored raw)
@@ -136,15 +126,20 @@ def run(work: Path, data: BeirData, data_dir: Path, max_steps: int | None, only:
         "data": "BEIR SciFact (train on qrels/train.tsv, report qrels/test.tsv)",
         "corpus_docs": len(data.corpus), "test_queries": len(data.split("test")), "train_queries": len(data.split("train")),
         "old_model": "minilm-l6 (sentence-transformers/all-MiniLM-L6-v2)",
-        "methods": {m: {**s, "max_steps": max_steps} for m, s in SETTINGS.items()},
-        "cross_arch": {"old_model": "minilm-l3 (paraphrase-MiniLM-L3-v2, ONNX, frozen)", "init": "minilm-l6", "method": cross_method,
-                       **cross_settings, "train_minutes": round(cross_minutes, 2)},
+        "methods": {m: {"recipe": f"training/{r.name}", **_settings(r), "max_steps": max_steps} for m, r in RECIPES.items()},
+        "cross_arch": {"recipe": f"training/{CROSS.name}", "old_model": "minilm-l3 (paraphrase-MiniLM-L3-v2, ONNX, frozen)",
+                       **_settings(CROSS), "train_minutes": round(cross_minutes, 2)},
         "eval_max_seq_length": 256, "metric": "cosine, exact search (compatret Service.query)",
         "star_new_old": "searched with --ignore-lineage: STAR has no parent, the contract refuses it",
         "seconds": {k.removesuffix(":seconds"): round(v, 1) for k, v in bench.cache.items() if k.endswith(":seconds")},
-        "not_run": [m for m in [*SETTINGS, "cross"] if m not in only],
+        "not_run": [m for m in [*RECIPES, "cross"] if m not in only],
     }
     return {"old_old": old_old, "methods": methods, "cross_arch": cross, "config": config}
+
+
+def _settings(recipe: Path) -> dict:
+    """A recipe's training settings, without the machine-specific data path."""
+    return {k: v for k, v in read_recipe(recipe).items() if k != "train_data"}
 
 
 def table(results: dict) -> str:
@@ -170,10 +165,11 @@ def estimate(results: dict, full: BeirData) -> dict:
     docs = results["config"]["corpus_docs"]
     pairs = sum(len(d) for d in full.split("train").values())
     out = {}
-    for name, s in {**SETTINGS, "cross_arch": CROSS[1]}.items():
+    for name, recipe in {**RECIPES, "cross_arch": CROSS}.items():
+        cfg = config_from(recipe, {"gallery": "-", "out": "-"})
         log = json.loads((WORK_SMOKE / "models" / name / LOG_FILE).read_text())
         per_step = log["train_seconds"] / log["steps"]
-        steps = (pairs // s["batch_size"]) * s["epochs"]
+        steps = (pairs // cfg.batch_size) * cfg.epochs
         out[name] = {"seconds_per_step": round(per_step, 2), "full_steps": steps, "full_train_minutes": round(per_step * steps / 60, 1)}
     per_doc = max(secs[f"gallery:{g}"] for g in ("minilm-l6", "star")) / docs
     n_galleries = 7  # l6, l3, star, bct, bt2, oca, cross_arch
@@ -190,7 +186,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="~150 documents, 30 test queries, 2 steps per method")
     ap.add_argument("--work", type=Path, help="work folder (default: indexes/compat_text[_smoke])")
-    ap.add_argument("--only", nargs="*", choices=[*SETTINGS, "cross"], help="run only these methods (default: all + cross)")
+    ap.add_argument("--only", nargs="*", choices=[*RECIPES, "cross"], help="run only these methods (default: all + cross)")
     args = ap.parse_args()
     full = load_beir(dataset("scifact"))
     t0 = time.perf_counter()

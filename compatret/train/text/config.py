@@ -1,19 +1,24 @@
-"""What a retriever training run is: one typed spec, fingerprinted so a resumed run is the same run."""
+"""What a retriever training run is: one typed, validated spec, shared by the CLI, the TOML
+recipes in `training/` and the benchmarks, and fingerprinted so a resumed run is the same run."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from compatret.config import dataset, index_home, read_toml
 from compatret.errors import CompatretError
 
 METHODS = ("star", "adore", "bct", "bt2", "oca")
+Method = Literal["star", "adore", "bct", "bt2", "oca"]
+PER_RUN = ("gallery", "out")  # where a run reads and writes: given per run, a recipe may leave them out
 
 
-@dataclass(frozen=True)
-class RetrieverConfig:
+class RetrieverConfig(BaseModel):
     """method: star|adore|bct|bt2|oca; old: the gallery's model; init: start weights (default: old).
 
     align_docs: before training, fit a linear map from the start model's space into the old
@@ -21,45 +26,48 @@ class RetrieverConfig:
     another architecture than the old one, whose space is unrelated to the gallery's.
     """
 
-    method: str
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    method: Method
     old: str
     gallery: str
     train_data: str
     out: str
     init: str | None = None
     split: str = "train"
-    epochs: int = 1
-    batch_size: int = 16
-    lr: float = 2e-5
-    extra_dims: int = 64
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=2, description="at least 2: the other positives of a batch are its negatives")
+    lr: float = Field(2e-5, gt=0)
+    extra_dims: int = Field(64, ge=1)
     seed: int = 0
-    max_steps: int | None = None
-    hard_negatives: int = 1
-    depth: int = 200
-    max_seq_length: int = 256
-    compat_weight: float = 1.0
-    align_docs: int = 0
-    checkpoint_every: int = 25
+    max_steps: int | None = Field(None, ge=1)
+    hard_negatives: int = Field(1, ge=0)
+    depth: int = Field(200, ge=1)
+    max_seq_length: int = Field(256, ge=1)
+    compat_weight: float = Field(1.0, ge=0)
+    align_docs: int = Field(0, ge=0)
+    checkpoint_every: int = Field(25, ge=1)
+
+    @model_validator(mode="after")
+    def _align_needs_a_compatible_method(self) -> RetrieverConfig:
+        if self.align_docs and self.method == "star":
+            raise ValueError("star trains an independent space: align-docs applies to the compatible methods")
+        return self
+
+    @classmethod
+    def build(cls, values: dict[str, Any], origin: dict[str, str] | None = None) -> RetrieverConfig:
+        """Validate `values`; the first problem becomes one error line naming the setting (and,
+        from `origin`, where it was set)."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = str(err["loc"][0]) if err["loc"] else ""
+            where = (origin or {}).get(key, "") + (key.replace("_", "-") + ": " if key else "")
+            raise CompatretError(where + err["msg"].removeprefix("Value error, ")) from None
 
     def check(self) -> None:
-        """Refuse a bad spec before any model is loaded."""
-        if self.method not in METHODS:
-            raise CompatretError(f"unknown method {self.method!r}: choose from {', '.join(METHODS)}")
-        for name in ("epochs", "batch_size", "depth", "max_seq_length", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise CompatretError(f"{name.replace('_', '-')} must be >= 1")
-        if self.batch_size < 2:
-            raise CompatretError("batch-size must be >= 2 (in-batch negatives)")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise CompatretError("max-steps must be >= 1")
-        if self.lr <= 0:
-            raise CompatretError("lr must be > 0")
-        if self.hard_negatives < 0 or self.compat_weight < 0 or self.align_docs < 0:
-            raise CompatretError("hard-negatives, compat-weight and align-docs must be >= 0")
-        if self.align_docs and self.method == "star":
-            raise CompatretError("star trains an independent space: align-docs applies to the compatible methods")
-        if self.method in ("bt2", "oca") and self.extra_dims < 1:
-            raise CompatretError(f"{self.method} needs extra-dims >= 1")
+        """Refuse a spec whose inputs are missing, before any model is loaded."""
         if not Path(self.gallery).exists():
             raise CompatretError(f"no gallery at {self.gallery}")
         if not Path(self.train_data).is_dir():
@@ -67,7 +75,7 @@ class RetrieverConfig:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the trained weights (not where it is written)."""
-        d = asdict(self)
+        d = self.model_dump()
         for key in ("out", "checkpoint_every"):
             d.pop(key)
         if not d["align_docs"]:
@@ -75,3 +83,33 @@ class RetrieverConfig:
         for key in ("gallery", "train_data"):
             d[key] = str(Path(d[key]).resolve())
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """A TOML recipe's settings: RetrieverConfig's keys, flat. `train_data`, when relative, names a
+    folder under COMPATRET_DATA (as image recipes' `data.folder` does), so one recipe serves
+    every checkout."""
+    doc = read_toml(path)
+    unknown = sorted(set(doc) - set(RetrieverConfig.model_fields))
+    if unknown:
+        raise CompatretError(f"recipe {path}: unknown key {unknown[0]!r} (known: {', '.join(RetrieverConfig.model_fields)})")
+    data = doc.get("train_data")
+    if isinstance(data, str) and not Path(data).is_absolute():
+        doc["train_data"] = str(dataset(data))
+    return doc
+
+
+def config_from(recipe: str | Path | None, overrides: dict[str, Any]) -> RetrieverConfig:
+    """The recipe's settings (if any) with `overrides` (settings given explicitly, None = not given)
+    on top; without an `out`, the model goes to indexes/models/<method>."""
+    values = read_recipe(recipe) if recipe else {}
+    origin = {k: f"recipe {recipe}: " for k in values}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
+    for key in given:
+        origin.pop(key, None)
+    missing = [k for k in ("method", "old", "gallery", "train_data") if k not in values]
+    if missing:
+        raise CompatretError(f"missing --{missing[0].replace('_', '-')} (give it, or a --recipe that sets it)")
+    values.setdefault("out", str(index_home() / "models" / str(values["method"])))
+    return RetrieverConfig.build(values, origin)

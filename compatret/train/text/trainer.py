@@ -183,7 +183,7 @@ def train_retriever(cfg: RetrieverConfig, progress: bool = True) -> Path:
     dim = model.get_embedding_dimension()  # type: ignore[attr-defined]
     version = new_version(cfg, ts, dim)
     (out / LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
-    (out / LOG_FILE).write_text(json.dumps({"fingerprint": fp, "config": cfg.__dict__, "steps": total,
+    (out / LOG_FILE).write_text(json.dumps({"fingerprint": fp, "config": cfg.model_dump(), "steps": total,
                                             "train_seconds": seconds, "history": history}, indent=2))
     save_retriever(model, out, version, item_encoder=cfg.old if cfg.method == "adore" else None)
     shutil.rmtree(ckpt.parent, ignore_errors=True)  # a finished folder holds the model only

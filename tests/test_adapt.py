@@ -51,6 +51,21 @@ def test_each_kind_recovers_a_known_map(kind):
         assert found["mlp"].held_out_cosine > found["affine"].held_out_cosine + 0.005
 
 
+def test_rank_deficient_vectors_get_a_bounded_map():
+    """Two directions of x never vary (as in all-MiniLM-L6-v2's vectors): plain least squares
+    (ridge 0) returns weights of ~1e13 there that cancel on the fitted rows and wreck any new row."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 24)).astype(np.float32)
+    x[:, 0] = 0.5  # a constant dim: collinear with the bias column
+    x[:, 1] = 2 * x[:, 2]  # a copy of another dim
+    y = x @ rng.normal(size=(24, 16)).astype(np.float32)
+    held = np.arange(2000) >= 1600
+    for c in fit_kinds(x, y, held, gallery_side=True, kinds=("affine", "mlp")):
+        assert np.abs(c.fitted.weight).max() < 10, c.kind
+        off = x[:5] + rng.normal(scale=0.1, size=(5, 24)).astype(np.float32)  # rows off the fitted manifold
+        assert np.all(np.isfinite(c.fitted(off))) and np.abs(c.fitted(off)).max() < 100
+
+
 def test_learned_map_round_trips_through_npz(tmp_path):
     m = LearnedMap(np.eye(3, dtype=np.float32) * 2, np.ones(3, np.float32), np.ones((3, 2), np.float32), np.zeros(2, np.float32),
                    np.ones((2, 3), np.float32))

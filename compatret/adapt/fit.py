@@ -2,7 +2,7 @@
 
 Three kinds, simplest first (FCT and Drift-Adapter fit the same family):
 - procrustes: an orthogonal (or, across dims, semi-orthogonal) map: keeps angles, cannot overfit;
-- affine: ridge regression with a bias, the ridge strength chosen on the held-aside pairs;
+- affine: ridge regression with a bias, the ridge strength (never 0) chosen on the held-aside pairs;
 - mlp: affine plus a residual ReLU layer, trained in torch with an in-batch contrastive loss.
 
 Every map is a `LearnedMap` (the contract's transform step, read with numpy only), so a gallery
@@ -22,7 +22,10 @@ import numpy as np
 from compatret.versions import LearnedMap, normalize
 
 KINDS = ("procrustes", "affine", "mlp")
-RIDGE_GRID = (0.0, 1e-4, 1e-3)  # relative to the rows; 0 is least squares
+# relative to the rows. Never 0: embeddings are often rank-deficient (all-MiniLM-L6-v2's vectors
+# plus a bias column have two singular values near 1e-16), and plain least squares then returns
+# weights of 1e31 that cancel on the fitted rows and blow up on anything else
+RIDGE_GRID = (1e-5, 1e-4, 1e-3)
 
 
 def fit_procrustes(x: np.ndarray, y: np.ndarray) -> LearnedMap:
@@ -86,7 +89,7 @@ class Candidate:
     fit_seconds: float
 
 
-def fit_one(kind: str, x: np.ndarray, y: np.ndarray, ridge: float = 0.0) -> LearnedMap:
+def fit_one(kind: str, x: np.ndarray, y: np.ndarray, ridge: float = RIDGE_GRID[0]) -> LearnedMap:
     if kind == "procrustes":
         return fit_procrustes(x, y)
     if kind == "affine":
@@ -109,7 +112,7 @@ def fit_kinds(x: np.ndarray, y: np.ndarray, held: np.ndarray, gallery_side: bool
             return neighbour_recall(y[held], y[held], m(x[fit]), y[fit])
         return neighbour_recall(m(x[held]), y[held], y[fit], y[fit])
 
-    ridge = max(RIDGE_GRID, key=lambda r: score(fit_affine(x[fit], y[fit], r))) if {"affine", "mlp"} & set(kinds) else 0.0
+    ridge = max(RIDGE_GRID, key=lambda r: score(fit_affine(x[fit], y[fit], r))) if {"affine", "mlp"} & set(kinds) else RIDGE_GRID[0]
     out: list[Candidate] = []
     for kind in kinds:
         t0 = time.perf_counter()

@@ -98,7 +98,7 @@ def _item_step(cfg: RetrieverConfig, ts: TrainingSet, model: nn.Module) -> Step:
 def _adore_step(cfg: RetrieverConfig, ts: TrainingSet, model: nn.Module) -> Step:
     """Query tower only: retrieve with the current weights, then LambdaRank over what came back."""
     loss = AdoreLoss()
-    vectors = torch.from_numpy(ts.old_vectors)
+    vectors = torch.tensor(ts.old_vectors)  # a copy: the array read from Arrow is read-only
 
     def step(batch: np.ndarray, rng: np.random.Generator) -> dict[str, Tensor]:
         q = np.unique(batch[:, 0])  # one row per query: all its positives take part

@@ -117,3 +117,72 @@ def test_extension_head_keeps_old_prefix_and_exports_the_same_map():
     y = head({"sentence_embedding": x.clone()})["sentence_embedding"]
     z = head.to_dense()({"sentence_embedding": x.clone()})["sentence_embedding"]
     assert torch.allclose(y, z, atol=1e-5)
+
+
+def _log_softmax_at(logits: np.ndarray, target: int) -> float:
+    return float(logits[target] - np.log(np.exp(logits).sum()))
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def test_adore_loss_equals_a_hand_computed_lambdarank():
+    """One query, three retrieved items: the relevant one at rank 1, negatives at ranks 0 and 2."""
+    q = torch.tensor([[1.0, 0.0]])
+    items = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]])
+    relevant, ranks, mask = torch.tensor([[True, False, False]]), torch.tensor([[1, 0, 2]]), torch.ones(1, 3, dtype=torch.bool)
+    got = float(AdoreLoss(scale=1.0)(q, items, relevant, ranks, mask)["total"])
+    disc = lambda r: 1 / np.log2(r + 2)  # noqa: E731
+    scores = [1.0, 0.0, -1.0]  # cosines of the query with each item
+    # pairs (relevant 0, negative j): |ΔnDCG| of swapping ranks 1 and rank_j (one relevant: ideal DCG 1), times log(1 + e^{s_j - s_0})
+    want = sum(abs(disc(1) - disc(r)) * np.log1p(np.exp(scores[j] - scores[0])) for j, r in ((1, 0), (2, 2)))
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+class _Given(torch.nn.Module):
+    """The identity 'encoder': each column's features already hold its embeddings."""
+
+    def forward(self, features: dict) -> dict:
+        return features
+
+
+def test_compat_loss_parts_equal_hand_computed_values():
+    """Two queries, their positives (gallery rows 0, 1) and one shared hard negative (row 2), 2-d old space plus 1 new dim."""
+    qs = np.array([[1.0, 0.2, 0.5], [0.1, 1.0, -0.3]])
+    pos = np.array([[0.9, 0.1, 0.0], [0.0, 0.8, 0.4]])
+    neg = np.array([[0.5, 0.5, 0.5], [0.6, 0.4, -0.2]])
+    old = np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+    cols = [{"sentence_embedding": torch.tensor(c, dtype=torch.float32)} for c in (qs, pos, neg)]
+    labels = torch.tensor([[0, 2], [1, 2]])
+    loss = CompatRetrievalLoss(_Given(), torch.tensor(old, dtype=torch.float32), item_term="cosine", scale=1.0)
+    parts = {k: float(v) for k, v in loss(cols, labels).items()}
+
+    docs = np.vstack([pos, neg])  # candidates of every query: all positives, then all negatives
+    retrieval = -np.mean([_log_softmax_at(np.array([_unit(q) @ _unit(d) for d in docs]), i) for i, q in enumerate(qs)])
+    rows = [0, 1, 2, 2]  # the docs' gallery rows, in the same order
+    olds = [_unit(old[r]) for r in rows]
+    compat_query = -np.mean([_log_softmax_at(np.array([_unit(q[:2]) @ o for o in olds]), i) for i, q in enumerate(qs)])
+    compat_item = np.mean([1 - _unit(d[:2]) @ o for d, o in zip(docs, olds)])
+    assert parts["retrieval"] == pytest.approx(retrieval, rel=1e-5)
+    assert parts["compat_query"] == pytest.approx(compat_query, rel=1e-5)
+    assert parts["compat_item"] == pytest.approx(compat_item, rel=1e-5)
+    assert parts["total"] == pytest.approx(retrieval + compat_query + compat_item, rel=1e-5)
+
+
+def test_compat_influence_term_never_counts_a_document_as_its_own_negative():
+    """Rows 2 and 2: the shared negative is each negative's own class; its other copy is masked."""
+    docs = np.array([[0.9, 0.1], [0.0, 0.8], [0.5, 0.5], [0.6, 0.4]])
+    old = np.array([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+    cols = [{"sentence_embedding": torch.tensor(c, dtype=torch.float32)} for c in (docs[:2], docs[:2], docs[2:])]
+    loss = CompatRetrievalLoss(_Given(), torch.tensor(old, dtype=torch.float32), item_term="influence", scale=1.0)
+    got = float(loss(cols, torch.tensor([[0, 2], [1, 2]]))["compat_item"])
+    rows = [0, 1, 2, 2]
+    olds = [_unit(old[r]) for r in rows]
+    terms = []
+    for i, d in enumerate(docs):
+        keep = [j for j in range(4) if j == i or rows[j] != rows[i]]  # the other copy of one's own row is left out
+        logits = np.array([_unit(d) @ olds[j] for j in keep])
+        terms.append(-_log_softmax_at(logits, keep.index(i)))
+    assert got == pytest.approx(np.mean(terms), rel=1e-5)

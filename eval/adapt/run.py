@@ -5,14 +5,19 @@
 Models: paraphrase-MiniLM-L3-v2 (`minilm-l3`, ONNX) and all-MiniLM-L6-v2 (`minilm-l6`), both
 384-d and offline. For each direction (a gallery of L3 vectors moving to L6, and the reverse):
 - old_old: the gallery's model on its own vectors; new_new: the new model on a gallery it embedded;
-- kinds: `fit_adapters` (what `compatret adapt` runs) with --direction auto --kind auto
-  --sample 3000: every kind x direction, chosen on 600 of the gallery's own documents held aside
-  (never on queries) and fitted again on all 3,000; each scored here on the SciFact test queries (new_old);
+- kinds: `fit_adapters` (what `compatret adapt` runs) with --direction auto --kind auto and its
+  default sample (every row, within 150 s of embedding by NEW: about 3,000 of the 5,183 rows for
+  MiniLM-L6, all of them for the ONNX L3): every kind x direction, chosen on a fifth of the
+  gallery's own documents held aside (never on queries) and fitted again on all pairs; each
+  scored here on the SciFact test queries (new_old);
 - chosen: what `compatret adapt DIR --model NEW --out M` picks by default (direction gallery,
   --kind auto), written as a model folder, accepted by `index upgrade` and evaluated through
   the gallery (the real query path: transform plan, kernels);
 - L3 -> L6 only: the backfill curve from that adapter (0 %) to native L6 (100 %), with
   `index backfill --order uncertainty` (and `random` for contrast).
+Then adapter + training where labels exist (`adapter_adore`): MiniLM-L6 into the frozen L3
+gallery through a query-direction affine adapter, then ADORE from it with the
+training/scifact_adore.toml recipe, against eval/compat_text's cross-architecture BCT row.
 Then the O(1) checks at 1M rows (random 384-d vectors under the L3 record, exact kernels so both
 plans do the same search work): `index upgrade` to the adapter model, the one-time mapping of
 the 1M x 384 group (the map alone, and the first query that maps it and builds its kernel), and
@@ -37,8 +42,8 @@ from compatret.data.beir import BeirData, load_beir
 from compatret.evaluation.retrieval import build_gallery, evaluate_pair, score_run
 
 HERE = Path(__file__).resolve().parent
+ADORE_RECIPE = HERE.parents[1] / "training" / "scifact_adore.toml"
 FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
-SAMPLE = 3000
 
 
 def log(msg: str) -> None:
@@ -86,7 +91,7 @@ def one_way(work: Path, old: str, new: str, data: BeirData, curve: bool) -> dict
     res: dict[str, Any] = {"old_old": evaluate_pair(old, gallery, data), "new_new": evaluate_pair(new, native, data)}
     log(f"{old} -> {new}: old/old {res['old_old']['ndcg_at_10']:.4f}, new/new {res['new_new']['ndcg_at_10']:.4f}")
     t0 = time.perf_counter()
-    fitted = fit_adapters(gallery, new, "auto", "auto", SAMPLE, progress=False)
+    fitted = fit_adapters(gallery, new, "auto", "auto", progress=False)
     res["fit_all_seconds"] = time.perf_counter() - t0
     res["kinds"] = score_kinds(gallery, new, data, fitted)
     # what `compatret adapt DIR --model NEW --out M` writes: direction gallery, kind auto
@@ -113,6 +118,36 @@ def one_way(work: Path, old: str, new: str, data: BeirData, curve: bool) -> dict
         Service.open(again).upgrade(str(model_dir))
         res["backfill_curve_random"] = backfill_curve(again, data, "random")
     return res
+
+
+def adapter_adore(work: Path, data: BeirData) -> dict[str, Any]:
+    """MiniLM-L6 queries into the frozen L3 gallery: first a query-direction linear adapter (what
+    `compatret adapt DIR --model minilm-l6 --direction query --kind affine` writes), then ADORE
+    from it (`compatret train retriever --recipe training/scifact_adore.toml --old minilm-l3
+    --init ADAPTER`: the recipe's settings, trained on qrels/train.tsv). Compared with the
+    cross-architecture BCT row of eval/compat_text, which trains L6 into the same gallery."""
+    from compatret.adapt.build import adapt
+    from compatret.train.text.config import config_from
+    from compatret.train.text.trainer import LOG_FILE, train_retriever
+
+    gallery = build_gallery("minilm-l3", work / "gallery-minilm-l3", data, progress=False)
+    adapter = work / "query-adapter-minilm-l6-into-minilm-l3"
+    if not (adapter / "version.json").exists():
+        shutil.rmtree(adapter, ignore_errors=True)
+        report = adapt(gallery, "minilm-l6", adapter, direction="query", kind="affine", progress=False)
+        (work / "query-adapter.json").write_text(json.dumps(report, indent=2))
+    report = json.loads((work / "query-adapter.json").read_text())
+    start = evaluate_pair(str(adapter), gallery, data)
+    log(f"adapter (query, affine, {report['sample']} pairs): new/old nDCG@10 {start['ndcg_at_10']:.4f}")
+    cfg = config_from(ADORE_RECIPE, {"old": "minilm-l3", "init": str(adapter), "gallery": str(gallery),
+                                     "out": str(work / "adore-from-query-adapter")})
+    folder = train_retriever(cfg, progress=False)
+    trained = evaluate_pair(str(folder), gallery, data)
+    seconds = json.loads((folder / LOG_FILE).read_text())["train_seconds"]
+    cross = json.loads((HERE.parent / "compat_text" / "results.json").read_text())["cross_arch"]["new_old"]
+    log(f"adapter + ADORE: new/old nDCG@10 {trained['ndcg_at_10']:.4f} ({seconds / 60:.1f} min) vs cross-arch BCT {cross['ndcg_at_10']:.4f}")
+    return {"adapter": start, "adapter_sample": report["sample"], "adapter_adore": trained, "train_seconds": seconds,
+            "recipe": "training/scifact_adore.toml", "cross_arch_bct": cross}
 
 
 def backfill_curve(gallery: Path, data: BeirData, order: str) -> list[list[float]]:
@@ -212,10 +247,15 @@ def table(r: dict[str, Any]) -> str:
         v = c["new_old"]["ndcg_at_10"]
         bar = min(oo, nn) - 0.01
         lines.append(f"| {name} | **chosen: {c['direction']}** | **{c['kind']}** | **{v:.4f}** (bar >= {bar:.4f}) | {v - oo:+.4f} | {v - nn:+.4f} | "
-                     f"{c['adapt_seconds']:.0f} (whole adapt: embedding {c['embed_seconds']:.0f}) |")
+                     f"{c['adapt_seconds']:.0f} (whole adapt: embedding {c['embed_seconds']:.0f}, {e['kinds'][0]['sample']} pairs) |")
     if "backfill_curve" in r["l3_to_l6"]:
         curve = ", ".join(f"{100 * f:.0f} %: {v:.4f}" for f, v in r["l3_to_l6"]["backfill_curve"])
         lines.append(f"\nL3 -> L6 backfill from the adapter (`--order uncertainty`): {curve}")
+    if "adapter_adore" in r:
+        a = r["adapter_adore"]
+        lines.append(f"\nMiniLM-L6 queries into the frozen L3 gallery: query-direction affine adapter ({a['adapter_sample']} pairs) "
+                     f"{a['adapter']['ndcg_at_10']:.4f}; then ADORE from it ({a['recipe']}, {a['train_seconds'] / 60:.1f} min) "
+                     f"{a['adapter_adore']['ndcg_at_10']:.4f}; cross-architecture BCT (eval/compat_text) {a['cross_arch_bct']['ndcg_at_10']:.4f}")
     if "o1_1m" in r:
         o = r["o1_1m"]
         lines.append(f"\n1M x 384 rows: upgrade {1000 * o['upgrade_s']:.0f} ms; mapping the group {o.get('map_group_s', float('nan')):.1f} s "
@@ -228,17 +268,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=HERE.parents[1] / "runs" / "adapt")
     ap.add_argument("--out", type=Path, default=HERE)
-    ap.add_argument("--parts", nargs="*", default=["l3_to_l6", "l6_to_l3", "o1_1m"], choices=["l3_to_l6", "l6_to_l3", "o1_1m"])
+    parts = ["l3_to_l6", "l6_to_l3", "o1_1m", "adapter_adore"]
+    ap.add_argument("--parts", nargs="*", default=parts, choices=parts)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     data = load_beir(dataset("scifact"), splits=("test",))
     path = args.out / "results.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    results.update(command="python eval/adapt/run.py", sample=SAMPLE)
+    results.update(command="python eval/adapt/run.py")
+    results.pop("sample", None)
     if "l3_to_l6" in args.parts:
         results["l3_to_l6"] = one_way(args.work, "minilm-l3", "minilm-l6", data, curve=True)
     if "l6_to_l3" in args.parts:
         results["l6_to_l3"] = one_way(args.work, "minilm-l6", "minilm-l3", data, curve=False)
+    if "adapter_adore" in args.parts:
+        results["adapter_adore"] = adapter_adore(args.work, data)
     if "o1_1m" in args.parts:
         results["o1_1m"] = o1_checks(args.work, args.work / "adapter-minilm-l3-to-minilm-l6")
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

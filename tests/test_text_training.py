@@ -39,6 +39,7 @@ def test_adore_trains_queries_only_and_upgrades_in_place(text_env, tmp_path):  #
     assert isinstance(enc, TwoTowerEncoder)
     texts = ["smoking causes lung cancer", "vitamin D and bone density"]
     assert not np.allclose(enc.encode_queries(texts), old.encode_queries(texts), atol=1e-4)  # the query tower moved
+    assert "items" not in vars(enc)  # queries alone never load the item encoder (a second MiniLM)
     assert np.allclose(enc.encode_items(texts), old.encode_items(texts), atol=1e-5)  # items: the frozen old encoder
     service = _copy_gallery(text_env, tmp_path)
     assert service.upgrade(str(folder)).serving.id == version.id

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from compatret.encoders.base import ENCODER_FILE, Encoder
 from compatret.errors import CompatretError
@@ -71,6 +71,20 @@ def load_version(spec: str) -> ModelVersion:
     raise CompatretError(f"unknown model {spec!r}: use one of {sorted(ALIASES)} or a model folder")
 
 
+def read_encoder_config(path: Path) -> dict[str, Any]:
+    """A model folder's encoder.json: which Encoder class reads it, and its settings."""
+    cfg_path = path / ENCODER_FILE
+    if not cfg_path.exists():
+        raise CompatretError(f"model folder {path} has no {ENCODER_FILE}: it holds a version record only")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CompatretError(f"{cfg_path} is not valid JSON: {exc.msg}") from exc
+    if not isinstance(cfg, dict):
+        raise CompatretError(f"{cfg_path} must hold a JSON object")
+    return cfg
+
+
 def load_encoder(spec: str, device: str | None = None, _nested: bool = False) -> Encoder:
     """Load the encoder a spec names: an alias, or a folder written by compatret.
 
@@ -81,15 +95,7 @@ def load_encoder(spec: str, device: str | None = None, _nested: bool = False) ->
         return _ALIAS_LOADERS[spec](device)
     version = load_version(spec)
     path = Path(spec)
-    cfg_path = path / ENCODER_FILE
-    if not cfg_path.exists():
-        raise CompatretError(f"model folder {spec} has no {ENCODER_FILE}: it holds a version record only")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CompatretError(f"{cfg_path} is not valid JSON: {exc.msg}") from exc
-    if not isinstance(cfg, dict):
-        raise CompatretError(f"{cfg_path} must hold a JSON object")
+    cfg = read_encoder_config(path)
     kind = cfg.get("kind")
     if kind == "sentence-transformers":
         from compatret.encoders.text import SentenceTransformerEncoder
@@ -107,7 +113,7 @@ def load_encoder(spec: str, device: str | None = None, _nested: bool = False) ->
         if item_spec is not None:
             from compatret.encoders.two_tower import TwoTowerEncoder
 
-            return TwoTowerEncoder(encoder, load_encoder(item_spec, device, _nested=True), version)
+            return TwoTowerEncoder(encoder, lambda: load_encoder(item_spec, device, _nested=True), version)
         return encoder
     if kind == "onnx":  # a frozen exported encoder: {"onnx": file, "tokenizer": tokenizer.json}
         from compatret.encoders.onnx_text import OnnxTextEncoder

@@ -6,7 +6,8 @@ by the same old encoder; the model folder records it as `item_encoder` in encode
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from functools import cached_property
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -15,12 +16,17 @@ from compatret.versions import ModelVersion
 
 
 class TwoTowerEncoder:
-    """encode_queries with the trained query tower, encode_items with the frozen item encoder."""
+    """encode_queries with the trained query tower, encode_items with the frozen item encoder,
+    loaded on first use: a query (or an evaluation) never pays for a second model."""
 
-    def __init__(self, queries: Encoder, items: Encoder, version: ModelVersion) -> None:
+    def __init__(self, queries: Encoder, load_items: Callable[[], Encoder], version: ModelVersion) -> None:
         self.queries = queries
-        self.items = items
+        self._load_items = load_items
         self.version = version
+
+    @cached_property
+    def items(self) -> Encoder:
+        return self._load_items()
 
     @property
     def dim(self) -> int:

@@ -143,6 +143,27 @@ def _inputs(rows: dict[str, dict[str, Any]], ids: list[str], modality: str) -> l
     return [{"title": rows[i].get("title"), "text": rows[i].get("text")} for i in ids]
 
 
+def _check_bounds(limit: int | None, fraction: float | None, batch_size: int) -> None:
+    if limit is not None and fraction is not None:
+        raise CompatretError("give --limit or --fraction, not both")
+    if fraction is not None and not 0.0 <= fraction <= 1.0:
+        raise CompatretError(f"--fraction must be within [0, 1], got {fraction}")
+    if limit is not None and limit < 0:
+        raise CompatretError(f"--limit must be >= 0, got {limit}")
+    if batch_size < 1:
+        raise CompatretError("--batch-size must be >= 1")
+
+
+def _rows_to_do(total: int, pending: Pending, limit: int | None, fraction: float | None) -> int:
+    """How many pending rows this run re-embeds: `limit` of them, or enough that `fraction` of
+    all rows carry serving-model vectors (rows that cannot be re-embedded count as not done)."""
+    todo = len(pending.ids)
+    if fraction is not None:
+        done = total - len(pending.ids) - len(pending.unembeddable)
+        return max(0, min(todo, int(round(fraction * total)) - done))
+    return todo if limit is None else min(todo, limit)
+
+
 def backfill(
     service: Service,
     limit: int | None = None,
@@ -158,27 +179,14 @@ def backfill(
     Each batch is read, embedded, then committed under the writer lock (held for the commit
     only, so other writers interleave); a row deleted or re-embedded meanwhile is left alone.
     """
-    if limit is not None and fraction is not None:
-        raise CompatretError("give --limit or --fraction, not both")
-    if fraction is not None and not 0.0 <= fraction <= 1.0:
-        raise CompatretError(f"--fraction must be within [0, 1], got {fraction}")
-    if limit is not None and limit < 0:
-        raise CompatretError(f"--limit must be >= 0, got {limit}")
-    if batch_size < 1:
-        raise CompatretError("--batch-size must be >= 1")
+    _check_bounds(limit, fraction, batch_size)
     gallery = service.gallery
     pending = pending_rows(service)
     meta = gallery.meta
     serving = meta.serving
     if pending.ids and (meta.modality == "vector" or serving.id not in meta.sources):
         raise CompatretError(f"serving model {serving.id!r} has no weights recorded here: nothing can re-embed rows")
-    total = gallery.count()
-    todo = len(pending.ids)
-    if fraction is not None:
-        todo = max(0, min(todo, int(round(fraction * total)) - (total - len(pending.ids) - len(pending.unembeddable))))
-    elif limit is not None:
-        todo = min(todo, limit)
-    queue = plan_order(service, pending.ids, order, block=batch_size)[:todo]
+    queue = plan_order(service, pending.ids, order, block=batch_size)[: _rows_to_do(gallery.count(), pending, limit, fraction)]
     if ray is not None:  # the same rows, re-embedded by Ray actors, committed here once per step
         from compatret.index.ray_engine import backfill_rows
 

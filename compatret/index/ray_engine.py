@@ -232,6 +232,27 @@ def _read_items(path: str, modality: str, gallery: Gallery, check_alike: bool) -
 MAX_PASSES = 5
 
 
+def _append_blocks(gallery: Gallery, pending: list[tuple[list[str], list[str]]]) -> int:
+    """Append the pending (fragments, ids) blocks in one commit, leaving out any whose ids got
+    stored meanwhile; empties `pending` and returns the rows appended."""
+    with gallery.writing("ray ingest step"):
+        ids = [i for _, block in pending for i in block]
+        taken = set(gallery.existing(ids)) if ids else set()
+        seen: set[str] = set()
+        fresh: list[str] = []
+        count = 0
+        for fragments, block in pending:
+            if taken.intersection(block) or seen.intersection(block):
+                continue  # a block another attempt stored first: its file is an orphan, removed next run
+            seen.update(block)
+            fresh.extend(fragments)
+            count += len(block)
+        if fresh:
+            _append(gallery, fresh)
+    pending.clear()
+    return count
+
+
 def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, progress: bool = True) -> dict[str, Any]:
     """`index add --items F --engine ray`: returns the rows added, and those skipped as already stored.
 
@@ -269,26 +290,6 @@ def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, pr
                 fn_constructor_kwargs={"uri": uri, "spec": spec, "schema_ipc": schema.serialize().to_pybytes(), "column": column,
                                        "version_id": version.id, "modality": meta.modality})
             pending: list[tuple[list[str], list[str]]] = []
-
-            def commit() -> int:
-                """Append the pending blocks, leaving out any whose ids got stored meanwhile."""
-                with gallery.writing("ray ingest step"):
-                    ids = [i for _, block in pending for i in block]
-                    taken = set(gallery.existing(ids)) if ids else set()
-                    seen: set[str] = set()
-                    fresh: list[str] = []
-                    count = 0
-                    for fragments, block in pending:
-                        if taken.intersection(block) or seen.intersection(block):
-                            continue  # a block another attempt stored first: its file is an orphan, removed next run
-                        seen.update(block)
-                        fresh.extend(fragments)
-                        count += len(block)
-                    if fresh:
-                        _append(gallery, fresh)
-                pending.clear()
-                return count
-
             rows = 0
             for row in out.iter_rows():
                 block = json.loads(row["ids"])
@@ -296,11 +297,11 @@ def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, pr
                     pending.append((json.loads(row["fragments"]), block))
                     rows += len(block)
                 if rows >= options.step_rows:
-                    c = commit()
+                    c = _append_blocks(gallery, pending)
                     added += c
                     bar.update(c)
                     rows = 0
-            c = commit()
+            c = _append_blocks(gallery, pending)
             added += c
             bar.update(c)
             if not named or len(gallery.existing(named)) == len(named):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -60,6 +60,31 @@ def embed(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: str 
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def _objective(model: nn.Module, classifier: nn.Module | None, compat_loss: CompatLoss | None, x: torch.Tensor,
+               y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one batch and its named parts: cross-entropy (with a classifier) + the compat loss."""
+    feats = model(x)
+    parts = {"ce": F.cross_entropy(classifier(feats), y)} if classifier is not None else {}
+    loss = parts.get("ce", feats.new_zeros(()))
+    if compat_loss is not None:
+        extra = compat_loss(feats, y, x)
+        parts.update({k: v for k, v in extra.items() if k != "total"})
+        loss = loss + extra["total"]
+    return loss, parts
+
+
+def _resume(ckpt: Path | None, device: str, stateful: dict[str, Any], gen: torch.Generator) -> tuple[int, list[dict[str, float]]]:
+    """(first epoch to run, history so far): from the checkpoint if there is one, else (0, [])."""
+    if ckpt is None or not ckpt.exists():
+        return 0, []
+    state = load_checkpoint(ckpt, device)
+    for key, module in stateful.items():
+        module.load_state_dict(state[key])
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["epoch"], state["history"]
+
+
 def train_image_model(
     model: nn.Module,
     classifier: nn.Module | None,
@@ -88,18 +113,9 @@ def train_image_model(
     steps_per_epoch = max(1, (len(images) + cfg.batch_size - 1) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
     gen = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict[str, float]] = []
-    start = 0
+    stateful = {"model": model, "heads": heads, "opt": opt, "sched": sched}
     ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT if cfg.checkpoint_dir else None
-    if ckpt is not None and ckpt.exists():
-        state = load_checkpoint(ckpt, device)
-        model.load_state_dict(state["model"])
-        heads.load_state_dict(state["heads"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
-        start, history = state["epoch"], state["history"]
+    start, history = _resume(ckpt, device, stateful, gen)
     bar = tqdm(desc=desc, unit="batch", disable=not cfg.progress, initial=start * steps_per_epoch, total=cfg.epochs * steps_per_epoch)
     for epoch in range(start, cfg.epochs):
         sums: dict[str, float] = {}
@@ -108,13 +124,7 @@ def train_image_model(
             idx = order[s : s + cfg.batch_size]
             x = augment(images[idx], cfg.crop_padding, cfg.flip, gen).to(device, memory_format=torch.channels_last)
             y = labels[idx].to(device)
-            feats = model(x)
-            parts = {"ce": F.cross_entropy(classifier(feats), y)} if classifier is not None else {}
-            loss = parts.get("ce", feats.new_zeros(()))
-            if compat_loss is not None:
-                extra = compat_loss(feats, y, x)
-                parts.update({k: v for k, v in extra.items() if k != "total"})
-                loss = loss + extra["total"]
+            loss, parts = _objective(model, classifier, compat_loss, x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -125,9 +135,8 @@ def train_image_model(
         history.append({k: v / len(images) for k, v in sums.items()})
         bar.set_postfix({"epoch": epoch + 1, **{k: f"{v:.3f}" for k, v in history[-1].items()}})
         if ckpt is not None:
-            save_checkpoint(ckpt, {"model": model.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
-                                   "sched": sched.state_dict(), "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                                   "epoch": epoch + 1, "history": history})
+            save_checkpoint(ckpt, {**{k: m.state_dict() for k, m in stateful.items()}, "gen": gen.get_state(),
+                                   "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history})
     bar.close()
     model.eval()
     return history

@@ -177,14 +177,18 @@ def train_retriever(cfg: RetrieverConfig, progress: bool = True) -> Path:
             save_checkpoint(ckpt, {"fingerprint": fp, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "schedule": schedule.state_dict(), "step": step + 1, "seconds": seconds_now, "history": history})
     bar.close()
-    seconds += time.perf_counter() - t0
+    _save(cfg, ts, model, {"fingerprint": fp, "steps": total, "train_seconds": seconds + time.perf_counter() - t0, "history": history})
+    return out
+
+
+def _save(cfg: RetrieverConfig, ts: TrainingSet, model: nn.Module, log: dict) -> None:
+    """The finished model folder: served at full sequence length, its log, no checkpoints left."""
+    out = Path(cfg.out)
     model.eval()
     model.max_seq_length = model.serve_seq_length  # type: ignore[attr-defined]  # train short, serve at full length
-    dim = model.get_embedding_dimension()  # type: ignore[attr-defined]
-    version = new_version(cfg, ts, dim)
+    version = new_version(cfg, ts, model.get_embedding_dimension())  # type: ignore[attr-defined]
     (out / LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
-    (out / LOG_FILE).write_text(json.dumps({"fingerprint": fp, "config": cfg.model_dump(), "steps": total,
-                                            "train_seconds": seconds, "history": history}, indent=2))
+    (out / LOG_FILE).write_text(json.dumps({"fingerprint": log["fingerprint"], "config": cfg.model_dump(), "steps": log["steps"],
+                                            "train_seconds": log["train_seconds"], "history": log["history"]}, indent=2))
     save_retriever(model, out, version, item_encoder=cfg.old if cfg.method == "adore" else None)
-    shutil.rmtree(ckpt.parent, ignore_errors=True)  # a finished folder holds the model only
-    return out
+    shutil.rmtree((out / CHECKPOINT).parent, ignore_errors=True)  # a finished folder holds the model only

@@ -58,10 +58,13 @@ def test_every_shipped_recipe_is_valid():
     "patch, message",
     [
         ({"train": {"lrr": 0.1}}, "unknown key 'lrr'"),
-        ({"train": {"epochs": "ten"}}, "train.epochs: expected int"),
+        ({"train": {"epochs": "ten"}}, "train.epochs: Input should be a valid integer"),
+        ({"train": {"epochs": True}}, "train.epochs: Input should be a valid integer"),
+        ({"train": {"lr": "0.1"}}, "train.lr: Input should be a valid number"),
         ({"method": {"name": "magic"}}, "not one of"),
         ({"data": {"folder": "cifar10", "classes": [5, 2]}}, "data.classes"),
-        ({"model": {"mean": []}}, "list of numbers"),
+        ({"model": {"mean": []}}, "lists of numbers"),
+        ({"model": {"mean": [0.5, "x", 0.5]}}, "model.mean.1: Input should be a valid number"),
         ({"colour": "blue"}, "unknown key 'colour'"),
     ],
 )

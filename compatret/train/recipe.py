@@ -11,7 +11,9 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
+
+from pydantic import TypeAdapter, ValidationError
 
 from compatret.config import dataset, read_toml
 from compatret.data.images import ImageSplit, load_parquet_split
@@ -23,10 +25,6 @@ from compatret.versions import VERSION_FILE, ModelVersion
 
 RECIPE_RECORD = "recipe.json"
 CHECKPOINT_DIR = "checkpoint"
-_TYPES: dict[str, tuple[type, ...]] = {
-    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),),
-    "tuple[float, ...]": (list,),
-}
 _RUNTIME_FIELDS = ("seed", "device", "checkpoint_dir", "progress")
 
 
@@ -69,28 +67,29 @@ class ImageRecipe:
         return recipe
 
 
-def _check(value: Any, annotation: str, where: str) -> Any:
-    allowed = tuple(t for part in annotation.split(" | ") for t in _TYPES.get(part.strip(), ()))
-    if not allowed:
-        raise CompatretError(f"{where}: cannot be set in a recipe")
-    if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
-        raise CompatretError(f"{where}: expected {annotation}, got {type(value).__name__} {value!r}")
+def _check(value: Any, kind: Any, where: str) -> Any:
+    """`value` as `kind` (a type hint), validated by pydantic in strict mode: no "2" for 2, no
+    true for 1; TOML arrays stand for tuples."""
     if isinstance(value, list):
-        if not value or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            raise CompatretError(f"{where}: expected a list of numbers")
-        return tuple(float(v) for v in value)
-    return float(value) if annotation.startswith("float") else value
+        value = tuple(value)
+    try:
+        return TypeAdapter(kind).validate_python(value, strict=True)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        at = "".join(f".{part}" for part in err["loc"])  # the position within a list
+        raise CompatretError(f"{where}{at}: {err['msg']}, got {value!r}") from None
 
 
 def _build(cls: type, table: Any, where: str, skip: tuple[str, ...] = ()) -> Any:
     """A dataclass from a TOML table: unknown keys and wrong types are errors, not surprises."""
     if not isinstance(table, dict):
         raise CompatretError(f"[{where}] must be a table")
-    known = {f.name: f for f in fields(cls) if f.name not in skip and f.name != "extra"}
+    hints = get_type_hints(cls)
+    known = sorted(f.name for f in fields(cls) if f.name not in skip and f.name != "extra")
     for key in table:
         if key not in known:
-            raise CompatretError(f"[{where}]: unknown key {key!r} (known: {', '.join(sorted(known))})")
-    return cls(**{k: _check(v, str(known[k].type), f"{where}.{k}") for k, v in table.items()})
+            raise CompatretError(f"[{where}]: unknown key {key!r} (known: {', '.join(known)})")
+    return cls(**{k: _check(v, hints[k], f"{where}.{k}") for k, v in table.items()})
 
 
 def parse_recipe(doc: dict[str, Any], source: str = "recipe") -> ImageRecipe:
@@ -118,17 +117,19 @@ def parse_recipe(doc: dict[str, Any], source: str = "recipe") -> ImageRecipe:
     method = _build(MethodSpec, method_table, "method")
     if method.name not in METHODS:
         raise CompatretError(f"{source}: method.name {method.name!r} is not one of {', '.join(METHODS)}")
-    seed = _check(doc.get("seed", 0), "int", "seed")
+    seed = _check(doc.get("seed", 0), int, "seed")
     train = replace(_build(TrainConfig, doc.get("train", {}), "train", skip=_RUNTIME_FIELDS), seed=seed)
     if train.epochs < 1 or train.batch_size < 1 or train.lr <= 0:
         raise CompatretError(f"{source}: train.epochs, train.batch_size and train.lr must be positive")
     model = _build(ImageModelSpec, doc.get("model", {}), "model")
+    if not model.mean or len(model.mean) != len(model.std):
+        raise CompatretError(f"{source}: model.mean and model.std must be lists of numbers of one length")
     if model.width <= 0 or model.image_size < 4 or model.embed_dim < 1:
         raise CompatretError(f"{source}: model.width, model.image_size and model.embed_dim must be positive")
     return ImageRecipe(
-        id=_check(doc["id"], "str", "id"), data=_check(data["folder"], "str", "data.folder"),
+        id=_check(doc["id"], str, "id"), data=_check(data["folder"], str, "data.folder"),
         classes=(classes[0], classes[1]), method=method, model=model, train=train,
-        out=_check(doc["out"], "str", "out"), parent=None if parent is None else _check(parent, "str", "method.parent"),
+        out=_check(doc["out"], str, "out"), parent=None if parent is None else _check(parent, str, "method.parent"),
         per_class=per_class,
     )
 

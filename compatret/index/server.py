@@ -16,6 +16,7 @@ import base64
 import binascii
 import math
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -269,45 +270,65 @@ def create_app(directory: str | Path, refresh_seconds: float = 1.0, keys: ApiKey
     """An app serving the gallery at `directory`; with `keys`, every endpoint but /health needs one."""
     service = Service.open(directory, refresh_seconds=refresh_seconds)
     service.inference = threading.BoundedSemaphore(max(1, inference_slots))
-    keys = keys or ApiKeys()
-    job = BackfillJob(directory)
     app = FastAPI(title="compatret", version="0.1.0", description="Retrieval with backward-compatible embeddings.")
     app.add_middleware(BodyLimit, limit=max_body_bytes)
-    app.add_middleware(KeyCheck, keys=keys)  # added last: runs first, before the body limit and any parsing
-    bearer = HTTPBearer(auto_error=False, description="An API key: `read` scope for queries and status, `write` for everything.")
+    app.add_middleware(KeyCheck, keys=keys or ApiKeys())  # added last: runs first, before the body limit and any parsing
+    _error_handlers(app)
+    routes = _Routes(service, Path(directory), BackfillJob(directory), models_dir,
+                     HTTPBearer(auto_error=False, description="An API key: `read` scope for queries and status, `write` for everything."))
+    _read_routes(app, routes)
+    _write_routes(app, routes)
+    return app
 
-    def access(needed: Scope) -> Any:
+
+def _refused(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """fn(...), with a CompatretError answered as 400 and its one line."""
+    try:
+        return fn(*args, **kwargs)
+    except CompatretError as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class _Routes:
+    """What the route functions share: the gallery's service, its backfill job, where models may come from."""
+
+    service: Service
+    directory: Path
+    job: BackfillJob
+    models_dir: str | Path | None
+    bearer: HTTPBearer
+
+    def access(self, needed: Scope) -> Any:
         """Documents the key a route needs in the OpenAPI schema; KeyCheck enforces it (see needed_scope)."""
+        bearer = self.bearer
+
         async def documented(_: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
             return None
 
         documented.__doc__ = f"needs a {needed} key"
         return Depends(documented)
 
-    def refused(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except CompatretError as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from exc
-
-    def model_spec(name: str, for_upgrade: bool = False) -> str:
+    def model_spec(self, name: str, for_upgrade: bool = False) -> str:
         """What an HTTP model name may mean: a model this gallery knows, an alias, or a folder in models_dir."""
-        meta = service.meta
-        known = service.lineage(meta)
+        meta = self.service.meta
+        known = self.service.lineage(meta)
         if name in known:
             return meta.sources.get(name, name) if for_upgrade else name
         if name in ALIASES:
             return name
-        if models_dir is not None:
+        if self.models_dir is not None:
             try:
-                folder = confined(models_dir, name, "model")
+                folder = confined(self.models_dir, name, "model")
             except CompatretError:
                 folder = None
             if folder is not None and (folder / VERSION_FILE).is_file():
                 return str(folder)
-        where = " or a folder in the server's models dir" if models_dir is not None else ""
+        where = " or a folder in the server's models dir" if self.models_dir is not None else ""
         raise HTTPException(400, f"unknown model {name!r}: name one of the gallery's models ({', '.join(sorted(known))}), an alias{where}")
 
+
+def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         """422 naming each bad field and why; the input is not echoed (it may be huge, or NaN)."""
@@ -318,6 +339,10 @@ def create_app(directory: str | Path, refresh_seconds: float = 1.0, keys: ApiKey
     async def _compatret_error(_: Request, exc: CompatretError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+
+def _read_routes(app: FastAPI, r: _Routes) -> None:
+    service = r.service
+
     @app.get("/health", response_model=Health)
     def health() -> dict[str, Any]:
         gallery = service.gallery
@@ -325,21 +350,33 @@ def create_app(directory: str | Path, refresh_seconds: float = 1.0, keys: ApiKey
         return {"status": "ok", "serving": gallery.meta_at(table_version).serving.id, "rows": gallery.count(),
                 "table_version": table_version, "snapshot_version": service.index.table_version}
 
-    @app.post("/query", response_model=QueryResponse, responses=ERRORS, dependencies=[access("read")])
+    @app.post("/query", response_model=QueryResponse, responses=ERRORS, dependencies=[r.access("read")])
     def query(req: QueryRequest) -> JSONResponse:
         import numpy as np
 
-        kwargs: dict[str, Any] = {"model": model_spec(req.model) if req.model else None, "k": req.k, "include_payload": req.payload}
+        kwargs: dict[str, Any] = {"model": r.model_spec(req.model) if req.model else None, "k": req.k, "include_payload": req.payload}
         if req.vectors is not None:
             kwargs["vectors"] = np.asarray(req.vectors, dtype=np.float32)
         elif req.images_base64 is not None:
             kwargs["images"] = [_image_bytes(s) for s in req.images_base64]
         else:
             kwargs["texts"] = req.texts
-        results = refused(service.query, **kwargs)
-        return JSONResponse({"results": [r.to_dict() for r in results]})  # already the documented shape: no re-validation
+        results = _refused(service.query, **kwargs)
+        return JSONResponse({"results": [res.to_dict() for res in results]})  # already the documented shape: no re-validation
 
-    @app.post("/items", responses=ERRORS, dependencies=[access("write")])
+    @app.get("/backfill", response_model=BackfillStatus, responses=ERRORS, dependencies=[r.access("read")])
+    def backfill_status() -> dict[str, Any]:
+        pending = pending_rows(service)
+        last = r.job.last()
+        return {"serving": service.meta.serving.id, "rows_by_version": service.rows_by_version(), "pending": len(pending.ids),
+                "unembeddable": len(pending.unembeddable), "running": r.job.running(), "last_report": last.get("report"),
+                "last_error": last.get("error")}
+
+
+def _write_routes(app: FastAPI, r: _Routes) -> None:
+    service = r.service
+
+    @app.post("/items", responses=ERRORS, dependencies=[r.access("write")])
     def add(req: AddRequest) -> dict[str, int]:
         items = []
         for it in req.items:
@@ -347,38 +384,26 @@ def create_app(directory: str | Path, refresh_seconds: float = 1.0, keys: ApiKey
             if it.image_base64 is not None:
                 d["image"] = _image_bytes(it.image_base64)
             items.append(d)
-        return {"added": refused(service.add_items, items, progress=False)}
+        return {"added": _refused(service.add_items, items, progress=False)}
 
-    @app.post("/items/delete", responses=ERRORS, dependencies=[access("write")])
+    @app.post("/items/delete", responses=ERRORS, dependencies=[r.access("write")])
     def delete(req: DeleteRequest) -> dict[str, int]:
-        return {"deleted": refused(service.delete, req.ids)}
+        return {"deleted": _refused(service.delete, req.ids)}
 
-    @app.post("/upgrade", responses=ERRORS, dependencies=[access("write")])
+    @app.post("/upgrade", responses=ERRORS, dependencies=[r.access("write")])
     def upgrade(req: UpgradeRequest) -> dict[str, str]:
-        meta = refused(service.upgrade, model_spec(req.model, for_upgrade=True))
+        meta = _refused(service.upgrade, r.model_spec(req.model, for_upgrade=True))
         return {"serving": meta.serving.id}
 
-    @app.get("/backfill", response_model=BackfillStatus, responses=ERRORS, dependencies=[access("read")])
-    def backfill_status() -> dict[str, Any]:
-        running = job.running()
-        pending = pending_rows(service)
-        last = job.last()
-        return {"serving": service.meta.serving.id, "rows_by_version": service.rows_by_version(), "pending": len(pending.ids),
-                "unembeddable": len(pending.unembeddable), "running": running, "last_report": last.get("report"),
-                "last_error": last.get("error")}
-
-    @app.post("/backfill", status_code=202, responses=ERRORS, dependencies=[access("write")])
+    @app.post("/backfill", status_code=202, responses=ERRORS, dependencies=[r.access("write")])
     def start_backfill(req: BackfillRequest) -> dict[str, bool]:
         if req.limit is not None and req.fraction is not None:
             raise HTTPException(400, "give limit or fraction, not both")
 
         def run() -> dict[str, Any]:
-            worker = Service.open(directory)  # its own handle: queries keep the shared one
+            worker = Service.open(r.directory)  # its own handle: queries keep the shared one
             return backfill(worker, req.limit, req.fraction, req.order, req.batch_size, progress=False).to_dict()
 
-        if not job.start(run):
+        if not r.job.start(run):
             raise HTTPException(status_code=409, detail="a backfill is already running")
         return {"started": True}
-
-    return app
-

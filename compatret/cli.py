@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -47,8 +48,17 @@ def index_create(directory: str, model: str | None, dim: int | None, version_id:
     emit(info, as_json, f"created {directory}: {info['dim']}-d, serving {info['serving_model']}")
 
 
+ENGINE_SETTINGS = ("engine", "ray_address", "workers", "num_gpus_per_worker", "step_rows")
+
+
 def engine_options(fn: Any) -> Any:
-    """--engine local|ray and the Ray settings, shared by `index add` and `index backfill`."""
+    """--engine local|ray and the Ray settings, shared by `index add` and `index backfill`; the
+    command receives them as one `engine` dict (see ray_options)."""
+
+    @functools.wraps(fn)
+    def with_engine(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, engine={k: kwargs.pop(k) for k in ENGINE_SETTINGS}, **kwargs)
+
     for option in reversed([
         click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                      help="ray: Ray workers encode (--items) or normalise (--vectors) rows and write Lance fragments; this process commits them once per step."),
@@ -57,16 +67,19 @@ def engine_options(fn: Any) -> Any:
         click.option("--num-gpus-per-worker", type=float, default=0.0, show_default=True),
         click.option("--step-rows", type=int, default=50_000, show_default=True, help="Rows per commit with --engine ray."),
     ]):
-        fn = option(fn)
-    return fn
+        with_engine = option(with_engine)
+    return with_engine
 
 
-def ray_options(engine: str, ray_address: str | None, workers: int, num_gpus_per_worker: float, step_rows: int, batch_size: int) -> Any:
+def ray_options(engine: dict[str, Any], batch_size: int) -> Any:
+    """RayOptions from the --engine settings (None for the local engine)."""
     from compatret.index.ray_engine import RayOptions
 
-    if workers < 1 or num_gpus_per_worker < 0 or step_rows < 1:
+    if engine["workers"] < 1 or engine["num_gpus_per_worker"] < 0 or engine["step_rows"] < 1:
         raise CompatretError("--workers and --step-rows must be >= 1, --num-gpus-per-worker >= 0")
-    return RayOptions(ray_address, workers, batch_size, num_gpus_per_worker, step_rows) if engine == "ray" else None
+    if engine["engine"] != "ray":
+        return None
+    return RayOptions(engine["ray_address"], engine["workers"], batch_size, engine["num_gpus_per_worker"], engine["step_rows"])
 
 
 @index.command("add")
@@ -80,7 +93,7 @@ def ray_options(engine: str, ray_address: str | None, workers: int, num_gpus_per
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def index_add(directory: str, items: str | None, vectors: str | None, ids: str | None, model: str | None, batch_size: int,
-              engine: str, ray_address: str | None, workers: int, num_gpus_per_worker: float, step_rows: int, as_json: bool) -> None:
+              engine: dict[str, Any], as_json: bool) -> None:
     """Add items (embedded with the serving model) or precomputed vectors; one commit per batch."""
     from compatret.data.items import read_array, read_items, read_vector_table
     from compatret.index.gallery import Gallery
@@ -93,7 +106,7 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
     if batch_size < 1:
         raise CompatretError("--batch-size must be >= 1")
     service = Service.open(directory)
-    ray = ray_options(engine, ray_address, workers, num_gpus_per_worker, step_rows, batch_size)
+    ray = ray_options(engine, batch_size)
     if ray is not None and items is not None:
         from compatret.index.ray_engine import ingest_items
 
@@ -204,13 +217,13 @@ def index_info(directory: str, as_json: bool) -> None:
 @engine_options
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def index_backfill(directory: str, limit: int | None, fraction: float | None, order: str, batch_size: int,
-                   engine: str, ray_address: str | None, workers: int, num_gpus_per_worker: float, step_rows: int, as_json: bool) -> None:
+def index_backfill(directory: str, limit: int | None, fraction: float | None, order: str, batch_size: int, engine: dict[str, Any],
+                   as_json: bool) -> None:
     """Re-embed rows with the serving model, one atomic commit per batch; stop any time, rerun to resume."""
     from compatret.index.backfill import backfill
     from compatret.index.service import Service
 
-    ray = ray_options(engine, ray_address, workers, num_gpus_per_worker, step_rows, batch_size)
+    ray = ray_options(engine, batch_size)
     report = backfill(Service.open(directory), limit, fraction, order, batch_size, progress=not as_json, ray=ray)
     verb = "stopped after" if report.stopped else "re-embedded"
     text = (f"{verb} {report.done} rows with {report.serving} ({report.rows_per_s:.1f} rows/s); "
@@ -306,8 +319,7 @@ def index_prune(directory: str, older_than_days: float, as_json: bool) -> None:
 @click.option("--workers", type=int, default=1, show_default=True, help="Server processes; each holds its own search kernels.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without API keys.")
 @friendly
-def serve(directory: str, host: str, port: int, refresh_seconds: float, api_key_file: str | None, models_dir: str | None,
-          max_body_mb: float, inference_slots: int, workers: int, insecure: bool) -> None:
+def serve(directory: str, host: str, port: int, workers: int, insecure: bool, **app: Any) -> None:
     """Serve a gallery over HTTP (OpenAPI schema at /docs and /openapi.json)."""
     import uvicorn
 
@@ -315,18 +327,19 @@ def serve(directory: str, host: str, port: int, refresh_seconds: float, api_key_
     from compatret.index.gallery import Gallery
     from compatret.index.server import SERVE_CONFIG_ENV
 
-    keys = ApiKeys.load(api_key_file)
+    keys = ApiKeys.load(app["api_key_file"])
     if not keys.enabled and not is_loopback(host) and not insecure:
         raise CompatretError(f"refusing to serve on {host} without API keys: give --api-key-file or $COMPATRET_API_KEY (or --insecure)")
+    models_dir = app["models_dir"]
     if models_dir is not None and not Path(models_dir).is_dir():
         raise CompatretError(f"--models-dir {models_dir} is not a folder")
-    if max_body_mb <= 0 or inference_slots < 1 or workers < 1:
+    if app["max_body_mb"] <= 0 or app["inference_slots"] < 1 or workers < 1:
         raise CompatretError("--max-body-mb must be > 0, --inference-slots and --workers >= 1")
     Gallery.open(directory)  # one clear error for a missing gallery, before the server starts
-    os.environ[SERVE_CONFIG_ENV] = json.dumps({
-        "directory": str(Path(directory).resolve()), "refresh_seconds": refresh_seconds, "api_key_file": api_key_file,
-        "models_dir": models_dir and str(Path(models_dir).resolve()), "max_body_bytes": int(max_body_mb * 2**20),
-        "inference_slots": inference_slots})
+    os.environ[SERVE_CONFIG_ENV] = json.dumps({  # what each worker's create_app gets (app_from_env)
+        "directory": str(Path(directory).resolve()), "refresh_seconds": app["refresh_seconds"], "api_key_file": app["api_key_file"],
+        "models_dir": models_dir and str(Path(models_dir).resolve()), "max_body_bytes": int(app["max_body_mb"] * 2**20),
+        "inference_slots": app["inference_slots"]})
     uvicorn.run("compatret.index.server:app_from_env", factory=True, workers=workers, host=host, port=port, log_level="warning")
 
 

@@ -133,16 +133,31 @@ class Fitted:
     seconds: float  # everything
 
 
-def fit_adapters(gallery_dir: str | Path, new_spec: str, direction: str = "gallery", kind: str = "auto", sample: int | None = None,
-                 budget: float | None = DEFAULT_BUDGET_S, seed: int = 0, progress: bool = True,
+@dataclass(frozen=True)
+class AdaptSettings:
+    """What `compatret adapt` fits: direction (gallery | query | auto), kind (auto or one of KINDS),
+    and the pairs: `sample` rows (None: all, at most MAX_SAMPLE) within `budget` seconds of embedding."""
+
+    direction: str = "gallery"
+    kind: str = "auto"
+    sample: int | None = None
+    budget: float | None = DEFAULT_BUDGET_S
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise CompatretError(f"unknown direction {self.direction!r}; choose from {DIRECTIONS}")
+        if self.kind != "auto" and self.kind not in KINDS:
+            raise CompatretError(f"unknown kind {self.kind!r}; choose from {('auto', *KINDS)}")
+
+
+def fit_adapters(gallery_dir: str | Path, new_spec: str, settings: AdaptSettings = AdaptSettings(), progress: bool = True,
                  log: Callable[[str], None] | None = None) -> Fitted:
     """Sample and embed the pairs once, then fit every asked kind in every asked direction."""
-    if direction not in DIRECTIONS:
-        raise CompatretError(f"unknown direction {direction!r}; choose from {DIRECTIONS}")
-    if kind != "auto" and kind not in KINDS:
-        raise CompatretError(f"unknown kind {kind!r}; choose from {('auto', *KINDS)}")
+    settings.check()
+    direction, kind, seed = settings.direction, settings.kind, settings.seed
     start = time.perf_counter()
-    old, new, pairs = sample_pairs(Gallery.open(gallery_dir), new_spec, sample, budget, seed, progress)
+    old, new, pairs = sample_pairs(Gallery.open(gallery_dir), new_spec, settings.sample, settings.budget, seed, progress)
     embedded = time.perf_counter() - start
     aside = np.random.default_rng(seed + 1).random(len(pairs.ids)) < HELD_ASIDE
     kinds = KINDS if kind == "auto" else (kind,)
@@ -163,14 +178,13 @@ def choose(fitted: Fitted) -> tuple[str, Candidate]:
     return options[best]
 
 
-def adapt(gallery_dir: str | Path, new_spec: str, out_dir: str | Path, direction: str = "gallery", kind: str = "auto",
-          sample: int | None = None, budget: float | None = DEFAULT_BUDGET_S, seed: int = 0, progress: bool = True,
+def adapt(gallery_dir: str | Path, new_spec: str, out_dir: str | Path, settings: AdaptSettings = AdaptSettings(), progress: bool = True,
           log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fit, choose and write the adapted model folder; returns the report `--json` prints."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise CompatretError(f"{out} exists and is not empty")
-    fitted = fit_adapters(gallery_dir, new_spec, direction, kind, sample, budget, seed, progress, log)
+    fitted = fit_adapters(gallery_dir, new_spec, settings, progress, log)
     chosen_direction, chosen = choose(fitted)
     version = write_model(out, new_spec, fitted.old, fitted.new, chosen_direction, chosen, len(fitted.pairs.ids))
     return {

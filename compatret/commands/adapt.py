@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from compatret.commands.output import emit, friendly
@@ -23,14 +25,14 @@ from compatret.commands.output import emit, friendly
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def adapt(directory: str, new_model: str, out_dir: str, direction: str, kind: str, sample: int | None, budget: float, seed: int,
-          as_json: bool) -> None:
+def adapt(directory: str, new_model: str, out_dir: str, as_json: bool, **settings: Any) -> None:
     """Fit a map between the gallery's model and --model on the gallery's own rows; write a model
     folder that `index upgrade` accepts."""
+    from compatret.adapt.build import AdaptSettings
     from compatret.adapt.build import adapt as run
 
     log = None if as_json else (lambda line: click.echo(line, err=True))
-    report = run(directory, new_model, out_dir, direction, kind, sample, budget, seed, progress=not as_json, log=log)
+    report = run(directory, new_model, out_dir, AdaptSettings(**settings), progress=not as_json, log=log)
     best = next(k for k in report["kinds"] if (k["direction"], k["kind"]) == (report["direction"], report["kind"]))
     emit(report, as_json,
          f"wrote {report['model']} ({report['model_id']}): {report['kind']} map, direction {report['direction']}, "

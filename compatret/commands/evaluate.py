@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -27,8 +28,8 @@ def eval_group() -> None:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]))
 @click.option("--json", "as_json", is_flag=True, help="Print compat.json to stdout.")
 @friendly
-def eval_compat(first: tuple[str, ...], more: tuple[str, ...], data: str, split: str, per_class: int | None,
-                raw_unrelated: bool, out: str, device: str | None, as_json: bool) -> None:
+def eval_compat(first: tuple[str, ...], more: tuple[str, ...], raw_unrelated: bool, out: str, device: str | None, as_json: bool,
+                **images: Any) -> None:
     """M[query model][gallery model] (top-1, mAP; leave-one-out, cosine) for every pair gallery <= query."""
     from compatret.config import dataset
     from compatret.data.images import load_parquet_split
@@ -37,13 +38,13 @@ def eval_compat(first: tuple[str, ...], more: tuple[str, ...], data: str, split:
     models = [*first, *more]
     if not models:
         raise CompatretError("give the model folders with --models, oldest first")
+    data, per_class = images["data"], images["per_class"]  # which images: --data, --split, --per-class
     if per_class is not None and per_class < 1:
         raise CompatretError("--per-class must be >= 1")
-    folder = Path(data) if Path(data).is_dir() else dataset(data)
-    images = load_parquet_split(folder, split)
+    split = load_parquet_split(Path(data) if Path(data).is_dir() else dataset(data), images["split"])
     if per_class:
-        images = images.head_per_class(per_class)
-    result = compat_matrix(models, images, raw_unrelated=raw_unrelated, device=device, progress=not as_json)
+        split = split.head_per_class(per_class)
+    result = compat_matrix(models, split, raw_unrelated=raw_unrelated, device=device, progress=not as_json)
     paths = write_compat_report(result, out)
     report = result.to_dict()
     emit(report, as_json, _table(report) + f"\nwrote {', '.join(str(p) for p in paths.values())}")

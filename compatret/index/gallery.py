@@ -132,18 +132,35 @@ def vector_array(vectors: np.ndarray, dim: int) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(flat, dim)
 
 
+PAYLOAD_COLUMNS = ("title", "text", "image", "metadata")
+
+
+@dataclass(frozen=True)
+class Payloads:
+    """A batch's payload columns as the table stores them (metadata as JSON text); None: all null."""
+
+    titles: Sequence[str | None] | None = None
+    texts: Sequence[str | None] | None = None
+    images: Sequence[bytes | None] | None = None
+    metadata_json: Sequence[str | None] | None = None
+
+    @staticmethod
+    def of(table: pa.Table) -> Payloads:
+        """The payload columns of rows read from the table."""
+        return Payloads(*(table.column(c).to_pylist() for c in PAYLOAD_COLUMNS))
+
+
 def rows_table(schema: pa.Schema, column: str, version_id: str, ids: Sequence[str], vectors: np.ndarray,
-               titles: Sequence[str | None] | None = None, texts: Sequence[str | None] | None = None,
-               images: Sequence[bytes | None] | None = None, metadata_json: Sequence[str | None] | None = None) -> pa.Table:
+               payloads: Payloads = Payloads()) -> pa.Table:
     """Rows as the table stores them: payload, the model version, the vectors in `column` and
     null in every other vector column. Every writer (add, backfill, Ray workers) builds rows here."""
     n = len(ids)
     columns: dict[str, Any] = {
         "id": pa.array([str(i) for i in ids], pa.string()),
-        "title": pa.array(list(titles) if titles is not None else [None] * n, pa.string()),
-        "text": pa.array(list(texts) if texts is not None else [None] * n, pa.string()),
-        "image": pa.array(list(images) if images is not None else [None] * n, pa.binary()),
-        "metadata": pa.array(list(metadata_json) if metadata_json is not None else [None] * n, pa.string()),
+        "title": pa.array(list(payloads.titles) if payloads.titles is not None else [None] * n, pa.string()),
+        "text": pa.array(list(payloads.texts) if payloads.texts is not None else [None] * n, pa.string()),
+        "image": pa.array(list(payloads.images) if payloads.images is not None else [None] * n, pa.binary()),
+        "metadata": pa.array(list(payloads.metadata_json) if payloads.metadata_json is not None else [None] * n, pa.string()),
         "model_version": pa.array([version_id] * n, pa.string()),
     }
     for name in schema.names:
@@ -324,7 +341,7 @@ class Gallery:
             raise CompatretError(f"vectors have shape {vectors.shape}, expected ({n}, {version.dim})")
         col = self.ensure_column(version)
         meta_json = [json.dumps(m) if m else None for m in metadata] if metadata is not None else None
-        batch = rows_table(self.table.schema, col, version.id, ids, vectors, titles, texts, images, meta_json)
+        batch = rows_table(self.table.schema, col, version.id, ids, vectors, Payloads(titles, texts, images, meta_json))
         retry_commit(lambda: self.table.add(batch), "add", self.table.checkout_latest)
         return self.version
 
@@ -355,8 +372,7 @@ class Gallery:
             if not found.num_rows:
                 return
             take = np.array([row_of[i] for i in found.column("id").to_pylist()], dtype=np.int64)
-            rows = rows_table(schema, col, version.id, found.column("id").to_pylist(), np.asarray(vectors)[take],
-                              *(found.column(c).to_pylist() for c in ("title", "text", "image", "metadata")))
+            rows = rows_table(schema, col, version.id, found.column("id").to_pylist(), np.asarray(vectors)[take], Payloads.of(found))
             new_fragments = lance.fragment.write_fragments(rows, ds, schema=ds.schema)
             commit_replacement(ds, new_fragments, found.column("_rowaddr").to_numpy().astype(np.int64))
 

@@ -30,7 +30,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from compatret.errors import CompatretError
-from compatret.index.gallery import Gallery, commit_replacement, id_filter, rows_table, vector_array
+from compatret.index.gallery import Gallery, Payloads, commit_replacement, id_filter, rows_table, vector_array
 from compatret.versions import normalize
 
 RAY_JOB_LOCK = ".ray-job.lock"
@@ -91,13 +91,17 @@ def _text_or_none(value: Any) -> str | None:
     return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
-def _write_rows(encoder: Any, uri: str, schema: pa.Schema, column: str, version_id: str, modality: str,
-                ids: list[str], titles: list[Any], texts: list[Any], images: list[Any], metadata: list[Any]) -> list[str]:
+def _write_rows(encoder: Any, uri: str, schema: pa.Schema, column: str, version_id: str, modality: str, ids: list[str],
+                payloads: Payloads) -> list[str]:
     """Encode rows with `encoder` and write them, exactly as the local engine stores them, as new
     Lance fragments of the table at `uri` (not committed): returns their metadata as JSON."""
-    inputs = images if modality == "image" else [{"title": t, "text": x} for t, x in zip(titles, texts)]
-    vectors = normalize(encoder.encode_items(inputs, batch_size=max(1, len(ids))))
-    return _write_fragments(rows_table(schema, column, version_id, ids, vectors, titles, texts, images, metadata), uri)
+    n = len(ids)
+    if modality == "image":
+        inputs: list[Any] = list(payloads.images or [None] * n)
+    else:
+        inputs = [{"title": t, "text": x} for t, x in zip(payloads.titles or [None] * n, payloads.texts or [None] * n)]
+    vectors = normalize(encoder.encode_items(inputs, batch_size=max(1, n)))
+    return _write_fragments(rows_table(schema, column, version_id, ids, vectors, payloads), uri)
 
 
 def _write_fragments(table: pa.Table, uri: str) -> list[str]:
@@ -131,8 +135,7 @@ class _IngestWriter:
 
     def __call__(self, batch: pa.Table) -> dict[str, list[Any]]:
         ids = [i or uuid.uuid4().hex for i in batch.column("id").to_pylist()]
-        fragments = _write_rows(self.encoder, *self.target, ids,
-                                *(batch.column(c).to_pylist() for c in ("title", "text", "image", "metadata")))
+        fragments = _write_rows(self.encoder, *self.target, ids, Payloads.of(batch))
         return {"fragments": [json.dumps(fragments)], "ids": [json.dumps(ids)]}
 
 
@@ -393,8 +396,7 @@ class _BackfillWriter:
         found = self.ds.to_table(columns=["id", "title", "text", "image", "metadata"], filter=id_filter([str(i) for i in batch["id"]]),
                                  with_row_address=True)
         ids = found.column("id").to_pylist()
-        fragments = _write_rows(self.encoder, *self.target, ids,
-                                *(found.column(c).to_pylist() for c in ("title", "text", "image", "metadata")))
+        fragments = _write_rows(self.encoder, *self.target, ids, Payloads.of(found))
         return {"fragments": [json.dumps(fragments)], "ids": [json.dumps(ids)],
                 "addresses": [json.dumps(found.column("_rowaddr").to_pylist())]}
 

@@ -366,10 +366,11 @@ def _read_routes(app: FastAPI, r: _Routes) -> None:
 
     @app.get("/backfill", response_model=BackfillStatus, responses=ERRORS, dependencies=[r.access("read")])
     def backfill_status() -> dict[str, Any]:
+        running = r.job.running()  # read before the last report: a job that ends in between is reported finished, with its result
         pending = pending_rows(service)
         last = r.job.last()
         return {"serving": service.meta.serving.id, "rows_by_version": service.rows_by_version(), "pending": len(pending.ids),
-                "unembeddable": len(pending.unembeddable), "running": r.job.running(), "last_report": last.get("report"),
+                "unembeddable": len(pending.unembeddable), "running": running, "last_report": last.get("report"),
                 "last_error": last.get("error")}
 
 

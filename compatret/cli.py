@@ -14,6 +14,10 @@ import click
 from compatret.commands.output import emit, friendly
 from compatret.errors import CompatretError
 
+# Hugging Face's per-model "Loading weights" bars say nothing a user needs and bury the one error
+# line; compatret's own bars (embedding, training, backfill) are tqdm's and stay. Set it to 0 to see them.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
 
 @click.group()
 @click.version_option(package_name="compatret")
@@ -155,12 +159,42 @@ def index_delete(directory: str, ids: tuple[str, ...], as_json: bool) -> None:
     emit({"deleted": n, "rows": service.gallery.count()}, as_json, f"deleted {n} rows; {service.gallery.count()} left")
 
 
+def upgrade_gate(directory: str, model: str, queries: str | None, qrels: str | None, max_drop: float, max_flips: float) -> dict[str, Any]:
+    """Check `model` against the serving model on the user's queries; one error line (and nothing
+    changed) when it would serve them worse. Returns the numbers the history records."""
+    from compatret.commands.regression import run_regression
+
+    if queries is None or qrels is None:
+        raise CompatretError("the upgrade gate needs both --gate QUERIES and --qrels JUDGEMENTS")
+    if max_drop < 0 or not 0 <= max_flips <= 1:
+        raise CompatretError("--max-drop must be >= 0 and --max-flips within [0, 1]")
+    report = run_regression(directory, model, queries, qrels, None)
+    d = report["differences"]["ndcg_at_10"]
+    numbers = {"serving": report["serving"], "queries": report["queries"], "ndcg_at_10": d, "negative_flip_rate": report["negative_flip_rate"],
+               "max_drop": max_drop, "max_flips": max_flips}
+    if d["low"] < -max_drop:
+        raise CompatretError(f"gate: {report['candidate']} may serve these queries worse: nDCG@10 {d['mean']:+.4f} "
+                             f"(95% CI [{d['low']:+.4f}, {d['high']:+.4f}], allowed drop {max_drop}); nothing changed")
+    if report["negative_flip_rate"] > max_flips:
+        raise CompatretError(f"gate: {report['candidate']} loses the relevant top-10 hit of {report['negative_flips']} of "
+                             f"{report['queries']} queries ({100 * report['negative_flip_rate']:.1f}% > {100 * max_flips:.1f}%); nothing changed")
+    return numbers
+
+
 @index.command("upgrade")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--model", required=True, help="The new model: its lineage must reach the gallery's model.")
+@click.option("--gate", "gate_queries", type=click.Path(dir_okay=False),
+              help="Queries (.jsonl, `_id` and `text`) to check the new model on first: refuse the upgrade if it serves them worse.")
+@click.option("--qrels", type=click.Path(dir_okay=False), help="Judgements for --gate (BEIR qrels TSV).")
+@click.option("--max-drop", type=float, default=0.005, show_default=True,
+              help="Refuse when the lower 95%% bound of the nDCG@10 change is below minus this.")
+@click.option("--max-flips", type=float, default=0.05, show_default=True,
+              help="Refuse when more than this fraction of queries lose their relevant top-10 hit.")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def index_upgrade(directory: str, model: str, as_json: bool) -> None:
+def index_upgrade(directory: str, model: str, gate_queries: str | None, qrels: str | None, max_drop: float, max_flips: float,
+                  as_json: bool) -> None:
     """Make a compatible model the serving model in O(1): nothing is re-embedded."""
     import time
 
@@ -168,12 +202,13 @@ def index_upgrade(directory: str, model: str, as_json: bool) -> None:
 
     service = Service.open(directory)
     before = service.meta.serving.id
+    gate = upgrade_gate(directory, model, gate_queries, qrels, max_drop, max_flips) if gate_queries or qrels else None
     t0 = time.perf_counter()
-    meta = service.upgrade(model)
+    meta = service.upgrade(model, gate=gate)
     dt = time.perf_counter() - t0
     plan = service.plan()
     out = {"previous": before, "serving": meta.serving.id, "vector_model": meta.vector_model.id,
-           "query_dims": plan.dims, "transforms": len(plan.gallery_transforms), "seconds": dt}
+           "query_dims": plan.dims, "transforms": len(plan.gallery_transforms), "seconds": dt, "gate": gate}
     emit(out, as_json, f"serving {meta.serving.id} (was {before}); stored {meta.vector_model.id} vectors searched as they are, "
                        f"{plan.dims} shared dims; {dt * 1000:.1f} ms")
 
@@ -410,12 +445,14 @@ def quickstart(workdir: str, data: str | None, as_json: bool) -> None:
 # sub-command groups live in compatret/commands (their heavy imports happen inside the commands)
 from compatret.commands.adapt import adapt  # noqa: E402
 from compatret.commands.evaluate import eval_group  # noqa: E402
+from compatret.commands.regression import regression  # noqa: E402
 from compatret.commands.retrieval_eval import retrieval  # noqa: E402
 from compatret.commands.retriever import retriever  # noqa: E402
 from compatret.commands.train import train  # noqa: E402
 
 train.add_command(retriever)
 eval_group.add_command(retrieval)
+eval_group.add_command(regression)
 main.add_command(train)
 main.add_command(adapt)
 main.add_command(eval_group, name="eval")

@@ -54,6 +54,34 @@ def _qrels(path: Path) -> Qrels:
     return out
 
 
+def read_queries(path: str | Path) -> dict[str, str]:
+    """Query texts by id from a .jsonl file (BEIR's queries.jsonl: `_id` or `id`, and `text`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CompatretError(f"no query file at {p}")
+    out = {}
+    for n, row in enumerate(read_jsonl(p), 1):
+        qid, text = row.get("_id", row.get("id")), row.get("text")
+        if qid is None or not isinstance(text, str) or not text.strip():
+            raise CompatretError(f"{p}: query {n} needs an `_id` (or `id`) and a non-empty `text`")
+        out[str(qid)] = text
+    if not out:
+        raise CompatretError(f"{p} holds no queries")
+    return out
+
+
+def read_qrels(path: str | Path) -> Qrels:
+    """Positive judgements from a BEIR qrels TSV (query-id, corpus-id, score)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CompatretError(f"no qrels file at {p}")
+    qrels = {q: {d: s for d, s in docs.items() if s > 0} for q, docs in _qrels(p).items()}
+    qrels = {q: docs for q, docs in qrels.items() if docs}
+    if not qrels:
+        raise CompatretError(f"{p} holds no positive judgements")
+    return qrels
+
+
 def load_beir(folder: str | Path, splits: tuple[str, ...] = ("train", "test")) -> BeirData:
     """Read a BEIR folder; splits without a qrels file are left out (asking for one later errors)."""
     root = Path(folder)

@@ -376,11 +376,18 @@ class Service:
             self.gallery.delete(ids)
         return len(ids)
 
-    def upgrade(self, model: str) -> GalleryMeta:
-        """Make a compatible model the serving model: one metadata commit, nothing re-embedded."""
+    def upgrade(self, model: str, gate: dict[str, Any] | None = None) -> GalleryMeta:
+        """Make a compatible model the serving model: one metadata commit, nothing re-embedded.
+
+        `gate`: the numbers of a passed upgrade gate, recorded in the history; it was measured
+        against `gate["serving"]`, so the upgrade is refused if another writer changed the
+        serving model since."""
         version = load_version(model)
         with self.gallery.writing("upgrade"):
             meta = self.meta
+            if gate is not None and gate.get("serving") != meta.serving.id:
+                raise CompatretError(f"the gate compared against {gate.get('serving')!r}, but the gallery now serves {meta.serving.id!r}: "
+                                     "run it again")
             check_same_weights(self._known(meta), version)
             if version.modality != meta.modality and meta.modality != "vector":
                 raise CompatretError(f"model {version.id!r} is for {version.modality}, this gallery holds {meta.modality}")
@@ -403,7 +410,7 @@ class Service:
             sources = dict(meta.sources)
             if (model_dir / "encoder.json").exists() or model in ALIASES:
                 sources[version.id] = _source_of(model)
-            new_meta = replace(self.gallery.with_event("upgrade", model=version.id, previous=meta.serving.id),
+            new_meta = replace(self.gallery.with_event("upgrade", model=version.id, previous=meta.serving.id, **({"gate": gate} if gate else {})),
                                serving=version, sources=sources)
             self.gallery.set_meta(new_meta)
         with self._encoder_lock:

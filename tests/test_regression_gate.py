@@ -1,0 +1,121 @@
+"""`eval regression` and `index upgrade --gate`: intervals that cover a known difference, flips
+counted by hand, a refused upgrade that changes nothing, bad input as one error line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from text_env import text_env  # noqa: F401
+
+from compatret.evaluation.regression import negative_flips, paired_bootstrap, per_query
+from compatret.index.service import Service
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "compatret", *args], capture_output=True, text=True, timeout=600)
+
+
+def one_error_line(done: subprocess.CompletedProcess[str], message: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, done.stderr
+
+
+def test_bootstrap_interval_covers_a_known_difference_on_synthetic_rankings():
+    """400 queries, one relevant document each: the serving run has it at rank 1 for half of them
+    (else rank 3), the candidate for 60 % (MRR@10 differs by exactly 0.1 * (1 - 1/3))."""
+    rng = np.random.default_rng(0)
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(400)}
+
+    def run_with(top: np.ndarray) -> dict:
+        return {f"q{i}": ({f"d{i}": 3.0, "x": 2.0, "y": 1.0} if t else {"x": 3.0, "y": 2.0, f"d{i}": 1.0}) for i, t in enumerate(top)}
+
+    serving_top = np.arange(400) < 200
+    candidate_top = serving_top.copy()
+    candidate_top[rng.choice(np.flatnonzero(~serving_top), 40, replace=False)] = True  # 40 more queries at rank 1
+    s, c = per_query(qrels, run_with(serving_top)), per_query(qrels, run_with(candidate_top))
+    diff = np.array([c["mrr_at_10"][q] - s["mrr_at_10"][q] for q in sorted(qrels)])
+    known = 40 / 400 * (1 - 1 / 3)
+    interval = paired_bootstrap(diff)
+    assert interval.mean == pytest.approx(known)
+    assert interval.low < known < interval.high and interval.low > 0  # covers the truth, and says it is a gain
+    same = paired_bootstrap(np.zeros(400))
+    assert same.low == same.high == 0.0
+
+
+def test_negative_flips_are_queries_that_lose_their_top_k_hit():
+    qrels = {"a": {"1": 1}, "b": {"2": 1}, "c": {"3": 1}, "d": {"4": 1}}
+    serving = {"a": {"1": 0.9}, "b": {"2": 0.9}, "c": {"x": 0.9}, "d": {"4": 0.9}}
+    candidate = {"a": {"1": 0.9}, "b": {"x": 0.9}, "c": {"3": 0.9}, "d": {**{f"n{i}": 1.0 - i / 100 for i in range(10)}, "4": 0.5}}
+    assert negative_flips(qrels, serving, candidate) == ["b", "d"]  # b lost it; d pushed it to rank 11; c gained one
+
+
+@pytest.fixture(scope="module")
+def judged(text_env, tmp_path_factory):  # noqa: F811
+    """The test env's queries and the judgements of the documents its gallery holds."""
+    held = set(Service.open(text_env.gallery).gallery.vectors_by_id())
+    rows = [r for r in (text_env.beir / "qrels" / "test.tsv").read_text().splitlines()[1:] if r.split("\t")[1] in held]
+    qrels = tmp_path_factory.mktemp("judged") / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+    return str(text_env.beir / "queries.jsonl"), str(qrels)
+
+
+@pytest.fixture(scope="module")
+def damaged(text_env, tmp_path_factory):  # noqa: F811
+    """An ADORE model compatible by construction whose query tower a learning rate of 0.5 wrecked."""
+    from compatret.train.text.config import RetrieverConfig
+    from compatret.train.text.trainer import train_retriever
+
+    out = tmp_path_factory.mktemp("damaged") / "adore"
+    cfg = RetrieverConfig(method="adore", old="minilm-l6", gallery=str(text_env.gallery), train_data=str(text_env.beir), out=str(out),
+                          batch_size=4, max_seq_length=32, depth=20, lr=0.5, max_steps=3)
+    return train_retriever(cfg, progress=False)
+
+
+def test_a_gate_refusal_changes_nothing_and_a_pass_is_recorded(text_env, judged, damaged, tmp_path):  # noqa: F811
+    g = tmp_path / "g"
+    shutil.copytree(text_env.gallery, g)
+    before = Service.open(g).gallery.latest_version()
+    queries, qrels = judged
+    refused = run("index", "upgrade", str(g), "--model", str(damaged), "--gate", queries, "--qrels", qrels)
+    one_error_line(refused, "gate: ")
+    s = Service.open(g)
+    assert s.gallery.latest_version() == before and s.meta.serving.id == "minilm-l6"
+
+    report = run("eval", "regression", "--gallery", str(g), "--candidate", str(damaged), "--queries", queries, "--qrels", qrels,
+                 "--out", str(tmp_path / "r"), "--json")
+    assert report.returncode == 0, report.stderr
+    numbers = json.loads(report.stdout)
+    assert numbers["differences"]["ndcg_at_10"]["high"] < 0 and (tmp_path / "r" / "per_query.png").stat().st_size > 0
+
+    passed = run("index", "upgrade", str(g), "--model", "minilm-l6", "--gate", queries, "--qrels", qrels, "--json")  # the same model: no drop
+    assert passed.returncode == 0, passed.stderr
+    s = Service.open(g)
+    assert s.gallery.latest_version() == before + 1
+    gate = s.meta.history[-1]["gate"]  # the numbers of the gate that let it through
+    assert gate["serving"] == "minilm-l6" and gate["ndcg_at_10"]["mean"] == 0.0 and gate["negative_flip_rate"] == 0.0
+
+
+def test_gate_bad_input_is_one_error_line(text_env, judged, damaged, tmp_path, digit_models):  # noqa: F811
+    queries, qrels = (Path(p) for p in judged)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    unknown = tmp_path / "unknown.tsv"
+    unknown.write_text("query-id\tcorpus-id\tscore\n" + qrels.read_text().splitlines()[1].split("\t")[0] + "\tno-such-doc\t1\n")
+    images = Service.create(tmp_path / "img", model=digit_models["v1"])
+    images.add_items(digit_models["items"][:10], progress=False)
+    cases = [
+        ([str(text_env.gallery), str(damaged), str(empty), str(qrels)], "holds no queries"),
+        ([str(text_env.gallery), str(damaged), str(queries), str(unknown)], "documents the gallery lacks"),
+        ([str(tmp_path / "img"), digit_models["v2"], str(queries), str(qrels)], "image"),
+    ]
+    for (gallery, model, q, r), message in cases:
+        before = Service.open(gallery).gallery.latest_version()
+        one_error_line(run("index", "upgrade", gallery, "--model", model, "--gate", q, "--qrels", r), message)
+        assert Service.open(gallery).gallery.latest_version() == before
+    one_error_line(run("index", "upgrade", str(text_env.gallery), "--model", str(damaged), "--gate", str(queries)), "needs both")

@@ -119,3 +119,18 @@ def test_gate_bad_input_is_one_error_line(text_env, judged, damaged, tmp_path, d
         one_error_line(run("index", "upgrade", gallery, "--model", model, "--gate", q, "--qrels", r), message)
         assert Service.open(gallery).gallery.latest_version() == before
     one_error_line(run("index", "upgrade", str(text_env.gallery), "--model", str(damaged), "--gate", str(queries)), "needs both")
+
+
+def test_without_qrels_it_reports_how_much_the_rankings_agree(text_env, judged, damaged, tmp_path):  # noqa: F811
+    queries, _ = judged
+    same = run("eval", "regression", "--gallery", str(text_env.gallery), "--candidate", "minilm-l6", "--queries", queries,
+               "--out", str(tmp_path / "same"), "--json")
+    assert same.returncode == 0, same.stderr
+    same_report = json.loads(same.stdout)
+    assert same_report["differences"] == {} and same_report["agreement"]["overlap_at_k"] == 1.0
+    assert same_report["agreement"]["rank_correlation"] == pytest.approx(1.0)
+    other = run("eval", "regression", "--gallery", str(text_env.gallery), "--candidate", str(damaged), "--queries", queries,
+                "--out", str(tmp_path / "other"), "--json")
+    report = json.loads(other.stdout)
+    assert report["agreement"]["overlap_at_k"] < 0.5 and report["most_changed"][0]["change"] <= report["agreement"]["overlap_at_k"]
+    assert (tmp_path / "other" / "per_query.png").stat().st_size > 0

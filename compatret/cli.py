@@ -159,26 +159,20 @@ def index_delete(directory: str, ids: tuple[str, ...], as_json: bool) -> None:
     emit({"deleted": n, "rows": service.gallery.count()}, as_json, f"deleted {n} rows; {service.gallery.count()} left")
 
 
-def upgrade_gate(directory: str, model: str, queries: str | None, qrels: str | None, max_drop: float, max_flips: float) -> dict[str, Any]:
-    """Check `model` against the serving model on the user's queries; one error line (and nothing
-    changed) when it would serve them worse. Returns the numbers the history records."""
-    from compatret.commands.regression import run_regression
+@index.command("gate")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--queries", required=True, type=click.Path(dir_okay=False), help="Queries (.jsonl, `_id` and `text`).")
+@click.option("--qrels", required=True, type=click.Path(dir_okay=False), help="Their judgements (BEIR qrels TSV).")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def index_gate(directory: str, queries: str, qrels: str, as_json: bool) -> None:
+    """Store the queries that gate upgrades over HTTP (POST /upgrade with "gate": true) beside the gallery."""
+    from compatret.evaluation.regression import store_gate
+    from compatret.index.gallery import Gallery
 
-    if queries is None or qrels is None:
-        raise CompatretError("the upgrade gate needs both --gate QUERIES and --qrels JUDGEMENTS")
-    if max_drop < 0 or not 0 <= max_flips <= 1:
-        raise CompatretError("--max-drop must be >= 0 and --max-flips within [0, 1]")
-    report = run_regression(directory, model, queries, qrels, None)
-    d = report["differences"]["ndcg_at_10"]
-    numbers = {"serving": report["serving"], "queries": report["queries"], "ndcg_at_10": d, "negative_flip_rate": report["negative_flip_rate"],
-               "max_drop": max_drop, "max_flips": max_flips}
-    if d["low"] < -max_drop:
-        raise CompatretError(f"gate: {report['candidate']} may serve these queries worse: nDCG@10 {d['mean']:+.4f} "
-                             f"(95% CI [{d['low']:+.4f}, {d['high']:+.4f}], allowed drop {max_drop}); nothing changed")
-    if report["negative_flip_rate"] > max_flips:
-        raise CompatretError(f"gate: {report['candidate']} loses the relevant top-10 hit of {report['negative_flips']} of "
-                             f"{report['queries']} queries ({100 * report['negative_flip_rate']:.1f}% > {100 * max_flips:.1f}%); nothing changed")
-    return numbers
+    Gallery.open(directory)
+    folder = store_gate(directory, queries, qrels)
+    emit({"gate": str(folder)}, as_json, f"stored the gate queries in {folder}")
 
 
 @index.command("upgrade")
@@ -202,7 +196,13 @@ def index_upgrade(directory: str, model: str, gate_queries: str | None, qrels: s
 
     service = Service.open(directory)
     before = service.meta.serving.id
-    gate = upgrade_gate(directory, model, gate_queries, qrels, max_drop, max_flips) if gate_queries or qrels else None
+    gate = None
+    if gate_queries or qrels:
+        from compatret.evaluation.regression import gate_check
+
+        if gate_queries is None or qrels is None:
+            raise CompatretError("the upgrade gate needs both --gate QUERIES and --qrels JUDGEMENTS")
+        gate = gate_check(directory, model, gate_queries, qrels, max_drop, max_flips)
     t0 = time.perf_counter()
     meta = service.upgrade(model, gate=gate)
     dt = time.perf_counter() - t0

@@ -134,3 +134,29 @@ def test_without_qrels_it_reports_how_much_the_rankings_agree(text_env, judged, 
     report = json.loads(other.stdout)
     assert report["agreement"]["overlap_at_k"] < 0.5 and report["most_changed"][0]["change"] <= report["agreement"]["overlap_at_k"]
     assert (tmp_path / "other" / "per_query.png").stat().st_size > 0
+
+
+def test_http_upgrade_gate_uses_the_operators_stored_queries(text_env, judged, damaged, tmp_path):  # noqa: F811
+    from fastapi.testclient import TestClient
+
+    from compatret.index.server import create_app
+
+    g = tmp_path / "g"
+    shutil.copytree(text_env.gallery, g)
+    models = tmp_path / "models"
+    shutil.copytree(damaged, models / "wrecked")
+    c = TestClient(create_app(g, refresh_seconds=0.0, models_dir=models))
+    before = Service.open(g).gallery.latest_version()
+    missing = c.post("/upgrade", json={"model": "wrecked", "gate": True})
+    assert missing.status_code == 400 and "compatret index gate" in missing.json()["detail"]
+    bad = run("index", "gate", str(g), "--queries", str(tmp_path / "nope.jsonl"), "--qrels", judged[1])
+    one_error_line(bad, "no query file")
+    stored = run("index", "gate", str(g), "--queries", judged[0], "--qrels", judged[1])
+    assert stored.returncode == 0, stored.stderr
+    refused = c.post("/upgrade", json={"model": "wrecked", "gate": True})
+    assert refused.status_code == 400 and refused.json()["detail"].startswith("gate: ")
+    assert c.post("/upgrade", json={"model": "wrecked", "gate": True, "gate_path": "/etc/passwd"}).status_code == 422  # no server paths
+    s = Service.open(g)
+    assert s.gallery.latest_version() == before and s.meta.serving.id == "minilm-l6"
+    passed = c.post("/upgrade", json={"model": "minilm-l6", "gate": True})
+    assert passed.status_code == 200 and passed.json()["gate"]["negative_flip_rate"] == 0.0

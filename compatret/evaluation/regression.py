@@ -167,3 +167,45 @@ def compare(gallery_dir: str | Path, candidate: str, queries: Mapping[str, str],
     from compatret.encoders import load_version
 
     return Regression(serving_id, load_version(candidate).id, len(queries), scored, differences, flips, agreement(before, after))
+
+
+GATE_DIR = "gate"  # beside the gallery's table: the operator's queries and judgements for HTTP upgrades
+
+
+def gate_check(gallery_dir: str | Path, model: str, queries: str | Path, qrels: str | Path, max_drop: float = 0.005,
+               max_flips: float = 0.05) -> dict[str, Any]:
+    """Check `model` against the serving model on the user's judged queries: one CompatretError
+    (the upgrade then changes nothing) when it would serve them worse. Returns the numbers the
+    history records."""
+    from compatret.data.beir import read_qrels, read_queries
+
+    if max_drop < 0 or not 0 <= max_flips <= 1:
+        raise CompatretError("--max-drop must be >= 0 and --max-flips within [0, 1]")
+    result = compare(gallery_dir, model, read_queries(queries), read_qrels(qrels))
+    d = result.differences["ndcg_at_10"]
+    if d.low < -max_drop:
+        raise CompatretError(f"gate: {result.candidate} may serve these queries worse: nDCG@10 {d.mean:+.4f} "
+                             f"(95% CI [{d.low:+.4f}, {d.high:+.4f}], allowed drop {max_drop}); nothing changed")
+    if result.flip_rate > max_flips:
+        raise CompatretError(f"gate: {result.candidate} loses the relevant top-10 hit of {len(result.flips)} of {result.queries} "
+                             f"queries ({100 * result.flip_rate:.1f}% > {100 * max_flips:.1f}%); nothing changed")
+    return {"serving": result.serving, "queries": result.queries, "ndcg_at_10": d.to_dict(), "negative_flip_rate": result.flip_rate,
+            "max_drop": max_drop, "max_flips": max_flips}
+
+
+def store_gate(gallery_dir: str | Path, queries: str | Path, qrels: str | Path) -> Path:
+    """Copy validated gate files beside the gallery (written whole, then renamed), so an HTTP
+    upgrade can be gated without a client naming server paths."""
+    import os
+    import shutil
+
+    from compatret.data.beir import read_qrels, read_queries
+
+    read_queries(queries), read_qrels(qrels)  # refuse bad files before anything is written
+    folder = Path(gallery_dir) / GATE_DIR
+    folder.mkdir(exist_ok=True)
+    for src, name in ((queries, "queries.jsonl"), (qrels, "qrels.tsv")):
+        tmp = folder / f".{name}.tmp"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, folder / name)
+    return folder

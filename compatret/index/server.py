@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from compatret.encoders import ALIASES
 from compatret.errors import CompatretError
+from compatret.evaluation.regression import GATE_DIR, gate_check
 from compatret.index.auth import ApiKeys, Scope
 from compatret.index.backfill import backfill, pending_rows
 from compatret.index.backfill_job import BackfillJob
@@ -127,6 +128,9 @@ class DeleteRequest(Strict):
 
 class UpgradeRequest(Strict):
     model: ModelName
+    gate: bool = False  # check first on the queries `compatret index gate` stored beside the gallery
+    max_drop: float = Field(0.005, ge=0.0, le=1.0)
+    max_flips: float = Field(0.05, ge=0.0, le=1.0)
 
 
 class BackfillRequest(Strict):
@@ -392,9 +396,16 @@ def _write_routes(app: FastAPI, r: _Routes) -> None:
         return {"deleted": _refused(service.delete, req.ids)}
 
     @app.post("/upgrade", responses=ERRORS, dependencies=[r.access("write")])
-    def upgrade(req: UpgradeRequest) -> dict[str, str]:
-        meta = _refused(service.upgrade, r.model_spec(req.model, for_upgrade=True))
-        return {"serving": meta.serving.id}
+    def upgrade(req: UpgradeRequest) -> dict[str, Any]:
+        spec = r.model_spec(req.model, for_upgrade=True)
+        gate = None
+        if req.gate:
+            folder = r.directory / GATE_DIR
+            if not (folder / "queries.jsonl").is_file() or not (folder / "qrels.tsv").is_file():
+                raise HTTPException(400, "no gate queries stored for this gallery: an operator runs `compatret index gate DIR --queries Q --qrels R`")
+            gate = _refused(gate_check, r.directory, spec, folder / "queries.jsonl", folder / "qrels.tsv", req.max_drop, req.max_flips)
+        meta = _refused(service.upgrade, spec, gate=gate)
+        return {"serving": meta.serving.id, "gate": gate}
 
     @app.post("/backfill", status_code=202, responses=ERRORS, dependencies=[r.access("write")])
     def start_backfill(req: BackfillRequest) -> dict[str, bool]:

@@ -54,7 +54,7 @@ def damage(model: Path, out: Path, sigma: float) -> Path:
 
 def gate(gallery: Path, candidate: str, queries: Path, qrels: Path, work: Path) -> dict[str, Any]:
     """`index upgrade --gate` on a copy of the gallery: passed or refused, and what it changed."""
-    from compatret.cli import upgrade_gate
+    from compatret.evaluation.regression import gate_check
     from compatret.errors import CompatretError
     from compatret.index.service import Service
 
@@ -64,7 +64,7 @@ def gate(gallery: Path, candidate: str, queries: Path, qrels: Path, work: Path) 
     s = Service.open(copy)
     before = (s.meta.serving.id, s.gallery.latest_version())
     try:
-        numbers = upgrade_gate(str(copy), candidate, str(queries), str(qrels), 0.005, 0.05)
+        numbers = gate_check(copy, candidate, queries, qrels, 0.005, 0.05)
         s.upgrade(candidate, gate=numbers)
         verdict, reason = "passed", ""
     except CompatretError as exc:

@@ -83,7 +83,7 @@ def score_kinds(gallery: Path, new: str, data: BeirData, fitted: Any) -> list[di
 
 
 def one_way(work: Path, old: str, new: str, data: BeirData, curve: bool) -> dict[str, Any]:
-    from compatret.adapt.build import choose, fit_adapters, write_model
+    from compatret.adapt.build import AdaptSettings, choose, fit_adapters, write_model
     from compatret.index.service import Service
 
     gallery = build_gallery(old, work / f"gallery-{old}", data, progress=False)
@@ -91,7 +91,7 @@ def one_way(work: Path, old: str, new: str, data: BeirData, curve: bool) -> dict
     res: dict[str, Any] = {"old_old": evaluate_pair(old, gallery, data), "new_new": evaluate_pair(new, native, data)}
     log(f"{old} -> {new}: old/old {res['old_old']['ndcg_at_10']:.4f}, new/new {res['new_new']['ndcg_at_10']:.4f}")
     t0 = time.perf_counter()
-    fitted = fit_adapters(gallery, new, "auto", "auto", progress=False)
+    fitted = fit_adapters(gallery, new, AdaptSettings(direction="auto"), progress=False)
     res["fit_all_seconds"] = time.perf_counter() - t0
     res["kinds"] = score_kinds(gallery, new, data, fitted)
     # what `compatret adapt DIR --model NEW --out M` writes: direction gallery, kind auto
@@ -126,7 +126,7 @@ def adapter_adore(work: Path, data: BeirData) -> dict[str, Any]:
     from it (`compatret train retriever --recipe training/scifact_adore.toml --old minilm-l3
     --init ADAPTER`: the recipe's settings, trained on qrels/train.tsv). Compared with the
     cross-architecture BCT row of eval/compat_text, which trains L6 into the same gallery."""
-    from compatret.adapt.build import adapt
+    from compatret.adapt.build import AdaptSettings, adapt
     from compatret.train.text.config import config_from
     from compatret.train.text.trainer import LOG_FILE, train_retriever
 
@@ -134,7 +134,7 @@ def adapter_adore(work: Path, data: BeirData) -> dict[str, Any]:
     adapter = work / "query-adapter-minilm-l6-into-minilm-l3"
     if not (adapter / "version.json").exists():
         shutil.rmtree(adapter, ignore_errors=True)
-        report = adapt(gallery, "minilm-l6", adapter, direction="query", kind="affine", progress=False)
+        report = adapt(gallery, "minilm-l6", adapter, AdaptSettings(direction="query", kind="affine"), progress=False)
         (work / "query-adapter.json").write_text(json.dumps(report, indent=2))
     report = json.loads((work / "query-adapter.json").read_text())
     start = evaluate_pair(str(adapter), gallery, data)

@@ -31,7 +31,7 @@ from compatret.adapt.fit import KINDS, Candidate, fit_kinds
 from compatret.encoders.base import write_encoder_config
 from compatret.encoders.registry import ALIASES, load_encoder, load_version
 from compatret.errors import CompatretError
-from compatret.index.gallery import Gallery, id_filter, sql_quote
+from compatret.index.gallery import Gallery, id_filter, item_inputs, sql_quote
 from compatret.index.service import TRANSFORMS_DIR
 from compatret.versions import VERSION_FILE, Compat, ModelVersion, apply_plan, normalize, resolve
 
@@ -52,8 +52,7 @@ class Pairs:
     new: np.ndarray
 
 
-def sample_pairs(gallery: Gallery, new_spec: str, sample: int | None = None, budget: float | None = DEFAULT_BUDGET_S, seed: int = 0,
-                 progress: bool = True) -> tuple[ModelVersion, ModelVersion, Pairs]:
+def sample_pairs(gallery: Gallery, new_spec: str, settings: AdaptSettings, progress: bool = True) -> tuple[ModelVersion, ModelVersion, Pairs]:
     """(serving model, NEW's record, pairs): rows that carry a payload and whose vectors are in the
     serving model's full space (its own rows, or rows its lineage maps there by identity or
     transform rules), re-embedded by NEW in a seeded random order until `sample` rows (default:
@@ -61,6 +60,7 @@ def sample_pairs(gallery: Gallery, new_spec: str, sample: int | None = None, bud
     better map (the MLP most of all), and what a user can spare is time: a fast NEW model gets
     every row, a slow one what the budget allows. After one adapter, the next one continues the
     lineage from it (v1 -> adapter v2 -> v3)."""
+    sample, budget = settings.sample, settings.budget
     meta = gallery.meta
     old = meta.serving
     new = load_version(new_spec)
@@ -85,7 +85,9 @@ def sample_pairs(gallery: Gallery, new_spec: str, sample: int | None = None, bud
     if sample is not None and sample > len(ids):
         raise CompatretError(f"--sample {sample} is larger than the gallery's {len(ids)} rows with a payload in {old.id!r}'s space")
     wanted = min(len(ids), MAX_SAMPLE) if sample is None else sample
-    order = np.random.default_rng(seed).permutation(len(ids))[:wanted]
+    if wanted < MIN_PAIRS:
+        raise CompatretError(f"the gallery has {len(ids)} rows with a payload in {old.id!r}'s space: at least {MIN_PAIRS} are needed")
+    order = np.random.default_rng(settings.seed).permutation(len(ids))[:wanted]
     encoder = load_encoder(new_spec)
     olds, news = [], []
     start = time.perf_counter()
@@ -99,8 +101,8 @@ def sample_pairs(gallery: Gallery, new_spec: str, sample: int | None = None, bud
             if budget is not None and time.perf_counter() - start > budget:
                 break
     done = [ids[i] for i in order[: sum(len(o) for o in olds)]]
-    if len(done) < MIN_PAIRS:
-        raise CompatretError(f"{new.id!r} embedded only {len(done)} rows in --budget {budget:g} s: at least {MIN_PAIRS} are needed")
+    if len(done) < MIN_PAIRS:  # only a budget stops the loop early
+        raise CompatretError(f"{new.id!r} embedded only {len(done)} rows in --budget {budget} s: at least {MIN_PAIRS} are needed")
     return old, new, Pairs(done, np.concatenate(olds), normalize(np.concatenate(news)))
 
 
@@ -116,8 +118,7 @@ def _stored_and_payloads(gallery: Gallery, picked: list[str], plans: dict[str, A
         if pos:
             stored = np.asarray([rows[picked[n]][column_of[v]] for n in pos], dtype=np.float32)
             old_vec[pos] = apply_plan(plans[v], None, stored)[1]
-    items = [rows[i]["image"] if meta.modality == "image" else {"title": rows[i]["title"], "text": rows[i]["text"]} for i in picked]
-    return old_vec, items
+    return old_vec, item_inputs(rows, picked, meta.modality)
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def fit_adapters(gallery_dir: str | Path, new_spec: str, settings: AdaptSettings
     settings.check()
     direction, kind, seed = settings.direction, settings.kind, settings.seed
     start = time.perf_counter()
-    old, new, pairs = sample_pairs(Gallery.open(gallery_dir), new_spec, settings.sample, settings.budget, seed, progress)
+    old, new, pairs = sample_pairs(Gallery.open(gallery_dir), new_spec, settings, progress)
     embedded = time.perf_counter() - start
     aside = np.random.default_rng(seed + 1).random(len(pairs.ids)) < HELD_ASIDE
     kinds = KINDS if kind == "auto" else (kind,)

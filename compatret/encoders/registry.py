@@ -85,6 +85,12 @@ def read_encoder_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
+def adapter_parts(path: Path, cfg: dict[str, Any]) -> tuple[str, LearnedMap]:
+    """An adapted model folder's base (an alias, or a subfolder confined to it) and its fitted head."""
+    base = str(cfg.get("base", ""))
+    return (base if base in ALIASES else str(confined(path, base, "base"))), LearnedMap.load(confined(path, str(cfg.get("head", "")), "head"))
+
+
 def load_encoder(spec: str, device: str | None = None, _nested: bool = False) -> Encoder:
     """Load the encoder a spec names: an alias, or a folder written by compatret.
 
@@ -129,10 +135,7 @@ def load_encoder(spec: str, device: str | None = None, _nested: bool = False) ->
 
         if _nested:
             raise CompatretError(f"model folder {spec}: an adapted model's base cannot be adapted again")
-        base_spec = str(cfg.get("base", ""))
-        if base_spec not in ALIASES:
-            base_spec = str(confined(path, base_spec, "base"))
-        head = LearnedMap.load(confined(path, str(cfg.get("head", "")), "head"))
+        base_spec, head = adapter_parts(path, cfg)
         return AdaptedEncoder(load_encoder(base_spec, device, _nested=True), head, version)
     if kind == "image":
         from compatret.encoders.image import ImageEncoder, load_image_model

@@ -135,26 +135,26 @@ def compare(gallery_dir: str | Path, candidate: str, queries: Mapping[str, str],
             k: int = 100) -> Regression:
     """Search `queries` with the serving model and with `candidate` against the gallery as it is,
     and compare them (with `qrels`: metrics, bootstrap intervals, negative flips)."""
-    from compatret.evaluation.retrieval import search_run
+    from compatret.evaluation.retrieval import service_run
     from compatret.index.service import Service
 
     if not queries:
         raise CompatretError("the query file holds no queries")
-    modality = Service.open(gallery_dir).meta.modality
-    if modality != "text":
-        raise CompatretError(f"this gallery holds {modality} items: the queries are text")
+    service = Service.open(gallery_dir)  # one search view for both runs
+    if service.meta.modality != "text":
+        raise CompatretError(f"this gallery holds {service.meta.modality} items: the queries are text")
     if qrels is not None:
         unknown = sorted(set(qrels) - set(queries))
         if unknown:
             raise CompatretError(f"the qrels judge {len(unknown)} queries the query file lacks, e.g. {unknown[0]!r}")
-        gallery_ids = set(Service.open(gallery_dir).gallery.existing([d for rel in qrels.values() for d in rel]))
-        missing = sorted({d for rel in qrels.values() for d in rel} - gallery_ids)
+        judged = {d for rel in qrels.values() for d in rel}
+        missing = sorted(judged - set(service.gallery.existing(sorted(judged))))
         if missing:
             raise CompatretError(f"the qrels name {len(missing)} documents the gallery lacks, e.g. {missing[0]!r}")
         queries = {q: queries[q] for q in qrels}
-    serving_id = Service.open(gallery_dir).meta.serving.id
-    before = search_run(gallery_dir, None, queries, k=k)
-    after = search_run(gallery_dir, candidate, queries, k=k)
+    serving_id = service.meta.serving.id
+    before = service_run(service, None, queries, k=k)
+    after = service_run(service, candidate, queries, k=k)
     scored: dict[str, dict[str, dict[str, float]]] = {}
     differences: dict[str, Interval] = {}
     flips: list[str] = []
@@ -170,6 +170,15 @@ def compare(gallery_dir: str | Path, candidate: str, queries: Mapping[str, str],
 
 
 GATE_DIR = "gate"  # beside the gallery's table: the operator's queries and judgements for HTTP upgrades
+GATE_FILES = ("queries.jsonl", "qrels.tsv")
+
+
+def stored_gate(gallery_dir: str | Path) -> tuple[Path, Path]:
+    """The gate files `compatret index gate` stored beside the gallery; an error naming that command if absent."""
+    queries, qrels = (Path(gallery_dir) / GATE_DIR / name for name in GATE_FILES)
+    if not queries.is_file() or not qrels.is_file():
+        raise CompatretError("no gate queries stored for this gallery: an operator runs `compatret index gate DIR --queries Q --qrels R`")
+    return queries, qrels
 
 
 def gate_check(gallery_dir: str | Path, model: str, queries: str | Path, qrels: str | Path, max_drop: float = 0.005,
@@ -204,7 +213,7 @@ def store_gate(gallery_dir: str | Path, queries: str | Path, qrels: str | Path) 
     read_queries(queries), read_qrels(qrels)  # refuse bad files before anything is written
     folder = Path(gallery_dir) / GATE_DIR
     folder.mkdir(exist_ok=True)
-    for src, name in ((queries, "queries.jsonl"), (qrels, "qrels.tsv")):
+    for src, name in zip((queries, qrels), GATE_FILES):
         tmp = folder / f".{name}.tmp"
         shutil.copyfile(src, tmp)
         os.replace(tmp, folder / name)

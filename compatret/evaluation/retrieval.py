@@ -7,7 +7,7 @@ searched through `Service.query`, so the lineage and Compat rules decide what is
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -48,10 +48,16 @@ def search_run(
     gallery's own space, skipping the lineage check: what a naive system does, kept only
     to measure how wrong an incompatible model is.
     """
-    from compatret.encoders import load_encoder
     from compatret.index.service import Service
 
-    service = Service.open(gallery_dir)
+    return service_run(Service.open(gallery_dir), query_model, queries, k, unchecked, batch_size)
+
+
+def service_run(service: Any, query_model: str | None, queries: Mapping[str, str], k: int = 100, unchecked: bool = False,
+                batch_size: int = 64) -> Run:
+    """search_run on an open Service: several runs share its search view and kernels."""
+    from compatret.encoders import load_encoder
+
     qids = list(queries)
     texts = [queries[q] for q in qids]
     if unchecked:

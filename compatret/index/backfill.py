@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from compatret.errors import CompatretError
-from compatret.index.gallery import sql_quote
+from compatret.index.gallery import item_inputs, sql_quote
 from compatret.index.interrupt import stop_on_sigint
 from compatret.index.search import make_kernel, sample_parts
 from compatret.index.service import Service
@@ -137,12 +137,6 @@ def plan_order(service: Service, ids: list[str], order: str, block: int = 1) -> 
     raise CompatretError(f"unknown order {order!r}; choose from {ORDERS}")
 
 
-def _inputs(rows: dict[str, dict[str, Any]], ids: list[str], modality: str) -> list[Any]:
-    if modality == "image":
-        return [rows[i]["image"] for i in ids]
-    return [{"title": rows[i].get("title"), "text": rows[i].get("text")} for i in ids]
-
-
 def _check_bounds(limit: int | None, fraction: float | None, batch_size: int) -> None:
     if limit is not None and fraction is not None:
         raise CompatretError("give --limit or --fraction, not both")
@@ -207,7 +201,7 @@ def backfill(
                 rows = gallery.payloads(queue[s : s + batch_size])
                 ids = [i for i in queue[s : s + batch_size] if i in rows and rows[i]["model_version"] != serving.id]
                 if ids:
-                    vecs = encoder.encode_items(_inputs(rows, ids, meta.modality), batch_size=batch_size)  # type: ignore[union-attr]
+                    vecs = encoder.encode_items(item_inputs(rows, ids, meta.modality), batch_size=batch_size)  # type: ignore[union-attr]
                     with gallery.writing("backfill"):
                         if gallery.meta.serving.id != serving.id:
                             note = f"serving model changed to {gallery.meta.serving.id!r} during the run: rerun to continue"

@@ -150,6 +150,13 @@ class Payloads:
         return Payloads(*(table.column(c).to_pylist() for c in PAYLOAD_COLUMNS))
 
 
+def item_inputs(rows: dict[str, dict[str, Any]], ids: Sequence[str], modality: str) -> list[Any]:
+    """What an encoder embeds for stored rows (read with their payload columns): image bytes, or title and text."""
+    if modality == "image":
+        return [rows[i]["image"] for i in ids]
+    return [{"title": rows[i].get("title"), "text": rows[i].get("text")} for i in ids]
+
+
 def rows_table(schema: pa.Schema, column: str, version_id: str, ids: Sequence[str], vectors: np.ndarray,
                payloads: Payloads = Payloads()) -> pa.Table:
     """Rows as the table stores them: payload, the model version, the vectors in `column` and

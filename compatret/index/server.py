@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from compatret.encoders import ALIASES
 from compatret.errors import CompatretError
-from compatret.evaluation.regression import GATE_DIR, gate_check
+from compatret.evaluation.regression import gate_check, stored_gate
 from compatret.index.auth import ApiKeys, Scope
 from compatret.index.backfill import backfill, pending_rows
 from compatret.index.backfill_job import BackfillJob
@@ -400,10 +400,8 @@ def _write_routes(app: FastAPI, r: _Routes) -> None:
         spec = r.model_spec(req.model, for_upgrade=True)
         gate = None
         if req.gate:
-            folder = r.directory / GATE_DIR
-            if not (folder / "queries.jsonl").is_file() or not (folder / "qrels.tsv").is_file():
-                raise HTTPException(400, "no gate queries stored for this gallery: an operator runs `compatret index gate DIR --queries Q --qrels R`")
-            gate = _refused(gate_check, r.directory, spec, folder / "queries.jsonl", folder / "qrels.tsv", req.max_drop, req.max_flips)
+            queries, qrels = _refused(stored_gate, r.directory)
+            gate = _refused(gate_check, r.directory, spec, queries, qrels, req.max_drop, req.max_flips)
         meta = _refused(service.upgrade, spec, gate=gate)
         return {"serving": meta.serving.id, "gate": gate}
 

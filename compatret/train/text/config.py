@@ -15,7 +15,6 @@ from compatret.errors import CompatretError
 
 METHODS = ("star", "adore", "bct", "bt2", "oca")
 Method = Literal["star", "adore", "bct", "bt2", "oca"]
-PER_RUN = ("gallery", "out")  # where a run reads and writes: given per run, a recipe may leave them out
 
 
 class RetrieverConfig(BaseModel):

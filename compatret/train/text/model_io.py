@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from torch import nn
 
 from compatret.encoders.base import ENCODER_FILE, write_encoder_config
-from compatret.encoders.registry import ALIASES, _minilm_l6_dir
+from compatret.encoders.registry import ALIASES, _minilm_l6_dir, adapter_parts, read_encoder_config
 from compatret.errors import CompatretError
 from compatret.train.text.heads import ExtensionHead
-from compatret.versions import VERSION_FILE, LearnedMap, ModelVersion, confined
+from compatret.versions import VERSION_FILE, ModelVersion
 
 ITEM_ENCODER_DIR = "item_encoder"
 TRAINABLE_ALIASES = {"minilm-l6": _minilm_l6_dir}
@@ -33,7 +32,7 @@ def load_trainable(spec: str, device: str = "cpu") -> nn.Module:
         raise CompatretError(f"{spec} is a frozen model and cannot be trained; start from minilm-l6 (--init)")
     path = Path(spec)
     cfg = path / ENCODER_FILE
-    settings = json.loads(cfg.read_text()) if cfg.exists() else {}
+    settings = read_encoder_config(path) if cfg.exists() else {}
     if settings.get("kind") == "adapted":
         return _trainable_adapter(path, settings, device)
     if settings.get("kind") != "sentence-transformers":
@@ -49,11 +48,10 @@ def _trainable_adapter(path: Path, settings: dict, device: str) -> nn.Module:
     from sentence_transformers.base.modules.dense import Dense
     from sentence_transformers.base.modules.normalize import Normalize
 
-    head = LearnedMap.load(confined(path, str(settings.get("head", "")), "head"))
+    base, head = adapter_parts(path, settings)
     if head.w1 is not None:
         raise CompatretError(f"{path}'s head is an MLP: --init takes a linear adapter (compatret adapt --direction query --kind affine)")
-    base = str(settings.get("base", ""))
-    model = load_trainable(base if base in ALIASES else str(confined(path, base, "base")), device)
+    model = load_trainable(base, device)
     weight, bias = torch.from_numpy(head.weight.T.copy()), torch.from_numpy(head.bias.copy())
     model.append(Dense(weight.shape[1], weight.shape[0], bias=True, activation_function=nn.Identity(), init_weight=weight,  # type: ignore[attr-defined]
                        init_bias=bias).to(device))

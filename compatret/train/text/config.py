@@ -81,6 +81,8 @@ class RetrieverConfig(BaseModel):
             d.pop("align_docs")  # added later: unset, it keeps the fingerprints of runs that predate it
         for key in ("gallery", "train_data"):
             d[key] = str(Path(d[key]).resolve())
+        if self.method != "adore":
+            d["batches"] = "clean"  # batches without in-batch false negatives: weights differ from earlier runs
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

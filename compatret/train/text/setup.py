@@ -75,16 +75,18 @@ def load_training_set(cfg: RetrieverConfig, progress: bool = True) -> TrainingSe
     return TrainingSet(old_version, vectors, kernel, queries, positives, pairs, doc_texts, negatives)
 
 
-def sample_negatives(ts: TrainingSet, query_idx: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n static hard negatives per query (random corpus rows when a query has too few)."""
+def sample_negatives(ts: TrainingSet, query_idx: np.ndarray, n: int, rng: np.random.Generator,
+                     exclude: set[int] | None = None) -> np.ndarray:
+    """n static hard negatives per query (random corpus rows when a query has too few), none of them in `exclude`."""
     known = ts.text_rows
     assert ts.negatives is not None
+    exclude = exclude or set()
     out = np.empty((len(query_idx), n), dtype=np.int64)
     for i, q in enumerate(query_idx):
-        pool = ts.negatives[q]
+        pool = ts.negatives[q][~np.isin(ts.negatives[q], list(exclude))]
         if len(pool) >= n:
             out[i] = rng.choice(pool, size=n, replace=False)
         else:
-            extra = rng.choice(known[~np.isin(known, list(ts.positives[q]))], size=n - len(pool), replace=False)
+            extra = rng.choice(known[~np.isin(known, list(ts.positives[q] | exclude | set(pool.tolist())))], size=n - len(pool), replace=False)
             out[i] = np.concatenate([pool, extra])
     return out

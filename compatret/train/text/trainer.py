@@ -26,6 +26,7 @@ from compatret.losses.ranking import AdoreLoss, StarLoss
 from compatret.losses.retrieval_compat import CompatRetrievalLoss
 from compatret.train.checkpoint import load_checkpoint, save_checkpoint
 from compatret.train.seeding import seed_everything
+from compatret.train.text.batches import clean_batches, plain_batches
 from compatret.train.text.config import RetrieverConfig
 from compatret.train.text.heads import ExtensionHead, alignment_map
 from compatret.train.text.mining import dynamic_candidates
@@ -76,6 +77,22 @@ def new_version(cfg: RetrieverConfig, ts: TrainingSet, dim: int) -> ModelVersion
     return ModelVersion(vid, dim, "text", parent=ts.old_version, compat=compat, method=how)
 
 
+def batch_plan(cfg: RetrieverConfig, ts: TrainingSet) -> list[np.ndarray]:
+    """Every step's pair indices, epoch after epoch: clean batches where the loss uses in-batch negatives.
+
+    ADORE's loss has none (it ranks each query against retrieved gallery rows, all its positives
+    known), so it keeps plain batches.
+    """
+    plan: list[np.ndarray] = []
+    for epoch in range(cfg.epochs):
+        rng = np.random.default_rng([cfg.seed, epoch])
+        if cfg.method == "adore":
+            plan += plain_batches(len(ts.pairs), cfg.batch_size, rng)
+        else:
+            plan += clean_batches(ts.pairs, ts.positives, cfg.batch_size, rng)
+    return plan
+
+
 def _item_step(cfg: RetrieverConfig, ts: TrainingSet, model: nn.Module) -> Step:
     """Query, positive and hard-negative columns through a STAR or compat loss."""
     if cfg.method == "star":
@@ -86,7 +103,8 @@ def _item_step(cfg: RetrieverConfig, ts: TrainingSet, model: nn.Module) -> Step:
 
     def step(batch: np.ndarray, rng: np.random.Generator) -> dict[str, Tensor]:
         q, pos = batch[:, 0], batch[:, 1]
-        negs = sample_negatives(ts, q, cfg.hard_negatives, rng)
+        relevant = set().union(*(ts.positives[i] for i in q))  # no batch query's positive as anyone's negative
+        negs = sample_negatives(ts, q, cfg.hard_negatives, rng, exclude=relevant)
         rows = np.concatenate([pos[:, None], negs], axis=1)
         columns = [[ts.queries[i] for i in q]] + [[ts.doc_texts[r] for r in rows[:, c]] for c in range(rows.shape[1])]
         features = [_to_device(model.preprocess(col)) for col in columns]  # type: ignore[attr-defined]
@@ -136,8 +154,8 @@ def train_retriever(cfg: RetrieverConfig, progress: bool = True) -> Path:
     ts = load_training_set(cfg, progress=progress)
     model = build_model(cfg, ts)
     step_fn = _adore_step(cfg, ts, model) if cfg.method == "adore" else _item_step(cfg, ts, model)
-    per_epoch = max(1, len(ts.pairs) // cfg.batch_size)
-    total = min(per_epoch * cfg.epochs, cfg.max_steps or per_epoch * cfg.epochs)
+    plan = batch_plan(cfg, ts)
+    total = min(len(plan), cfg.max_steps or len(plan))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.01)
     warmup = max(1, total // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
@@ -156,10 +174,7 @@ def train_retriever(cfg: RetrieverConfig, progress: bool = True) -> Path:
     sums: dict[str, float] = {}
     t0 = time.perf_counter()
     for step in range(start, total):
-        epoch, i = divmod(step, per_epoch)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(ts.pairs))
-        batch = ts.pairs[order[i * cfg.batch_size : (i + 1) * cfg.batch_size]]
-        parts = step_fn(batch, np.random.default_rng([cfg.seed, epoch, step]))
+        parts = step_fn(ts.pairs[plan[step]], np.random.default_rng([cfg.seed, step]))
         parts["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -13,7 +13,7 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -166,9 +166,11 @@ def backfill(
     batch_size: int = 64,
     progress: bool = True,
     ray: RayOptions | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> BackfillReport:
     """Re-embed pending rows with the serving model until `limit` rows are done this run, or
     until `fraction` of all rows carry serving-model vectors (whichever is given; else all).
+    Ctrl-C, or `should_stop()` turning true (a server's stop request), ends it after the batch in hand.
 
     Each batch is read, embedded, then committed under the writer lock (held for the commit
     only, so other writers interleave); a row deleted or re-embedded meanwhile is left alone.
@@ -196,6 +198,8 @@ def backfill(
     with stop_on_sigint() as stop:
         try:
             for n, s in enumerate(range(0, len(queue), batch_size), 1):
+                if should_stop is not None and should_stop():
+                    stop.set()
                 if stop.is_set():
                     break
                 rows = gallery.payloads(queue[s : s + batch_size])

@@ -1,7 +1,8 @@
 """The background backfill a server runs, seen alike by all its worker processes and after a restart.
 
 The job holds a file lock in the gallery for as long as it runs (so a second start, from any
-worker, is refused) and writes its last report or error next to it when it ends.
+worker, is refused) and writes its last report or error next to it when it ends. A stop is a
+file too, so a request to any worker reaches the one running the job.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from compatret.errors import CompatretError
 
 JOB_LOCK = ".backfill-job.lock"
 JOB_FILE = ".backfill-job.json"
+STOP_FILE = ".backfill-job.stop"
 
 
 class BackfillJob:
@@ -39,6 +41,16 @@ class BackfillJob:
         lock.release()
         return False
 
+    def request_stop(self) -> bool:
+        """Ask the running job to stop after its batch in hand; False when none runs."""
+        if not self.running():
+            return False
+        (self.dir / STOP_FILE).touch()
+        return True
+
+    def stop_requested(self) -> bool:
+        return (self.dir / STOP_FILE).exists()
+
     def last(self) -> dict[str, Any]:
         """{"report": ..., "error": ...} of the last job that ended ({} before the first)."""
         try:
@@ -54,6 +66,7 @@ class BackfillJob:
             lock.acquire(timeout=0)
         except Timeout:
             return False
+        (self.dir / STOP_FILE).unlink(missing_ok=True)  # a stop asked of an earlier job is not this one's
 
         def target() -> None:
             outcome: dict[str, Any] = {"report": None, "error": None}
@@ -69,6 +82,7 @@ class BackfillJob:
                 tmp = self.dir / f".{JOB_FILE}.{os.getpid()}.tmp"
                 tmp.write_text(json.dumps(outcome))
                 os.replace(tmp, self.dir / JOB_FILE)
+                (self.dir / STOP_FILE).unlink(missing_ok=True)
                 lock.release()
 
         threading.Thread(target=target, daemon=True).start()

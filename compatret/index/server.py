@@ -1,4 +1,5 @@
-"""HTTP service over one gallery (FastAPI): query, add, delete, upgrade, backfill, health.
+"""HTTP service over one gallery (FastAPI): query, add, delete, upgrade, backfill, history,
+rollback, health, and the web console at `/` (see `console`).
 
 Safe to expose: API keys with read and write scopes (see `auth`), no server paths from
 clients (images arrive as base64 bytes, models are named by id, alias or a folder name in the
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -32,6 +33,9 @@ from compatret.evaluation.regression import gate_check, stored_gate
 from compatret.index.auth import ApiKeys, Scope
 from compatret.index.backfill import backfill, pending_rows
 from compatret.index.backfill_job import BackfillJob
+from compatret.index.console import CONSOLE_PREFIX, mount_console
+from compatret.index.history import grouped, history, rollback
+from compatret.index.overview import overview
 from compatret.index.service import Service
 from compatret.versions import VERSION_FILE, confined
 
@@ -133,6 +137,10 @@ class UpgradeRequest(Strict):
     max_flips: float = Field(0.05, ge=0.0, le=1.0)
 
 
+class RollbackRequest(Strict):
+    version: int = Field(ge=1, description="The table version to restore (see GET /history).")
+
+
 class BackfillRequest(Strict):
     limit: int | None = Field(None, ge=0)
     fraction: float | None = Field(None, ge=0.0, le=1.0)
@@ -169,6 +177,41 @@ class BackfillStatus(BaseModel):
     last_error: str | None
 
 
+class LineageEntry(BaseModel):
+    id: str
+    dim: int
+    rule: str
+    method: str | None
+    rows: int
+    serving: bool
+
+
+class GalleryView(BaseModel):
+    rows: int
+    rows_by_version: dict[str, int]
+    dim: int
+    metric: str
+    modality: str
+    serving: str
+    lineage: list[LineageEntry]
+    query_models: list[str]
+    kernel: str
+    ann: str
+    table_version: int
+    disk_bytes: int
+    can_write: bool
+
+
+class HistoryEntry(BaseModel):
+    version: int
+    to_version: int | None = None
+    batches: int | None = None
+    time: str
+    rows: int
+    serving: str | None
+    change: str
+
+
 class ErrorBody(BaseModel):
     detail: Any
 
@@ -180,14 +223,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-OPEN_PATHS = ("/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
-READ_ROUTES = {("POST", "/query"), ("GET", "/backfill")}
+OPEN_PATHS = ("/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/")
+READ_ROUTES = {("POST", "/query"), ("GET", "/backfill"), ("GET", "/gallery"), ("GET", "/history")}
 
 
 def needed_scope(method: str, path: str) -> Scope | None:
-    """The scope a request needs: none for health and the API docs, read for queries and status,
-    write for everything else (unknown routes included)."""
-    if method in ("GET", "HEAD") and path in OPEN_PATHS:
+    """The scope a request needs: none for health, the API docs and the console's static files
+    (they hold no data), read for queries and status, write for everything else (unknown routes included)."""
+    if method in ("GET", "HEAD") and (path in OPEN_PATHS or path.startswith(CONSOLE_PREFIX)):
         return None
     return "read" if (method, path) in READ_ROUTES else "write"
 
@@ -202,6 +245,7 @@ class KeyCheck:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         needed = needed_scope(scope.get("method", ""), scope.get("path", "")) if scope["type"] == "http" else None
         if needed is None or not self.keys.enabled:
+            scope.setdefault("state", {})["key_scope"] = "write" if not self.keys.enabled else None
             await self.app(scope, receive, send)
             return
         header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
@@ -213,6 +257,7 @@ class KeyCheck:
         elif needed == "write" and granted != "write":
             response = JSONResponse({"detail": "this key may read only: writes need a write key"}, status_code=403)
         else:
+            scope.setdefault("state", {})["key_scope"] = granted  # the console shows write actions to write keys only
             await self.app(scope, receive, send)
             return
         await response(scope, receive, send)
@@ -282,6 +327,7 @@ def create_app(directory: str | Path, refresh_seconds: float = 1.0, keys: ApiKey
                      HTTPBearer(auto_error=False, description="An API key: `read` scope for queries and status, `write` for everything."))
     _read_routes(app, routes)
     _write_routes(app, routes)
+    mount_console(app)
     return app
 
 
@@ -377,6 +423,15 @@ def _read_routes(app: FastAPI, r: _Routes) -> None:
                 "unembeddable": len(pending.unembeddable), "running": running, "last_report": last.get("report"),
                 "last_error": last.get("error")}
 
+    @app.get("/gallery", response_model=GalleryView, responses=ERRORS, dependencies=[r.access("read")])
+    def gallery(request: Request) -> dict[str, Any]:
+        return {**overview(service), "can_write": getattr(request.state, "key_scope", None) == "write"}
+
+    @app.get("/history", response_model=list[HistoryEntry], responses=ERRORS, dependencies=[r.access("read")])
+    def table_history(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
+        """The newest `limit` entries, newest first; a backfill's batches are one entry."""
+        return grouped(history(service))[::-1][:limit]
+
 
 def _write_routes(app: FastAPI, r: _Routes) -> None:
     service = r.service
@@ -412,8 +467,24 @@ def _write_routes(app: FastAPI, r: _Routes) -> None:
 
         def run() -> dict[str, Any]:
             worker = Service.open(r.directory)  # its own handle: queries keep the shared one
-            return backfill(worker, req.limit, req.fraction, req.order, req.batch_size, progress=False).to_dict()
+            return backfill(worker, req.limit, req.fraction, req.order, req.batch_size, progress=False,
+                            should_stop=r.job.stop_requested).to_dict()
 
         if not r.job.start(run):
             raise HTTPException(status_code=409, detail="a backfill is already running")
         return {"started": True}
+
+    @app.post("/backfill/stop", status_code=202, responses=ERRORS, dependencies=[r.access("write")])
+    def stop_backfill() -> dict[str, bool]:
+        """Ask the running backfill to stop after the batch in hand (what it committed stays; a new start resumes)."""
+        if not r.job.request_stop():
+            raise HTTPException(status_code=409, detail="no backfill is running")
+        return {"stopping": True}
+
+    @app.post("/rollback", responses=ERRORS, dependencies=[r.access("write")])
+    def restore(req: RollbackRequest) -> dict[str, Any]:
+        """Restore the rows, vectors and serving model of an earlier table version, as a new version."""
+        if r.job.running():
+            raise HTTPException(status_code=409, detail="a backfill is running: stop it before rolling back")
+        meta = _refused(rollback, service, req.version)
+        return {"restored": req.version, "serving": meta.serving.id, "table_version": service.gallery.version}

@@ -150,7 +150,7 @@ async function poll() {
     renderBackfill(status);
     // the gallery view is the search snapshot, which follows the table a moment later: read it every time
     await attempt(async () => { renderGallery(await api("GET", "/gallery")); });
-    if (wasRunning && !status.running) await attempt(async () => renderHistory(await api("GET", "/history?limit=50")));
+    if (status.running || wasRunning) await attempt(async () => renderHistory(await api("GET", "/history?limit=50")));
   }
   view.timer = setTimeout(poll, view.running ? 700 : 4000);
 }

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -175,16 +175,36 @@ def index_gate(directory: str, queries: str, qrels: str, as_json: bool) -> None:
     emit({"gate": str(folder)}, as_json, f"stored the gate queries in {folder}")
 
 
+def gate_options(purpose: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--gate, --qrels, --max-drop, --max-flips: the regression gate's options (upgrade, backfill)."""
+    options = [
+        click.option("--gate", "gate_queries", type=click.Path(dir_okay=False), help=f"Queries (.jsonl, `_id` and `text`): {purpose}."),
+        click.option("--qrels", type=click.Path(dir_okay=False), help="Judgements for --gate (BEIR qrels TSV)."),
+        click.option("--max-drop", type=float, default=0.005, show_default=True,
+                     help="Fail when the lower 95% bound of the nDCG@10 change is below minus this."),
+        click.option("--max-flips", type=float, default=0.05, show_default=True,
+                     help="Fail when more than this fraction of queries lose their relevant top-10 hit."),
+    ]
+
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+def gate_files(queries: str | None, qrels: str | None) -> bool:
+    """Whether a gate was asked for; one error when only half of it was."""
+    if (queries is None) != (qrels is None):
+        raise CompatretError("the gate needs both --gate QUERIES and --qrels JUDGEMENTS")
+    return queries is not None
+
+
 @index.command("upgrade")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--model", required=True, help="The new model: its lineage must reach the gallery's model.")
-@click.option("--gate", "gate_queries", type=click.Path(dir_okay=False),
-              help="Queries (.jsonl, `_id` and `text`) to check the new model on first: refuse the upgrade if it serves them worse.")
-@click.option("--qrels", type=click.Path(dir_okay=False), help="Judgements for --gate (BEIR qrels TSV).")
-@click.option("--max-drop", type=float, default=0.005, show_default=True,
-              help="Refuse when the lower 95%% bound of the nDCG@10 change is below minus this.")
-@click.option("--max-flips", type=float, default=0.05, show_default=True,
-              help="Refuse when more than this fraction of queries lose their relevant top-10 hit.")
+@gate_options("check the new model on them first: refuse the upgrade if it serves them worse")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def index_upgrade(directory: str, model: str, gate_queries: str | None, qrels: str | None, max_drop: float, max_flips: float,
@@ -197,12 +217,10 @@ def index_upgrade(directory: str, model: str, gate_queries: str | None, qrels: s
     service = Service.open(directory)
     before = service.meta.serving.id
     gate = None
-    if gate_queries or qrels:
+    if gate_files(gate_queries, qrels):
         from compatret.evaluation.regression import gate_check
 
-        if gate_queries is None or qrels is None:
-            raise CompatretError("the upgrade gate needs both --gate QUERIES and --qrels JUDGEMENTS")
-        gate = gate_check(directory, model, gate_queries, qrels, max_drop, max_flips)
+        gate = gate_check(directory, model, gate_queries, qrels, max_drop, max_flips)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     meta = service.upgrade(model, gate=gate)
     dt = time.perf_counter() - t0
@@ -249,17 +267,31 @@ def index_info(directory: str, as_json: bool) -> None:
 @click.option("--order", type=click.Choice(["random", "uncertainty"]), default="random", show_default=True,
               help="random: batches of consecutive rows in shuffled order; uncertainty: crowded old vectors first")
 @click.option("--batch-size", type=int, default=64, show_default=True)
+@gate_options("check them at 10 %, 50 % and 100 % of rows backfilled, and stop if the gallery serves them worse than "
+              "when this run began")
 @engine_options
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def index_backfill(directory: str, limit: int | None, fraction: float | None, order: str, batch_size: int, engine: dict[str, Any],
-                   as_json: bool) -> None:
+def index_backfill(directory: str, engine: dict[str, Any], as_json: bool, **opts: Any) -> None:
     """Re-embed rows with the serving model, one atomic commit per batch; stop any time, rerun to resume."""
     from compatret.index.backfill import backfill
     from compatret.index.service import Service
 
-    ray = ray_options(engine, batch_size)
-    report = backfill(Service.open(directory), limit, fraction, order, batch_size, progress=not as_json, ray=ray)
+    ray = ray_options(engine, opts["batch_size"])
+
+    def run_to(fraction: float | None, limit: int | None = None) -> Any:
+        return backfill(Service.open(directory), limit, fraction, opts["order"], opts["batch_size"], progress=not as_json, ray=ray)
+
+    if gate_files(opts["gate_queries"], opts["qrels"]):
+        _gated_backfill(directory, run_to, opts, as_json)
+        return
+    report = run_to(opts["fraction"], opts["limit"])
+    emit(report.to_dict(), as_json, _backfill_text(report))
+    if report.stopped:
+        sys.exit(130)
+
+
+def _backfill_text(report: Any) -> str:
     verb = "stopped after" if report.stopped else "re-embedded"
     text = (f"{verb} {report.done} rows with {report.serving} ({report.rows_per_s:.1f} rows/s); "
             f"{report.remaining} rows still carry older vectors")
@@ -267,9 +299,36 @@ def index_backfill(directory: str, limit: int | None, fraction: float | None, or
         text += f"\nskipped {report.skipped} rows with no text or image to re-embed, e.g. {', '.join(report.skipped_examples)}"
     if report.note:
         text += f"\n{report.note}"
-    emit(report.to_dict(), as_json, text)
-    if report.stopped:
+    return text
+
+
+def _gated_backfill(directory: str, run_to: Callable[..., Any], opts: dict[str, Any], as_json: bool) -> None:
+    """Backfill checkpoint by checkpoint; the steps on stdout, and one error line if the gate stopped it."""
+    from compatret.evaluation.regression import BackfillGate, gated_backfill
+
+    if opts["limit"] is not None:
+        raise CompatretError("--gate checks at shares of rows: give --fraction, not --limit")
+    gate = BackfillGate.open(directory, opts["gate_queries"], opts["qrels"], opts["max_drop"], opts["max_flips"])
+    steps = gated_backfill(gate, run_to, opts["fraction"] or 1.0)
+    lines = []
+    for step in steps:
+        line = f"{100 * step['fraction']:.0f} %: {_backfill_text_short(step['report'])}"
+        if "gate" in step:
+            g, c = step["gate"], step["gate"]["change"]
+            line += (f"; nDCG@10 {g['ndcg_at_10_before']:.4f} -> {g['ndcg_at_10_now']:.4f} ({c['mean']:+.4f}, 95% CI "
+                     f"[{c['low']:+.4f}, {c['high']:+.4f}]), flips {100 * g['negative_flip_rate']:.1f}%: {'pass' if g['passed'] else 'FAIL'}")
+        lines.append(line)
+    emit({"steps": steps}, as_json, "\n".join(lines))
+    last = steps[-1]
+    if last["report"]["stopped"]:
         sys.exit(130)
+    if "gate" in last and not last["gate"]["passed"]:
+        raise CompatretError(f"gate: at {100 * last['fraction']:.0f} % of rows backfilled the gallery serves the gate queries worse than "
+                             "when this run began; backfill stopped (rerun to resume, or `compatret index rollback`)")
+
+
+def _backfill_text_short(report: dict[str, Any]) -> str:
+    return f"re-embedded {report['done']} rows, {report['remaining']} still older" + (f" ({report['note']})" if report["note"] else "")
 
 
 @index.command("verify")

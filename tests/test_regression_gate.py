@@ -160,3 +160,70 @@ def test_http_upgrade_gate_uses_the_operators_stored_queries(text_env, judged, d
     assert s.gallery.latest_version() == before and s.meta.serving.id == "minilm-l6"
     passed = c.post("/upgrade", json={"model": "minilm-l6", "gate": True})
     assert passed.status_code == 200 and passed.json()["gate"]["negative_flip_rate"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def towers(text_env, tmp_path_factory):  # noqa: F811
+    """A gallery of 60 SciFact documents with text, its judgements, and models that all query exactly
+    as all-MiniLM-L6-v2 cut to 32 tokens (`short`, the gallery's model): `same` embeds items that way
+    too; `worse_items` (its child) embeds them with a tower wrecked by noise. The upgrade gate cannot
+    tell the two apart (queries unchanged on old vectors); only a gated backfill sees the second's rows."""
+    import torch
+
+    from compatret.train.text.model_io import load_trainable, save_retriever
+    from compatret.versions import Compat, ModelVersion
+
+    def tower(noise: float = 0.0):  # noqa: ANN202
+        model = load_trainable("minilm-l6")
+        model.max_seq_length = 32
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(noise * torch.randn(p.shape, generator=gen))
+        return model
+
+    root = tmp_path_factory.mktemp("towers")
+    short = ModelVersion("l6-short", 384, "text", method="all-MiniLM-L6-v2 at 32 tokens")
+    same = ModelVersion("l6-same", 384, "text", parent=short, compat=Compat.identity(), method="the same weights, another name")
+    worse = ModelVersion("l6-worse-items", 384, "text", parent=same, compat=Compat.identity(), method="wrecked item tower")
+    save_retriever(tower(), root / "short", short)
+    save_retriever(tower(), root / "same", same)
+    save_retriever(tower(0.1), root / "wrecked-items", ModelVersion("wrecked-items", 384, "text", method="noise"))
+    save_retriever(tower(), root / "worse", worse, item_encoder=str(root / "wrecked-items"))
+    docs = [json.loads(line) for line in (text_env.beir / "corpus.jsonl").read_text().splitlines()]
+    judged_docs = set().union(*text_env.qrels.values())
+    keep = [d for d in docs if d["_id"] in judged_docs] + [d for d in docs if d["_id"] not in judged_docs][: 60 - len(judged_docs)]
+    Service.create(root / "g", model=str(root / "short")).add_items(
+        [{"id": d["_id"], "title": d["title"], "text": d["text"]} for d in keep], progress=False)
+    qrels = root / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, ds in text_env.qrels.items() for d in sorted(ds)))
+    return {"gallery": root / "g", "queries": str(text_env.beir / "queries.jsonl"), "qrels": str(qrels),
+            "same": str(root / "same"), "worse": str(root / "worse")}
+
+
+def test_gated_backfill_checks_each_checkpoint_and_stops_resumably_when_rows_regress(towers, tmp_path):
+    from compatret.evaluation.regression import BackfillGate, gate_check, gated_backfill
+    from compatret.index.backfill import backfill
+
+    g = tmp_path / "g"
+    shutil.copytree(towers["gallery"], g)
+    gate = ["--gate", towers["queries"], "--qrels", towers["qrels"]]
+    Service.open(g).upgrade(towers["same"])
+    checked = BackfillGate.open(g, towers["queries"], towers["qrels"])
+    steps = gated_backfill(checked, lambda f: backfill(Service.open(g), None, f, batch_size=6, progress=False), cap=0.3)
+    assert [s["fraction"] for s in steps] == [0.1, 0.3] and all(s["gate"]["passed"] for s in steps)
+    assert steps[-1]["gate"]["change"]["mean"] == pytest.approx(0.0, abs=1e-9)  # the same vectors under another name
+    assert Service.open(g).rows_by_version()["l6-same"] == 18
+
+    gate_check(g, towers["worse"], towers["queries"], towers["qrels"])  # its queries are the old ones: the upgrade gate passes
+    Service.open(g).upgrade(towers["worse"])
+    stopped = run("index", "backfill", str(g), *gate, "--batch-size", "6", "--json")
+    one_error_line(stopped, "% of rows backfilled the gallery serves the gate queries worse")
+    steps = json.loads(stopped.stdout)["steps"]
+    assert not steps[-1]["gate"]["passed"] and steps[-1]["fraction"] < 1.0 and all(s["gate"]["passed"] for s in steps[:-1])
+    worse_rows = Service.open(g).rows_by_version()["l6-worse-items"]
+    assert 6 <= worse_rows <= 30 and worse_rows == sum(s["report"]["done"] for s in steps)  # stopped at a checkpoint, batches kept
+    backfill(Service.open(g), progress=False)  # without the gate, a rerun goes on from there
+    assert Service.open(g).rows_by_version() == {"l6-worse-items": 60}
+    one_error_line(run("index", "backfill", str(g), "--gate", towers["queries"]), "needs both")
+    one_error_line(run("index", "backfill", str(g), *gate, "--limit", "5"), "--fraction, not --limit")

@@ -125,12 +125,24 @@ def test_keys_and_scopes(served, digit_models):
     assert r.status_code == 403 and "write key" in r.json()["detail"]
     assert client(served, READ_KEY).post("/upgrade", json={"model": "v2"}).status_code == 403
     assert client(served, READ_KEY).post("/backfill", json={}).status_code == 403
+    assert client(served, READ_KEY).post("/backfill/stop").status_code == 403
+    assert client(served, READ_KEY).post("/rollback", json={"version": 1}).status_code == 403
     assert client(served, None).post("/query", json={"vectors": [[1.0] * 16]}).status_code == 401
+    assert client(served, None).get("/gallery").status_code == 401
+    assert client(served, None).get("/history").status_code == 401
     assert table_version(served) == before
     # what the scopes allow
     assert client(served, READ_KEY).post("/query", json={"vectors": [[1.0] * 16], "k": 3}).status_code == 200
     assert client(served, READ_KEY).get("/backfill").status_code == 200
     assert client(served, None).get("/health").status_code == 200
+    # the console's page and files hold no data: open, with a policy that runs only its own script
+    page = client(served, None).get("/")
+    assert page.status_code == 200 and "script-src" not in page.headers["content-security-policy"]
+    assert "default-src 'self'" in page.headers["content-security-policy"] and "console.js" in page.text
+    assert client(served, None).get("/console/console.js").status_code == 200
+    assert client(served, None).get("/console/..%2F..%2Fserver.py").status_code == 404
+    assert client(served, READ_KEY).get("/gallery").json()["can_write"] is False
+    assert client(served).get("/gallery").json()["can_write"] is True
     img = base64.b64encode(digit_models["items"][100]["image"]).decode()
     r = client(served).post("/query", json={"images_base64": [img], "k": 3})
     assert r.status_code == 200 and len(r.json()["results"][0]["ids"]) == 3

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -131,6 +131,26 @@ class Regression:
                 "agreement": agree, "most_changed": [{"query": q, "change": v} for q, v in self.most_changed()]}
 
 
+def judged_queries(service: Any, queries: Mapping[str, str], qrels: Qrels | None) -> dict[str, str]:
+    """The queries to score (the judged ones when there are judgements), after the checks that make
+    the numbers mean something: text queries for a text gallery, and judgements that name queries
+    of the file and documents of the gallery."""
+    if not queries:
+        raise CompatretError("the query file holds no queries")
+    if service.meta.modality != "text":
+        raise CompatretError(f"this gallery holds {service.meta.modality} items: the queries are text")
+    if qrels is None:
+        return dict(queries)
+    unknown = sorted(set(qrels) - set(queries))
+    if unknown:
+        raise CompatretError(f"the qrels judge {len(unknown)} queries the query file lacks, e.g. {unknown[0]!r}")
+    judged = {d for rel in qrels.values() for d in rel}
+    missing = sorted(judged - set(service.gallery.existing(sorted(judged))))
+    if missing:
+        raise CompatretError(f"the qrels name {len(missing)} documents the gallery lacks, e.g. {missing[0]!r}")
+    return {q: queries[q] for q in qrels}
+
+
 def compare(gallery_dir: str | Path, candidate: str, queries: Mapping[str, str], qrels: Qrels | None = None,
             k: int = 100) -> Regression:
     """Search `queries` with the serving model and with `candidate` against the gallery as it is,
@@ -138,20 +158,8 @@ def compare(gallery_dir: str | Path, candidate: str, queries: Mapping[str, str],
     from compatret.evaluation.retrieval import service_run
     from compatret.index.service import Service
 
-    if not queries:
-        raise CompatretError("the query file holds no queries")
     service = Service.open(gallery_dir)  # one search view for both runs
-    if service.meta.modality != "text":
-        raise CompatretError(f"this gallery holds {service.meta.modality} items: the queries are text")
-    if qrels is not None:
-        unknown = sorted(set(qrels) - set(queries))
-        if unknown:
-            raise CompatretError(f"the qrels judge {len(unknown)} queries the query file lacks, e.g. {unknown[0]!r}")
-        judged = {d for rel in qrels.values() for d in rel}
-        missing = sorted(judged - set(service.gallery.existing(sorted(judged))))
-        if missing:
-            raise CompatretError(f"the qrels name {len(missing)} documents the gallery lacks, e.g. {missing[0]!r}")
-        queries = {q: queries[q] for q in qrels}
+    queries = judged_queries(service, queries, qrels)
     serving_id = service.meta.serving.id
     before = service_run(service, None, queries, k=k)
     after = service_run(service, candidate, queries, k=k)
@@ -218,3 +226,63 @@ def store_gate(gallery_dir: str | Path, queries: str | Path, qrels: str | Path) 
         shutil.copyfile(src, tmp)
         os.replace(tmp, folder / name)
     return folder
+
+
+BACKFILL_CHECKPOINTS = (0.1, 0.5, 1.0)  # shares of rows on the serving model's vectors where a gated backfill is checked
+
+
+@dataclass(frozen=True)
+class BackfillGate:
+    """The serving model's per-query results on the gallery when a backfill starts: each checkpoint
+    of the backfill is compared with them (the same queries, the same model, other vectors)."""
+
+    gallery_dir: Path
+    queries: dict[str, str]
+    qrels: Qrels
+    max_drop: float
+    max_flips: float
+    start: Run
+
+    @classmethod
+    def open(cls, gallery_dir: str | Path, queries: str | Path, qrels: str | Path, max_drop: float = 0.005,
+             max_flips: float = 0.05) -> BackfillGate:
+        from compatret.data.beir import read_qrels, read_queries
+        from compatret.evaluation.retrieval import service_run
+        from compatret.index.service import Service
+
+        if max_drop < 0 or not 0 <= max_flips <= 1:
+            raise CompatretError("--max-drop must be >= 0 and --max-flips within [0, 1]")
+        service = Service.open(gallery_dir)
+        judged = read_qrels(qrels)
+        chosen = judged_queries(service, read_queries(queries), judged)
+        return cls(Path(gallery_dir), chosen, judged, max_drop, max_flips, service_run(service, None, chosen))
+
+    def check(self) -> dict[str, Any]:
+        """The gallery now against the gallery at the start: nDCG@10 change with its interval, flips, and whether it passes."""
+        from compatret.evaluation.retrieval import service_run
+        from compatret.index.service import Service
+
+        now = service_run(Service.open(self.gallery_dir), None, self.queries)
+        before, after = per_query(self.qrels, self.start), per_query(self.qrels, now)
+        qids = sorted(self.qrels)
+        d = paired_bootstrap(np.array([after["ndcg_at_10"][q] - before["ndcg_at_10"][q] for q in qids]))
+        flip_rate = len(negative_flips(self.qrels, self.start, now)) / len(qids)
+        return {"ndcg_at_10_before": float(np.mean(list(before["ndcg_at_10"].values()))),
+                "ndcg_at_10_now": float(np.mean(list(after["ndcg_at_10"].values()))), "change": d.to_dict(),
+                "negative_flip_rate": flip_rate, "passed": d.low >= -self.max_drop and flip_rate <= self.max_flips}
+
+
+def gated_backfill(gate: BackfillGate, run_to: Callable[[float], Any], cap: float = 1.0) -> list[dict[str, Any]]:
+    """Backfill checkpoint by checkpoint (10 %, 50 %, 100 % of rows, at most `cap`) with `run_to(fraction)`,
+    checking the gate at each; stops at the first failure. What was committed stays (rerun to resume)."""
+    steps: list[dict[str, Any]] = []
+    for fraction in sorted({f for f in BACKFILL_CHECKPOINTS if f < cap} | {cap}):
+        report = run_to(fraction)
+        step: dict[str, Any] = {"fraction": fraction, "report": report.to_dict()}
+        steps.append(step)
+        if report.stopped or report.note:  # Ctrl-C, or the serving model changed meanwhile
+            break
+        step["gate"] = gate.check()
+        if not step["gate"]["passed"]:
+            break
+    return steps

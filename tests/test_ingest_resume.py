@@ -67,3 +67,26 @@ def test_same_id_other_content_refused(tmp_path, digit_models):
     with pytest.raises(CompatretError, match=r"other content, e\.g\. 'd3'"):
         s.add_items(changed, progress=False)
     assert s.gallery.version == version
+
+
+def test_add_progress_moves_per_encoded_slice_not_per_commit(digit_models):
+    """70 items in one commit: the bar moves after each encoder call of 32, and the vectors are
+    those of one call over all 70."""
+    from tqdm import tqdm
+
+    from compatret.encoders import load_encoder
+    from compatret.index.service import embed_with_progress
+
+    encoder = load_encoder(digit_models["v1"])
+    images = [it["image"] for it in digit_models["items"][:70]]
+    seen: list[int] = []
+
+    class Recording(tqdm):
+        def update(self, n: int = 1) -> bool | None:
+            seen.append(n)
+            return super().update(n)
+
+    with Recording(total=70, disable=True) as bar:
+        vecs = embed_with_progress(encoder, images, bar)
+    assert seen == [32, 32, 6]
+    np.testing.assert_allclose(vecs, encoder.encode_items(images, batch_size=70), atol=1e-5)

@@ -353,14 +353,14 @@ class Service:
                     return s
                 sl = slice(s, s + batch_size)
                 batch = [{"title": it.get("title"), "text": it.get("text")} for it in items[sl]] if not is_image else images[sl]
-                vecs = encoder.encode_items(batch, batch_size=batch_size)
+                vecs = embed_with_progress(encoder, batch, bar)
                 self._check_writer(vecs, meta.serving, meta)
                 vecs = normalize(vecs)
                 self.gallery.add_rows(
                     ids[sl], vecs, meta.serving, texts=texts[sl], images=images[sl],
                     metadata=[it.get("metadata") for it in items[sl]], titles=titles[sl],
                 )
-                bar.update(len(vecs))
+                bar.set_postfix(committed=s + len(vecs))
             bar.close()
             self.gallery.ensure_id_index()
         return len(items)
@@ -563,6 +563,18 @@ class Service:
             "kernel": backend_name(self.kernel_name),
             "history": list(meta.history),
         }
+
+
+ENCODE_BATCH = 32  # items per encoder call while adding: the progress bar moves this often
+
+
+def embed_with_progress(encoder: Encoder, batch: Sequence[Any], bar: Any) -> np.ndarray:
+    """encode_items in slices of ENCODE_BATCH, moving the bar after each (long abstracts take seconds per slice)."""
+    parts = []
+    for j in range(0, len(batch), ENCODE_BATCH):
+        parts.append(np.asarray(encoder.encode_items(list(batch[j : j + ENCODE_BATCH]), batch_size=ENCODE_BATCH)))
+        bar.update(len(parts[-1]))
+    return np.concatenate(parts)
 
 
 def check_query_vectors(vectors: Any, version: ModelVersion) -> np.ndarray:

@@ -147,16 +147,34 @@ def table(results: dict) -> str:
     f = lambda s: f"{s['ndcg_at_10']:.3f} / {s['mrr_at_10']:.3f} / {s['recall_at_100']:.3f}"  # noqa: E731
     lines = ["| model pair | nDCG@10 / MRR@10 / R@100 new→old | new→new | train min |", "|---|---|---|---|",
              f"| old/old (all-MiniLM-L6-v2) | {f(results['old_old'])} | | |"]
+    mark = lambda r: " †" if r.get("carried_over") else ""  # noqa: E731
     for m, r in results["methods"].items():
-        lines.append(f"| {m} | {f(r['new_old'])} | {f(r['new_new'])} | {r['train_minutes']:.1f} |")
+        lines.append(f"| {m}{mark(r)} | {f(r['new_old'])} | {f(r['new_new'])} | {r['train_minutes']:.1f} |")
     c = results["cross_arch"]
+    note = f"\n† {CARRIED}.\n" if c and c.get("carried_over") or any(r.get("carried_over") for r in results["methods"].values()) else ""
     if c is None:
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + note
     lines += [f"| cross-arch old/old (MiniLM-L3 ONNX) | {f(c['old_old'])} | | |",
               f"| cross-arch untrained MiniLM-L6 → L3 gallery (raw, incompatible) | {f(c['untrained_new_old'])} | | |",
-              f"| cross-arch L6 → L3 gallery ({results['config']['cross_arch']['method']}) | {f(c['new_old'])} | {f(c['new_new'])} | "
+              f"| cross-arch L6 → L3 gallery ({results['config']['cross_arch']['method']}){mark(c)} | {f(c['new_old'])} | {f(c['new_new'])} | "
               f"{results['config']['cross_arch']['train_minutes']:.1f} |"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + note
+
+
+CARRIED = "carried over from the previous results.json (not rerun this time: its settings or code may predate this run)"
+
+
+def carry_over(results: dict, previous_file: Path) -> None:
+    """Rows not run this time (--only) keep the previous run's numbers, marked as such in the file and the table."""
+    if not previous_file.exists():
+        return
+    previous = json.loads(previous_file.read_text())
+    for m in results["config"]["not_run"]:
+        if m == "cross" and previous.get("cross_arch"):
+            results["cross_arch"] = {**previous["cross_arch"], "carried_over": CARRIED}
+            results["config"]["cross_arch"] = previous["config"]["cross_arch"]
+        elif m in previous.get("methods", {}):
+            results["methods"][m] = {**previous["methods"][m], "carried_over": CARRIED}
 
 
 def estimate(results: dict, full: BeirData) -> dict:
@@ -200,6 +218,7 @@ def main() -> None:
         work = args.work or index_home() / "compat_text"
         results = run(work, full, dataset("scifact"), max_steps=None, only=args.only)
         out_json, out_md = HERE / "results.json", HERE / "results.md"
+        carry_over(results, out_json)
     results["config"]["total_minutes"] = round((time.perf_counter() - t0) / 60, 1)
     out_json.write_text(json.dumps(results, indent=2) + "\n")
     out_md.write_text("# Compatible text retrievers on SciFact\n\n" + table(results))

@@ -308,8 +308,11 @@ def _gated_backfill(directory: str, run_to: Callable[..., Any], opts: dict[str, 
 
     if opts["limit"] is not None:
         raise CompatretError("--gate checks at shares of rows: give --fraction, not --limit")
+    cap = 1.0 if opts["fraction"] is None else opts["fraction"]
+    if not 0 < cap <= 1:
+        raise CompatretError(f"--fraction must be in (0, 1], got {cap}")
     gate = BackfillGate.open(directory, opts["gate_queries"], opts["qrels"], opts["max_drop"], opts["max_flips"])
-    steps = gated_backfill(gate, run_to, opts["fraction"] or 1.0)
+    steps = gated_backfill(gate, run_to, cap)
     lines = []
     for step in steps:
         line = f"{100 * step['fraction']:.0f} %: {_backfill_text_short(step['report'])}"
@@ -324,7 +327,8 @@ def _gated_backfill(directory: str, run_to: Callable[..., Any], opts: dict[str, 
         sys.exit(130)
     if "gate" in last and not last["gate"]["passed"]:
         raise CompatretError(f"gate: at {100 * last['fraction']:.0f} % of rows backfilled the gallery serves the gate queries worse than "
-                             "when this run began; backfill stopped (rerun to resume, or `compatret index rollback`)")
+                             f"when this run began; backfill stopped. `compatret index rollback {directory} --to {gate.start_version}` "
+                             "restores the gallery as it was; a rerun goes on, and its gate compares with the gallery as it then is")
 
 
 def _backfill_text_short(report: dict[str, Any]) -> str:

@@ -125,7 +125,9 @@ def test_keys_and_scopes(served, digit_models):
     assert r.status_code == 403 and "write key" in r.json()["detail"]
     assert client(served, READ_KEY).post("/upgrade", json={"model": "v2"}).status_code == 403
     assert client(served, READ_KEY).post("/backfill", json={}).status_code == 403
-    assert client(served, READ_KEY).post("/backfill/stop").status_code == 403
+    assert client(served, READ_KEY).post("/backfill/stop", json={}).status_code == 403
+    form = {"Content-Type": "application/x-www-form-urlencoded"}  # what a cross-site form sends: refused before anything
+    assert client(served).post("/items/delete", content="ids=d0", headers=form).status_code == 415
     assert client(served, READ_KEY).post("/rollback", json={"version": 1}).status_code == 403
     assert client(served, None).post("/query", json={"vectors": [[1.0] * 16]}).status_code == 401
     assert client(served, None).get("/gallery").status_code == 401

@@ -242,6 +242,7 @@ class BackfillGate:
     max_drop: float
     max_flips: float
     start: Run
+    start_version: int  # the table version the run began from: what `index rollback --to` restores
 
     @classmethod
     def open(cls, gallery_dir: str | Path, queries: str | Path, qrels: str | Path, max_drop: float = 0.005,
@@ -255,7 +256,8 @@ class BackfillGate:
         service = Service.open(gallery_dir)
         judged = read_qrels(qrels)
         chosen = judged_queries(service, read_queries(queries), judged)
-        return cls(Path(gallery_dir), chosen, judged, max_drop, max_flips, service_run(service, None, chosen))
+        start = service_run(service, None, chosen)
+        return cls(Path(gallery_dir), chosen, judged, max_drop, max_flips, start, service.index.table_version)
 
     def check(self) -> dict[str, Any]:
         """The gallery now against the gallery at the start: nDCG@10 change with its interval, flips, and whether it passes."""

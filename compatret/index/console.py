@@ -8,10 +8,12 @@ tab's sessionStorage only). The static files hold no data, so they need no key.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 
 CONSOLE_PREFIX = "/console/"
 # own scripts and styles only: a payload that smuggles markup can run nothing
@@ -19,9 +21,18 @@ POLICY = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 
 STATIC = Path(__file__).with_name("console_static")
 
 
+class _Revalidated(StaticFiles):
+    """Static files a browser checks again each time: after an upgrade, no old script beside a new page."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 def mount_console(app: FastAPI) -> None:
     """GET / serves the page; its script and style sheet live under /console/."""
-    app.mount(CONSOLE_PREFIX.rstrip("/"), StaticFiles(directory=STATIC), name="console")
+    app.mount(CONSOLE_PREFIX.rstrip("/"), _Revalidated(directory=STATIC), name="console")
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

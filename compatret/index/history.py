@@ -34,7 +34,7 @@ def history(service: Service) -> list[dict[str, Any]]:
             change = f"rows {rows - rows_before:+d}"
         else:
             change = _operation(lance_ds, int(v["version"]))
-        out.append({"version": int(v["version"]), "time": v["timestamp"].isoformat(timespec="seconds"), "rows": rows,
+        out.append({"version": int(v["version"]), "time": v["timestamp"].astimezone(dt.timezone.utc).isoformat(timespec="seconds"), "rows": rows,
                     "serving": meta.serving.id if meta else None, "change": change})
         seen_events, rows_before = events, rows
     return out

@@ -219,7 +219,8 @@ class ErrorBody(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in ((400, "refused: the detail says why"), (401, "no or unknown API key"), (403, "the key's scope does not allow this"),
-                       (409, "conflicting state (e.g. a backfill already running)"), (413, "request body too large"))
+                       (409, "conflicting state (e.g. a backfill already running)"), (413, "request body too large"),
+                       (415, "a POST body that is not JSON"))
 }
 
 
@@ -230,7 +231,9 @@ READ_ROUTES = {("POST", "/query"), ("GET", "/backfill"), ("GET", "/gallery"), ("
 def needed_scope(method: str, path: str) -> Scope | None:
     """The scope a request needs: none for health, the API docs and the console's static files
     (they hold no data), read for queries and status, write for everything else (unknown routes included)."""
-    if method in ("GET", "HEAD") and (path in OPEN_PATHS or path.startswith(CONSOLE_PREFIX)):
+    method = "GET" if method == "HEAD" else method
+    path = path.rstrip("/") or "/"
+    if method == "GET" and (path in OPEN_PATHS or path.startswith(CONSOLE_PREFIX.rstrip("/"))):
         return None
     return "read" if (method, path) in READ_ROUTES else "write"
 
@@ -243,6 +246,10 @@ class KeyCheck:
         self.app, self.keys = app, keys
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST" and not _json_body(scope):
+            # a browser sends a cross-site form or text/plain POST without asking first; a JSON one it must ask for (CORS)
+            await JSONResponse({"detail": "send the body as JSON (Content-Type: application/json)"}, status_code=415)(scope, receive, send)
+            return
         needed = needed_scope(scope.get("method", ""), scope.get("path", "")) if scope["type"] == "http" else None
         if needed is None or not self.keys.enabled:
             scope.setdefault("state", {})["key_scope"] = "write" if not self.keys.enabled else None
@@ -261,6 +268,11 @@ class KeyCheck:
             await self.app(scope, receive, send)
             return
         await response(scope, receive, send)
+
+
+def _json_body(scope: dict[str, Any]) -> bool:
+    content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
+    return content_type.split(";")[0].strip().lower() == "application/json"
 
 
 class BodyLimit:

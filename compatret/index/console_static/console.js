@@ -5,7 +5,7 @@
 const KEY = "compatret.apiKey";
 const COLORS = ["#2458d6", "#f79009", "#12b76a", "#7a5af8", "#ee46bc", "#06aed4", "#667085"];
 const $ = (id) => document.getElementById(id);
-const view = { gallery: null, running: false, timer: null, modeSet: false };
+const view = { gallery: null, running: false, timer: null, modeSet: false, polling: false, pollAgain: false, errorFromPoll: false };
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -20,7 +20,10 @@ function el(tag, attrs = {}, ...children) {
 
 function describe(status, data) {
   const detail = data && data.detail;
-  if (status === 401) return "This server needs an API key: enter it at the top of the page.";
+  if (status === 401) {
+    return detail === "unknown API key" ? "The server does not know this key: check it and enter it again."
+      : "This server needs an API key: enter it at the top of the page.";
+  }
   if (status === 403) return "Your key may only read: this needs a write key.";
   if (Array.isArray(detail)) {
     return detail.map((e) => `${(e.loc || []).filter((p) => p !== "body").join(".")}: ${e.msg}`).join("; ");
@@ -33,7 +36,12 @@ async function api(method, path, body) {
   const key = sessionStorage.getItem(KEY);
   if (key) headers.Authorization = `Bearer ${key}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  let res;
+  try {
+    res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch {
+    throw new Error("Cannot reach the server: is `compatret serve` still running?");
+  }
   let data = null;
   try { data = await res.json(); } catch { data = null; }
   if (!res.ok) throw new Error(describe(res.status, data));
@@ -82,9 +90,13 @@ function renderGallery(g) {
       m.serving ? el("div", { class: "badge" }, "serving") : ""),
   ]));
   const select = $("query-model");
-  const chosen = select.value;
-  select.replaceChildren(...g.query_models.map((id) => el("option", { value: id }, id === g.serving ? `${id} (serving)` : id)));
-  select.value = g.query_models.includes(chosen) ? chosen : g.serving;
+  const options = JSON.stringify([g.query_models, g.serving]);
+  if (select.dataset.options !== options) {  // rebuilt only when the models change: an open list stays open
+    const chosen = select.value;
+    select.replaceChildren(...g.query_models.map((id) => el("option", { value: id }, id === g.serving ? `${id} (serving)` : id)));
+    select.value = g.query_models.includes(chosen) ? chosen : g.serving;
+    select.dataset.options = options;
+  }
   if (!view.modeSet) {  // the first time the gallery is known: a query mode that suits it
     view.modeSet = true;
     const mode = g.modality === "text" ? "text" : g.modality === "image" ? "image" : "vector";
@@ -105,8 +117,8 @@ function renderBackfill(b) {
   $("legend").replaceChildren(...entries.map(([id, n]) => el("li", {}, el("i", { style: { background: colorOf(id) } }),
     `${id}: ${n.toLocaleString()}`)));
   const done = b.rows_by_version[b.serving] || 0;
-  const percent = total ? Math.floor((1000 * done) / total) / 10 : 100;
-  $("backfill-percent").textContent = `${percent}%`;
+  const percent = total ? Math.floor((1000 * done) / total) / 10 : 0;
+  $("backfill-percent").textContent = total ? `${percent}%` : "–";
   $("backfill-percent").dataset.percent = percent;
   const report = b.last_report;
   const state = b.running ? "backfill running…"
@@ -141,22 +153,37 @@ async function refresh() {
 }
 
 async function poll() {
+  if (view.polling) {  // one poll at a time: a click during a poll asks for another right after it
+    view.pollAgain = true;
+    return;
+  }
+  view.polling = true;
   clearTimeout(view.timer);
-  let status = null;
-  await attempt(async () => { status = await api("GET", "/backfill"); });
-  if (status) {
+  try {
+    const status = await api("GET", "/backfill");
     const wasRunning = view.running;
     view.running = status.running;
     renderBackfill(status);
     // the gallery view is the search snapshot, which follows the table a moment later: read it every time
-    await attempt(async () => { renderGallery(await api("GET", "/gallery")); });
-    if (status.running || wasRunning) await attempt(async () => renderHistory(await api("GET", "/history?limit=50")));
+    renderGallery(await api("GET", "/gallery"));
+    if (status.running || wasRunning) renderHistory(await api("GET", "/history?limit=50"));
+    if (view.errorFromPoll) showError("");
+    view.errorFromPoll = false;
+  } catch (err) {
+    showError(err.message);
+    view.errorFromPoll = true;
+  } finally {
+    view.polling = false;
+    view.timer = setTimeout(poll, view.running ? 700 : 4000);
+    if (view.pollAgain) {
+      view.pollAgain = false;
+      poll();
+    }
   }
-  view.timer = setTimeout(poll, view.running ? 700 : 4000);
 }
 
 async function rollback(version, serving) {
-  if (!window.confirm(`Restore table version ${version} (serving ${serving})? It is written as a new version: nothing is lost.`)) return;
+  if (!window.confirm(`Restore table version ${version}${serving ? ` (serving ${serving})` : ""}? It is written as a new version: nothing is lost.`)) return;
   if (await attempt(() => api("POST", "/rollback", { version }))) await refresh();
 }
 
@@ -173,7 +200,7 @@ async function startBackfill(event) {
 }
 
 async function stopBackfill() {
-  if (await attempt(() => api("POST", "/backfill/stop"))) poll();
+  if (await attempt(() => api("POST", "/backfill/stop", {}))) poll();
 }
 
 function readImage(file) {
@@ -242,15 +269,14 @@ function start() {
   $("key-state").textContent = sessionStorage.getItem(KEY) ? "key set for this tab" : "";
   $("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    sessionStorage.setItem(KEY, $("key").value.trim());
-    $("key-state").textContent = "key set for this tab";
+    const key = $("key").value.trim();
+    if (key) sessionStorage.setItem(KEY, key); else sessionStorage.removeItem(KEY);
+    $("key-state").textContent = key ? "key set for this tab" : "";
     refresh();
   });
   $("forget-key").addEventListener("click", () => {
     sessionStorage.removeItem(KEY);
-    $("key").value = "";
-    $("key-state").textContent = "";
-    refresh();
+    window.location.reload();  // nothing the old key could see stays on screen
   });
   $("backfill-form").addEventListener("submit", startBackfill);
   $("backfill-stop").addEventListener("click", stopBackfill);

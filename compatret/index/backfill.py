@@ -194,29 +194,24 @@ def backfill(
     every = compact_every()
     done, note = 0, ""
     start = time.perf_counter()
-    bar = tqdm(total=len(queue), desc=f"backfill -> {serving.id}", unit="row", disable=not progress)
-    with stop_on_sigint() as stop:
-        try:
-            for n, s in enumerate(range(0, len(queue), batch_size), 1):
-                if should_stop is not None and should_stop():
-                    stop.set()
-                if stop.is_set():
-                    break
-                rows = gallery.payloads(queue[s : s + batch_size])
-                ids = [i for i in queue[s : s + batch_size] if i in rows and rows[i]["model_version"] != serving.id]
-                if ids:
-                    vecs = encoder.encode_items(item_inputs(rows, ids, meta.modality), batch_size=batch_size)  # type: ignore[union-attr]
-                    with gallery.writing("backfill"):
-                        if gallery.meta.serving.id != serving.id:
-                            note = f"serving model changed to {gallery.meta.serving.id!r} during the run: rerun to continue"
-                            break
-                        gallery.update_vectors(ids, vecs, serving)
-                        if n % every == 0:
-                            gallery.compact()
-                done += len(ids)
-                bar.update(len(ids))
-        finally:
-            bar.close()
+    with stop_on_sigint() as stop, tqdm(total=len(queue), desc=f"backfill -> {serving.id}", unit="row", disable=not progress) as bar:
+        for n, s in enumerate(range(0, len(queue), batch_size), 1):
+            if stop.is_set() or (should_stop is not None and should_stop()):
+                stop.set()
+                break
+            rows = gallery.payloads(queue[s : s + batch_size])
+            ids = [i for i in queue[s : s + batch_size] if i in rows and rows[i]["model_version"] != serving.id]
+            if ids:
+                vecs = encoder.encode_items(item_inputs(rows, ids, meta.modality), batch_size=batch_size)  # type: ignore[union-attr]
+                with gallery.writing("backfill"):
+                    if gallery.meta.serving.id != serving.id:
+                        note = f"serving model changed to {gallery.meta.serving.id!r} during the run: rerun to continue"
+                        break
+                    gallery.update_vectors(ids, vecs, serving)
+                    if n % every == 0:
+                        gallery.compact()
+            done += len(ids)
+            bar.update(len(ids))
     stopped = stop.is_set()
     return BackfillReport(done, len(pending.ids) - done, time.perf_counter() - start, stopped, serving.id,
                           len(pending.unembeddable), tuple(pending.unembeddable[:5]), note)

@@ -250,6 +250,9 @@ def index_info(directory: str, as_json: bool) -> None:
             f"lineage        {lineage}",
             f"query plan     {info['query_plan']['dims']} shared dims, {info['query_plan']['transforms']} transforms",
             f"rows read as   {', '.join(f'{k}: {v}' for k, v in info['rows_by_plan'].items()) or 'no rows'}",
+            "groups         " + ("; ".join(f"{g['model']}: {g['rows']} rows, {g['dim']}-d, read in {g['plan_dims']} dims"
+                                           + (f" through {g['plan_transforms']} transforms" if g["plan_transforms"] else "")
+                                           for g in info["groups"]) or "none"),
             f"kernel         {info['kernel']}, index {info['ann']}, merge {info['merge']}",
             f"table version  {info['table_version']}",
             f"unembeddable   {info['unembeddable']} rows have no text or image (backfill skips them)"

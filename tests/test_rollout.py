@@ -81,3 +81,6 @@ def test_rollout_v1_and_v2_clients_through_a_backfill(digit_models, bt2_model, t
         counts = table_counts(tmp_path / "g")
         assert info["rows_by_version"] == counts and info["rows"] == sum(counts.values()) == 120, stage
         assert info["serving_model"] == "v2" and [m["id"] for m in info["lineage"]] == ["v2", "v1"]
+        # each group as the serving model reads it: v1 rows through 16 dims, v2 rows whole
+        assert {g["model"]: (g["rows"], g["dim"], g["plan_dims"]) for g in info["groups"]} == \
+            {v: (n, {"v1": 16, "v2": 24}[v], {"v1": 16, "v2": 24}[v]) for v, n in counts.items()}

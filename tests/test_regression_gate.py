@@ -93,8 +93,9 @@ def test_a_gate_refusal_changes_nothing_and_a_pass_is_recorded(text_env, judged,
     numbers = json.loads(report.stdout)
     assert numbers["differences"]["ndcg_at_10"]["high"] < 0 and (tmp_path / "r" / "per_query.png").stat().st_size > 0
 
-    passed = run("index", "upgrade", str(g), "--model", "minilm-l6", "--gate", queries, "--qrels", qrels, "--json")  # the same model: no drop
-    assert passed.returncode == 0, passed.stderr
+    from compatret.evaluation.regression import gate_check  # in process: the CLI's gate wiring is the refusal above
+
+    Service.open(g).upgrade("minilm-l6", gate=gate_check(g, "minilm-l6", queries, qrels))  # the same model: no drop
     s = Service.open(g)
     assert s.gallery.latest_version() == before + 1
     gate = s.meta.history[-1]["gate"]  # the numbers of the gate that let it through
@@ -123,10 +124,9 @@ def test_gate_bad_input_is_one_error_line(text_env, judged, damaged, tmp_path, d
 
 def test_without_qrels_it_reports_how_much_the_rankings_agree(text_env, judged, damaged, tmp_path):  # noqa: F811
     queries, _ = judged
-    same = run("eval", "regression", "--gallery", str(text_env.gallery), "--candidate", "minilm-l6", "--queries", queries,
-               "--out", str(tmp_path / "same"), "--json")
-    assert same.returncode == 0, same.stderr
-    same_report = json.loads(same.stdout)
+    from compatret.commands.regression import run_regression  # in process: the CLI is run for the wrecked model below
+
+    same_report = run_regression(str(text_env.gallery), "minilm-l6", queries, None, tmp_path / "same")
     assert same_report["differences"] == {} and same_report["agreement"]["overlap_at_k"] == 1.0
     assert same_report["agreement"]["rank_correlation"] == pytest.approx(1.0)
     other = run("eval", "regression", "--gallery", str(text_env.gallery), "--candidate", str(damaged), "--queries", queries,

@@ -88,6 +88,8 @@ def open_console(browser: Any, url: str, width: int) -> Any:
     page.fill("#key", KEY)
     page.click("#key-form button[type=submit]")
     page.wait_for_selector("#lineage li.model")
+    page.wait_for_selector("#history tbody tr")  # every panel loaded (the banner of the keyless first load cleared)
+    page.wait_for_function("() => document.querySelector('#error').hidden")
     return page
 
 

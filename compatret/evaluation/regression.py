@@ -151,6 +151,20 @@ def judged_queries(service: Any, queries: Mapping[str, str], qrels: Qrels | None
     return {q: queries[q] for q in qrels}
 
 
+def judged_change(qrels: Qrels, before: Run, after: Run) -> tuple[dict, dict, dict[str, Interval], list[str]]:
+    """Two runs on judged queries: per-query metrics of each, the bootstrap interval of each metric's
+    mean change (after - before), and the negative flips."""
+    scored_before, scored_after = per_query(qrels, before), per_query(qrels, after)
+    qids = sorted(qrels)
+    changes = {m: paired_bootstrap(np.array([scored_after[m][q] - scored_before[m][q] for q in qids])) for m in METRICS}
+    return scored_before, scored_after, changes, negative_flips(qrels, before, after)
+
+
+def check_limits(max_drop: float, max_flips: float) -> None:
+    if max_drop < 0 or not 0 <= max_flips <= 1:
+        raise CompatretError("--max-drop must be >= 0 and --max-flips within [0, 1]")
+
+
 def compare(gallery_dir: str | Path, candidate: str, queries: Mapping[str, str], qrels: Qrels | None = None,
             k: int = 100) -> Regression:
     """Search `queries` with the serving model and with `candidate` against the gallery as it is,
@@ -167,11 +181,8 @@ def compare(gallery_dir: str | Path, candidate: str, queries: Mapping[str, str],
     differences: dict[str, Interval] = {}
     flips: list[str] = []
     if qrels is not None:
-        scored = {"serving": per_query(qrels, before), "candidate": per_query(qrels, after)}
-        for m in METRICS:
-            qids = sorted(qrels)
-            differences[m] = paired_bootstrap(np.array([scored["candidate"][m][q] - scored["serving"][m][q] for q in qids]))
-        flips = negative_flips(qrels, before, after)
+        serving_scores, candidate_scores, differences, flips = judged_change(qrels, before, after)
+        scored = {"serving": serving_scores, "candidate": candidate_scores}
     from compatret.encoders import load_version
 
     return Regression(serving_id, load_version(candidate).id, len(queries), scored, differences, flips, agreement(before, after))
@@ -196,8 +207,7 @@ def gate_check(gallery_dir: str | Path, model: str, queries: str | Path, qrels: 
     history records."""
     from compatret.data.beir import read_qrels, read_queries
 
-    if max_drop < 0 or not 0 <= max_flips <= 1:
-        raise CompatretError("--max-drop must be >= 0 and --max-flips within [0, 1]")
+    check_limits(max_drop, max_flips)
     result = compare(gallery_dir, model, read_queries(queries), read_qrels(qrels))
     d = result.differences["ndcg_at_10"]
     if d.low < -max_drop:
@@ -251,8 +261,7 @@ class BackfillGate:
         from compatret.evaluation.retrieval import service_run
         from compatret.index.service import Service
 
-        if max_drop < 0 or not 0 <= max_flips <= 1:
-            raise CompatretError("--max-drop must be >= 0 and --max-flips within [0, 1]")
+        check_limits(max_drop, max_flips)
         service = Service.open(gallery_dir)
         judged = read_qrels(qrels)
         chosen = judged_queries(service, read_queries(queries), judged)
@@ -265,10 +274,8 @@ class BackfillGate:
         from compatret.index.service import Service
 
         now = service_run(Service.open(self.gallery_dir), None, self.queries)
-        before, after = per_query(self.qrels, self.start), per_query(self.qrels, now)
-        qids = sorted(self.qrels)
-        d = paired_bootstrap(np.array([after["ndcg_at_10"][q] - before["ndcg_at_10"][q] for q in qids]))
-        flip_rate = len(negative_flips(self.qrels, self.start, now)) / len(qids)
+        before, after, changes, flips = judged_change(self.qrels, self.start, now)
+        d, flip_rate = changes["ndcg_at_10"], len(flips) / len(self.qrels)
         return {"ndcg_at_10_before": float(np.mean(list(before["ndcg_at_10"].values()))),
                 "ndcg_at_10_now": float(np.mean(list(after["ndcg_at_10"].values()))), "change": d.to_dict(),
                 "negative_flip_rate": flip_rate, "passed": d.low >= -self.max_drop and flip_rate <= self.max_flips}

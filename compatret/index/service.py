@@ -557,8 +557,8 @@ class Service:
             ],
             "query_plan": {"dims": plan.dims, "transforms": len(plan.gallery_transforms)},
             "rows_by_plan": self.rows_by_plan(counts),
-            "groups": [{"model": v, "rows": n, "dim": meta.version(v).dim, "plan_dims": self._plan(meta.serving, meta.version(v)).dims,
-                        "plan_transforms": len(self._plan(meta.serving, meta.version(v)).gallery_transforms)} for v, n in counts.items()],
+            "groups": [{"model": v, "rows": n, "dim": meta.version(v).dim, "plan_dims": p.dims, "plan_transforms": len(p.gallery_transforms)}
+                       for v, n in counts.items() for p in [self._plan(meta.serving, meta.version(v))]],
             "table_version": self.gallery.version,
             "unembeddable": len(bare),
             "unembeddable_examples": bare[:5],

@@ -106,6 +106,40 @@ def test_rollback_restores_serving_model_and_vectors(tmp_path, digit_models):
         rollback(after, 10_000)
 
 
+def test_history_cache_follows_the_table(tmp_path, digit_models):
+    """History read through its cache equals history worked out afresh, as versions are added,
+    with a torn line in the cache, and after the gallery is deleted and made anew at the same path
+    (same version numbers, other commits)."""
+    import shutil
+
+    from compatret.index.history import HistoryCache
+
+    def fresh() -> list[dict]:
+        cache = HistoryCache(tmp_path / "g").file
+        kept = cache.read_bytes() if cache.exists() else None
+        cache.unlink(missing_ok=True)
+        out = history(Service.open(tmp_path / "g"))
+        if kept is not None:
+            cache.write_bytes(kept)
+        return out
+
+    s = upgraded_gallery(tmp_path, digit_models, n=64)
+    first = history(s)
+    assert HistoryCache(tmp_path / "g").file.exists() and history(s) == first == fresh()
+    backfill(s, batch_size=16, progress=False)
+    with HistoryCache(tmp_path / "g").file.open("a") as f:
+        f.write('{"version": 3, "time"')  # a reader killed mid-line
+    s = Service.open(tmp_path / "g")
+    assert history(s) == fresh() and [h["change"] for h in history(s)].count("vectors rewritten") == 4
+    for p in (tmp_path / "g").iterdir():  # the table goes; the cache file stays behind
+        if p.name != HistoryCache(tmp_path / "g").file.name:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    s = Service.create(tmp_path / "g", model=digit_models["v2"])
+    s.add_items(digit_models["items"][:8], progress=False)
+    again = history(s)
+    assert again == fresh() and {h["serving"] for h in again} == {"v2"}
+
+
 def _backfill_cmd(path, batch_size: int = 4) -> list[str]:
     return [sys.executable, "-m", "compatret", "index", "backfill", str(path), "--batch-size", str(batch_size), "--json"]
 

@@ -21,6 +21,7 @@ from compatret.errors import CompatretError
 JOB_LOCK = ".backfill-job.lock"
 JOB_FILE = ".backfill-job.json"
 STOP_FILE = ".backfill-job.stop"
+PROBE_WAIT_S = 0.5  # `running()` holds the lock for microseconds to look: a start waits that out, a real job it does not
 
 
 class BackfillJob:
@@ -33,6 +34,7 @@ class BackfillJob:
         return FileLock(str(self.dir / JOB_LOCK), thread_local=False)
 
     def running(self) -> bool:
+        """Whether a job holds the lock now (any worker's; a dead worker's lock is freed by the OS)."""
         lock = self._lock()
         try:
             lock.acquire(timeout=0)
@@ -63,7 +65,7 @@ class BackfillJob:
         is recorded as the job's error, so a dead job still says why it died."""
         lock = self._lock()
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=PROBE_WAIT_S)
         except Timeout:
             return False
         (self.dir / STOP_FILE).unlink(missing_ok=True)  # a stop asked of an earlier job is not this one's

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from compatret.errors import CompatretError
@@ -14,30 +17,94 @@ REWRITE = "vectors rewritten"  # a Lance Update with the same rows and metadata:
 
 
 def history(service: Service) -> list[dict[str, Any]]:
-    """One entry per table version: when, how many rows, which model served, what happened."""
-    table = service.gallery.table
-    snapshot = service.gallery.open_snapshot()
-    lance_ds = service.gallery.dataset(service.gallery.latest_version())
+    """One entry per table version: when, how many rows, which model served, what happened.
+
+    A version never changes once written, so its entry is worked out once (checking a version
+    out costs milliseconds, and a backfill writes one per batch: thousands) and kept in
+    `HISTORY_CACHE`, keyed by version and commit time; only versions new since then are read.
+    """
+    gallery = service.gallery
+    cache = HistoryCache(gallery.path)
+    known = cache.load()
+    readers: tuple[Any, Any] | None = None
     out: list[dict[str, Any]] = []
-    seen_events, rows_before = 0, 0
-    for v in table.list_versions():
-        snapshot.checkout(v["version"])
-        raw = (snapshot.schema.field("vector").metadata or {}).get(META_KEY.encode())
-        meta = GalleryMeta.from_json(raw.decode()) if raw else None
-        rows = int(v.get("metadata", {}).get("total_rows", -1))
-        events = len(meta.history) if meta else 0
-        if not out:
-            change = "table created"
-        elif events > seen_events and meta is not None:
-            change = str(meta.history[-1].get("event"))
-        elif rows != rows_before:
-            change = f"rows {rows - rows_before:+d}"
-        else:
-            change = _operation(lance_ds, int(v["version"]))
-        out.append({"version": int(v["version"]), "time": v["timestamp"].astimezone(dt.timezone.utc).isoformat(timespec="seconds"), "rows": rows,
-                    "serving": meta.serving.id if meta else None, "change": change})
-        seen_events, rows_before = events, rows
-    return out
+    new: list[dict[str, Any]] = []
+    for v in gallery.table.list_versions():
+        stamp = v["timestamp"].isoformat()
+        entry = known.get(int(v["version"]))
+        if entry is None or entry["stamp"] != stamp:
+            readers = readers or (gallery.open_snapshot(), gallery.dataset(gallery.latest_version()))
+            entry = _entry(v, stamp, out[-1] if out else None, *readers)
+            new.append(entry)
+        out.append(entry)
+    cache.add(new)
+    return [{k: e[k] for k in PUBLIC} for e in out]
+
+
+PUBLIC = ("version", "time", "rows", "serving", "change")
+
+
+def _entry(v: dict[str, Any], stamp: str, before: dict[str, Any] | None, snapshot: Any, lance_ds: Any) -> dict[str, Any]:
+    """The entry of one listed version, from its metadata and the entry of the version listed before it."""
+    snapshot.checkout(v["version"])
+    raw = (snapshot.schema.field("vector").metadata or {}).get(META_KEY.encode())
+    meta = GalleryMeta.from_json(raw.decode()) if raw else None
+    rows = int(v.get("metadata", {}).get("total_rows", -1))
+    events = len(meta.history) if meta else 0
+    if before is None:
+        change = "table created" if int(v["version"]) == 1 else "oldest kept version"
+    elif events > before["events"] and meta is not None:
+        change = str(meta.history[-1].get("event"))
+    elif rows != before["rows"]:
+        change = f"rows {rows - before['rows']:+d}"
+    else:
+        change = _operation(lance_ds, int(v["version"]))
+    return {"version": int(v["version"]), "time": v["timestamp"].astimezone(dt.timezone.utc).isoformat(timespec="seconds"), "rows": rows,
+            "serving": meta.serving.id if meta else None, "change": change, "events": events, "stamp": stamp}
+
+
+HISTORY_CACHE = "history-cache.jsonl"
+
+
+class HistoryCache:
+    """Entries of past versions, one JSON line each, appended by whoever reads the history.
+
+    Each line names the version and its commit time, so a line whose version was pruned, or
+    reused by a table made anew, is simply not used; a torn or foreign line is skipped. Losing
+    the file costs time, never data.
+    """
+
+    def __init__(self, gallery_path: Path) -> None:
+        self.file = gallery_path / HISTORY_CACHE
+
+    def load(self) -> dict[int, dict[str, Any]]:
+        known: dict[int, dict[str, Any]] = {}
+        try:
+            lines = self.file.read_text().splitlines()
+        except OSError:
+            return known
+        for line in lines:
+            try:
+                entry = json.loads(line)
+                known[int(entry["version"])] = {k: entry[k] for k in (*PUBLIC, "events", "stamp")}
+            except (ValueError, KeyError, TypeError):
+                continue
+        return known
+
+    def add(self, entries: list[dict[str, Any]]) -> None:
+        """Append in one write (O_APPEND: concurrent readers' lines do not interleave); a
+        read-only gallery folder only means the next reader works them out again."""
+        if not entries:
+            return
+        data = "".join(json.dumps(e) + "\n" for e in entries).encode()
+        try:
+            fd = os.open(self.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError:
+            return
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
 
 
 OPERATIONS = {"Update": REWRITE, "CreateIndex": "index built", "Merge": "column added", "Project": "columns changed",
@@ -94,4 +161,5 @@ def prune(service: Service, older_than: dt.timedelta) -> dict[str, int]:
         before = len(gallery.table.list_versions())
         retry_commit(lambda: gallery.table.optimize(cleanup_older_than=older_than), "prune", gallery.table.checkout_latest)
         after = len(gallery.table.list_versions())
+        HistoryCache(gallery.path).file.unlink(missing_ok=True)  # its pruned versions' lines would only grow it
     return {"versions_before": before, "versions_after": after}

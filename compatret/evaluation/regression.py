@@ -166,9 +166,11 @@ def check_limits(max_drop: float, max_flips: float) -> None:
 
 
 def compare(gallery_dir: str | Path, candidate: str, queries: Mapping[str, str], qrels: Qrels | None = None,
-            k: int = 100) -> Regression:
+            k: int = 100, unchecked: bool = False) -> Regression:
     """Search `queries` with the serving model and with `candidate` against the gallery as it is,
-    and compare them (with `qrels`: metrics, bootstrap intervals, negative flips)."""
+    and compare them (with `qrels`: metrics, bootstrap intervals, negative flips). `unchecked`
+    reads the stored vectors raw, past the lineage check: a benchmark's view of what an
+    incompatible model would do, never a gate's."""
     from compatret.evaluation.retrieval import service_run
     from compatret.index.service import Service
 
@@ -176,7 +178,7 @@ def compare(gallery_dir: str | Path, candidate: str, queries: Mapping[str, str],
     queries = judged_queries(service, queries, qrels)
     serving_id = service.meta.serving.id
     before = service_run(service, None, queries, k=k)
-    after = service_run(service, candidate, queries, k=k)
+    after = service_run(service, candidate, queries, k=k, unchecked=unchecked)
     scored: dict[str, dict[str, dict[str, float]]] = {}
     differences: dict[str, Interval] = {}
     flips: list[str] = []

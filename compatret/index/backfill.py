@@ -118,8 +118,9 @@ def crowding(service: Service, ids: list[str], neighbours: int = 10, landmarks: 
     return out
 
 
-def plan_order(service: Service, ids: list[str], order: str, block: int = 1) -> list[str]:
-    """The order a backfill re-embeds `ids` (given in table order) in.
+def plan_order(service: Service, ids: list[str], order: str, block: int = 1, seed: str | None = None) -> list[str]:
+    """The order a backfill re-embeds `ids` (given in table order) in; `random` is seeded by the
+    serving model (the same order on every run of one upgrade) unless `seed` names another.
 
     `random` shuffles blocks of `block` consecutive rows, not single rows: a batch drawn from
     one block lies in one or two Lance fragments, so its commit touches those only and costs
@@ -127,9 +128,9 @@ def plan_order(service: Service, ids: list[str], order: str, block: int = 1) -> 
     batch would touch every fragment (ten at 1M rows, a hundred at 10M) on every commit.
     """
     if order == "random":
-        serving = service.meta.serving.id
+        seed = seed or service.meta.serving.id
         blocks = [ids[s : s + block] for s in range(0, len(ids), max(1, block))]
-        blocks.sort(key=lambda b: _random_key(serving, b[0]))
+        blocks.sort(key=lambda b: _random_key(seed, b[0]))
         return [i for b in blocks for i in b]
     if order == "uncertainty":
         score = crowding(service, ids)

@@ -274,7 +274,8 @@ def throughput(work: Path, n_docs: int = 1000) -> float:
 
 
 CURVE_POINTS = (0, 10, 25, 50, 75, 100)
-KEYS = {"throughput": "backfill_throughput_ratio", "curve": "backfill_curve", "incompatible": "backfill_curve"}
+BACKFILL_BATCH = 64  # `index backfill`'s default --batch-size
+KEYS = {"throughput": "backfill_throughput_ratio", "curve": "backfill_curve", "incompatible": "backfill_curve", "spread": "backfill_curve_spread"}
 
 
 def curve(work: Path) -> dict[str, list[list[float]]]:
@@ -283,42 +284,67 @@ def curve(work: Path) -> dict[str, list[list[float]]]:
     Uses the galleries and models of eval/compat_text (run it first with --only bt2 star).
     A row's new vector is read from the full BT² gallery — the exact vector `index backfill`
     would compute — so each point costs one evaluation, not a re-embedding; rows are taken in
-    `plan_order`'s order shuffled row by row (`index backfill` shuffles blocks of one batch of
-    consecutive rows, so each commit touches one fragment; both sample the gallery evenly, and
-    the curve was measured row by row). The incompatible contrast is `incompatible()`.
+    the order `index backfill` takes them at its default --batch-size (`plan_order`, blocks of
+    `BACKFILL_BATCH` consecutive rows shuffled). The incompatible contrast is `incompatible()`.
     """
-    from compatret.config import index_home
-    from compatret.data.beir import load_beir
-    from compatret.evaluation.retrieval import evaluate_pair
-    from compatret.index.backfill import pending_rows, plan_order
+    bench = CurveBench(work)
+    return {name: bench.points(name, order, merge, CURVE_POINTS)
+            for name, order, merge in (("random", "random", "raw"), ("uncertainty", "uncertainty", "raw"), ("random_shared_merge", "random", "shared"))}
 
-    base = index_home() / "compat_text"
-    old_g, new_g, model = base / "galleries" / "minilm-l6", base / "galleries" / "bt2", base / "models" / "bt2"
-    data = load_beir(dataset("scifact"))
-    new_vecs = vectors_of(new_g)
-    out: dict[str, list[list[float]]] = {}
-    for name, order, merge in (("random", "random", "raw"), ("uncertainty", "uncertainty", "raw"), ("random_shared_merge", "random", "shared")):
-        g = work / name
-        shutil.copytree(old_g, g)
+
+def spread(work: Path, seeds: int = 10) -> dict[str, Any]:
+    """How much one point of the random-order curve depends on which blocks were drawn: the same
+    backfill under `seeds` other shuffles (what another serving model's id would give)."""
+    bench = CurveBench(work)
+    runs = [bench.points(f"seed{k}", "random", "raw", SPREAD_POINTS, seed=f"spread-{k}") for k in range(seeds)]
+    out: dict[str, Any] = {"seeds": seeds, "start": runs[0][0][1]}
+    for i, pct in enumerate(SPREAD_POINTS[1:], start=1):
+        scores = np.array([r[i][1] for r in runs])
+        out[f"{pct}%"] = {"min": float(scores.min()), "mean": float(scores.mean()), "max": float(scores.max()), "scores": scores.tolist()}
+    return out
+
+
+SPREAD_POINTS = (0, 10, 50)
+
+
+class CurveBench:
+    """Copies of the eval/compat_text MiniLM-L6 gallery upgraded to its BT² model, backfilled
+    from the full BT² gallery's stored vectors and scored at given fractions."""
+
+    def __init__(self, work: Path) -> None:
+        from compatret.config import index_home
+        from compatret.data.beir import load_beir
+
+        base = index_home() / "compat_text"
+        self.work, self.old_g, self.model = work, base / "galleries" / "minilm-l6", base / "models" / "bt2"
+        self.data = load_beir(dataset("scifact"))
+        self.new_vecs = vectors_of(base / "galleries" / "bt2")
+
+    def points(self, name: str, order: str, merge: str, fractions: tuple[int, ...], seed: str | None = None) -> list[list[float]]:
+        from compatret.evaluation.retrieval import evaluate_pair
+        from compatret.index.backfill import pending_rows, plan_order
+
+        g = self.work / name
+        shutil.copytree(self.old_g, g)
         s = Service.open(g)
-        s.upgrade(str(model))
+        s.upgrade(str(self.model))
         with s.gallery.writing("benchmark: merge policy"):
             s.gallery.set_meta(replace(s.meta, merge=merge))
-        queue = plan_order(s, pending_rows(s).ids, order, block=1)
+        queue = plan_order(s, pending_rows(s).ids, order, block=BACKFILL_BATCH, seed=seed)
         points, done = [], 0
-        for pct in CURVE_POINTS:
+        for pct in fractions:
             target = round(pct / 100 * len(queue))
             for c in range(done, target, 512):
                 ids = queue[c : min(c + 512, target)]
                 with s.gallery.writing("benchmark: backfill from stored vectors"):
-                    s.gallery.update_vectors(ids, np.stack([new_vecs[i] for i in ids]), s.meta.serving)
+                    s.gallery.update_vectors(ids, np.stack([self.new_vecs[i] for i in ids]), s.meta.serving)
             done = target
-            score = evaluate_pair(str(model), g, data, "test")["ndcg_at_10"]
+            score = evaluate_pair(str(self.model), g, self.data, "test")["ndcg_at_10"]
             points.append([pct, score])
             print(f"[curve] {name} {pct}%: nDCG@10 {score:.4f}", flush=True)
             s = Service.open(g)
-        out[name] = points
-    return out
+        shutil.rmtree(g)
+        return points
 
 
 def incompatible(work: Path) -> list[list[float]]:
@@ -385,6 +411,8 @@ def main() -> None:
                 results["load"] = load(Path(tmp))
             elif part == "curve":
                 results["backfill_curve"] = {**results.get("backfill_curve", {}), **curve(Path(tmp))}
+            elif part == "spread":
+                results["backfill_curve_spread"] = spread(Path(tmp))
             elif part == "incompatible":
                 results.setdefault("backfill_curve", {})["incompatible"] = incompatible(Path(tmp))
             elif part == "throughput":
@@ -418,6 +446,12 @@ def _table(r: dict[str, Any]) -> str:
                      f"({x['idle_speedup']:.2f}x); p50 {one['p50_ms']:.1f} / {many['p50_ms']:.1f} ms, p99 {one['p99_ms']:.1f} / {many['p99_ms']:.1f} ms |")
     for name, pts in r.get("backfill_curve", {}).items():
         lines.append(f"| backfill curve, {name} order | " + ", ".join(f"{int(p)} %: {v:.3f}" for p, v in pts) + " |")
+    if "backfill_curve_spread" in r:
+        x = r["backfill_curve_spread"]
+        for pct in SPREAD_POINTS[1:]:
+            p = x[f"{pct}%"]
+            lines.append(f"| backfill curve, random order at {pct} % over {x['seeds']} block shuffles (start {x['start']:.3f}) | "
+                         f"min {p['min']:.4f}, mean {p['mean']:.4f}, max {p['max']:.4f} |")
     if "backfill_throughput_ratio" in r:
         lines.append(f"| backfill rows/s over raw encoding rate | {r['backfill_throughput_ratio']:.2f} |")
     return "\n".join(lines) + "\n"

@@ -106,16 +106,20 @@ def test_rollback_restores_serving_model_and_vectors(tmp_path, digit_models):
         rollback(after, 10_000)
 
 
-def test_history_cache_follows_the_table(tmp_path, digit_models):
-    """History read through its cache equals history worked out afresh, as versions are added,
-    with a torn line in the cache, and after the gallery is deleted and made anew at the same path
-    (same version numbers, other commits)."""
+def test_history_cache_follows_the_table(tmp_path, digit_models, monkeypatch):
+    """History read through its cache equals history worked out afresh: as versions are added,
+    in another time zone, with a torn line in the cache, after a prune that a concurrent reader's
+    cache outlived, and after the gallery is made anew at the same path (same version numbers,
+    other commits); a second read appends nothing (the cache is used)."""
+    import datetime as dt
+    import json
     import shutil
 
-    from compatret.index.history import HistoryCache
+    from compatret.index.history import HistoryCache, prune
+
+    cache = HistoryCache(tmp_path / "g").file
 
     def fresh() -> list[dict]:
-        cache = HistoryCache(tmp_path / "g").file
         kept = cache.read_bytes() if cache.exists() else None
         cache.unlink(missing_ok=True)
         out = history(Service.open(tmp_path / "g"))
@@ -125,14 +129,32 @@ def test_history_cache_follows_the_table(tmp_path, digit_models):
 
     s = upgraded_gallery(tmp_path, digit_models, n=64)
     first = history(s)
-    assert HistoryCache(tmp_path / "g").file.exists() and history(s) == first == fresh()
+    size = cache.stat().st_size
+    assert history(s) == first == fresh() and cache.stat().st_size == size
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # lancedb's commit times are local: an operator's shell elsewhere
+    time.tzset()
+    try:
+        assert history(s) == first and cache.stat().st_size == size
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
     backfill(s, batch_size=16, progress=False)
-    with HistoryCache(tmp_path / "g").file.open("a") as f:
+    with cache.open("a") as f:
         f.write('{"version": 3, "time"')  # a reader killed mid-line
     s = Service.open(tmp_path / "g")
-    assert history(s) == fresh() and [h["change"] for h in history(s)].count("vectors rewritten") == 4
+    after_torn = history(s)
+    size = cache.stat().st_size  # the torn line costs itself only: every entry appended after it is kept
+    assert history(s) == after_torn == fresh() and cache.stat().st_size == size
+    assert [h["change"] for h in after_torn].count("vectors rewritten") == 4
+    prune(s, dt.timedelta(0))
+    kept = history(Service.open(tmp_path / "g"))
+    assert kept == fresh() and kept[0]["change"] == "oldest kept version" and len(kept) < len(first) + 4
+    line = next(json.loads(x) for x in cache.read_text().splitlines() if json.loads(x)["version"] == kept[0]["version"])
+    with cache.open("a") as f:  # what a reader that listed the versions before the prune's cleanup wrote
+        f.write(json.dumps({**line, "after": line["version"] - 1, "change": "compacted"}) + "\n")
+    assert history(Service.open(tmp_path / "g")) == kept
     for p in (tmp_path / "g").iterdir():  # the table goes; the cache file stays behind
-        if p.name != HistoryCache(tmp_path / "g").file.name:
+        if p != cache:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     s = Service.create(tmp_path / "g", model=digit_models["v2"])
     s.add_items(digit_models["items"][:8], progress=False)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from compatret.index.backfill_job import JOB_LOCK, BackfillJob
+from compatret.index.backfill_job import JOB_LOCK, PROBE_WAIT_S, BackfillJob
 
 HOLDER = """
 import sys, time
@@ -15,6 +15,7 @@ lock = FileLock(sys.argv[1], thread_local=False)
 lock.acquire()
 print("held", flush=True)
 time.sleep(float(sys.argv[2]))
+lock.release()
 """
 
 
@@ -33,16 +34,20 @@ def wait_ended(job: BackfillJob) -> dict:
 
 
 def test_a_start_is_not_refused_by_another_workers_status_probe(tmp_path):
-    """`running()` in another worker takes the lock for an instant to look; a start that meets
-    that instant waits it out instead of answering 409. A job that really runs refuses it."""
+    """`running()` in another worker takes the lock for an instant to look; a start, or a
+    rollback's check, that meets that instant waits it out instead of answering 409. A job
+    that really runs refuses both."""
     job = BackfillJob(tmp_path)
-    probe = hold_lock(tmp_path, 0.1)
+    probe = hold_lock(tmp_path, 0.3)
     assert job.start(lambda: {"done": 1})
     probe.wait()
     assert wait_ended(job)["report"] == {"done": 1}
+    probe = hold_lock(tmp_path, 0.3)
+    assert job.running() and not job.running(wait=PROBE_WAIT_S)  # a rollback's check waits the probe out too
+    probe.wait()
     busy = hold_lock(tmp_path, 5)
     try:
-        assert job.running() and not job.start(lambda: {"done": 2})
+        assert job.running(wait=PROBE_WAIT_S) and not job.start(lambda: {"done": 2})
     finally:
         busy.kill()
         busy.wait()

@@ -21,7 +21,7 @@ from compatret.errors import CompatretError
 JOB_LOCK = ".backfill-job.lock"
 JOB_FILE = ".backfill-job.json"
 STOP_FILE = ".backfill-job.stop"
-PROBE_WAIT_S = 0.5  # `running()` holds the lock for microseconds to look: a start waits that out, a real job it does not
+PROBE_WAIT_S = 1.0  # `running()` holds the lock for microseconds to look: a start waits that out, a real job it does not
 
 
 class BackfillJob:
@@ -33,11 +33,13 @@ class BackfillJob:
     def _lock(self) -> FileLock:
         return FileLock(str(self.dir / JOB_LOCK), thread_local=False)
 
-    def running(self) -> bool:
-        """Whether a job holds the lock now (any worker's; a dead worker's lock is freed by the OS)."""
+    def running(self, wait: float = 0.0) -> bool:
+        """Whether a job holds the lock (any worker's; a dead worker's lock is freed by the OS).
+        Another worker's probe holds it for an instant too: a caller that refuses something on
+        True waits `PROBE_WAIT_S` that out; a status read may take the instant for a job."""
         lock = self._lock()
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=wait)
         except Timeout:
             return True
         lock.release()

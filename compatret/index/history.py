@@ -21,7 +21,8 @@ def history(service: Service) -> list[dict[str, Any]]:
 
     A version never changes once written, so its entry is worked out once (checking a version
     out costs milliseconds, and a backfill writes one per batch: thousands) and kept in
-    `HISTORY_CACHE`, keyed by version and commit time; only versions new since then are read.
+    `HISTORY_CACHE`, keyed by version, commit time and the version listed before it (an entry
+    describes the change from that one); only versions new since then are read.
     """
     gallery = service.gallery
     cache = HistoryCache(gallery.path)
@@ -30,12 +31,14 @@ def history(service: Service) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     new: list[dict[str, Any]] = []
     for v in gallery.table.list_versions():
-        stamp = v["timestamp"].isoformat()
+        stamp = v["timestamp"].astimezone(dt.timezone.utc).isoformat()  # lancedb gives local time: the key must not depend on TZ
+        after = out[-1]["version"] if out else None
         entry = known.get(int(v["version"]))
-        if entry is None or entry["stamp"] != stamp:
+        if entry is None or (entry["stamp"], entry["after"]) != (stamp, after):
             readers = readers or (gallery.open_snapshot(), gallery.dataset(gallery.latest_version()))
             entry = _entry(v, stamp, out[-1] if out else None, *readers)
-            new.append(entry)
+            if entry["change"] != UNREAD:  # a transaction that failed to read may read next time
+                new.append(entry)
         out.append(entry)
     cache.add(new)
     return [{k: e[k] for k in PUBLIC} for e in out]
@@ -60,7 +63,8 @@ def _entry(v: dict[str, Any], stamp: str, before: dict[str, Any] | None, snapsho
     else:
         change = _operation(lance_ds, int(v["version"]))
     return {"version": int(v["version"]), "time": v["timestamp"].astimezone(dt.timezone.utc).isoformat(timespec="seconds"), "rows": rows,
-            "serving": meta.serving.id if meta else None, "change": change, "events": events, "stamp": stamp}
+            "serving": meta.serving.id if meta else None, "change": change, "events": events, "stamp": stamp,
+            "after": before["version"] if before else None}
 
 
 HISTORY_CACHE = "history-cache.jsonl"
@@ -69,9 +73,10 @@ HISTORY_CACHE = "history-cache.jsonl"
 class HistoryCache:
     """Entries of past versions, one JSON line each, appended by whoever reads the history.
 
-    Each line names the version and its commit time, so a line whose version was pruned, or
-    reused by a table made anew, is simply not used; a torn or foreign line is skipped. Losing
-    the file costs time, never data.
+    Each line names the version, its commit time and the version it follows, so a line whose
+    version was pruned, reused by a table made anew, or worked out before its predecessor was
+    pruned is simply not used; a torn or foreign line is skipped. Losing the file, or failing to
+    write it, costs time, never data.
     """
 
     def __init__(self, gallery_path: Path) -> None:
@@ -80,43 +85,50 @@ class HistoryCache:
     def load(self) -> dict[int, dict[str, Any]]:
         known: dict[int, dict[str, Any]] = {}
         try:
-            lines = self.file.read_text().splitlines()
+            lines = self.file.read_bytes().decode("utf-8", errors="replace").splitlines()
         except OSError:
             return known
         for line in lines:
             try:
                 entry = json.loads(line)
-                known[int(entry["version"])] = {k: entry[k] for k in (*PUBLIC, "events", "stamp")}
+                known[int(entry["version"])] = {k: entry[k] for k in (*PUBLIC, "events", "stamp", "after")}
             except (ValueError, KeyError, TypeError):
                 continue
         return known
 
     def add(self, entries: list[dict[str, Any]]) -> None:
-        """Append in one write (O_APPEND: concurrent readers' lines do not interleave); a
-        read-only gallery folder only means the next reader works them out again."""
+        """Append in one write (O_APPEND: concurrent readers' lines do not interleave)."""
         if not entries:
             return
         data = "".join(json.dumps(e) + "\n" for e in entries).encode()
         try:
-            fd = os.open(self.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        except OSError:
-            return
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+            fd = os.open(self.file, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":  # a writer killed mid-line: start a line of our own
+                    data = b"\n" + data
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError:  # read-only folder, full disk: the next reader works them out again
+            pass
 
 
 OPERATIONS = {"Update": REWRITE, "CreateIndex": "index built", "Merge": "column added", "Project": "columns changed",
               "Rewrite": "compacted", "UpdateConfig": "metadata changed"}
 
 
+UNREAD = "table rewritten (its transaction could not be read)"
+
+
 def _operation(ds: Any, version: int) -> str:
     """What a version with the same rows and metadata did, from its Lance transaction."""
     try:
         tx = ds.read_transaction(version)
-    except Exception:  # noqa: BLE001  # pylance cannot rebuild some operations (a compaction's RewrittenIndex: TypeError)
-        tx = None
+    except TypeError:  # pylance cannot rebuild a compaction's RewrittenIndex operation, on any read
+        return OPERATIONS["Rewrite"]
+    except Exception:  # noqa: BLE001  # anything else (too many open files...) may pass: not cached
+        return UNREAD
     name = type(tx.operation).__name__ if tx is not None else ""
     return OPERATIONS.get(name, f"table rewritten ({name or 'unknown'})")
 

@@ -32,7 +32,7 @@ from compatret.errors import CompatretError
 from compatret.evaluation.regression import gate_check, stored_gate
 from compatret.index.auth import ApiKeys, Scope
 from compatret.index.backfill import backfill, pending_rows
-from compatret.index.backfill_job import BackfillJob
+from compatret.index.backfill_job import PROBE_WAIT_S, BackfillJob
 from compatret.index.console import CONSOLE_PREFIX, mount_console
 from compatret.index.history import grouped, history, rollback
 from compatret.index.overview import overview
@@ -496,7 +496,7 @@ def _write_routes(app: FastAPI, r: _Routes) -> None:
     @app.post("/rollback", responses=ERRORS, dependencies=[r.access("write")])
     def restore(req: RollbackRequest) -> dict[str, Any]:
         """Restore the rows, vectors and serving model of an earlier table version, as a new version."""
-        if r.job.running():
+        if r.job.running(wait=PROBE_WAIT_S):
             raise HTTPException(status_code=409, detail="a backfill is running: stop it before rolling back")
         meta = _refused(rollback, service, req.version)
         return {"restored": req.version, "serving": meta.serving.id, "table_version": service.gallery.version}

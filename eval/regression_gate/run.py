@@ -154,6 +154,8 @@ def flip_rates(queries: Path, qrels: Path) -> dict[str, Any]:
         try:
             r = run_regression(g, m, str(queries), str(qrels), None)
         except CompatretError as exc:  # STAR has no lineage: the contract refuses it; scored raw, as eval/compat_text does
+            if "not compatible" not in str(exc):
+                raise
             refused = str(exc)
             r = compare(g, m, read_queries(str(queries)), read_qrels(str(qrels)), unchecked=True).to_dict()
         out[name] = {"old": r["serving"], "ndcg_at_10_old": r["serving_scores"]["ndcg_at_10"], "ndcg_at_10_new": r["candidate_scores"]["ndcg_at_10"],

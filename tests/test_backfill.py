@@ -97,7 +97,7 @@ def test_rollback_restores_serving_model_and_vectors(tmp_path, digit_models):
     for i, (v, vec) in before.items():
         assert rows[i][0] == v and np.allclose(rows[i][1], vec)
     changes = [h["change"] for h in history(after)]
-    assert "upgrade" in changes and changes[-1] == "rollback"
+    assert "upgrade from v1" in changes and changes[-2:] == ["earlier version restored", f"rollback to version {point}"]
     batches = changes.count("vectors rewritten")
     assert batches == 4  # 64 rows in batches of 16
     summary = [h for h in grouped(history(after)) if h["change"].startswith("backfill")]
@@ -151,7 +151,7 @@ def test_history_cache_follows_the_table(tmp_path, digit_models, monkeypatch):
     assert kept == fresh() and kept[0]["change"] == "oldest kept version" and len(kept) < len(first) + 4
     line = next(json.loads(x) for x in cache.read_text().splitlines() if json.loads(x)["version"] == kept[0]["version"])
     with cache.open("a") as f:  # what a reader that listed the versions before the prune's cleanup wrote
-        f.write(json.dumps({**line, "after": line["version"] - 1, "change": "compacted"}) + "\n")
+        f.write(json.dumps({**line, "after": line["version"] - 1, "change": "table maintenance"}) + "\n")
     assert history(Service.open(tmp_path / "g")) == kept
     for p in (tmp_path / "g").iterdir():  # the table goes; the cache file stays behind
         if p != cache:

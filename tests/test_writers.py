@@ -15,7 +15,7 @@ import pytest
 from compatret import CompatretError
 from compatret.index.backfill import backfill, pending_rows
 from compatret.index.gallery import Gallery
-from compatret.index.history import rollback
+from compatret.index.history import grouped, history, rollback
 from compatret.index.search_index import CACHE_DIR
 from compatret.index.service import Service
 from compatret.index.verify import verify
@@ -147,8 +147,14 @@ def test_backfill_compaction_keeps_every_version(tmp_path, digit_models, monkeyp
     s = Service.open(tmp_path / "g")
     assert s.rows_by_version() == {"v2": 40}
     assert len(s.gallery.table.list_versions()) > versions + 10  # 10 batches + compactions, nothing forgotten
+    every = history(s)
+    assert "table maintenance" in {h["change"] for h in every}
+    runs = [h for h in grouped(every) if h["change"].startswith("backfill")]  # its compactions folded into the one run
+    assert [h["change"] for h in runs] == ["backfill to v2: 10 batches"] and runs[0]["to_version"] - runs[0]["version"] + 1 > 10
     rollback(s, first)
     assert Service.open(tmp_path / "g").rows_by_version() == {"v1": 40}
+    last = grouped(history(Service.open(tmp_path / "g")))[-1]  # the restore and its rollback event: one entry
+    assert last["change"] == f"rollback to version {first}" and last["to_version"] == last["version"] + 1
 
 
 def test_backfill_skips_rows_it_cannot_re_embed(tmp_path, digit_models):

@@ -54,17 +54,33 @@ def _entry(v: dict[str, Any], stamp: str, before: dict[str, Any] | None, snapsho
     meta = GalleryMeta.from_json(raw.decode()) if raw else None
     rows = int(v.get("metadata", {}).get("total_rows", -1))
     events = len(meta.history) if meta else 0
+    models = sorted(meta.versions) if meta else []
     if before is None:
         change = "table created" if int(v["version"]) == 1 else "oldest kept version"
     elif events > before["events"] and meta is not None:
-        change = str(meta.history[-1].get("event"))
+        change = _event(meta.history[-1])
     elif rows != before["rows"]:
         change = f"rows {rows - before['rows']:+d}"
+    elif set(models) - set(before["models"]):
+        change = f"{', '.join(sorted(set(models) - set(before['models'])))} registered for the rows it writes"
     else:
         change = _operation(lance_ds, int(v["version"]))
     return {"version": int(v["version"]), "time": v["timestamp"].astimezone(dt.timezone.utc).isoformat(timespec="seconds"), "rows": rows,
-            "serving": meta.serving.id if meta else None, "change": change, "events": events, "stamp": stamp,
-            "after": before["version"] if before else None}
+            "serving": meta.serving.id if meta else None, "change": change, "events": events, "models": models, "stamp": stamp,
+            "after": before["version"] if before else None, "format": FORMAT}
+
+
+FORMAT = 2  # of a cached entry: entries of another format (other labels) are worked out again
+
+
+def _event(event: dict[str, Any]) -> str:
+    """A gallery event as a person reads it."""
+    name = str(event.get("event"))
+    if name == "upgrade":
+        return f"upgrade from {event.get('previous')}" + (" (gate passed)" if event.get("gate") else "")
+    if name == "rollback":
+        return f"rollback to version {event.get('to')}"
+    return name
 
 
 HISTORY_CACHE = "history-cache.jsonl"
@@ -91,7 +107,8 @@ class HistoryCache:
         for line in lines:
             try:
                 entry = json.loads(line)
-                known[int(entry["version"])] = {k: entry[k] for k in (*PUBLIC, "events", "stamp", "after")}
+                if entry["format"] == FORMAT:
+                    known[int(entry["version"])] = {k: entry[k] for k in (*PUBLIC, "events", "models", "stamp", "after", "format")}
             except (ValueError, KeyError, TypeError):
                 continue
         return known
@@ -114,8 +131,10 @@ class HistoryCache:
             pass
 
 
+MAINTENANCE = "table maintenance"  # compaction and index upkeep: rows and vectors as they were
+RESTORE = "earlier version restored"
 OPERATIONS = {"Update": REWRITE, "CreateIndex": "index built", "Merge": "column added", "Project": "columns changed",
-              "Rewrite": "compacted", "UpdateConfig": "metadata changed"}
+              "Rewrite": MAINTENANCE, "BaseOperation": MAINTENANCE, "UpdateConfig": "metadata changed", "Restore": RESTORE}
 
 
 UNREAD = "table rewritten (its transaction could not be read)"
@@ -126,7 +145,7 @@ def _operation(ds: Any, version: int) -> str:
     try:
         tx = ds.read_transaction(version)
     except TypeError:  # pylance cannot rebuild a compaction's RewrittenIndex operation, on any read
-        return OPERATIONS["Rewrite"]
+        return MAINTENANCE
     except Exception:  # noqa: BLE001  # anything else (too many open files...) may pass: not cached
         return UNREAD
     name = type(tx.operation).__name__ if tx is not None else ""
@@ -134,18 +153,32 @@ def _operation(ds: Any, version: int) -> str:
 
 
 def grouped(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Runs of consecutive rewrites under one serving model (a backfill's batches) as one entry
-    naming its first and last version and its batch count; other entries as they are."""
+    """What a person asks of the history: a backfill's batches under one serving model, with the
+    compactions it ran between them, as one entry naming its first and last version and its batch
+    count; a restore and the rollback event that follows it as one; other entries as they are."""
     out: list[dict[str, Any]] = []
+    held: list[dict[str, Any]] = []  # maintenance after a run's batch: the run's if another batch follows
     for e in entries:
-        if e["change"] != REWRITE:
-            out.append(dict(e))
+        run = out[-1] if out and out[-1].get("batches") else None
+        if e["change"] == MAINTENANCE and run is not None:
+            held.append(e)
             continue
-        if not (out and out[-1].get("batches") and out[-1]["serving"] == e["serving"]):
-            out.append({**e, "batches": 0})
-        run = out[-1]
+        if e["change"] == REWRITE and run is not None and run["serving"] == e["serving"]:
+            held.clear()
+        else:
+            out.extend(dict(h) for h in held)
+            held.clear()
+            if e["change"] != REWRITE:
+                if e["change"].startswith("rollback to") and out and out[-1]["change"] == RESTORE:
+                    out[-1] = {**e, "version": out[-1]["version"], "to_version": e["version"]}
+                else:
+                    out.append(dict(e))
+                continue
+            run = {**e, "batches": 0}
+            out.append(run)
         run.update(to_version=e["version"], time=e["time"], rows=e["rows"], batches=run["batches"] + 1)
         run["change"] = f"backfill to {e['serving']}: {run['batches']} batch{'es' if run['batches'] > 1 else ''}"
+    out.extend(dict(h) for h in held)
     return out
 
 

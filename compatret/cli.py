@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -402,8 +403,8 @@ def index_prune(directory: str, older_than_days: float, as_json: bool) -> None:
     from compatret.index.history import prune
     from compatret.index.service import Service
 
-    if older_than_days < 0:
-        raise CompatretError("--older-than-days must be >= 0")
+    if not (math.isfinite(older_than_days) and 0 <= older_than_days <= 365_000):
+        raise CompatretError("--older-than-days must be a number of days from 0 to 365000")
     out = prune(Service.open(directory), dt.timedelta(days=older_than_days))
     emit(out, as_json, f"versions: {out['versions_before']} -> {out['versions_after']}")
 
@@ -441,7 +442,9 @@ def serve(directory: str, host: str, port: int, workers: int, insecure: bool, **
         "directory": str(Path(directory).resolve()), "refresh_seconds": app["refresh_seconds"], "api_key_file": app["api_key_file"],
         "models_dir": models_dir and str(Path(models_dir).resolve()), "max_body_bytes": int(app["max_body_mb"] * 2**20),
         "inference_slots": app["inference_slots"]})
-    uvicorn.run("compatret.index.server:app_from_env", factory=True, workers=workers, host=host, port=port, log_level="warning")
+    click.echo(f"serving {directory} on http://{host}:{port}: the console at /, the API at /docs", err=True)
+    # uvicorn says when it listens ("Uvicorn running on ..."); no line per request: that would cost the queries time
+    uvicorn.run("compatret.index.server:app_from_env", factory=True, workers=workers, host=host, port=port, log_level="info", access_log=False)
 
 
 @main.command("query")

@@ -95,6 +95,10 @@ def test_text_gallery_with_real_model(runner, tmp_path, scifact_subset):
         (["index", "add", "G", "--items", "bad.jsonl"], "bad.jsonl:2: not valid JSON"),
         (["index", "add", "G", "--vectors", "y.npy", "--ids", "taken.npy"], "already in the gallery with other content, e.g. '1'"),
         (["index", "add", "G", "--ids", "taken.npy", "--items", "bad.jsonl"], "--ids goes with --vectors"),
+        (["index", "prune", "G", "--older-than-days", "inf"], "from 0 to 365000"),
+        (["index", "prune", "G", "--older-than-days", "nan"], "from 0 to 365000"),
+        (["index", "prune", "G", "--older-than-days", "1e10"], "from 0 to 365000"),
+        (["index", "rollback", "G", "--to", "0"], "no version 0 (have 1.."),
     ],
 )
 def test_bad_input_gives_one_line_and_nonzero_exit(runner, tmp_path, args, message, monkeypatch):

@@ -128,6 +128,8 @@ def test_keys_and_scopes(served, digit_models):
     assert client(served, READ_KEY).post("/backfill/stop", json={}).status_code == 403
     form = {"Content-Type": "application/x-www-form-urlencoded"}  # what a cross-site form sends: refused before anything
     assert client(served).post("/items/delete", content="ids=d0", headers=form).status_code == 415
+    bare = client(served).post("/backfill/stop")  # no body, no type: the one line says what to send
+    assert bare.status_code == 415 and "send {}" in bare.json()["detail"]
     assert client(served, READ_KEY).post("/rollback", json={"version": 1}).status_code == 403
     assert client(served, None).post("/query", json={"vectors": [[1.0] * 16]}).status_code == 401
     assert client(served, None).get("/gallery").status_code == 401

@@ -56,5 +56,6 @@ def test_http_api_under_upgrade_and_backfill(server, digit_models):
         report = httpx.get(f"{server}/backfill", timeout=30).json()["last_report"]
         assert report is not None and report["done"] == 150
     assert failures == 0 and answered > 10
+    assert c.post("/backfill", headers={"Content-Type": "application/json"}).status_code == 202  # no body: the defaults
     assert c.post("/items/delete", json={"ids": ["d0"]}).json() == {"deleted": 1}
     assert c.get("/health").json()["rows"] == 149

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,8 @@ def rollback(service: Service, to: int) -> GalleryMeta:
     with gallery.writing("rollback"):
         versions = {int(v["version"]) for v in gallery.table.list_versions()}
         if to not in versions:
-            raise CompatretError(f"no version {to} (have {min(versions)}..{max(versions)}; pruned versions are gone)")
+            gone = "; pruned versions are gone" if 1 <= to < min(versions) else ""
+            raise CompatretError(f"no version {to} (have {min(versions)}..{max(versions)}{gone})")
         current = gallery.version
         retry_commit(lambda: gallery.table.restore(to), "rollback", gallery.table.checkout_latest)
         meta = gallery.with_event("rollback", to=to, from_version=current)
@@ -204,7 +206,9 @@ def prune(service: Service, older_than: dt.timedelta) -> dict[str, int]:
     gallery = service.gallery
     with gallery.writing("prune"):
         before = len(gallery.table.list_versions())
-        retry_commit(lambda: gallery.table.optimize(cleanup_older_than=older_than), "prune", gallery.table.checkout_latest)
+        with warnings.catch_warnings():  # lancedb warns that 0 keeps the latest version only: what was asked
+            warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than=0\)")
+            retry_commit(lambda: gallery.table.optimize(cleanup_older_than=older_than), "prune", gallery.table.checkout_latest)
         after = len(gallery.table.list_versions())
         HistoryCache(gallery.path).file.unlink(missing_ok=True)  # its pruned versions' lines would only grow it
     return {"versions_before": before, "versions_after": after}

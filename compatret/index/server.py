@@ -248,7 +248,7 @@ class KeyCheck:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope.get("method") == "POST" and not _json_body(scope):
             # a browser sends a cross-site form or text/plain POST without asking first; a JSON one it must ask for (CORS)
-            await JSONResponse({"detail": "send the body as JSON (Content-Type: application/json)"}, status_code=415)(scope, receive, send)
+            await JSONResponse({"detail": "a POST must say Content-Type: application/json (send {} when there is nothing to say)"}, status_code=415)(scope, receive, send)
             return
         needed = needed_scope(scope.get("method", ""), scope.get("path", "")) if scope["type"] == "http" else None
         if needed is None or not self.keys.enabled:
@@ -473,7 +473,8 @@ def _write_routes(app: FastAPI, r: _Routes) -> None:
         return {"serving": meta.serving.id, "gate": gate}
 
     @app.post("/backfill", status_code=202, responses=ERRORS, dependencies=[r.access("write")])
-    def start_backfill(req: BackfillRequest) -> dict[str, bool]:
+    def start_backfill(req: BackfillRequest | None = None) -> dict[str, bool]:
+        req = req or BackfillRequest()
         if req.limit is not None and req.fraction is not None:
             raise HTTPException(400, "give limit or fraction, not both")
 

@@ -246,7 +246,7 @@ def index_info(directory: str, as_json: bool) -> None:
         [
             f"gallery        {info['path']}",
             f"rows           {info['rows']}  ({', '.join(f'{k}: {v}' for k, v in info['rows_by_version'].items()) or 'empty'})",
-            f"vectors        {info['dim']}-d {info['metric']}, made by {info['vector_model']}",
+            f"vectors        {info['dim']}-d {info['metric']}, gallery created with {info['vector_model']}",
             f"serving        {info['serving_model']}",
             f"lineage        {lineage}",
             f"query plan     {info['query_plan']['dims']} shared dims, {info['query_plan']['transforms']} transforms",

@@ -24,6 +24,8 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 @click.version_option(package_name="compatret")
 def main() -> None:
     """compatret: retrieval with backward-compatible embeddings. Upgrade the model, keep the index."""
+    if not sys.stderr.isatty():  # a log file, not a terminal: a progress line every 30 s, not ten a second
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
 
 
 @main.group()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from compatret import CompatretError
-from compatret.index.backfill import backfill, pending_rows
+from compatret.index.backfill import backfill, pending_counts, pending_rows
 from compatret.index.gallery import Gallery
 from compatret.index.history import grouped, history, rollback
 from compatret.index.search_index import CACHE_DIR
@@ -165,8 +165,11 @@ def test_backfill_skips_rows_it_cannot_re_embed(tmp_path, digit_models):
     s.add_vectors(bare, ids=["bare0", "bare1", "bare2"])
     s.upgrade(digit_models["v2"])
     assert len(pending_rows(s).ids) == 30 and pending_rows(s).unembeddable == ["bare0", "bare1", "bare2"]
+    assert pending_counts(s, s.rows_by_version()) == (30, 3)  # what GET /backfill reports, counted without the ids
+    backfill(s, limit=8, batch_size=8, progress=False)
+    assert pending_counts(s, s.rows_by_version()) == (22, 3)
     report = backfill(s, batch_size=8, progress=False)
-    assert (report.done, report.remaining, report.skipped) == (30, 0, 3)
+    assert (report.done, report.remaining, report.skipped) == (22, 0, 3)
     s = Service.open(tmp_path / "g")
     assert s.rows_by_version() == {"v1": 3, "v2": 30}
     ids, stored = s.gallery.rows_of("v1")

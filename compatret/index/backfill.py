@@ -87,6 +87,17 @@ def pending_rows(service: Service) -> Pending:
     return Pending([str(i) for i in ids], [str(i) for i in bare])
 
 
+def pending_counts(service: Service, counts: dict[str, int]) -> tuple[int, int]:
+    """(re-embeddable, unembeddable) rows not on the serving model, without listing their ids
+    (a status poll at 10M rows must not build 10M strings): `counts` (rows_by_version) gives the
+    rows on other models; only those without a payload are counted in the table."""
+    meta = service.gallery.meta
+    older = f"model_version != {sql_quote(meta.serving.id)}"
+    bare = int(service.gallery.dataset().count_rows(filter=f"{older} AND NOT {_payload_filter(meta.modality)}"))
+    others = sum(n for v, n in counts.items() if v != meta.serving.id)
+    return max(others - bare, 0), bare
+
+
 def _random_key(serving: str, row_id: str) -> str:
     """A fixed pseudo-random position per (serving model, row): the order survives restarts."""
     return hashlib.blake2b(f"{serving}:{row_id}".encode(), digest_size=8).hexdigest()

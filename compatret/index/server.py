@@ -31,7 +31,7 @@ from compatret.encoders import ALIASES
 from compatret.errors import CompatretError
 from compatret.evaluation.regression import gate_check, stored_gate
 from compatret.index.auth import ApiKeys, Scope
-from compatret.index.backfill import backfill, pending_rows
+from compatret.index.backfill import backfill, pending_counts
 from compatret.index.backfill_job import PROBE_WAIT_S, BackfillJob
 from compatret.index.console import CONSOLE_PREFIX, mount_console
 from compatret.index.history import grouped, history, rollback
@@ -429,11 +429,11 @@ def _read_routes(app: FastAPI, r: _Routes) -> None:
     @app.get("/backfill", response_model=BackfillStatus, responses=ERRORS, dependencies=[r.access("read")])
     def backfill_status() -> dict[str, Any]:
         running = r.job.running()  # read before the last report: a job that ends in between is reported finished, with its result
-        pending = pending_rows(service)
+        counts = service.rows_by_version()
+        pending, bare = pending_counts(service, counts)  # from the same counts: a poll never disagrees with itself
         last = r.job.last()
-        return {"serving": service.meta.serving.id, "rows_by_version": service.rows_by_version(), "pending": len(pending.ids),
-                "unembeddable": len(pending.unembeddable), "running": running, "last_report": last.get("report"),
-                "last_error": last.get("error")}
+        return {"serving": service.meta.serving.id, "rows_by_version": counts, "pending": pending,
+                "unembeddable": bare, "running": running, "last_report": last.get("report"), "last_error": last.get("error")}
 
     @app.get("/gallery", response_model=GalleryView, responses=ERRORS, dependencies=[r.access("read")])
     def gallery(request: Request) -> dict[str, Any]:

@@ -373,7 +373,7 @@ def index_history(directory: str, every_version: bool, as_json: bool) -> None:
     rows = history(Service.open(directory))
     rows = rows if every_version else grouped(rows)
     text = "\n".join(f"{str(r['version']) + ('..' + str(r['to_version']) if r.get('to_version', r['version']) != r['version'] else ''):>12}  "
-                     f"{r['time']}  {r['rows']:>9} rows  serving {r['serving']:<20} {r['change']}" for r in rows)
+                     f"{r['time']}  {r['rows']:>9} rows  serving {r['serving'] or '-':<20} {r['change']}" for r in rows)
     emit(rows, as_json, text)
 
 

@@ -90,6 +90,7 @@ def test_rollback_restores_serving_model_and_vectors(tmp_path, digit_models):
     s.upgrade(digit_models["v2"])
     backfill(s, progress=False, batch_size=16)
     assert Service.open(tmp_path / "g").rows_by_version() == {"v2": 64}
+    backfilled = Service.open(tmp_path / "g").gallery.version
     rollback(Service.open(tmp_path / "g"), point)
     after = Service.open(tmp_path / "g")
     assert after.meta.serving.id == "v1" and after.rows_by_version() == {"v1": 64}
@@ -104,6 +105,30 @@ def test_rollback_restores_serving_model_and_vectors(tmp_path, digit_models):
     assert len(summary) == 1 and summary[0]["batches"] == batches and summary[0]["change"] == f"backfill to v2: {batches} batches"
     with pytest.raises(CompatretError, match="no version"):
         rollback(after, 10_000)
+    rollback(after, backfilled)  # undo the rollback: the restored state has more models and events than the one before it
+    undone = Service.open(tmp_path / "g")
+    assert undone.rows_by_version() == {"v2": 64} and undone.meta.serving.id == "v2"
+    assert [h["change"] for h in grouped(history(undone))][-2:] == [f"rollback to version {point}", f"rollback to version {backfilled}"]
+
+
+@pytest.mark.parametrize("changes, expected", [
+    (["vectors rewritten", "table maintenance", "index built", "vectors rewritten"], ["backfill to A: 2 batches"]),
+    (["vectors rewritten", "vectors rewritten", "table maintenance"], ["backfill to A: 2 batches", "table maintenance"]),
+    (["vectors rewritten", "table maintenance", "B:vectors rewritten"], ["backfill to A: 1 batch", "table maintenance", "backfill to B: 1 batch"]),
+    (["earlier version restored", "rollback to version 3"], ["rollback to version 3"]),
+    (["earlier version restored", "rows +5"], ["earlier version restored", "rows +5"]),
+    (["table maintenance", "vectors rewritten", "upgrade from A", "table maintenance"],
+     ["table maintenance", "backfill to A: 1 batch", "upgrade from A", "table maintenance"]),
+])
+def test_grouped_folds_a_runs_compactions_and_a_rollbacks_restore(changes, expected):
+    """A backfill's compactions between its batches belong to it, trailing ones and another
+    model's batches do not; a restore merges only with its own rollback event; nothing is lost."""
+    entries = [{"version": i + 1, "time": "t", "rows": 10, "serving": c.split(":")[0] if ":" in c else "A", "change": c.split(":")[-1]}
+               for i, c in enumerate(changes)]
+    out = grouped(entries)
+    assert [e["change"] for e in out] == expected
+    covered = [v for e in out for v in range(e["version"], e.get("to_version", e["version"]) + 1)]
+    assert covered == [e["version"] for e in entries]  # every version once, in order
 
 
 def test_history_cache_follows_the_table(tmp_path, digit_models, monkeypatch):
@@ -136,7 +161,7 @@ def test_history_cache_follows_the_table(tmp_path, digit_models, monkeypatch):
     try:
         assert history(s) == first and cache.stat().st_size == size
     finally:
-        monkeypatch.delenv("TZ")
+        monkeypatch.undo()  # TZ as it was (set or not), then the process's zone from it
         time.tzset()
     backfill(s, batch_size=16, progress=False)
     with cache.open("a") as f:

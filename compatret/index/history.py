@@ -56,8 +56,11 @@ def _entry(v: dict[str, Any], stamp: str, before: dict[str, Any] | None, snapsho
     rows = int(v.get("metadata", {}).get("total_rows", -1))
     events = len(meta.history) if meta else 0
     models = sorted(meta.versions) if meta else []
+    operation = _operation(lance_ds, int(v["version"])) if before is not None else ""
     if before is None:
         change = "table created" if int(v["version"]) == 1 else "oldest kept version"
+    elif operation in (RESTORE, UNREAD):  # a restore brings back any rows, events and models: named by its transaction
+        change = operation
     elif events > before["events"] and meta is not None:
         change = _event(meta.history[-1])
     elif rows != before["rows"]:
@@ -65,13 +68,13 @@ def _entry(v: dict[str, Any], stamp: str, before: dict[str, Any] | None, snapsho
     elif set(models) - set(before["models"]):
         change = f"{', '.join(sorted(set(models) - set(before['models'])))} registered for the rows it writes"
     else:
-        change = _operation(lance_ds, int(v["version"]))
+        change = operation
     return {"version": int(v["version"]), "time": v["timestamp"].astimezone(dt.timezone.utc).isoformat(timespec="seconds"), "rows": rows,
             "serving": meta.serving.id if meta else None, "change": change, "events": events, "models": models, "stamp": stamp,
             "after": before["version"] if before else None, "format": FORMAT}
 
 
-FORMAT = 2  # of a cached entry: entries of another format (other labels) are worked out again
+FORMAT = 3  # of a cached entry: entries of another format (other labels) are worked out again
 
 
 def _event(event: dict[str, Any]) -> str:
@@ -122,10 +125,9 @@ class HistoryCache:
         try:
             fd = os.open(self.file, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":  # a writer killed mid-line: start a line of our own
-                    data = b"\n" + data
-                os.write(fd, data)
+                if os.lseek(fd, 0, os.SEEK_END) and (os.lseek(fd, -1, os.SEEK_END), os.read(fd, 1))[1] != b"\n":
+                    data = b"\n" + data  # a writer killed mid-line: start a line of our own
+                os.write(fd, data)  # O_APPEND: at the end, wherever the read left the offset
             finally:
                 os.close(fd)
         except OSError:  # read-only folder, full disk: the next reader works them out again
@@ -134,8 +136,10 @@ class HistoryCache:
 
 MAINTENANCE = "table maintenance"  # compaction and index upkeep: rows and vectors as they were
 RESTORE = "earlier version restored"
-OPERATIONS = {"Update": REWRITE, "CreateIndex": "index built", "Merge": "column added", "Project": "columns changed",
+INDEX_BUILT = "index built"
+OPERATIONS = {"Update": REWRITE, "CreateIndex": INDEX_BUILT, "Merge": "column added", "Project": "columns changed",
               "Rewrite": MAINTENANCE, "BaseOperation": MAINTENANCE, "UpdateConfig": "metadata changed", "Restore": RESTORE}
+FOLDED = (MAINTENANCE, INDEX_BUILT)  # what a backfill's periodic compaction commits between its batches
 
 
 UNREAD = "table rewritten (its transaction could not be read)"
@@ -155,13 +159,13 @@ def _operation(ds: Any, version: int) -> str:
 
 def grouped(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What a person asks of the history: a backfill's batches under one serving model, with the
-    compactions it ran between them, as one entry naming its first and last version and its batch
+    compactions and id-index updates it ran between them, as one entry naming its first and last version and its batch
     count; a restore and the rollback event that follows it as one; other entries as they are."""
     out: list[dict[str, Any]] = []
-    held: list[dict[str, Any]] = []  # maintenance after a run's batch: the run's if another batch follows
+    held: list[dict[str, Any]] = []  # maintenance after a run's batch: the run's if another batch of it follows
     for e in entries:
         run = out[-1] if out and out[-1].get("batches") else None
-        if e["change"] == MAINTENANCE and run is not None:
+        if e["change"] in FOLDED and run is not None:
             held.append(e)
             continue
         if e["change"] == REWRITE and run is not None and run["serving"] == e["serving"]:

@@ -18,14 +18,16 @@ from compatret.errors import CompatretError
 # Hugging Face's per-model "Loading weights" bars say nothing a user needs and bury the one error
 # line; compatret's own bars (embedding, training, backfill) are tqdm's and stay. Set it to 0 to see them.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Into a log file, not a terminal: a progress line every 30 s, not ten a second. tqdm reads this
+# when it is first imported, so here, before any command imports it.
+if not sys.stderr.isatty():
+    os.environ.setdefault("TQDM_MININTERVAL", "30")
 
 
 @click.group()
 @click.version_option(package_name="compatret")
 def main() -> None:
     """compatret: retrieval with backward-compatible embeddings. Upgrade the model, keep the index."""
-    if not sys.stderr.isatty():  # a log file, not a terminal: a progress line every 30 s, not ten a second
-        os.environ.setdefault("TQDM_MININTERVAL", "30")
 
 
 @main.group()

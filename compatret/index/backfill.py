@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from compatret.errors import CompatretError
-from compatret.index.gallery import item_inputs, sql_quote
+from compatret.index.gallery import GalleryMeta, item_inputs, sql_quote
 from compatret.index.interrupt import stop_on_sigint
 from compatret.index.search import make_kernel, sample_parts
 from compatret.index.service import Service
@@ -79,12 +79,10 @@ def pending_rows(service: Service) -> Pending:
     """Rows whose vector was made by a model other than the serving one (from the table itself)."""
     gallery = service.gallery
     gallery.latest_version()
-    meta = gallery.meta
-    older = f"model_version != {sql_quote(meta.serving.id)}"
-    has = _payload_filter(meta.modality)
-    ids = gallery.scan(["id"], where=f"{older} AND {has}").column("id").to_pylist()  # in table order
-    bare = gallery.scan(["id"], where=f"{older} AND NOT {has}").column("id").to_pylist()
-    return Pending([str(i) for i in ids], [str(i) for i in bare])
+    embeddable, bare = _pending_filters(gallery.meta)
+    ids = gallery.scan(["id"], where=embeddable).column("id").to_pylist()  # in table order
+    bare_ids = gallery.scan(["id"], where=bare).column("id").to_pylist()
+    return Pending([str(i) for i in ids], [str(i) for i in bare_ids])
 
 
 def pending_counts(service: Service, counts: dict[str, int]) -> tuple[int, int]:
@@ -92,10 +90,16 @@ def pending_counts(service: Service, counts: dict[str, int]) -> tuple[int, int]:
     (a status poll at 10M rows must not build 10M strings): `counts` (rows_by_version) gives the
     rows on other models; only those without a payload are counted in the table."""
     meta = service.gallery.meta
-    older = f"model_version != {sql_quote(meta.serving.id)}"
-    bare = int(service.gallery.dataset().count_rows(filter=f"{older} AND NOT {_payload_filter(meta.modality)}"))
+    bare = int(service.gallery.dataset().count_rows(filter=_pending_filters(meta)[1]))
     others = sum(n for v, n in counts.items() if v != meta.serving.id)
     return max(others - bare, 0), bare
+
+
+def _pending_filters(meta: GalleryMeta) -> tuple[str, str]:
+    """Filters of the rows not on the serving model: those a backfill re-embeds, those it skips."""
+    older = f"model_version != {sql_quote(meta.serving.id)}"
+    has = _payload_filter(meta.modality)
+    return f"{older} AND {has}", f"{older} AND NOT {has}"
 
 
 def _random_key(serving: str, row_id: str) -> str:

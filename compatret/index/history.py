@@ -32,12 +32,12 @@ def history(service: Service) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     new: list[dict[str, Any]] = []
     for v in gallery.table.list_versions():
-        stamp = v["timestamp"].astimezone(dt.timezone.utc).isoformat()  # lancedb gives local time: the key must not depend on TZ
+        when = v["timestamp"].astimezone(dt.timezone.utc)  # lancedb gives local time: the key must not depend on TZ
         after = out[-1]["version"] if out else None
         entry = known.get(int(v["version"]))
-        if entry is None or (entry["stamp"], entry["after"]) != (stamp, after):
+        if entry is None or (entry["stamp"], entry["after"]) != (when.isoformat(), after):
             readers = readers or (gallery.open_snapshot(), gallery.dataset(gallery.latest_version()))
-            entry = _entry(v, stamp, out[-1] if out else None, *readers)
+            entry = _entry(v, when, out[-1] if out else None, *readers)
             if entry["change"] != UNREAD:  # a transaction that failed to read may read next time
                 new.append(entry)
         out.append(entry)
@@ -46,9 +46,10 @@ def history(service: Service) -> list[dict[str, Any]]:
 
 
 PUBLIC = ("version", "time", "rows", "serving", "change")
+CACHED = (*PUBLIC, "events", "models", "stamp", "after", "format")  # what an entry of the cache must hold
 
 
-def _entry(v: dict[str, Any], stamp: str, before: dict[str, Any] | None, snapshot: Any, lance_ds: Any) -> dict[str, Any]:
+def _entry(v: dict[str, Any], when: dt.datetime, before: dict[str, Any] | None, snapshot: Any, lance_ds: Any) -> dict[str, Any]:
     """The entry of one listed version, from its metadata and the entry of the version listed before it."""
     snapshot.checkout(v["version"])
     raw = (snapshot.schema.field("vector").metadata or {}).get(META_KEY.encode())
@@ -69,9 +70,9 @@ def _entry(v: dict[str, Any], stamp: str, before: dict[str, Any] | None, snapsho
         change = f"{', '.join(sorted(set(models) - set(before['models'])))} registered for the rows it writes"
     else:
         change = operation
-    return {"version": int(v["version"]), "time": v["timestamp"].astimezone(dt.timezone.utc).isoformat(timespec="seconds"), "rows": rows,
-            "serving": meta.serving.id if meta else None, "change": change, "events": events, "models": models, "stamp": stamp,
-            "after": before["version"] if before else None, "format": FORMAT}
+    return {"version": int(v["version"]), "time": when.isoformat(timespec="seconds"), "rows": rows,
+            "serving": meta.serving.id if meta else None, "change": change, "events": events, "models": models,
+            "stamp": when.isoformat(), "after": before["version"] if before else None, "format": FORMAT}
 
 
 FORMAT = 3  # of a cached entry: entries of another format (other labels) are worked out again
@@ -112,7 +113,7 @@ class HistoryCache:
             try:
                 entry = json.loads(line)
                 if entry["format"] == FORMAT:
-                    known[int(entry["version"])] = {k: entry[k] for k in (*PUBLIC, "events", "models", "stamp", "after", "format")}
+                    known[int(entry["version"])] = {k: entry[k] for k in CACHED}
             except (ValueError, KeyError, TypeError):
                 continue
         return known

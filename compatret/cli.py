@@ -230,10 +230,34 @@ def index_upgrade(directory: str, model: str, gate_queries: str | None, qrels: s
     meta = service.upgrade(model, gate=gate)
     dt = time.perf_counter() - t0
     plan = service.plan()
+    adapter = adapter_estimate(model, directory)
     out = {"previous": before, "serving": meta.serving.id, "vector_model": meta.vector_model.id,
-           "query_dims": plan.dims, "transforms": len(plan.gallery_transforms), "seconds": dt, "gate": gate}
-    emit(out, as_json, f"serving {meta.serving.id} (was {before}); stored {meta.vector_model.id} vectors searched as they are, "
-                       f"{plan.dims} shared dims; {dt * 1000:.1f} ms")
+           "query_dims": plan.dims, "transforms": len(plan.gallery_transforms), "seconds": dt, "gate": gate,
+           "adapter_estimate": adapter[0] if adapter else None}
+    how = (f"mapped into its space by {len(plan.gallery_transforms)} fitted transform(s)" if plan.gallery_transforms
+           else f"searched as they are, {plan.dims} shared dims")
+    emit(out, as_json, f"serving {meta.serving.id} (was {before}); stored {meta.vector_model.id} vectors {how}; {dt * 1000:.1f} ms"
+                       + (f"\n{adapter[1]}" if adapter else ""))
+
+
+def adapter_estimate(model: str, directory: str) -> tuple[dict[str, Any], str] | None:
+    """An adapter folder's estimate against staying (written by `compatret adapt`) and a line saying it."""
+    path = Path(model) / "adapter.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    est = record.get("estimate") if isinstance(record, dict) else None
+    if not isinstance(est, dict):
+        return None
+    where = record.get("gallery")
+    elsewhere = where and Path(where) != Path(directory).resolve()
+    line = (f"adapter estimate (compatret adapt, {'on ' + where if elsewhere else 'on this gallery'}): staying on {record.get('from')} "
+            f"{est['stay']:.3f} vs adapted {est['adapted']:.3f} nDCG@10 on {est['queries']} pseudo-queries, change {est['change']:+.3f} "
+            f"[{est['low']:+.3f}, {est['high']:+.3f}]" + (" - estimated worse, written with --force" if record.get("forced") and est["change"] < 0 else ""))
+    return est, line
 
 
 @index.command("info")
@@ -518,6 +542,7 @@ def quickstart(workdir: str, data: str | None, as_json: bool) -> None:
 # sub-command groups live in compatret/commands (their heavy imports happen inside the commands)
 from compatret.commands.adapt import adapt  # noqa: E402
 from compatret.commands.evaluate import eval_group  # noqa: E402
+from compatret.commands.model import model_group  # noqa: E402
 from compatret.commands.regression import regression  # noqa: E402
 from compatret.commands.retrieval_eval import retrieval  # noqa: E402
 from compatret.commands.retriever import retriever  # noqa: E402
@@ -528,4 +553,5 @@ eval_group.add_command(retrieval)
 eval_group.add_command(regression)
 main.add_command(train)
 main.add_command(adapt)
+main.add_command(model_group)
 main.add_command(eval_group, name="eval")

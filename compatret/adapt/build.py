@@ -8,14 +8,16 @@ rows, and write a compatret model folder that `index upgrade` accepts.
   into the old space, under an `identity` rule: the gallery keeps its space for good.
 
 Pairs are (stored vector, NEW's vector) of rows that have payloads, as many as NEW embeds in the
-time budget; a fifth is held aside to choose the kind (and, with `auto`, the direction), then the
-chosen map is fitted again on every pair.
+time budget (`sample`); every option (direction, kind, ridge) is scored out of sample on
+pseudo-queries from the gallery's own text (`select`), the best is fitted again on every pair, and
+it is written only when it is estimated at least as good as staying on the old model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -25,185 +27,225 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from compatret.adapt.fit import KINDS, Candidate, fit_kinds
-from compatret.encoders.base import write_encoder_config
+from compatret.adapt.fit import KINDS, fit_one
+from compatret.adapt.sample import MAX_SAMPLE, MIN_PAIRS, Pairs, check_enough, gather, usable_rows
+from compatret.adapt.select import FOLDS, Estimate, Option, Probe, cross_fitted_scores, estimate, options, stay_scores, training_pairs
+from compatret.encoders.base import Encoder, write_encoder_config
 from compatret.encoders.registry import ALIASES, load_encoder, load_version
 from compatret.errors import CompatretError
-from compatret.index.gallery import Gallery, id_filter, item_inputs, sql_quote
+from compatret.index.gallery import Gallery
 from compatret.index.service import TRANSFORMS_DIR
-from compatret.versions import VERSION_FILE, Compat, ModelVersion, apply_plan, normalize, resolve
+from compatret.versions import VERSION_FILE, Compat, LearnedMap, ModelVersion
 
 DIRECTIONS = ("gallery", "query", "auto")
-HELD_ASIDE = 0.2
-DEFAULT_BUDGET_S = 150.0  # seconds of embedding by NEW: with fitting, `adapt` stays within about 3 minutes
-MAX_SAMPLE = 20_000  # bounds the fit: the MLP trains on every pair for a fixed number of epochs
-MIN_PAIRS = 20
-CHUNK = 256  # rows read and embedded between two looks at the clock
-
-
-@dataclass(frozen=True)
-class Pairs:
-    """Stored vectors of the gallery's model and NEW's vectors of the same rows."""
-
-    ids: list[str]
-    old: np.ndarray
-    new: np.ndarray
-
-
-def sample_pairs(gallery: Gallery, new_spec: str, settings: AdaptSettings, progress: bool = True) -> tuple[ModelVersion, ModelVersion, Pairs]:
-    """(serving model, NEW's record, pairs): rows that carry a payload and whose vectors are in the
-    serving model's full space (its own rows, or rows its lineage maps there by identity or
-    transform rules), re-embedded by NEW in a seeded random order until `sample` rows (default:
-    all, at most MAX_SAMPLE) or until `budget` seconds of embedding are spent. More pairs fit a
-    better map (the MLP most of all), and what a user can spare is time: a fast NEW model gets
-    every row, a slow one what the budget allows. After one adapter, the next one continues the
-    lineage from it (v1 -> adapter v2 -> v3)."""
-    sample, budget = settings.sample, settings.budget
-    meta = gallery.meta
-    old = meta.serving
-    new = load_version(new_spec)
-    if meta.modality == "vector":
-        raise CompatretError("this gallery holds bare vectors, no payload (text or image) for a new model to embed: it cannot be adapted")
-    if new.modality != meta.modality:
-        raise CompatretError(f"model {new.id!r} is for {new.modality}, this gallery holds {meta.modality}")
-    if new.id == old.id:
-        raise CompatretError(f"the gallery already serves {old.id!r}")
-    if sample is not None and sample < MIN_PAIRS:
-        raise CompatretError(f"--sample must be at least {MIN_PAIRS}")
-    if budget is not None and budget <= 0:
-        raise CompatretError("--budget must be a positive number of seconds")
-    plans = {v: resolve(old, meta.version(v), gallery.path) for v in gallery.rows_by_version()}
-    usable = sorted(v for v, plan in plans.items() if plan.dims == old.dim)
-    payload = "image IS NOT NULL" if meta.modality == "image" else "(text IS NOT NULL OR title IS NOT NULL)"
-    in_space = " OR ".join(f"model_version = {sql_quote(v)}" for v in usable) or "FALSE"
-    ids = gallery.scan(["id"], where=f"({in_space}) AND {payload}").column("id").to_pylist()
-    if not ids:
-        raise CompatretError(f"no rows with a payload (text or image) in {old.id!r}'s space to fit on: "
-                             "a gallery of bare vectors cannot be adapted (and rows under a prefix rule need a backfill first)")
-    if sample is not None and sample > len(ids):
-        raise CompatretError(f"--sample {sample} is larger than the gallery's {len(ids)} rows with a payload in {old.id!r}'s space")
-    wanted = min(len(ids), MAX_SAMPLE) if sample is None else sample
-    if wanted < MIN_PAIRS:
-        raise CompatretError(f"the gallery has {len(ids)} rows with a payload in {old.id!r}'s space: at least {MIN_PAIRS} are needed")
-    order = np.random.default_rng(settings.seed).permutation(len(ids))[:wanted]
-    encoder = load_encoder(new_spec)
-    olds, news = [], []
-    start = time.perf_counter()
-    with tqdm(total=wanted, desc=f"embedding rows with {new.id}", unit="row", disable=not progress) as bar:
-        for s in range(0, wanted, CHUNK):
-            picked = [ids[i] for i in order[s : s + CHUNK]]
-            old_vec, items = _stored_and_payloads(gallery, picked, plans, usable)
-            olds.append(old_vec)
-            news.append(encoder.encode_items(items, batch_size=64, progress=False))
-            bar.update(len(picked))
-            if budget is not None and time.perf_counter() - start > budget:
-                break
-    done = [ids[i] for i in order[: sum(len(o) for o in olds)]]
-    if len(done) < MIN_PAIRS:  # only a budget stops the loop early
-        raise CompatretError(f"{new.id!r} embedded only {len(done)} rows in --budget {budget} s: at least {MIN_PAIRS} are needed")
-    return old, new, Pairs(done, np.concatenate(olds), normalize(np.concatenate(news)))
-
-
-def _stored_and_payloads(gallery: Gallery, picked: list[str], plans: dict[str, Any], usable: list[str]) -> tuple[np.ndarray, list[Any]]:
-    """The stored vectors of `picked` rows, brought into the serving space by their plans, and their payloads."""
-    meta = gallery.meta
-    column_of = {v: meta.column(meta.version(v)) for v in usable}
-    t = gallery.scan(["id", "model_version", "title", "text", "image", *sorted(set(column_of.values()))], where=id_filter(picked))
-    rows = {r["id"]: r for r in t.to_pylist()}
-    old_vec = np.zeros((len(picked), meta.serving.dim), np.float32)
-    for v in usable:
-        pos = [n for n, i in enumerate(picked) if rows[i]["model_version"] == v]
-        if pos:
-            stored = np.asarray([rows[picked[n]][column_of[v]] for n in pos], dtype=np.float32)
-            old_vec[pos] = apply_plan(plans[v], None, stored)[1]
-    return old_vec, item_inputs(rows, picked, meta.modality)
-
-
-@dataclass(frozen=True)
-class Fitted:
-    """Everything one fitting run found: the two records, the pairs, and each direction's candidates."""
-
-    old: ModelVersion
-    new: ModelVersion
-    pairs: Pairs
-    held_aside: int
-    found: dict[str, list[Candidate]]
-    embed_seconds: float  # reading and embedding the sample
-    seconds: float  # everything
+DEFAULT_BUDGET_S = 180.0  # the whole run: reading, embedding, fitting, scoring
+EMBED_SHARE = 0.7  # of the budget for embedding; the rest fits and scores the options
 
 
 @dataclass(frozen=True)
 class AdaptSettings:
     """What `compatret adapt` fits: direction (gallery | query | auto), kind (auto or one of KINDS),
-    and the pairs: `sample` rows (None: all, at most MAX_SAMPLE) within `budget` seconds of embedding."""
+    the pairs (`sample` rows, None: all, at most MAX_SAMPLE), `budget` seconds for the whole run,
+    and `force`: write the adapter even when it is estimated worse than staying."""
 
     direction: str = "gallery"
     kind: str = "auto"
     sample: int | None = None
     budget: float | None = DEFAULT_BUDGET_S
     seed: int = 0
+    force: bool = False
 
     def check(self) -> None:
         if self.direction not in DIRECTIONS:
             raise CompatretError(f"unknown direction {self.direction!r}; choose from {DIRECTIONS}")
         if self.kind != "auto" and self.kind not in KINDS:
             raise CompatretError(f"unknown kind {self.kind!r}; choose from {('auto', *KINDS)}")
+        if self.sample is not None and self.sample < MIN_PAIRS:
+            raise CompatretError(f"--sample must be at least {MIN_PAIRS}")
+        if self.budget is not None and not (0 < self.budget < math.inf):
+            raise CompatretError("--budget must be a positive number of seconds")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One option's cross-fitted pseudo-query scores (None: not scored, out of time)."""
+
+    option: Option
+    scores: np.ndarray
+    seconds: float
+
+    @property
+    def mean(self) -> float:
+        return float(self.scores.mean())
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """One fitting run: the two records, the pairs, every option's scores, the chosen map and its estimate."""
+
+    old: ModelVersion
+    new: ModelVersion
+    pairs: Pairs
+    scored: list[Scored]
+    chosen: Scored
+    fitted: LearnedMap
+    stay: np.ndarray | None  # staying's per pseudo-query scores, paired with each Scored's
+    estimate: Estimate | None
+    epochs: dict[str, int]
+    embed_seconds: float
+    seconds: float
+
+
+def _records(gallery: Gallery, new_spec: str) -> tuple[ModelVersion, ModelVersion]:
+    meta = gallery.meta
+    old, new = meta.serving, load_version(new_spec)
+    if meta.modality == "vector":
+        raise CompatretError("this gallery holds bare vectors, no payload (text or image) for a new model to embed: it cannot be adapted")
+    if new.modality != meta.modality:
+        raise CompatretError(f"model {new.id!r} is for {new.modality}, this gallery holds {meta.modality}")
+    if new.id == old.id:
+        raise CompatretError(f"the gallery already serves {old.id!r}")
+    return old, new
+
+
+def _old_encoder(gallery_dir: str | Path, modality: str) -> Encoder | None:
+    """The serving model, to embed pseudo-queries as the gallery answers them today (None: image galleries)."""
+    from compatret.index.service import Service
+
+    return Service.open(gallery_dir).encoder() if modality == "text" else None
+
+
+def _mlp_epochs(probe: Probe, direction: str, left: float) -> int:
+    """Epochs of the MLP that fit the time left for it (FOLDS + 1 fits), timed on one epoch; 0: skip it."""
+    import torch  # noqa: F401  imported before the clock starts: its import is not an epoch
+
+    t0 = time.perf_counter()
+    fit_one("mlp", *training_pairs(probe, np.arange(len(probe.old)), direction), epochs=1)
+    per_epoch = time.perf_counter() - t0
+    epochs = int(left / max(per_epoch * (FOLDS + 1), 1e-6))
+    return min(MLP_EPOCHS, epochs) if epochs >= MIN_MLP_EPOCHS else 0
+
+
+MLP_EPOCHS, MIN_MLP_EPOCHS = 30, 5
+
+
+def score_options(probe: Probe, opts: list[Option], deadline: float, log: Callable[[str], None] | None) -> tuple[list[Scored], dict[str, int]]:
+    """Every option's cross-fitted scores, simplest first, while time is left (the MLP sized to it)."""
+    scored: list[Scored] = []
+    epochs: dict[str, int] = {}
+    for opt in sorted(opts, key=lambda o: o.kind == "mlp"):
+        left = deadline - time.perf_counter()
+        if opt.kind == "mlp":
+            n_mlp = sum(o.kind == "mlp" for o in opts if o.direction not in epochs)
+            epochs[opt.direction] = _mlp_epochs(probe, opt.direction, left / max(n_mlp, 1) - 0.1 * left)
+            if epochs[opt.direction] == 0:
+                if log:
+                    log(f"{opt.label}: skipped, not enough of the budget left to train it")
+                continue
+        elif left <= 0 and scored:
+            break
+        t0 = time.perf_counter()
+        n = epochs.get(opt.direction, MLP_EPOCHS)
+        scores = cross_fitted_scores(probe, opt, lambda o, x, y: fit_one(o.kind, x, y, o.ridge, epochs=n))
+        scored.append(Scored(opt, scores, time.perf_counter() - t0))
+        if log:
+            log(f"{opt.label}: pseudo-query nDCG@10 {scored[-1].mean:.3f} (cross-fitted, {scored[-1].seconds:.1f} s)")
+    return scored, epochs
 
 
 def fit_adapters(gallery_dir: str | Path, new_spec: str, settings: AdaptSettings = AdaptSettings(), progress: bool = True,
                  log: Callable[[str], None] | None = None) -> Fitted:
-    """Sample and embed the pairs once, then fit every asked kind in every asked direction."""
+    """Sample and embed the pairs within the budget, score every option out of sample, fit the best
+    on every pair and estimate it against staying."""
     settings.check()
-    direction, kind, seed = settings.direction, settings.kind, settings.seed
     start = time.perf_counter()
-    old, new, pairs = sample_pairs(Gallery.open(gallery_dir), new_spec, settings, progress)
+    budget = settings.budget if settings.budget is not None else math.inf
+    gallery = Gallery.open(gallery_dir)
+    old, new = _records(gallery, new_spec)
+    plans, usable, ids = usable_rows(gallery, old)
+    if not ids:
+        raise CompatretError(f"no rows with a payload (text or image) in {old.id!r}'s space to fit on"
+                             + (": the gallery is empty" if not gallery.rows_by_version() else " (rows under a prefix rule need a backfill first)"))
+    if settings.sample is not None and settings.sample > len(ids):
+        raise CompatretError(f"--sample {settings.sample} is larger than the gallery's {len(ids)} rows with a payload in {old.id!r}'s space")
+    if len(ids) < MIN_PAIRS:
+        raise CompatretError(f"the gallery has {len(ids)} rows with a payload in {old.id!r}'s space: at least {MIN_PAIRS} are needed")
+    wanted = min(len(ids), MAX_SAMPLE) if settings.sample is None else settings.sample
+    new_enc, old_enc = load_encoder(new_spec), _old_encoder(gallery_dir, gallery.meta.modality)
+    pairs = gather(gallery, ids, plans, usable, wanted, new_enc, old_enc, start + EMBED_SHARE * budget, settings.seed, progress)
+    check_enough(pairs, new, settings.budget)
     embedded = time.perf_counter() - start
-    aside = np.random.default_rng(seed + 1).random(len(pairs.ids)) < HELD_ASIDE
-    kinds = KINDS if kind == "auto" else (kind,)
-    found: dict[str, list[Candidate]] = {}
-    for d in (("gallery", "query") if direction == "auto" else (direction,)):
-        src, dst = (pairs.old, pairs.new) if d == "gallery" else (pairs.new, pairs.old)
-        if log:
-            log(f"direction {d}: fitting {', '.join(kinds)} on {int((~aside).sum())} pairs, scoring on {int(aside.sum())} held aside, "
-                "then again on all")
-        found[d] = fit_kinds(src, dst, aside, d == "gallery", kinds, log)
-    return Fitted(old, new, pairs, int(aside.sum()), found, embedded, time.perf_counter() - start)
+    folds = np.random.default_rng(settings.seed + 2).permutation(np.arange(len(pairs.ids)) % FOLDS)
+    text = old_enc is not None and not np.isnan(pairs.q_old[:, 0]).all()
+    # without text to ask with (image galleries), each row's own NEW vector asks for it: it ranks options, it cannot judge staying
+    probe = Probe(pairs.old, pairs.new, pairs.q_old if text else pairs.old, pairs.q_new if text else pairs.new,
+                  pairs.targets, pairs.others, folds)
+    directions = ("gallery", "query") if settings.direction == "auto" else (settings.direction,)
+    opts = options(directions, KINDS if settings.kind == "auto" else (settings.kind,))
+    if log:
+        log(f"{len(pairs.ids)} pairs ({embedded:.0f} s), {int(probe.queried.sum())} pseudo-queries ({pairs.query_source}), "
+            f"{len(pairs.others)} more rows as distractors; {len(opts)} options, each scored cross-fitted over {FOLDS} folds")
+    scored, epochs = score_options(probe, opts, start + budget, log)
+    chosen = max(scored, key=lambda s: round(s.mean, 4))  # max keeps the first of equals: the simpler
+    opt = chosen.option
+    fitted = fit_one(opt.kind, *training_pairs(probe, np.arange(len(pairs.ids)), opt.direction), opt.ridge, epochs=epochs.get(opt.direction, MLP_EPOCHS))
+    stay = stay_scores(probe) if text else None
+    est = estimate(stay, chosen.scores, settings.seed) if stay is not None else None
+    return Fitted(old, new, pairs, scored, chosen, fitted, stay, est, epochs, embedded, time.perf_counter() - start)
 
 
-def choose(fitted: Fitted) -> tuple[str, Candidate]:
-    """The best (direction, candidate) by held-aside neighbour recall (ties: the simpler kind, listed first)."""
-    options = [(d, c) for d, cands in fitted.found.items() for c in cands]
-    best = max(range(len(options)), key=lambda n: (round(options[n][1].held_out_recall, 3), -n))
-    return options[best]
+class AdapterRefused(CompatretError):
+    """The adapted model is estimated to serve worse than the gallery's model does today."""
+
+
+def refusal(f: Fitted) -> str | None:
+    """Why the chosen adapter must not be written without --force: estimated worse than staying
+    (the mean change on the pseudo-queries below 0), or no estimate at all; None when it may."""
+    if f.estimate is None:
+        return ("no query-free estimate for an image gallery (no text to make pseudo-queries from): "
+                "nothing written; --force writes the adapter unchecked")
+    if f.estimate.change.mean < 0:
+        return (f"staying on {f.old.id!r} is estimated better than the {f.chosen.option.label} adapter to {f.new.id!r}: "
+                f"{f.estimate.line()}; nothing written (--force writes it anyway)")
+    return None
 
 
 def adapt(gallery_dir: str | Path, new_spec: str, out_dir: str | Path, settings: AdaptSettings = AdaptSettings(), progress: bool = True,
           log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Fit, choose and write the adapted model folder; returns the report `--json` prints."""
+    """Fit, choose, estimate and write the adapted model folder; returns the report `--json` prints.
+    Refuses (writing nothing) when the estimate says staying is better, unless `force`."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise CompatretError(f"{out} exists and is not empty")
-    fitted = fit_adapters(gallery_dir, new_spec, settings, progress, log)
-    chosen_direction, chosen = choose(fitted)
-    version = write_model(out, new_spec, fitted.old, fitted.new, chosen_direction, chosen, len(fitted.pairs.ids))
+    f = fit_adapters(gallery_dir, new_spec, settings, progress, log)
+    est = f.estimate
+    why = refusal(f)
+    if why is not None and not settings.force:
+        raise AdapterRefused(why)
+    version = write_model(out, new_spec, f, settings, gallery_dir)
     return {
-        "model": str(out), "model_id": version.id, "direction": chosen_direction, "kind": chosen.kind,
-        "from": fitted.old.id, "to": fitted.new.id, "sample": len(fitted.pairs.ids), "held_aside": fitted.held_aside,
-        "kinds": [{"direction": d, "kind": c.kind, "held_out_recall": c.held_out_recall, "held_out_cosine": c.held_out_cosine,
-                   "fit_seconds": c.fit_seconds} for d, cands in fitted.found.items() for c in cands],
-        "embed_seconds": fitted.embed_seconds, "seconds": fitted.seconds,
+        "model": str(out), "model_id": version.id, "direction": f.chosen.option.direction, "kind": f.chosen.option.kind,
+        "ridge": f.chosen.option.ridge, "from": f.old.id, "to": f.new.id, "sample": len(f.pairs.ids),
+        "pseudo_queries": int((~np.isnan(f.pairs.q_old[:, 0])).sum()), "query_source": f.pairs.query_source,
+        "estimate": est.to_dict() if est else None, "forced": why is not None,
+        "options": [{"direction": s.option.direction, "kind": s.option.kind, "ridge": s.option.ridge, "pseudo_ndcg": s.mean,
+                     "seconds": s.seconds} for s in f.scored],
+        "embed_seconds": f.embed_seconds, "seconds": f.seconds, "budget_seconds": settings.budget,
     }
 
 
-def write_model(out: Path, new_spec: str, old: ModelVersion, new: ModelVersion, direction: str, chosen: Candidate, sample: int) -> ModelVersion:
+ADAPTER_FILE = "adapter.json"  # how the adapter was chosen and its estimate against staying: `index upgrade` shows it
+
+
+def write_model(out: Path, new_spec: str, f: Fitted, settings: AdaptSettings, gallery_dir: str | Path | None = None) -> ModelVersion:
     """Build the folder beside `out` and rename it into place: a failed run leaves nothing."""
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
-        tag = hashlib.blake2b(chosen.fitted.weight.tobytes(), digest_size=4).hexdigest()
-        method = f"adapter:{chosen.kind}:{direction} from {old.id} ({sample} pairs)"
+        old, new, direction, kind, fitted = f.old, f.new, f.chosen.option.direction, f.chosen.option.kind, f.fitted
+        tag = hashlib.blake2b(fitted.weight.tobytes(), digest_size=4).hexdigest()
+        method = f"adapter:{kind}:{direction} from {old.id} ({len(f.pairs.ids)} pairs)"
         alias = new_spec in ALIASES
         if direction == "gallery":  # NEW itself (its files, or its alias) under a record with a transform rule
             vid = f"{new.id}-from-{old.id}-{tag}"
@@ -212,18 +254,20 @@ def write_model(out: Path, new_spec: str, old: ModelVersion, new: ModelVersion, 
             else:
                 write_encoder_config(tmp, "alias", model=new_spec)
             (tmp / TRANSFORMS_DIR).mkdir(exist_ok=True)
-            chosen.fitted.save(tmp / TRANSFORMS_DIR / f"{vid}.npz")
+            fitted.save(tmp / TRANSFORMS_DIR / f"{vid}.npz")
             version = ModelVersion(vid, new.dim, new.modality, parent=old, compat=Compat.transform(f"{TRANSFORMS_DIR}/{vid}.npz"), method=method)
         else:  # NEW (alias, or a copy in base/) followed by the head, under an identity rule
             vid = f"{new.id}-into-{old.id}-{tag}"
             if not alias:
                 shutil.copytree(new_spec, tmp / "base", ignore=shutil.ignore_patterns("checkpoints"))
-            chosen.fitted.save(tmp / "head.npz")
+            fitted.save(tmp / "head.npz")
             version = ModelVersion(vid, old.dim, new.modality, parent=old, compat=Compat.identity(), method=method)
             write_encoder_config(tmp, "adapted", base=new_spec if alias else "base", head="head.npz")
         version.save(tmp)
-        (tmp / "adapter.json").write_text(json.dumps({"direction": direction, "kind": chosen.kind, "from": old.id, "to": new.id,
-                                                      "sample": sample, "held_out_recall": chosen.held_out_recall}, indent=2))
+        (tmp / ADAPTER_FILE).write_text(json.dumps({
+            "direction": direction, "kind": kind, "ridge": f.chosen.option.ridge, "from": old.id, "to": new.id, "sample": len(f.pairs.ids),
+            "gallery": str(Path(gallery_dir).resolve()) if gallery_dir else None, "forced": refusal(f) is not None,
+            "estimate": f.estimate.to_dict() if f.estimate else None, "estimate_line": f.estimate.line() if f.estimate else None}, indent=2))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

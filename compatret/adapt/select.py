@@ -1,0 +1,137 @@
+"""Choosing a map out of sample, and estimating it against staying on the old model.
+
+Both questions are answered with pseudo-queries: short texts taken from the gallery's own rows
+(a title, or one sentence), each of which should find the row it came from. Every score is
+cross-fitted: the rows are split into folds, and a query of fold f is answered by the map fitted
+without fold f, so neither the query's row nor its pseudo-query was seen by the map that serves
+it. Staying is scored on the same queries (the old model's query against the stored vectors), so
+the two are paired and the change gets a bootstrap interval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from compatret.adapt.fit import RIDGE_GRID, fit_one
+from compatret.evaluation.regression import Interval, paired_bootstrap
+from compatret.versions import LearnedMap, normalize
+
+FOLDS = 3
+K = 10
+BLOCK = 512  # queries scored at once: bounds the (queries x candidates) score block
+
+
+@dataclass(frozen=True)
+class Option:
+    """One map to try: which side it maps, its kind and ridge strength (affine and the MLP's start)."""
+
+    direction: str  # gallery: stored vectors -> new space; query: new model's queries -> stored space
+    kind: str
+    ridge: float = RIDGE_GRID[0]
+
+    @property
+    def label(self) -> str:
+        return f"{self.direction} {self.kind}" + (f" ridge {self.ridge:g}" if self.kind != "procrustes" else "")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the selection reads. Row i of `old`/`new` is one paired row (maps are fitted on them);
+    `q_old`/`q_new` are its pseudo-query by each model (NaN rows where it has none); `targets[i]` is
+    what the row is found by: its stored vector, or, where it has a pseudo-query, the old model's
+    vector of the row with that text taken out (else staying would find its own words); `others`
+    are stored vectors of unpaired rows, distractors only; `folds[i]` is row i's fold."""
+
+    old: np.ndarray
+    new: np.ndarray
+    q_old: np.ndarray
+    q_new: np.ndarray
+    targets: np.ndarray
+    others: np.ndarray
+    folds: np.ndarray
+
+    @property
+    def candidates(self) -> np.ndarray:
+        return np.vstack([self.targets, self.others])
+
+    @property
+    def queried(self) -> np.ndarray:
+        return ~np.isnan(self.q_old[:, 0])
+
+
+def options(directions: tuple[str, ...], kinds: tuple[str, ...]) -> list[Option]:
+    """Every (direction, kind, ridge) to try, simplest first (ties keep the earlier)."""
+    out = []
+    for d in directions:
+        for kind in kinds:
+            ridges = RIDGE_GRID if kind == "affine" else (RIDGE_GRID[1],) if kind == "mlp" else (RIDGE_GRID[0],)
+            out.extend(Option(d, kind, r) for r in ridges)
+    return out
+
+
+def training_pairs(probe: Probe, rows: np.ndarray, direction: str) -> tuple[np.ndarray, np.ndarray]:
+    """(source, target) vectors of `rows` for a map in `direction`."""
+    x, y = probe.old[rows], probe.new[rows]
+    return (x, y) if direction == "gallery" else (y, x)
+
+
+def ndcg_own(queries: np.ndarray, candidates: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """Per query, nDCG@10 of its one relevant candidate (index `own`): 1/log2(rank + 1) in the top 10, else 0."""
+    out = np.zeros(len(queries))
+    cand = normalize(candidates)
+    for s in range(0, len(queries), BLOCK):
+        scores = normalize(queries[s : s + BLOCK]) @ cand.T
+        mine = scores[np.arange(len(scores)), own[s : s + BLOCK]]
+        rank = 1 + (scores > mine[:, None]).sum(axis=1)  # ties count in the query's favour
+        out[s : s + BLOCK] = np.where(rank <= K, 1.0 / np.log2(rank + 1), 0.0)
+    return out
+
+
+def stay_scores(probe: Probe) -> np.ndarray:
+    """The old model's pseudo-queries against the stored vectors: what the gallery serves today."""
+    asked = np.flatnonzero(probe.queried)
+    return ndcg_own(probe.q_old[asked], probe.candidates, asked)
+
+
+def cross_fitted_scores(probe: Probe, option: Option, fit: Callable[[Option, np.ndarray, np.ndarray], LearnedMap] | None = None) -> np.ndarray:
+    """Per pseudo-query nDCG@10 of `option`, each query served by the map fitted without its fold,
+    against every paired row and the distractors (in `stay_scores`' order)."""
+    fit = fit or (lambda o, x, y: fit_one(o.kind, x, y, o.ridge))
+    asked = probe.queried
+    scores = np.zeros(len(probe.old))
+    for f in np.unique(probe.folds):
+        held = probe.folds == f
+        m = fit(option, *training_pairs(probe, np.flatnonzero(~held), option.direction))
+        mine = np.flatnonzero(held & asked)
+        if option.direction == "gallery":
+            scores[mine] = ndcg_own(probe.q_new[mine], m(probe.candidates), mine)
+        else:
+            scores[mine] = ndcg_own(m(probe.q_new[mine]), probe.candidates, mine)
+    return scores[asked]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Adapted vs staying on the pseudo-queries: means and the paired change with its interval."""
+
+    stay: float
+    adapted: float
+    change: Interval
+    queries: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"stay": self.stay, "adapted": self.adapted, "change": self.change.mean, "low": self.change.low,
+                "high": self.change.high, "queries": self.queries}
+
+    def line(self) -> str:
+        c = self.change
+        return (f"nDCG@10 on {self.queries} pseudo-queries from the gallery's own text: staying {self.stay:.3f}, "
+                f"adapted {self.adapted:.3f} (change {c.mean:+.3f}, 95 % interval [{c.low:+.3f}, {c.high:+.3f}])")
+
+
+def estimate(stay: np.ndarray, adapted: np.ndarray, seed: int = 0) -> Estimate:
+    """The paired change (adapted - stay) with a bootstrap interval over the pseudo-queries."""
+    return Estimate(float(stay.mean()), float(adapted.mean()), paired_bootstrap(adapted - stay, resamples=2000, seed=seed), len(stay))

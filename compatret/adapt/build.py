@@ -87,6 +87,7 @@ class Fitted:
     old: ModelVersion
     new: ModelVersion
     pairs: Pairs
+    probe: Probe
     scored: list[Scored]
     chosen: Scored
     fitted: LearnedMap
@@ -116,12 +117,12 @@ def _old_encoder(gallery_dir: str | Path, modality: str) -> Encoder | None:
     return Service.open(gallery_dir).encoder() if modality == "text" else None
 
 
-def _mlp_epochs(probe: Probe, direction: str, left: float) -> int:
+def _mlp_epochs(probe: Probe, option: Option, left: float) -> int:
     """Epochs of the MLP that fit the time left for it (FOLDS + 1 fits), timed on one epoch; 0: skip it."""
     import torch  # noqa: F401  imported before the clock starts: its import is not an epoch
 
     t0 = time.perf_counter()
-    fit_one("mlp", *training_pairs(probe, np.arange(len(probe.old)), direction), epochs=1)
+    fit_one("mlp", *training_pairs(probe, np.arange(len(probe.old)), option), epochs=1)
     per_epoch = time.perf_counter() - t0
     epochs = int(left / max(per_epoch * (FOLDS + 1), 1e-6))
     return min(MLP_EPOCHS, epochs) if epochs >= MIN_MLP_EPOCHS else 0
@@ -138,7 +139,7 @@ def score_options(probe: Probe, opts: list[Option], deadline: float, log: Callab
         left = deadline - time.perf_counter()
         if opt.kind == "mlp":
             n_mlp = sum(o.kind == "mlp" for o in opts if o.direction not in epochs)
-            epochs[opt.direction] = _mlp_epochs(probe, opt.direction, left / max(n_mlp, 1) - 0.1 * left)
+            epochs[opt.direction] = _mlp_epochs(probe, opt, 0.9 * left / max(n_mlp, 1))
             if epochs[opt.direction] == 0:
                 if log:
                     log(f"{opt.label}: skipped, not enough of the budget left to train it")
@@ -189,10 +190,10 @@ def fit_adapters(gallery_dir: str | Path, new_spec: str, settings: AdaptSettings
     scored, epochs = score_options(probe, opts, start + budget, log)
     chosen = max(scored, key=lambda s: round(s.mean, 4))  # max keeps the first of equals: the simpler
     opt = chosen.option
-    fitted = fit_one(opt.kind, *training_pairs(probe, np.arange(len(pairs.ids)), opt.direction), opt.ridge, epochs=epochs.get(opt.direction, MLP_EPOCHS))
+    fitted = fit_one(opt.kind, *training_pairs(probe, np.arange(len(pairs.ids)), opt), opt.ridge, epochs=epochs.get(opt.direction, MLP_EPOCHS))
     stay = stay_scores(probe) if text else None
     est = estimate(stay, chosen.scores, settings.seed) if stay is not None else None
-    return Fitted(old, new, pairs, scored, chosen, fitted, stay, est, epochs, embedded, time.perf_counter() - start)
+    return Fitted(old, new, pairs, probe, scored, chosen, fitted, stay, est, epochs, embedded, time.perf_counter() - start)
 
 
 class AdapterRefused(CompatretError):

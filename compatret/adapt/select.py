@@ -72,10 +72,10 @@ def options(directions: tuple[str, ...], kinds: tuple[str, ...]) -> list[Option]
     return out
 
 
-def training_pairs(probe: Probe, rows: np.ndarray, direction: str) -> tuple[np.ndarray, np.ndarray]:
-    """(source, target) vectors of `rows` for a map in `direction`."""
+def training_pairs(probe: Probe, rows: np.ndarray, option: Option) -> tuple[np.ndarray, np.ndarray]:
+    """(source, target) vectors of `rows` for `option`'s map."""
     x, y = probe.old[rows], probe.new[rows]
-    return (x, y) if direction == "gallery" else (y, x)
+    return (x, y) if option.direction == "gallery" else (y, x)
 
 
 def ndcg_own(queries: np.ndarray, candidates: np.ndarray, own: np.ndarray) -> np.ndarray:
@@ -104,7 +104,7 @@ def cross_fitted_scores(probe: Probe, option: Option, fit: Callable[[Option, np.
     scores = np.zeros(len(probe.old))
     for f in np.unique(probe.folds):
         held = probe.folds == f
-        m = fit(option, *training_pairs(probe, np.flatnonzero(~held), option.direction))
+        m = fit(option, *training_pairs(probe, np.flatnonzero(~held), option))
         mine = np.flatnonzero(held & asked)
         if option.direction == "gallery":
             scores[mine] = ndcg_own(probe.q_new[mine], m(probe.candidates), mine)

@@ -86,8 +86,8 @@ def judged(service: Service, data: BeirData) -> dict[str, float]:
 
 
 def one_pair(work: Path, data: BeirData, old: str, new: str, specs: dict[str, str], encs: dict[str, Any], budget: float,
-             curve: bool) -> dict[str, Any]:
-    from cached import CachedEncoder, serve_with
+             curve: bool, curve_forced: bool = False) -> dict[str, Any]:
+    from cached import serve_with
 
     name = f"{SHORT[old]} -> {SHORT[new]}"
     g_old = gallery_of(specs[old], work / f"gallery-{old}", data, encs[old])
@@ -119,16 +119,15 @@ def one_pair(work: Path, data: BeirData, old: str, new: str, specs: dict[str, st
     qnew = encs[new].encode_queries([data.queries[q] for q in qids])
     options = []
     all_rows = np.arange(len(f.pairs.ids))
-    probe_like = type("P", (), {"old": f.pairs.old, "new": f.pairs.new})
     for s in f.scored:
         o = s.option
-        m = fit_one(o.kind, *training_pairs(probe_like, all_rows, o.direction), o.ridge, epochs=f.epochs.get(o.direction, 30))  # type: ignore[arg-type]
+        m = fit_one(o.kind, *training_pairs(f.probe, all_rows, o), o.ridge, epochs=f.epochs.get(o.direction, 30))
         run = nearest(qnew, m(dvecs), qids, dids) if o.direction == "gallery" else nearest(m(qnew), dvecs, qids, dids)
         real = score_run(qrels, run)["ndcg_at_10"]
         change = float(np.mean(s.scores - f.stay)) if f.stay is not None else None
         options.append({"direction": o.direction, "kind": o.kind, "ridge": o.ridge, "pseudo_ndcg": s.mean, "estimated_change": change,
                         "ndcg": real, "judged_change": real - old_old})
-        log(f"  {o.label:30s} judged {real:.4f} ({real - old_old:+.4f}), estimated {change:+.4f}" if change is not None else "")
+        log(f"  {o.label:40s} judged {real:.4f} ({real - old_old:+.4f}), estimated {change if change is not None else float('nan'):+.4f}")
     from aecp.mapping.linear import RidgeMapping
 
     ridge = RidgeMapping(alpha="auto").fit(f.pairs.old.astype(np.float64), f.pairs.new.astype(np.float64))
@@ -142,23 +141,40 @@ def one_pair(work: Path, data: BeirData, old: str, new: str, specs: dict[str, st
         "pairs_used": len(f.pairs.ids), "pseudo_queries": int((~np.isnan(f.pairs.q_old[:, 0])).sum()), "query_source": f.pairs.query_source,
         "options": options, "curve": [], "adapt_seconds": adapt_seconds, "budget_seconds": budget, "embed_seconds": f.embed_seconds,
     }
-    if why is None:  # the gallery upgraded to the written adapter: the real query path
-        up = work / f"upgraded-{old}-to-{new}"
-        shutil.rmtree(up, ignore_errors=True)
-        shutil.copytree(g_old, up)
-        s = Service.open(up)
-        s.upgrade(str(model_dir))
-        served = serve_with(s, CachedEncoder(str(model_dir), encs[new].items))
-        served_enc = served._encoders[served.meta.sources[served.meta.serving.id]]  # noqa: SLF001
-        served_enc.queries.update(encs[new].queries)
-        res["chosen"]["ndcg"] = judged(served, data)["ndcg_at_10"]
-        res["curve"] = [[0.0, res["chosen"]["ndcg"]]]
-        log(f"  served after upgrade: {res['chosen']['ndcg']:.4f}")
-        if curve and f.chosen.option.direction == "gallery":
-            for frac in FRACTIONS:
-                backfill(served, fraction=frac, order="random", progress=False)
-                res["curve"].append([frac, judged(served, data)["ndcg_at_10"]])
-                log(f"  backfill {frac:.0%}: {res['curve'][-1][1]:.4f}")
+    if why is None or curve_forced:  # the gallery upgraded to the adapter: the real query path
+        if why is not None:  # what `--force` would have served: a diagnostic, not what compatret serves
+            write_model(model_dir, specs[new], f, AdaptSettings(budget=budget, force=True), work_g)
+        points = upgraded_curve(work, old, new, g_old, model_dir, encs[new], data, curve and f.chosen.option.direction == "gallery")
+        if why is None:
+            res["chosen"]["ndcg"], res["curve"] = points[0][1], points
+        else:
+            res["forced_curve"] = points
+    return res
+
+
+def upgraded_curve(work: Path, old: str, new: str, g_old: Path, model_dir: Path, enc_new: Any, data: BeirData,
+                   backfilled: bool) -> list[list[float]]:
+    """A copy of the old gallery upgraded to the adapter (judged through the real query path), then
+    backfilled (random order) to each fraction when `backfilled`."""
+    from cached import CachedEncoder, serve_with
+
+    up = work / f"upgraded-{old}-to-{new}"
+    shutil.rmtree(up, ignore_errors=True)
+    shutil.copytree(g_old, up)
+    s = Service.open(up)
+    s.upgrade(str(model_dir))
+    enc = CachedEncoder(str(model_dir), enc_new.items)
+    enc.queries.update(enc_new.queries)
+    served = serve_with(s, enc)
+    points = [[0.0, judged(served, data)["ndcg_at_10"]]]
+    log(f"  served after upgrade: {points[0][1]:.4f}")
+    for frac in FRACTIONS if backfilled else ():
+        backfill(served, fraction=frac, order="random", progress=False)
+        points.append([frac, judged(served, data)["ndcg_at_10"]])
+        log(f"  backfill {frac:.0%}: {points[-1][1]:.4f}")
+    return points
+
+
     return res
 
 
@@ -183,12 +199,14 @@ def plot(pairs: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    drawn = [p for p in pairs if len(p["curve"]) > 1]
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for p in drawn:
-        xs, ys = zip(*p["curve"])
-        line = ax.plot([100 * x for x in xs], ys, marker="o", label=f"{p['corpus']}: {SHORT[p['old']]} -> {SHORT[p['new']]}")[0]
-        ax.axhline(p["old_old"], ls=":", c=line.get_color(), lw=1)
+    for p in pairs:
+        for key, note in (("curve", ""), ("forced_curve", " (--force)")):
+            if len(p.get(key, [])) > 1:
+                xs, ys = zip(*p[key])
+                line = ax.plot([100 * x for x in xs], ys, marker="o", ls="--" if note else "-",
+                               label=f"{p['corpus']}: {SHORT[p['old']]} -> {SHORT[p['new']]}{note}")[0]
+                ax.axhline(p["old_old"], ls=":", c=line.get_color(), lw=1)
     ax.set_xlabel("rows backfilled to the new model's own vectors (%)")
     ax.set_ylabel("test nDCG@10 (dotted: staying on the old model)")
     ax.set_title("Galleries upgraded through an adapter, then backfilled")
@@ -203,7 +221,7 @@ def table(results: dict[str, Any]) -> str:
     for p in results["pairs"]:
         e, c = p["estimate"], p["chosen"]
         est = f"{e['change']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]" if e else "none"
-        ridge = "" if c["kind"] == "procrustes" else f" ({c['ridge']:g})"
+        ridge = ("" if c["kind"] == "procrustes" else f" ({c['ridge']:g})")
         lines.append(f"| {p['corpus']} | {SHORT[p['old']]} -> {SHORT[p['new']]} | {p['old_old']:.4f} | {p['new_new']:.4f} | "
                      f"{c['direction']} {c['kind']}{ridge} | {est} | "
                      f"{'**yes**: stays on ' + SHORT[p['old']] if p['refused'] else 'no'} | **{c['ndcg']:.4f}** | {p['aecp']['ndcg']:.4f} | "
@@ -213,9 +231,11 @@ def table(results: dict[str, Any]) -> str:
                  f"scored options ({100 * f['rate']:.0f} %); options it would pass that lose more than 0.02 on judged queries: "
                  f"{f['passed_losing_more_than_0.02']}; for the chosen adapter of each pair: {f['chosen_sign_agrees']} of {f['chosen_cases']}.")
     for p in results["pairs"]:
-        if len(p["curve"]) > 1:
-            pts = ", ".join(f"{100 * x:.0f} %: {y:.4f}" for x, y in p["curve"])
-            lines.append(f"\n{p['corpus']} {SHORT[p['old']]} -> {SHORT[p['new']]} backfill (random order): {pts}")
+        for key, what in (("curve", "backfill from the written adapter"), ("forced_curve", "what --force would serve (refused by default)")):
+            if len(p.get(key, [])) > 1:
+                pts = ", ".join(f"{100 * x:.0f} %: {y:.4f}" for x, y in p[key])
+                lines.append(f"\n{p['corpus']} {SHORT[p['old']]} -> {SHORT[p['new']]}, {what} (random order): {pts} "
+                             f"(old/old {p['old_old']:.4f}, new/new {p['new_new']:.4f})")
     return "\n".join(lines) + "\n"
 
 
@@ -242,9 +262,9 @@ def main() -> None:
         needed = sorted({m for pair in PAIRS[corpus] for m in pair})
         encs = {m: corpus_encoder(specs[m], f"{m}-{corpus}", items, args.work / "cache", log) for m in needed}
         for old, new in PAIRS[corpus]:
-            p = one_pair(work, data, old, new, specs, encs, args.budget, curve=True)
-            p["chosen_judged_change"] = next(o["judged_change"] for o in p["options"]
-                                             if (o["direction"], o["kind"], o["ridge"]) == (p["chosen"]["direction"], p["chosen"]["kind"], p["chosen"]["ridge"]))
+            p = one_pair(work, data, old, new, specs, encs, args.budget, curve=True, curve_forced=(old, new) == ("minilm-l3", "minilm-l6"))
+            key = ("direction", "kind", "ridge")
+            p["chosen_judged_change"] = next(o["judged_change"] for o in p["options"] if all(o[k] == p["chosen"][k] for k in key))
             pairs.append(p)
     results = {"command": "python eval/adapt/run.py", "machine": "2 CPU cores, no GPU", "pairs": pairs, "fidelity": fidelity(pairs)}
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from compatret.adapt.fit import RIDGE_GRID, fit_one
 from compatret.adapt.sample import CALL_SECONDS
-from compatret.adapt.select import Option, Probe, cross_fitted_scores, estimate, options, stay_scores
+from compatret.adapt.select import Option, Probe, cross_fitted_scores, estimate, options, served_scores, stay_scores
 from compatret.cli import main
 from compatret.errors import CompatretError
 from compatret.index.service import Service
@@ -78,20 +78,22 @@ def test_learned_map_round_trips_through_npz(tmp_path):
     np.testing.assert_allclose(back(x), m(x))
 
 
-def overfit_case(n: int = 60, d: int = 64, noise: float = 1.0, seed: int = 0) -> tuple[Probe, np.ndarray, np.ndarray]:
+def overfit_case(n: int = 60, d: int = 64, noise: float = 1.0, seed: int = 0, paired_share: float = 0.01,
+                 query_noise: float = 0.5) -> tuple[Probe, np.ndarray, np.ndarray]:
     """Few pairs in many dims, y = x R + heavy noise: an affine map with a tiny ridge interpolates
     the pairs (noise and all); what serves unseen rows is a strong ridge or the rotation. Returns
-    the probe (rows with pseudo-queries: the row's own y plus noise) and fresh (x, y) rows."""
+    the probe (rows with pseudo-queries: the row's own y plus noise; `paired_share` of the
+    gallery's rows are these pairs) and fresh (x, y) rows."""
     rng = np.random.default_rng(seed)
     r, _ = np.linalg.qr(rng.normal(size=(d, d)))
     def rows(m: int) -> tuple[np.ndarray, np.ndarray]:
         x = normalize(rng.normal(size=(m, d)))
         return x, normalize(x @ r + noise * rng.normal(size=(m, d)) / np.sqrt(d))
     x, y = rows(n)
-    q_new = normalize(y + 0.5 * rng.normal(size=y.shape) / np.sqrt(d))
-    q_old = normalize(x + 0.5 * rng.normal(size=x.shape) / np.sqrt(d))
-    probe = Probe(x.astype(np.float32), y.astype(np.float32), q_old.astype(np.float32), q_new.astype(np.float32), x.astype(np.float32),
-                  np.zeros((0, d), np.float32), rng.permutation(np.arange(n) % 3))
+    q_new = normalize(y + query_noise * rng.normal(size=y.shape) / np.sqrt(d))
+    q_old = normalize(x + query_noise * rng.normal(size=x.shape) / np.sqrt(d))
+    probe = Probe(x.astype(np.float32), y.astype(np.float32), q_old.astype(np.float32), q_new.astype(np.float32),
+                  np.zeros((0, d), np.float32), rng.permutation(np.arange(n) % 3), paired_share)
     return probe, *rows(2000)
 
 
@@ -112,10 +114,22 @@ def test_the_choice_is_made_out_of_sample():
     unseen = {o: served(m, fx[:200], fy[:200]) for o, m in maps.items()}
     tiny = Option("gallery", "affine", RIDGE_GRID[0])
     assert max(in_sample, key=in_sample.get) == tiny and unseen[tiny] < max(unseen.values()) - 0.1  # the trap is real
-    cross = {o: cross_fitted_scores(probe, o).mean() for o in opts}
+    cross = {o: served_scores(probe, o).mean() for o in opts}  # 1 % of the gallery's rows are paired: unseen rows dominate
     chosen = max(cross, key=cross.get)
     assert chosen != tiny and unseen[chosen] >= max(unseen.values()) - 0.03, (chosen, unseen)
-    assert len(cross_fitted_scores(probe, chosen)) == len(stay_scores(probe)) == int(probe.queried.sum()) == len(every)
+    assert len(served_scores(probe, chosen)) == len(stay_scores(probe)) == int(probe.queried.sum()) == len(every)
+
+
+def test_the_estimate_weighs_rows_the_map_was_fitted_on():
+    """When every row of the gallery is paired (a small gallery), the map that reproduces its pairs
+    most closely serves best, and the served estimate follows: a tiny ridge scores above a strong
+    one on seen rows, though not on unseen ones."""
+    probe, _, _ = overfit_case(n=100, noise=1.0, paired_share=1.0, query_noise=2.0)
+    tight, loose = Option("gallery", "affine", RIDGE_GRID[0]), Option("gallery", "affine", RIDGE_GRID[-1])
+    assert served_scores(probe, tight).mean() > served_scores(probe, loose).mean() + 0.03
+    assert cross_fitted_scores(probe, tight).mean() < cross_fitted_scores(probe, loose).mean() - 0.03
+    unseen_only = Probe(*[getattr(probe, f) for f in ("old", "new", "q_old", "q_new", "others", "folds")], 0.0)
+    assert np.allclose(served_scores(unseen_only, tight), cross_fitted_scores(probe, tight))
 
 
 def test_the_estimate_sees_a_map_worse_than_staying():

@@ -30,7 +30,7 @@ import numpy as np
 
 from compatret.adapt.fit import KINDS, fit_one
 from compatret.adapt.sample import MAX_SAMPLE, MIN_PAIRS, Pairs, check_enough, gather, usable_rows
-from compatret.adapt.select import FOLDS, Estimate, Option, Probe, cross_fitted_scores, estimate, options, stay_scores, training_pairs
+from compatret.adapt.select import FOLDS, Estimate, Option, Probe, served_scores, estimate, options, stay_scores, training_pairs
 from compatret.encoders.base import Encoder, write_encoder_config
 from compatret.encoders.registry import ALIASES, load_encoder, load_version
 from compatret.errors import CompatretError
@@ -118,13 +118,13 @@ def _old_encoder(gallery_dir: str | Path, modality: str) -> Encoder | None:
 
 
 def _mlp_epochs(probe: Probe, option: Option, left: float) -> int:
-    """Epochs of the MLP that fit the time left for it (FOLDS + 1 fits), timed on one epoch; 0: skip it."""
+    """Epochs of the MLP that fit the time left for it (FOLDS + 2 fits), timed on one epoch; 0: skip it."""
     import torch  # noqa: F401  imported before the clock starts: its import is not an epoch
 
     t0 = time.perf_counter()
     fit_one("mlp", *training_pairs(probe, np.arange(len(probe.old)), option), epochs=1)
     per_epoch = time.perf_counter() - t0
-    epochs = int(left / max(per_epoch * (FOLDS + 1), 1e-6))
+    epochs = int(left / max(per_epoch * (FOLDS + 2), 1e-6))
     return min(MLP_EPOCHS, epochs) if epochs >= MIN_MLP_EPOCHS else 0
 
 
@@ -148,10 +148,10 @@ def score_options(probe: Probe, opts: list[Option], deadline: float, log: Callab
             break
         t0 = time.perf_counter()
         n = epochs.get(opt.direction, MLP_EPOCHS)
-        scores = cross_fitted_scores(probe, opt, lambda o, x, y: fit_one(o.kind, x, y, o.ridge, epochs=n))
+        scores = served_scores(probe, opt, lambda o, x, y: fit_one(o.kind, x, y, o.ridge, epochs=n))
         scored.append(Scored(opt, scores, time.perf_counter() - t0))
         if log:
-            log(f"{opt.label}: pseudo-query nDCG@10 {scored[-1].mean:.3f} (cross-fitted, {scored[-1].seconds:.1f} s)")
+            log(f"{opt.label}: pseudo-query nDCG@10 as served {scored[-1].mean:.3f} ({scored[-1].seconds:.1f} s)")
     return scored, epochs
 
 
@@ -181,12 +181,13 @@ def fit_adapters(gallery_dir: str | Path, new_spec: str, settings: AdaptSettings
     text = old_enc is not None and not np.isnan(pairs.q_old[:, 0]).all()
     # without text to ask with (image galleries), each row's own NEW vector asks for it: it ranks options, it cannot judge staying
     probe = Probe(pairs.old, pairs.new, pairs.q_old if text else pairs.old, pairs.q_new if text else pairs.new,
-                  pairs.targets, pairs.others, folds)
+                  pairs.others, folds, len(pairs.ids) / len(ids))
     directions = ("gallery", "query") if settings.direction == "auto" else (settings.direction,)
     opts = options(directions, KINDS if settings.kind == "auto" else (settings.kind,))
     if log:
         log(f"{len(pairs.ids)} pairs ({embedded:.0f} s), {int(probe.queried.sum())} pseudo-queries ({pairs.query_source}), "
-            f"{len(pairs.others)} more rows as distractors; {len(opts)} options, each scored cross-fitted over {FOLDS} folds")
+            f"{len(pairs.others)} more rows as distractors; {len(opts)} options, each scored on seen ({probe.paired_share:.0%} of rows) "
+            f"and unseen rows ({FOLDS}-fold cross-fitted)")
     scored, epochs = score_options(probe, opts, start + budget, log)
     chosen = max(scored, key=lambda s: round(s.mean, 4))  # max keeps the first of equals: the simpler
     opt = chosen.option

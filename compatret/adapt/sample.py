@@ -2,8 +2,9 @@
 
 Rows that carry a payload and whose vectors are in the serving model's full space are read in a
 seeded random order; for each, the stored vector (brought into the serving space by its plan),
-NEW's vector of the payload, and, for the first MAX_QUERIES rows, a pseudo-query (a title, or one
-sentence of the text) embedded by both models, with the old model's vector of the row without it. The clock is read before every encoder call and
+NEW's vector of the payload; for the first MAX_QUERIES rows, a pseudo-query (a title, or one
+sentence of the text) taken out of the row, embedded by both models, and the row paired without it
+(both models embed the rest: neither finds the row by the query's own words). The clock is read before every encoder call and
 each call is sized from the rate measured so far, so the embedding stops within about one call of
 its deadline; unpaired rows join as distractors for the estimate (stored vectors only, no
 embedding).
@@ -35,16 +36,16 @@ MIN_WORDS = 5
 
 @dataclass(frozen=True)
 class Pairs:
-    """Row i: stored vector `old[i]` (serving space), NEW's vector `new[i]`; its pseudo-query by
-    each model in `q_old[i]`/`q_new[i]` (NaN where it has none) and the old model's vector of the
-    row without it in `targets[i]` (else the stored vector); `others`: unpaired stored vectors."""
+    """Row i: the old space's vector `old[i]` and NEW's vector `new[i]` of the same payload: the
+    stored vector and NEW's vector of the row, or, where the row gave a pseudo-query
+    (`q_old[i]`/`q_new[i]`, by each model; NaN where none), both models' vectors of the row
+    without it; `others`: stored vectors of unpaired rows."""
 
     ids: list[str]
     old: np.ndarray
     new: np.ndarray
     q_old: np.ndarray
     q_new: np.ndarray
-    targets: np.ndarray
     others: np.ndarray
     query_source: str  # "titles", "sentences" or "none"
 
@@ -109,7 +110,7 @@ def gather(gallery: Gallery, ids: list[str], plans: dict[str, CompatPlan], usabl
     order = np.random.default_rng(seed).permutation(len(ids))
     rng = np.random.default_rng(seed + 1)
     query_deadline = time.perf_counter() + (deadline - time.perf_counter()) / 2
-    olds, news, q_olds, q_news, targets, sources = [], [], [], [], [], set()
+    olds, news, q_olds, q_news, sources = [], [], [], [], set()
     done, chunk = 0, FIRST_CALL
     dim_old = gallery.meta.serving.dim
     with tqdm(total=wanted, desc=f"embedding rows with {new_enc.version.id}", unit="row", disable=not progress) as bar:
@@ -117,23 +118,23 @@ def gather(gallery: Gallery, ids: list[str], plans: dict[str, CompatPlan], usabl
             picked = [ids[i] for i in order[done : done + min(chunk, wanted - done)]]
             t0 = time.perf_counter()
             old_vec, items = read_rows(gallery, picked, plans, usable)
-            olds.append(old_vec)
-            news.append(new_enc.encode_items(items, batch_size=64, progress=False))
             q_old = np.full((len(picked), dim_old), np.nan, np.float32)
             q_new = np.full((len(picked), new_enc.dim), np.nan, np.float32)
-            target = old_vec.copy()
             asking = old_enc is not None and time.perf_counter() < query_deadline
             pqs = [pseudo_query(it, rng) for it in items[: max(0, MAX_QUERIES - done)]] if asking else []
             asked = [n for n, p in enumerate(pqs) if p is not None]
-            if asked and time.perf_counter() < deadline:
+            if asked:  # these rows pair without their query: its text left out for both models
                 taken = [pqs[n] for n in asked]
                 sources.update(p.source for p in taken)  # type: ignore[union-attr]
                 q_new[asked] = new_enc.encode_queries([p.text for p in taken], batch_size=64)  # type: ignore[union-attr]
                 q_old[asked] = old_enc.encode_queries([p.text for p in taken], batch_size=64)  # type: ignore[union-attr]
-                target[asked] = old_enc.encode_items([p.rest for p in taken], batch_size=64)  # type: ignore[union-attr]
+                old_vec[asked] = old_enc.encode_items([p.rest for p in taken], batch_size=64)  # type: ignore[union-attr]
+                for n, p in zip(asked, taken):
+                    items[n] = p.rest  # type: ignore[union-attr]
+            olds.append(old_vec)
+            news.append(new_enc.encode_items(items, batch_size=64, progress=False))
             q_olds.append(q_old)
             q_news.append(q_new)
-            targets.append(target)
             done += len(picked)
             bar.update(len(picked))
             rate = len(picked) / max(time.perf_counter() - t0, 1e-3)
@@ -143,7 +144,7 @@ def gather(gallery: Gallery, ids: list[str], plans: dict[str, CompatPlan], usabl
     others = read_rows(gallery, rest, plans, usable, payloads=False)[0] if rest else np.zeros((0, dim_old), np.float32)
     cat = (lambda parts, d: np.concatenate(parts) if parts else np.zeros((0, d), np.float32))
     return Pairs(paired, cat(olds, dim_old), normalize(cat(news, new_enc.dim)), cat(q_olds, dim_old), cat(q_news, new_enc.dim),
-                 cat(targets, dim_old), others, "+".join(sorted(sources)) or "none")
+                 others, "+".join(sorted(sources)) or "none")
 
 
 def check_enough(pairs: Pairs, new: ModelVersion, budget: float | None) -> None:

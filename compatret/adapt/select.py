@@ -1,10 +1,14 @@
-"""Choosing a map out of sample, and estimating it against staying on the old model.
+"""Choosing a map, and estimating it against staying on the old model, as the gallery will serve it.
 
-Both questions are answered with pseudo-queries: short texts taken from the gallery's own rows
-(a title, or one sentence), each of which should find the row it came from. Every score is
-cross-fitted: the rows are split into folds, and a query of fold f is answered by the map fitted
-without fold f, so neither the query's row nor its pseudo-query was seen by the map that serves
-it. Staying is scored on the same queries (the old model's query against the stored vectors), so
+Both questions are answered with pseudo-queries: short texts taken out of the gallery's own rows
+(a title, or one sentence), each of which should find the row it came from; the row is paired
+without its query (both models embed the rest), so no model finds it by the query's own words.
+A served gallery holds two kinds of rows: paired rows, which the final map was fitted on, and
+the rest, which it never saw. Each pseudo-query is therefore scored twice: answered by the map
+fitted on every pair (its row read as a paired row is), and cross-fitted (the rows split into
+folds, a query of fold f answered by the map fitted without fold f: its row read as an unseen
+row is); its served score weighs the two by the share of the gallery's rows that are paired.
+Staying is scored on the same queries (the old model's query against the stored vectors), so
 the two are paired and the change gets a bootstrap interval.
 """
 
@@ -39,23 +43,22 @@ class Option:
 
 @dataclass(frozen=True)
 class Probe:
-    """What the selection reads. Row i of `old`/`new` is one paired row (maps are fitted on them);
-    `q_old`/`q_new` are its pseudo-query by each model (NaN rows where it has none); `targets[i]` is
-    what the row is found by: its stored vector, or, where it has a pseudo-query, the old model's
-    vector of the row with that text taken out (else staying would find its own words); `others`
-    are stored vectors of unpaired rows, distractors only; `folds[i]` is row i's fold."""
+    """What the selection reads. Row i of `old`/`new` is one paired row (maps are fitted on them;
+    a row with a pseudo-query is paired without it); `q_old`/`q_new` are its pseudo-query by each
+    model (NaN rows where it has none); `others` are stored vectors of unpaired rows, distractors
+    only; `folds[i]` is row i's fold; `paired_share` the share of the gallery's rows that are paired."""
 
     old: np.ndarray
     new: np.ndarray
     q_old: np.ndarray
     q_new: np.ndarray
-    targets: np.ndarray
     others: np.ndarray
     folds: np.ndarray
+    paired_share: float = 1.0
 
     @property
     def candidates(self) -> np.ndarray:
-        return np.vstack([self.targets, self.others])
+        return np.vstack([self.old, self.others])
 
     @property
     def queried(self) -> np.ndarray:
@@ -96,21 +99,40 @@ def stay_scores(probe: Probe) -> np.ndarray:
     return ndcg_own(probe.q_old[asked], probe.candidates, asked)
 
 
-def cross_fitted_scores(probe: Probe, option: Option, fit: Callable[[Option, np.ndarray, np.ndarray], LearnedMap] | None = None) -> np.ndarray:
-    """Per pseudo-query nDCG@10 of `option`, each query served by the map fitted without its fold,
-    against every paired row and the distractors (in `stay_scores`' order)."""
+Fit = Callable[[Option, np.ndarray, np.ndarray], LearnedMap]
+
+
+def _answered(probe: Probe, option: Option, m: LearnedMap, mine: np.ndarray) -> np.ndarray:
+    """nDCG@10 of the pseudo-queries of rows `mine` through map `m`, against every candidate."""
+    if option.direction == "gallery":
+        return ndcg_own(probe.q_new[mine], m(probe.candidates), mine)
+    return ndcg_own(m(probe.q_new[mine]), probe.candidates, mine)
+
+
+def cross_fitted_scores(probe: Probe, option: Option, fit: Fit | None = None) -> np.ndarray:
+    """Per pseudo-query nDCG@10 of `option`, each query served by the map fitted without its fold:
+    its row read as a row the map never saw (in `stay_scores`' order)."""
     fit = fit or (lambda o, x, y: fit_one(o.kind, x, y, o.ridge))
     asked = probe.queried
     scores = np.zeros(len(probe.old))
     for f in np.unique(probe.folds):
         held = probe.folds == f
-        m = fit(option, *training_pairs(probe, np.flatnonzero(~held), option))
         mine = np.flatnonzero(held & asked)
-        if option.direction == "gallery":
-            scores[mine] = ndcg_own(probe.q_new[mine], m(probe.candidates), mine)
-        else:
-            scores[mine] = ndcg_own(m(probe.q_new[mine]), probe.candidates, mine)
+        scores[mine] = _answered(probe, option, fit(option, *training_pairs(probe, np.flatnonzero(~held), option)), mine)
     return scores[asked]
+
+
+def served_scores(probe: Probe, option: Option, fit: Fit | None = None) -> np.ndarray:
+    """Per pseudo-query nDCG@10 of `option` as the gallery will serve it: a paired row (read
+    through the map fitted on every pair) with probability `paired_share`, else an unseen row
+    (cross-fitted)."""
+    fit = fit or (lambda o, x, y: fit_one(o.kind, x, y, o.ridge))
+    unseen = cross_fitted_scores(probe, option, fit)
+    if probe.paired_share <= 0:
+        return unseen
+    asked = np.flatnonzero(probe.queried)
+    seen = _answered(probe, option, fit(option, *training_pairs(probe, np.arange(len(probe.old)), option)), asked)
+    return probe.paired_share * seen + (1 - probe.paired_share) * unseen
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@ Rows that carry a payload and whose vectors are in the serving model's full spac
 seeded random order; for each, the stored vector (brought into the serving space by its plan),
 NEW's vector of the payload; for the first MAX_QUERIES rows, a pseudo-query (a title, or one
 sentence of the text) taken out of the row, embedded by both models, and the row paired without it
-(both models embed the rest: neither finds the row by the query's own words). The clock is read before every encoder call and
-each call is sized from the rate measured so far, so the embedding stops within about one call of
-its deadline; unpaired rows join as distractors for the estimate (stored vectors only, no
-embedding).
+(both models embed the rest: neither finds the row by the query's own words). The clock is read
+before every step, and each step's encoder calls are sized from the rate measured so far to take
+about CALL_SECONDS, so the embedding stops within about one step of its deadline; unpaired rows
+join as distractors for the estimate (stored vectors only, no embedding).
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ def read_rows(gallery: Gallery, picked: list[str], plans: dict[str, CompatPlan],
 def gather(gallery: Gallery, ids: list[str], plans: dict[str, CompatPlan], usable: list[str], wanted: int,
            new_enc: Encoder, old_enc: Encoder | None, deadline: float, seed: int, progress: bool = True) -> Pairs:
     """Embed rows in a seeded random order until `wanted` or `deadline` (time.perf_counter()),
-    checking the clock before each encoder call; the first rows (up to MAX_QUERIES, and in at most
+    reading the clock before each step (a chunk of rows whose encoder calls take about
+    CALL_SECONDS at the rate measured so far); the first rows (up to MAX_QUERIES, and in at most
     half the time) also give pseudo-queries; then read distractors from the rest."""
     order = np.random.default_rng(seed).permutation(len(ids))
     rng = np.random.default_rng(seed + 1)

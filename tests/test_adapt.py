@@ -331,7 +331,7 @@ def test_an_adapter_estimated_worse_than_staying_is_refused(l3_gallery, tmp_path
     assert again.returncode == 2 and "compatret model folder already" in again.stderr and not (tmp_path / "x").exists()
 
     args = ["adapt", str(l3_gallery / "l3"), "--model", str(tmp_path / "damaged"), "--sample", "120"]
-    refused = in_process(*args, "--out", str(tmp_path / "ad"))
+    refused = in_process(*args, "--out", str(tmp_path / "ad"), "--json")  # --json: no progress lines beside the error
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "staying on 'minilm-l3' is estimated better" in refused.stderr and "nothing written" in refused.stderr
     assert not (tmp_path / "ad").exists() and not list(tmp_path.glob(".ad.tmp-*"))

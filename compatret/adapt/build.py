@@ -18,10 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +30,7 @@ from compatret.adapt.fit import KINDS, fit_one
 from compatret.adapt.sample import MAX_SAMPLE, MIN_PAIRS, Pairs, check_enough, gather, usable_rows
 from compatret.adapt.select import FOLDS, Estimate, Option, Probe, served_scores, estimate, options, stay_scores, training_pairs
 from compatret.encoders.base import Encoder, write_encoder_config
+from compatret.encoders.folders import built_beside
 from compatret.encoders.registry import ALIASES, load_encoder, load_version
 from compatret.errors import CompatretError
 from compatret.index.gallery import Gallery
@@ -242,9 +241,8 @@ ADAPTER_FILE = "adapter.json"  # how the adapter was chosen and its estimate aga
 
 def write_model(out: Path, new_spec: str, f: Fitted, settings: AdaptSettings, gallery_dir: str | Path | None = None) -> ModelVersion:
     """Build the folder beside `out` and rename it into place: a failed run leaves nothing."""
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    try:
+    with built_beside(out) as tmp:
+        tmp.mkdir()
         old, new, direction, kind, fitted = f.old, f.new, f.chosen.option.direction, f.chosen.option.kind, f.fitted
         tag = hashlib.blake2b(fitted.weight.tobytes(), digest_size=4).hexdigest()
         method = f"adapter:{kind}:{direction} from {old.id} ({len(f.pairs.ids)} pairs)"
@@ -270,11 +268,5 @@ def write_model(out: Path, new_spec: str, f: Fitted, settings: AdaptSettings, ga
             "direction": direction, "kind": kind, "ridge": f.chosen.option.ridge, "from": old.id, "to": new.id, "sample": len(f.pairs.ids),
             "gallery": str(Path(gallery_dir).resolve()) if gallery_dir else None, "forced": refusal(f) is not None,
             "estimate": f.estimate.to_dict() if f.estimate else None, "estimate_line": f.estimate.line() if f.estimate else None}, indent=2))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return version
 

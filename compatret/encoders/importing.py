@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 
 from compatret.encoders.base import write_encoder_config
+from compatret.encoders.folders import built_beside
 from compatret.errors import CompatretError
 from compatret.versions import VERSION_FILE, ModelVersion
 
@@ -40,16 +39,8 @@ def import_sentence_transformers(source: str | Path, out: str | Path, model_id: 
         raise CompatretError(f"{src} could not be loaded by sentence-transformers: {str(exc).splitlines()[0]}") from exc
     if not dim:
         raise CompatretError(f"{src}: sentence-transformers reports no embedding dimension")
-    tmp = dst.with_name(f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with built_beside(dst) as tmp:
         shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("desktop.ini", ".git"))
         write_encoder_config(tmp, "sentence-transformers")
-        version = ModelVersion(vid, int(dim), "text", method=f"pretrained:sentence-transformers folder {src.resolve().name}")
-        version.save(tmp)
-        if dst.exists():
-            dst.rmdir()
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        ModelVersion(vid, int(dim), "text", method=f"pretrained:sentence-transformers folder {src.resolve().name}").save(tmp)
     return ModelVersion.load(dst)

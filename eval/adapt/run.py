@@ -175,8 +175,6 @@ def upgraded_curve(work: Path, old: str, new: str, g_old: Path, model_dir: Path,
     return points
 
 
-    return res
-
 
 def data_name(data: BeirData) -> str:
     return "scifact" if len(data.corpus) > 5000 else f"scifact-{len(data.corpus) // 1000}k"

@@ -166,11 +166,11 @@ def upgraded_curve(work: Path, old: str, new: str, g_old: Path, model_dir: Path,
     enc = CachedEncoder(str(model_dir), enc_new.items)
     enc.queries.update(enc_new.queries)
     served = serve_with(s, enc)
-    points = [[0.0, judged(served, data)["ndcg_at_10"]]]
+    points = [[0.0, judged(served, data)["ndcg_at_10"]]]  # [percent of rows backfilled, nDCG@10]
     log(f"  served after upgrade: {points[0][1]:.4f}")
     for frac in FRACTIONS if backfilled else ():
         backfill(served, fraction=frac, order="random", progress=False)
-        points.append([frac, judged(served, data)["ndcg_at_10"]])
+        points.append([100 * frac, judged(served, data)["ndcg_at_10"]])
         log(f"  backfill {frac:.0%}: {points[-1][1]:.4f}")
     return points
 
@@ -202,7 +202,7 @@ def plot(pairs: list[dict[str, Any]], path: Path) -> None:
         for key, note in (("curve", ""), ("forced_curve", " (--force)")):
             if len(p.get(key, [])) > 1:
                 xs, ys = zip(*p[key])
-                line = ax.plot([100 * x for x in xs], ys, marker="o", ls="--" if note else "-",
+                line = ax.plot(xs, ys, marker="o", ls="--" if note else "-",
                                label=f"{p['corpus']}: {SHORT[p['old']]} -> {SHORT[p['new']]}{note}")[0]
                 ax.axhline(p["old_old"], ls=":", c=line.get_color(), lw=1)
     ax.set_xlabel("rows backfilled to the new model's own vectors (%)")
@@ -231,7 +231,7 @@ def table(results: dict[str, Any]) -> str:
     for p in results["pairs"]:
         for key, what in (("curve", "backfill from the written adapter"), ("forced_curve", "what --force would serve (refused by default)")):
             if len(p.get(key, [])) > 1:
-                pts = ", ".join(f"{100 * x:.0f} %: {y:.4f}" for x, y in p[key])
+                pts = ", ".join(f"{x:.0f} %: {y:.4f}" for x, y in p[key])
                 lines.append(f"\n{p['corpus']} {SHORT[p['old']]} -> {SHORT[p['new']]}, {what} (random order): {pts} "
                              f"(old/old {p['old_old']:.4f}, new/new {p['new_new']:.4f})")
     return "\n".join(lines) + "\n"

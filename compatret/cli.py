@@ -250,8 +250,8 @@ def adapter_estimate(model: str, directory: str) -> tuple[dict[str, Any], str] |
     except (OSError, json.JSONDecodeError):
         return None
     est = record.get("estimate") if isinstance(record, dict) else None
-    if not isinstance(est, dict):
-        return None
+    if not isinstance(est, dict) or not all(isinstance(est.get(k), (int, float)) for k in ("stay", "adapted", "change", "low", "high", "queries")):
+        return None  # not written by `compatret adapt` (or by an older one): nothing to show
     where = record.get("gallery")
     elsewhere = where and Path(where) != Path(directory).resolve()
     line = (f"adapter estimate (compatret adapt, {'on ' + where if elsewhere else 'on this gallery'}): staying on {record.get('from')} "
@@ -296,8 +296,9 @@ def index_info(directory: str, as_json: bool) -> None:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--limit", type=int, help="Re-embed at most N rows in this run.")
 @click.option("--fraction", type=float, help="Stop once this fraction of all rows carries serving-model vectors.")
-@click.option("--order", type=click.Choice(["random", "uncertainty"]), default="random", show_default=True,
-              help="random: batches of consecutive rows in shuffled order; uncertainty: crowded old vectors first")
+@click.option("--order", type=click.Choice(["auto", "random", "uncertainty"]), default="auto", show_default=True,
+              help="random: batches of consecutive rows in shuffled order; uncertainty: crowded old vectors first; "
+                   "auto: uncertainty while rows are read through an adapter's fitted map, else random")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @gate_options("check them at 10 %, 50 % and 100 % of rows backfilled, and stop if the gallery serves them worse than "
               "when this run began")

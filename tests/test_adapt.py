@@ -133,15 +133,14 @@ def test_the_estimate_weighs_rows_the_map_was_fitted_on():
 
 
 def test_the_estimate_sees_a_map_worse_than_staying():
-    """Staying (old queries on stored rows) against a map: a good map's interval sits above a bad
-    one's, and a map of pure noise is estimated worse than staying."""
-    probe, _, _ = overfit_case(n=300, noise=0.3)
+    """Staying (old queries on stored rows) against a map, as served: a map of pure noise is
+    estimated worse than staying with its whole interval below 0, and below the real map."""
+    probe, _, _ = overfit_case(n=300, noise=0.3, paired_share=0.5)
     stay = stay_scores(probe)
-    good = estimate(stay, cross_fitted_scores(probe, Option("gallery", "procrustes")))
-    noise = estimate(stay, cross_fitted_scores(probe, Option("gallery", "procrustes"),
-                                               lambda o, x, y: fit_one("procrustes", x, np.random.default_rng(1).normal(size=y.shape))))
-    assert noise.change.high < 0 and noise.adapted < good.adapted
-    assert good.change.low <= good.change.mean <= good.change.high
+    good = estimate(stay, served_scores(probe, Option("gallery", "procrustes")))
+    noise = estimate(stay, served_scores(probe, Option("gallery", "procrustes"),
+                                         lambda o, x, y: fit_one("procrustes", x, np.random.default_rng(1).normal(size=y.shape))))
+    assert noise.change.high < 0 and noise.change.high < good.change.low
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -288,9 +287,9 @@ def test_a_chain_adapter_then_prefix_composes_on_one_gallery(tmp_path):
 
 
 def test_the_budget_is_kept_per_encoder_call(l3_gallery):
-    """The clock is read before every encoder call and calls are sized from the measured rate: the
-    whole run ends within about one call of --budget (the old check, after each 256-row chunk,
-    took all 256 rows whatever the budget)."""
+    """The clock is read before every step and steps are sized from the measured rate: embedding and
+    fitting end within about one step of --budget (the old check, after each 256-row chunk, took
+    all 256 rows whatever the budget: about 17 s of MiniLM-L6 here, over this budget on its own)."""
     from compatret.adapt.build import AdaptSettings, fit_adapters
 
     budget = 15.0
@@ -298,7 +297,7 @@ def test_the_budget_is_kept_per_encoder_call(l3_gallery):
     f = fit_adapters(l3_gallery / "l3", "minilm-l6", AdaptSettings(budget=budget), progress=False)
     wall = time.perf_counter() - t0
     assert wall <= budget + CALL_SECONDS + 1.5, wall
-    assert 20 <= len(f.pairs.ids) < 256 and f.estimate is not None
+    assert len(f.pairs.ids) >= 20 and f.estimate is not None
 
 
 def damaged_minilm_l6(path: Path, sigma: float = 0.5) -> Path:
@@ -324,6 +323,8 @@ def test_an_adapter_estimated_worse_than_staying_is_refused(l3_gallery, tmp_path
     plain = damaged_minilm_l6(tmp_path / "st")
     hint = in_process("index", "upgrade", str(l3_gallery / "l3"), "--model", str(plain))
     assert hint.returncode == 2 and "compatret model import" in hint.stderr
+    bad_id = in_process("model", "import", str(plain), "--out", str(tmp_path / "x"), "--id", "../up")
+    assert bad_id.returncode == 2 and "--id" in bad_id.stderr and not (tmp_path / "x").exists()
     imported = in_process("model", "import", str(plain), "--out", str(tmp_path / "damaged"), "--id", "damaged-l6", "--json")
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["dim"] == 384
@@ -344,3 +345,20 @@ def test_an_adapter_estimated_worse_than_staying_is_refused(l3_gallery, tmp_path
     shutil.copytree(l3_gallery / "l3", tmp_path / "g")
     up = in_process("index", "upgrade", str(tmp_path / "g"), "--model", str(tmp_path / "ad"))
     assert up.returncode == 0 and "estimated worse, written with --force" in up.stdout and "mapped into its space" in up.stdout
+
+
+def test_a_model_folder_appears_whole_or_not_at_all(tmp_path):
+    from compatret.encoders.folders import built_beside
+
+    out = tmp_path / "m"
+    with pytest.raises(RuntimeError):
+        with built_beside(out) as tmp:
+            tmp.mkdir()
+            (tmp / "half.npz").write_bytes(b"x")
+            raise RuntimeError("killed mid-write")
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary twin
+    out.mkdir()  # an empty target (what `--out` may name) is replaced
+    with built_beside(out) as tmp:
+        tmp.mkdir()
+        (tmp / "whole.npz").write_bytes(b"x")
+    assert [p.name for p in tmp_path.iterdir()] == ["m"] and (out / "whole.npz").exists()

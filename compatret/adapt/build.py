@@ -38,7 +38,8 @@ from compatret.index.service import TRANSFORMS_DIR
 from compatret.versions import VERSION_FILE, Compat, LearnedMap, ModelVersion
 
 DIRECTIONS = ("gallery", "query", "auto")
-DEFAULT_BUDGET_S = 180.0  # the whole run: reading, embedding, fitting, scoring
+DEFAULT_BUDGET_S = 180.0  # reading, embedding, fitting and scoring; writing the folder comes after
+MIN_QUERIES = 20  # pseudo-queries the estimate needs (as many again choose the map)
 EMBED_SHARE = 0.7  # of the budget for embedding; the rest fits and scores the options
 
 
@@ -68,7 +69,7 @@ class AdaptSettings:
 
 @dataclass(frozen=True)
 class Scored:
-    """One option's cross-fitted pseudo-query scores (None: not scored, out of time)."""
+    """One option's per pseudo-query nDCG@10 as the gallery would serve it (`served_scores`)."""
 
     option: Option
     scores: np.ndarray
@@ -117,13 +118,16 @@ def _old_encoder(gallery_dir: str | Path, modality: str) -> Encoder | None:
 
 
 def _mlp_epochs(probe: Probe, option: Option, left: float) -> int:
-    """Epochs of the MLP that fit the time left for it (FOLDS + 2 fits), timed on one epoch; 0: skip it."""
+    """Epochs of the MLP that fit the time left for it, timed on one epoch; 0: skip it."""
     import torch  # noqa: F401  imported before the clock starts: its import is not an epoch
 
+    if left <= 0:
+        return 0
     t0 = time.perf_counter()
     fit_one("mlp", *training_pairs(probe, np.arange(len(probe.old)), option), epochs=1)
     per_epoch = time.perf_counter() - t0
-    epochs = int(left / max(per_epoch * (FOLDS + 2), 1e-6))
+    fits = (FOLDS + 2) if probe.paired_share < 1 else 2  # the folds (unseen rows), the seen-rows map, the final map
+    epochs = int(left / max(per_epoch * fits, 1e-6))
     return min(MLP_EPOCHS, epochs) if epochs >= MIN_MLP_EPOCHS else 0
 
 
@@ -188,11 +192,16 @@ def fit_adapters(gallery_dir: str | Path, new_spec: str, settings: AdaptSettings
             f"{len(pairs.others)} more rows as distractors; {len(opts)} options, each scored on seen ({probe.paired_share:.0%} of rows) "
             f"and unseen rows ({FOLDS}-fold cross-fitted)")
     scored, epochs = score_options(probe, opts, start + budget, log)
-    chosen = max(scored, key=lambda s: round(s.mean, 4))  # max keeps the first of equals: the simpler
+    if not scored:
+        raise CompatretError(f"no map could be fitted within --budget {settings.budget} s: raise --budget (or choose --kind affine)")
+    # chosen on half the pseudo-queries, estimated on the other half: the best of several options,
+    # estimated on the queries it was chosen by, would look better than it is
+    half = np.arange(len(scored[0].scores)) % 2 == 0
+    chosen = max(scored, key=lambda s: round(float(s.scores[half].mean()), 4))  # max keeps the first of equals: the simpler
     opt = chosen.option
     fitted = fit_one(opt.kind, *training_pairs(probe, np.arange(len(pairs.ids)), opt), opt.ridge, epochs=epochs.get(opt.direction, MLP_EPOCHS))
     stay = stay_scores(probe) if text else None
-    est = estimate(stay, chosen.scores, settings.seed) if stay is not None else None
+    est = estimate(stay[~half], chosen.scores[~half], settings.seed) if stay is not None and (~half).sum() >= MIN_QUERIES else None
     return Fitted(old, new, pairs, probe, scored, chosen, fitted, stay, est, epochs, embedded, time.perf_counter() - start)
 
 
@@ -204,8 +213,10 @@ def refusal(f: Fitted) -> str | None:
     """Why the chosen adapter must not be written without --force: estimated worse than staying
     (the mean change on the pseudo-queries below 0), or no estimate at all; None when it may."""
     if f.estimate is None:
-        return ("no query-free estimate for an image gallery (no text to make pseudo-queries from): "
-                "nothing written; --force writes the adapter unchecked")
+        asked = int(f.probe.queried.sum()) if f.stay is not None else 0
+        why = ("an image gallery has no text to make pseudo-queries from" if f.old.modality == "image" else
+               f"only {asked} pseudo-queries (titles or sentences of 5+ words) were made within the budget, {2 * MIN_QUERIES} are needed")
+        return f"no estimate against staying ({why}): nothing written; --force writes the adapter unchecked"
     if f.estimate.change.mean < 0:
         return (f"staying on {f.old.id!r} is estimated better than the {f.chosen.option.label} adapter to {f.new.id!r}: "
                 f"{f.estimate.line()}; nothing written (--force writes it anyway)")

@@ -2,7 +2,7 @@
 
 Three kinds, simplest first (FCT and Drift-Adapter fit the same family):
 - procrustes: an orthogonal (or, across dims, semi-orthogonal) map: keeps angles, cannot overfit;
-- affine: ridge regression with a bias, the ridge strength (never 0) chosen on the held-aside pairs;
+- affine: ridge regression with a bias, the ridge strength (never 0) one of RIDGE_GRID;
 - mlp: affine plus a residual ReLU layer, trained in torch with an in-batch contrastive loss.
 
 Every map is a `LearnedMap` (the contract's transform step, read with numpy only), so a gallery

@@ -127,12 +127,13 @@ def served_scores(probe: Probe, option: Option, fit: Fit | None = None) -> np.nd
     through the map fitted on every pair) with probability `paired_share`, else an unseen row
     (cross-fitted)."""
     fit = fit or (lambda o, x, y: fit_one(o.kind, x, y, o.ridge))
-    unseen = cross_fitted_scores(probe, option, fit)
-    if probe.paired_share <= 0:
-        return unseen
+    share = probe.paired_share
+    unseen = cross_fitted_scores(probe, option, fit) if share < 1 else 0.0
+    if share <= 0:
+        return unseen  # type: ignore[return-value]
     asked = np.flatnonzero(probe.queried)
     seen = _answered(probe, option, fit(option, *training_pairs(probe, np.arange(len(probe.old)), option)), asked)
-    return probe.paired_share * seen + (1 - probe.paired_share) * unseen
+    return share * seen + (1 - share) * unseen
 
 
 @dataclass(frozen=True)

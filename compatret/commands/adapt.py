@@ -8,6 +8,8 @@ import click
 
 from compatret.commands.output import emit, friendly
 
+DEFAULT_BUDGET_S = 180.0  # compatret.adapt.build.DEFAULT_BUDGET_S, kept here so --help does not import the fitting code
+
 
 @click.command("adapt")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
@@ -15,13 +17,14 @@ from compatret.commands.output import emit, friendly
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write the adapted model to (new or empty).")
 @click.option("--direction", type=click.Choice(["gallery", "query", "auto"]), default="gallery", show_default=True,
               help="gallery: stored vectors are mapped into the new model's space (then backfill to native); "
-                   "query: the new model's vectors are mapped into the stored space, which stays; auto: the better out of sample.")
+                   "query: the new model's vectors are mapped into the stored space, which stays; auto: the better of the two.")
 @click.option("--kind", type=click.Choice(["auto", "procrustes", "affine", "mlp"]), default="auto", show_default=True,
-              help="The map; auto picks the best out of sample (cross-fitted pseudo-queries from the gallery's text).")
+              help="The map; auto picks the best on pseudo-queries taken out of the gallery's rows, scored as the gallery would serve them.")
 @click.option("--sample", type=int, default=None, help="Rows (with payloads) embedded by the new model to fit on [default: all, at most 20,000, "
               "within --budget].")
-@click.option("--budget", type=float, default=180.0, show_default=True,
-              help="Seconds for the whole run (embedding, fitting, estimating); the clock is read before every encoder call.")
+@click.option("--budget", type=float, default=DEFAULT_BUDGET_S, show_default=True,
+              help="Seconds for embedding, fitting and estimating (writing the folder comes after); the clock is read before "
+                   "every step of about 2 s of encoder calls.")
 @click.option("--force", is_flag=True, help="Write the adapter even when it is estimated worse than staying on the old model.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -35,7 +38,7 @@ def adapt(directory: str, new_model: str, out_dir: str, as_json: bool, **setting
     log = None if as_json else (lambda line: click.echo(line, err=True))
     report = run(directory, new_model, out_dir, AdaptSettings(**settings), progress=not as_json, log=log)
     est = report["estimate"]
-    verdict = ("no query-free estimate (image gallery): written unchecked (--force)" if est is None else
+    verdict = ("no estimate against staying: written unchecked (--force)" if est is None else
                f"estimated against staying on {report['from']}: nDCG@10 {est['stay']:.3f} -> {est['adapted']:.3f} on {est['queries']} pseudo-queries, "
                f"change {est['change']:+.3f} [{est['low']:+.3f}, {est['high']:+.3f}]" + (" (worse: written because of --force)" if report["forced"] else ""))
     emit(report, as_json,

@@ -29,13 +29,15 @@ def import_sentence_transformers(source: str | Path, out: str | Path, model_id: 
                              + (" (it is a compatret model folder already)" if (src / VERSION_FILE).exists() else ""))
     if dst.exists() and any(dst.iterdir()):
         raise CompatretError(f"{dst} exists and is not empty")
-    vid = model_id or re.sub(r"[^A-Za-z0-9_.-]+", "-", src.resolve().name).strip("-").lower() or "model"
+    if model_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", model_id):
+        raise CompatretError(f"--id {model_id!r}: use letters, digits, '.', '_' and '-' (it names files in galleries)")
+    vid = model_id or re.sub(r"[^A-Za-z0-9_.-]+", "-", src.resolve().name).strip("-.").lower() or "model"
     try:
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(str(src), device="cpu")
         dim = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError, AttributeError) as exc:  # what a broken folder raises
         raise CompatretError(f"{src} could not be loaded by sentence-transformers: {str(exc).splitlines()[0]}") from exc
     if not dim:
         raise CompatretError(f"{src}: sentence-transformers reports no embedding dimension")

@@ -67,8 +67,10 @@ def load_version(spec: str) -> ModelVersion:
     if (path / VERSION_FILE).exists():
         return ModelVersion.load(path)
     if path.exists():
+        from compatret.encoders.importing import is_sentence_transformers_dir
+
         hint = (f": it is a sentence-transformers folder; `compatret model import {spec} --out MODEL_DIR` makes one"
-                if any((path / m).exists() for m in ("modules.json", "config_sentence_transformers.json")) else "")
+                if is_sentence_transformers_dir(path) else "")
         raise CompatretError(f"{spec} is not a compatret model folder (no {VERSION_FILE}){hint}")
     raise CompatretError(f"unknown model {spec!r}: use one of {sorted(ALIASES)} or a model folder")
 

@@ -144,7 +144,7 @@ class RollbackRequest(Strict):
 class BackfillRequest(Strict):
     limit: int | None = Field(None, ge=0)
     fraction: float | None = Field(None, ge=0.0, le=1.0)
-    order: Literal["random", "uncertainty"] = "random"
+    order: Literal["auto", "random", "uncertainty"] = "auto"
     batch_size: int = Field(64, ge=1, le=4096)
 
 

@@ -1,7 +1,7 @@
 """Each model's corpus vectors computed once per benchmark run's work folder, and served from there.
 
 The benchmark builds galleries and backfills them many times (four pairs, two corpora, a curve of
-five points each); all-mpnet-base-v2 embeds about one SciFact abstract a second on 2 cores, so
+five points each); all-mpnet-base-v2 embeds about 1.4 SciFact abstracts a second on 2 cores, so
 re-embedding at every step would take hours. A CachedEncoder answers `encode_items` from vectors
 the real model computed for exactly these texts (keyed by the text compatret embeds) and passes
 anything else, queries included, to the real model (its query vectors are kept too). `adapt`

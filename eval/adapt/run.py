@@ -6,7 +6,8 @@
 For each corpus and (old -> new) model pair: a gallery of the corpus embedded by OLD; then what a
 user gets from `compatret adapt GALLERY --model NEW --out M` with every default (direction
 gallery, kind auto, budget 180 s, the real encoders, timed): the options it scored on
-cross-fitted pseudo-queries, its choice, its estimate against staying, and whether it refused.
+pseudo-queries taken out of the gallery's rows (as the gallery would serve them), its choice,
+its estimate against staying, and whether it refused.
 Judged test queries only score (never choose):
 - old_old / new_new: each model on a gallery it embedded itself;
 - chosen: what the gallery serves after `adapt` (+ `index upgrade` when it wrote a model): the
@@ -15,9 +16,10 @@ Judged test queries only score (never choose):
   the cases of the estimate's fidelity (does its sign agree with the judged change?);
 - aecp (`RidgeMapping(alpha="auto").fit(X, Y)`, then `transform` on the stored vectors, as its
   README's calibrate/transform steps do) on the very same pairs;
-- curve: when an adapter was written, `index backfill` (random order) at 10/30/50/75/100 %.
-Corpora: SciFact (5,183 abstracts) for the MiniLM pairs; all-mpnet-base-v2 embeds about one
-abstract a second here, so the pairs with mpnet run on SciFact-1k (the 1,000-document corpus of
+- curve: when an adapter was written, `index backfill` (its default order, `auto`: uncertainty
+  for a gallery read through a map) at 10/30/50/75/100 %.
+Corpora: SciFact (5,183 abstracts) for the MiniLM pairs; all-mpnet-base-v2 embeds about 1.4
+abstracts a second here, so the pairs with mpnet run on SciFact-1k (the 1,000-document corpus of
 the documents judged for the test queries plus random others, `subset_corpus`), where the MiniLM
 pairs run too. Each model's corpus vectors are computed once (cached.py); nDCG@10 by ranx.
 """
@@ -155,7 +157,7 @@ def one_pair(work: Path, data: BeirData, old: str, new: str, specs: dict[str, st
 def upgraded_curve(work: Path, old: str, new: str, g_old: Path, model_dir: Path, enc_new: Any, data: BeirData,
                    backfilled: bool) -> list[list[float]]:
     """A copy of the old gallery upgraded to the adapter (judged through the real query path), then
-    backfilled (random order) to each fraction when `backfilled`."""
+    backfilled (`index backfill`'s default order) to each fraction when `backfilled`."""
     from cached import CachedEncoder, serve_with
 
     up = work / f"upgraded-{old}-to-{new}"
@@ -169,7 +171,7 @@ def upgraded_curve(work: Path, old: str, new: str, g_old: Path, model_dir: Path,
     points = [[0.0, judged(served, data)["ndcg_at_10"]]]  # [percent of rows backfilled, nDCG@10]
     log(f"  served after upgrade: {points[0][1]:.4f}")
     for frac in FRACTIONS if backfilled else ():
-        backfill(served, fraction=frac, order="random", progress=False)
+        backfill(served, fraction=frac, progress=False)  # `index backfill`'s default order (auto: uncertainty here)
         points.append([100 * frac, judged(served, data)["ndcg_at_10"]])
         log(f"  backfill {frac:.0%}: {points[-1][1]:.4f}")
     return points
@@ -232,7 +234,7 @@ def table(results: dict[str, Any]) -> str:
         for key, what in (("curve", "backfill from the written adapter"), ("forced_curve", "what --force would serve (refused by default)")):
             if len(p.get(key, [])) > 1:
                 pts = ", ".join(f"{x:.0f} %: {y:.4f}" for x, y in p[key])
-                lines.append(f"\n{p['corpus']} {SHORT[p['old']]} -> {SHORT[p['new']]}, {what} (random order): {pts} "
+                lines.append(f"\n{p['corpus']} {SHORT[p['old']]} -> {SHORT[p['new']]}, {what} (`index backfill`, order auto): {pts} "
                              f"(old/old {p['old_old']:.4f}, new/new {p['new_new']:.4f})")
     return "\n".join(lines) + "\n"
 

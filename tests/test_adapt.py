@@ -362,3 +362,28 @@ def test_a_model_folder_appears_whole_or_not_at_all(tmp_path):
         tmp.mkdir()
         (tmp / "whole.npz").write_bytes(b"x")
     assert [p.name for p in tmp_path.iterdir()] == ["m"] and (out / "whole.npz").exists()
+
+
+def test_backfill_order_auto_puts_crowded_rows_first_behind_a_map(tmp_path):
+    """`index backfill`'s default order: random for rows read as they are, crowded old vectors first
+    once the serving model reads them through a fitted map (a random order dipped there)."""
+    from compatret import Compat, ModelVersion
+    from compatret.adapt.fit import fit_affine
+    from compatret.index.backfill import plan_order
+
+    rng = np.random.default_rng(0)
+    x = normalize(rng.normal(size=(300, 8)))
+    x[:60] = normalize(x[0] + 0.05 * rng.normal(size=(60, 8)))  # a crowded corner
+    s = Service.create(tmp_path / "g", dim=8, version_id="v1")
+    ids = [str(i) for i in range(300)]
+    s.add_vectors(x, ids=ids)
+    assert plan_order(s, ids, "auto") == plan_order(s, ids, "random")
+    v1 = s.meta.serving
+    v2 = ModelVersion("v2", 8, "vector", parent=v1, compat=Compat.transform("transforms/v2.npz"), method="adapter")
+    (tmp_path / "v2" / "transforms").mkdir(parents=True)
+    fit_affine(x, x @ rng.normal(size=(8, 8)).astype(np.float32), 1e-3).save(tmp_path / "v2" / "transforms" / "v2.npz")
+    v2.save(tmp_path / "v2")
+    s.upgrade(str(tmp_path / "v2"))
+    auto = plan_order(s, ids, "auto")
+    assert auto == plan_order(s, ids, "uncertainty") != plan_order(s, ids, "random")
+    assert len(set(auto[:60]) & set(ids[:60])) >= 55  # the crowded corner goes first

@@ -166,18 +166,19 @@ def test_l3_gallery_upgrades_to_l6_through_an_adapter(l3_gallery, scifact_subset
     g = tmp_path / "l3"
     shutil.copytree(l3_gallery / "l3", g)  # the module's gallery stays on minilm-l3
     # 200 pairs are too few for a map that beats staying on L3 (the estimate says so): --force writes it anyway
-    done = run("adapt", str(g), "--model", "minilm-l6", "--out", str(tmp_path / "ad"), "--sample", "200", "--kind", "affine", "--force", "--json")
+    done = in_process("adapt", str(g), "--model", "minilm-l6", "--out", str(tmp_path / "ad"), "--sample", "200", "--kind", "affine", "--force", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["direction"] == "gallery" and report["sample"] == 200 and report["query_source"] == "titles"
     assert len(report["options"]) == 4  # one per ridge strength
     assert report["ridge"] == max(report["options"], key=lambda o: round(o["pseudo_ndcg"], 4))["ridge"]
     est = report["estimate"]
-    assert est["queries"] == report["pseudo_queries"] > 100 and est["low"] <= est["change"] <= est["high"]
+    assert est["queries"] == report["pseudo_queries"] // 2 > 50  # one half chose the map, the other estimates it
+    assert est["low"] <= est["change"] <= est["high"]
     assert report["forced"] == (est["change"] < 0)
     before = Service.open(g).gallery.latest_version()
 
-    up = in_process("index", "upgrade", str(g), "--model", str(tmp_path / "ad"), "--json")  # `adapt` above ran as a real process
+    up = in_process("index", "upgrade", str(g), "--model", str(tmp_path / "ad"), "--json")
     assert up.returncode == 0, up.stderr
     s = Service.open(g)
     assert s.meta.serving.id == report["model_id"] and s.meta.serving.compat.kind == "transform"

@@ -144,7 +144,7 @@ def plan_order(service: Service, ids: list[str], order: str, block: int = 1, see
 
     `auto`: `uncertainty` while the serving model reads rows through a fitted map (an adapter:
     mapped and native rows then share one ranking, and re-embedding the least reliable mapped rows
-    first kept eval/adapt's curves from dipping, where a random order dipped 0.006 at 50 %),
+    first kept eval/adapt's curve from dipping, where a random order dipped 0.0087 at 50 %),
     else `random`.
     """
     if order == "auto":

@@ -116,6 +116,10 @@ class Compat:
         return Compat(kind, dims=d.get("dims"), transform_path=d.get("transform_path"))
 
 
+class IncompatibleLineage(CompatretError):
+    """A model whose lineage does not reach the gallery's model: its vectors are never compared."""
+
+
 @dataclass(frozen=True)
 class ModelVersion:
     """An immutable record of one model: its space (dim), parent and how it compares to it.
@@ -317,7 +321,7 @@ def resolve(query: ModelVersion, gallery: ModelVersion, base_dir: str | Path | N
     if gallery.id not in ids:
         if query.id in [m.id for m in gallery.lineage()]:
             return _ancestor_plan(query, gallery)
-        raise CompatretError(
+        raise IncompatibleLineage(
             f"model {query.id!r} is not compatible with gallery model {gallery.id!r}: "
             f"its lineage is {' -> '.join(ids)}"
         )

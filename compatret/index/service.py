@@ -21,7 +21,7 @@ from compatret.errors import CompatretError
 from compatret.index.gallery import Gallery, GalleryMeta
 from compatret.index.search import ANN_KINDS, backend_name, resolve_ann
 from compatret.index.search_index import SearchIndex
-from compatret.versions import CompatPlan, ModelVersion, apply_plan, check_same_weights, confined, normalize, resolve
+from compatret.versions import CompatPlan, IncompatibleLineage, ModelVersion, apply_plan, check_same_weights, confined, normalize, resolve
 
 if TYPE_CHECKING:
     from compatret.index.ray_engine import RayOptions
@@ -392,7 +392,11 @@ class Service:
             if version.modality != meta.modality and meta.modality != "vector":
                 raise CompatretError(f"model {version.id!r} is for {version.modality}, this gallery holds {meta.modality}")
             for writer in (meta.vector_model, *meta.versions.values()):
-                resolve(version, writer, self.gallery.path)  # refuses a model that cannot read every row
+                try:
+                    resolve(version, writer, self.gallery.path)  # refuses a model that cannot read every row
+                except IncompatibleLineage as exc:
+                    raise IncompatibleLineage(f"{exc}; a model not trained to be compatible joins through a map fitted on the "
+                                              "gallery's rows: compatret adapt GALLERY --model MODEL --out ADAPTER_DIR") from exc
             model_dir = Path(model)
             names = [str(n.compat.transform_path) for n in version.lineage() if n.compat.kind == "transform"]
             stray = [name for name in names if PurePosixPath(name).parent != PurePosixPath(TRANSFORMS_DIR)]

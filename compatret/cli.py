@@ -242,7 +242,9 @@ def index_upgrade(directory: str, model: str, gate_queries: str | None, qrels: s
 
 def adapter_estimate(model: str, directory: str) -> tuple[dict[str, Any], str] | None:
     """An adapter folder's estimate against staying (written by `compatret adapt`) and a line saying it."""
-    path = Path(model) / "adapter.json"
+    from compatret.adapt.build import ADAPTER_FILE
+
+    path = Path(model) / ADAPTER_FILE
     if not path.is_file():
         return None
     try:

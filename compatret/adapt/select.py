@@ -15,6 +15,7 @@ the two are paired and the change gets a bootstrap interval.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -56,8 +57,9 @@ class Probe:
     folds: np.ndarray
     paired_share: float = 1.0
 
-    @property
+    @cached_property
     def candidates(self) -> np.ndarray:
+        """Paired rows then distractors: stacked once, read by every fold of every option."""
         return np.vstack([self.old, self.others])
 
     @property

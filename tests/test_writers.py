@@ -16,6 +16,7 @@ from compatret import CompatretError
 from compatret.index.backfill import backfill, pending_counts, pending_rows
 from compatret.index.gallery import Gallery
 from compatret.index.history import grouped, history, rollback
+from compatret.index.sealed import DIGEST_FILE, digest
 from compatret.index.search_index import CACHE_DIR
 from compatret.index.service import Service
 from compatret.index.verify import verify
@@ -190,6 +191,9 @@ def test_verify_finds_a_damaged_cache_and_repair_rebuilds_it(tmp_path):
     tampered = np.load(f)
     tampered[3] *= -1
     np.save(f, tampered)
+    seal = json.loads((f.parent / DIGEST_FILE).read_text())  # resealed: a cache wrong in itself, not damaged on disk
+    seal[f.name] = [f.stat().st_size, digest(f.read_bytes())]
+    (f.parent / DIGEST_FILE).write_text(json.dumps(seal))
     res = cli("index", "verify", str(tmp_path / "g"), "--json")
     assert res.returncode == 1 and "vectors differ" in res.stdout and "r3" in res.stdout
     fixed = cli("index", "verify", str(tmp_path / "g"), "--repair")

@@ -15,17 +15,22 @@ in place: rows of vanished fragments and deleted rows are removed, rows of new f
 added, so a write of n rows costs O(n) search work. IVF/HNSW kernels are persisted under
 `search/kernel-*/` with the fragments they cover and are retrained only when their group has
 grown four-fold. Each view is exactly one table version (`table_version`); a missing or
-damaged cache file costs time, never data.
+damaged cache file costs time, never data: every cache folder is sealed with digests and
+checked when loaded (`sealed`), and read into memory, so a file changed later cannot reach
+a running view.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import os
 import shutil
 import threading
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -35,12 +40,14 @@ import numpy as np
 
 from compatret.index.gallery import Gallery, GalleryMeta
 from compatret.index.search import IVF_KINDS, Kernel, build_kernel, candidates_for, rerank
+from compatret.index.sealed import Damaged, no_space, npy_bytes, npy_from, npz_bytes, read_sealed, write_sealed
 
 CACHE_DIR = "search"
-FORMAT = 3
+FORMAT = 4  # 4: folders sealed with digests (older folders are read again from the table)
 RETRAIN_GROWTH = 4.0  # an IVF kernel is retrained once its group holds this many times its training rows
 SAVE_DIRTY = 0.1  # a persisted ANN kernel is rewritten once this fraction of its rows changed
 Mapper = Callable[[np.ndarray], np.ndarray]
+log = logging.getLogger("compatret.cache")
 
 
 @dataclass(frozen=True)
@@ -251,7 +258,12 @@ def _replace_dir(tmp: Path, target: Path) -> None:
 
 
 class FragmentCache:
-    """One folder per fragment under `search/`: row metadata in rows.npz, vectors as .npy (memory-mapped)."""
+    """One sealed folder per fragment under `search/`: row metadata in rows.npz, vectors as .npy.
+
+    Files are checked when loaded (see `sealed`): a damaged folder is logged and read again
+    from the table, and its rewrite replaces it. A cache that cannot be written (a full or
+    read-only disk) costs speed only: the rows stay in memory and the failure is recorded for
+    /health (`problem`)."""
 
     def __init__(self, gallery_dir: Path) -> None:
         self.dir = gallery_dir / CACHE_DIR
@@ -259,35 +271,53 @@ class FragmentCache:
     def file(self, key: str) -> Path:
         return self.dir / f"frag-{key}"
 
-    def load(self, key: str) -> FragmentRows | None:
+    def read(self, key: str) -> FragmentRows:
+        """The cached rows of a fragment; raises Damaged when the folder is missing or fails its check."""
         d = self.file(key)
         try:
-            with np.load(d / "rows.npz", allow_pickle=False) as z:
+            with np.load(io.BytesIO(read_sealed(d, "rows.npz")), allow_pickle=False) as z:
                 if int(z["format"]) != FORMAT or str(z["key"]) != key:
-                    return None
+                    raise Damaged(f"{d.name} is of another format or fragment")
                 names = [str(v) for v in z["vector_versions"]]
                 fid, deletion = int(z["fid"]), str(z["deletion"]) or None
                 offsets, ids, versions = z["offsets"], z["ids"], z["versions"]
-            vectors = {v: np.load(d / f"vec-{i}.npy", mmap_mode="r") for i, v in enumerate(names)}
-            if any(len(x) != int((versions == v).sum()) for v, x in vectors.items()):
-                return None
-            return FragmentRows(key, fid, deletion, RowsRead(offsets, ids, versions, vectors))
-        except (OSError, ValueError, KeyError):
+            vectors = {v: npy_from(read_sealed(d, f"vec-{i}.npy")) for i, v in enumerate(names)}
+        except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+            raise Damaged(f"{d.name}: {exc}") from exc
+        if any(len(x) != int((versions == v).sum()) for v, x in vectors.items()):
+            raise Damaged(f"{d.name}: vector counts differ from its rows")
+        return FragmentRows(key, fid, deletion, RowsRead(offsets, ids, versions, vectors))
+
+    def load(self, key: str) -> FragmentRows | None:
+        """The cached rows, or None (missing, or damaged: logged, and read from the table instead)."""
+        if not self.file(key).exists():
+            return None
+        try:
+            return self.read(key)
+        except Damaged as exc:
+            log.warning("search cache: discarding %s (%s); reading the fragment from the table", self.file(key), exc)
             return None
 
     def save(self, rows: FragmentRows, table_version: int) -> None:
-        """Write the rows as read (a fragment read fresh from the table has no dead rows)."""
-        self.dir.mkdir(exist_ok=True)
+        """Write the rows as read (a fragment read fresh from the table has no dead rows). Best
+        effort: on failure nothing half-written stays, and the reason is kept for /health."""
         target = self.file(rows.key)
         tmp = target.with_name(f".tmp-{uuid.uuid4().hex}-{target.name}")
-        tmp.mkdir()
         read = rows.read
-        np.savez(tmp / "rows.npz", format=np.int64(FORMAT), key=np.str_(rows.key), fid=np.int64(rows.fid),
-                 deletion=np.str_(rows.deletion or ""), read_at_version=np.int64(table_version), offsets=read.offsets,
-                 ids=read.ids, versions=read.versions, vector_versions=np.array(list(read.vectors), dtype=str))
-        for i, vec in enumerate(read.vectors.values()):
-            np.save(tmp / f"vec-{i}.npy", vec)
-        _replace_dir(tmp, target)
+        try:
+            tmp.mkdir(parents=True)
+            files = {"rows.npz": npz_bytes(format=np.int64(FORMAT), key=np.str_(rows.key), fid=np.int64(rows.fid),
+                                           deletion=np.str_(rows.deletion or ""), read_at_version=np.int64(table_version),
+                                           offsets=read.offsets, ids=read.ids, versions=read.versions,
+                                           vector_versions=np.array(list(read.vectors), dtype=str))}
+            files.update({f"vec-{i}.npy": npy_bytes(np.asarray(vec)) for i, vec in enumerate(read.vectors.values())})
+            write_sealed(tmp, files)
+            _replace_dir(tmp, target)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            note_problem(self.dir.parent, f"cannot write the search cache ({_reason(exc)}): serving from memory")
+            return
+        note_problem(self.dir.parent, None)
 
     def drop(self, keys: set[str]) -> None:
         """Forget fragments the table no longer has (a reader still at an older version re-reads them)."""
@@ -297,6 +327,27 @@ class FragmentCache:
     def clear(self) -> None:
         """Remove the whole cache (verify --repair rebuilds it from the table)."""
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_PROBLEMS: dict[Path, str] = {}  # gallery folder -> why its cache cannot be written now (this process)
+
+
+def note_problem(gallery_dir: Path, problem: str | None) -> None:
+    """Record (or clear, with None) a cache write failure; logged once per new reason."""
+    if problem is None:
+        _PROBLEMS.pop(gallery_dir, None)
+    elif _PROBLEMS.get(gallery_dir) != problem:
+        _PROBLEMS[gallery_dir] = problem
+        log.warning("%s: %s", gallery_dir, problem)
+
+
+def cache_problem(gallery_dir: Path) -> str | None:
+    """Why this process could not write the gallery's search cache last time it tried (None: it could)."""
+    return _PROBLEMS.get(gallery_dir)
+
+
+def _reason(exc: OSError) -> str:
+    return "no space left on device" if no_space(exc) else (exc.strerror or str(exc))
 
 
 @dataclass
@@ -315,9 +366,9 @@ def _kernel_dir(gallery_dir: Path, key: tuple[str, ...]) -> Path:
 
 
 def _save_kernel(gallery_dir: Path, key: tuple[str, ...], state: KernelState) -> None:
-    """The index and the fragments it covers, in one folder renamed into place. state.json names
-    its index file by a fresh token, so a reader never pairs one save's state with another's index.
-    Best effort: a kernel that cannot be saved is rebuilt by the next process that needs it."""
+    """The index and the fragments it covers, in one sealed folder renamed into place. state.json
+    names its index file by a fresh token, so a reader never pairs one save's state with another's
+    index. Best effort: a kernel that cannot be saved is rebuilt by the next process that needs it."""
     import faiss
 
     target = _kernel_dir(gallery_dir, key)
@@ -325,28 +376,34 @@ def _save_kernel(gallery_dir: Path, key: tuple[str, ...], state: KernelState) ->
     tmp = target.with_name(f".tmp-{token}-{target.name}")
     try:
         tmp.mkdir(parents=True)
-        faiss.write_index(state.kernel.index, str(tmp / f"index-{token}.faiss"))  # type: ignore[attr-defined]
-        (tmp / "state.json").write_text(json.dumps({"key": list(key), "index": f"index-{token}.faiss", "covers": state.covers,
+        index_bytes = faiss.serialize_index(state.kernel.index).tobytes()  # type: ignore[attr-defined]
+        write_sealed(tmp, {f"index-{token}.faiss": index_bytes,
+                           "state.json": json.dumps({"key": list(key), "index": f"index-{token}.faiss", "covers": state.covers,
                                                      "fids": state.fids, "trained_on": state.kernel.trained_on,  # type: ignore[attr-defined]
-                                                     "rerank": state.kernel.rerank}))  # type: ignore[attr-defined]
+                                                     "rerank": state.kernel.rerank}).encode()})  # type: ignore[attr-defined]
         _replace_dir(tmp, target)
         state.dirty = 0
-    except OSError:
+    except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        note_problem(gallery_dir, f"cannot write the search cache ({_reason(exc)}): serving from memory")
 
 
 def _load_kernel(gallery_dir: Path, key: tuple[str, ...]) -> KernelState | None:
+    """A saved kernel, checked against its seal; None when missing or damaged (logged: it is rebuilt)."""
     import faiss
 
     from compatret.index.search import FaissKernel, faiss_gpus, on_gpu
 
     d = _kernel_dir(gallery_dir, key)
+    if not d.exists():
+        return None
     try:
-        state = json.loads((d / "state.json").read_text())
+        state = json.loads(bytes(read_sealed(d, "state.json")))
         if state["key"] != list(key):
             return None
-        index = faiss.read_index(str(d / state["index"]))  # gone if the folder was replaced meanwhile
-    except (OSError, ValueError, KeyError, RuntimeError):
+        index = faiss.deserialize_index(np.frombuffer(read_sealed(d, state["index"]), np.uint8))
+    except (Damaged, ValueError, KeyError, RuntimeError) as exc:
+        log.warning("search cache: discarding kernel %s (%s); rebuilding it from the rows", d, exc)
         return None
     kernel = FaissKernel(index, on_gpu(key[1], key[2]) and faiss_gpus() > 0, int(state["trained_on"]), int(state.get("rerank", 0)))
     return KernelState(kernel, dict(state["covers"]), {k: int(v) for k, v in state["fids"].items()})

@@ -2,7 +2,7 @@
 
 The table is read fresh, fragment by fragment, and every cache file that describes a
 fragment of the current version is checked against it: ids, each row's model version,
-and a hash of each vector. The lineage is checked too: every row's model must be known to
+and a hash of each vector (a folder that fails its seal is reported as damaged). The lineage is checked too: every row's model must be known to
 the gallery and readable by the serving model. `repair` deletes the cache and rebuilds it
 from the table (readers that hold an older view simply rebuild theirs).
 """
@@ -10,6 +10,7 @@ from the table (readers that hold an older view simply rebuild theirs).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from compatret.errors import CompatretError
 from compatret.index.gallery import Gallery
+from compatret.index.sealed import Damaged, read_sealed
 from compatret.index.search_index import FragmentCache, FragmentRows, SearchIndex, deletion_of, fragment_key, live_offsets, read_fragment
 from compatret.versions import resolve
 
@@ -66,6 +68,17 @@ def _compare(key: str, cached: FragmentRows, truth: FragmentRows) -> list[str]:
     return problems
 
 
+def _damaged_kernels(cache: FragmentCache) -> list[str]:
+    """Saved search kernels whose files fail their seal (a query would discard and rebuild them)."""
+    problems = []
+    for d in sorted(cache.dir.glob("kernel-*")) if cache.dir.is_dir() else []:
+        try:
+            read_sealed(d, json.loads(bytes(read_sealed(d, "state.json")))["index"])
+        except (Damaged, ValueError, KeyError) as exc:
+            problems.append(f"kernel {d.name}: cache file damaged ({exc})")
+    return problems
+
+
 def verify(gallery: Gallery, repair: bool = False) -> VerifyReport:
     """Check every cache file of the latest version against the table; optionally rebuild the cache."""
     version = gallery.latest_version()
@@ -75,10 +88,12 @@ def verify(gallery: Gallery, repair: bool = False) -> VerifyReport:
     report = VerifyReport(version, gallery.count(), len(fragments))
     for fragment in fragments:
         key, deletion = fragment_key(fragment), deletion_of(fragment)
-        cached = cache.load(key)
-        if cached is None:
-            if cache.file(key).exists():
-                report.mismatches.append(f"fragment {key}: cache file unreadable")
+        if not cache.file(key).exists():
+            continue
+        try:
+            cached = cache.read(key)
+        except Damaged as exc:
+            report.mismatches.append(f"fragment {key}: cache file damaged ({exc})")
             continue
         report.cached_fragments += 1
         if cached.deletion != deletion:
@@ -87,6 +102,7 @@ def verify(gallery: Gallery, repair: bool = False) -> VerifyReport:
                 report.mismatches.append(f"fragment {key}: cache lacks rows the table still holds")
                 continue
         report.mismatches += _compare(key, cached, read_fragment(fragment, meta, key, deletion))
+    report.mismatches += _damaged_kernels(cache)
     present = gallery.scan(["model_version"]).column("model_version").unique().to_pylist()
     for v in present:
         try:

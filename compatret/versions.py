@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Literal
@@ -252,7 +253,9 @@ class LearnedMap:
     w2: np.ndarray | None = None
 
     @staticmethod
-    def load(path: str | Path) -> LearnedMap:
+    def load(path: str | Path, name: str | None = None) -> LearnedMap:
+        """The map in `path`. An error names it as `name` (say, relative to its gallery), else by its
+        file name: the message may reach an HTTP client, which must not learn the server's folders."""
         try:
             if str(path).endswith(".npz"):
                 with np.load(path, allow_pickle=False) as z:
@@ -260,8 +263,9 @@ class LearnedMap:
                 return LearnedMap(**parts)
             m = np.load(path, allow_pickle=False).astype(np.float32)
             return LearnedMap(weight=m[:-1], bias=m[-1])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CompatretError(f"cannot read transform {path}: {exc}") from exc
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)  # an OSError's own text repeats the path
+            raise CompatretError(f"cannot read transform {name or Path(path).name}: {why}") from exc
 
     def save(self, path: str | Path) -> None:
         """As .npz, written whole or not at all."""
@@ -306,6 +310,7 @@ class CompatPlan:
     gallery_model: str
     dims: int
     gallery_transforms: tuple[str, ...] = ()
+    base_dir: str | None = None  # the folder gallery_transforms lie in: errors name them relative to it
 
 
 def resolve(query: ModelVersion, gallery: ModelVersion, base_dir: str | Path | None = None) -> CompatPlan:
@@ -347,7 +352,7 @@ def resolve(query: ModelVersion, gallery: ModelVersion, base_dir: str | Path | N
             tp = confined(base_dir, rule.transform_path, "transform_path") if base_dir is not None else Path(rule.transform_path)
             transforms.append(str(tp))
             shared = child.dim
-    return CompatPlan(query.id, gallery.id, shared, tuple(transforms))
+    return CompatPlan(query.id, gallery.id, shared, tuple(transforms), str(Path(base_dir).resolve()) if base_dir is not None else None)
 
 
 def _ancestor_plan(query: ModelVersion, gallery: ModelVersion) -> CompatPlan:
@@ -377,7 +382,7 @@ def apply_plan(plan: CompatPlan, queries: np.ndarray | None, gallery: np.ndarray
     if gallery is not None:
         g = gallery.astype(np.float32, copy=False)
         for tp in plan.gallery_transforms:
-            g = LearnedMap.load(tp)(g)
+            g = LearnedMap.load(tp, os.path.relpath(tp, plan.base_dir) if plan.base_dir else None)(g)
         g = normalize(np.ascontiguousarray(g[:, : plan.dims], dtype=np.float32))
     return q, g
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,10 +16,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from compatret.errors import CompatretError
+from compatret.index.sealed import no_space
 from compatret.index.writer_lock import retry_commit, writer_lock
 from compatret.versions import ModelVersion, normalize
 
 os.environ.setdefault("LANCEDB_LOG", "error")
+log = logging.getLogger("compatret.gallery")
 
 TABLE = "gallery"
 ID_FILTER_MAX = 1024  # ids per `id IN (...)` filter
@@ -201,6 +205,30 @@ def meta_of_schema(schema: pa.Schema, where: Path) -> GalleryMeta:
     return GalleryMeta.from_json(raw.decode())
 
 
+WRITTEN_MARK = ".written"  # touched after every write: servers read their writes (Service.index)
+
+
+def announce_write(path: Path) -> None:
+    """Tell readers of this gallery (other processes too) that a write ended: its mark gets a new
+    nanosecond mtime, which needs no free space."""
+    mark = path / WRITTEN_MARK
+    try:
+        mark.touch()
+        now = time.time_ns()
+        os.utime(mark, ns=(now, now))
+    except OSError as exc:
+        log.warning("%s: cannot mark a write for readers (%s): servers see it within --refresh-seconds", path, exc)
+
+
+def written_mark(path: Path) -> tuple[int, int] | None:
+    """What announce_write last left (inode, mtime): a reader that saw another must read the latest version."""
+    try:
+        st = os.stat(path / WRITTEN_MARK)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 class Gallery:
     """The durable half of an index, and its only truth: rows in LanceDB, each write one commit.
 
@@ -277,8 +305,14 @@ class Gallery:
             self._writing += 1
             try:
                 yield
+            except Exception as exc:
+                if no_space(exc):
+                    raise CompatretError(f"no space left on device: {command} in {self.path} (nothing of it was committed)") from exc
+                raise
             finally:
                 self._writing -= 1
+                if not self._writing:
+                    announce_write(self.path)
 
     def _writer(self) -> None:
         """Every commit goes through here: refused unless this handle holds the writer lock."""

@@ -36,6 +36,7 @@ from compatret.index.backfill_job import PROBE_WAIT_S, BackfillJob
 from compatret.index.console import CONSOLE_PREFIX, mount_console
 from compatret.index.history import grouped, history, rollback
 from compatret.index.overview import overview
+from compatret.index.search_index import cache_problem
 from compatret.index.service import Service
 from compatret.versions import VERSION_FILE, confined
 
@@ -160,11 +161,12 @@ class QueryResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or degraded: answering, with `problems` saying what is wrong (e.g. a cache that cannot be written)")
     serving: str
     rows: int
     table_version: int
     snapshot_version: int
+    problems: list[str] = []
 
 
 class BackfillStatus(BaseModel):
@@ -276,7 +278,9 @@ def _json_body(scope: dict[str, Any]) -> bool:
 
 
 class BodyLimit:
-    """ASGI middleware: refuse a request body over `limit` bytes (declared or streamed) with 413."""
+    """ASGI middleware: refuse a request body over `limit` bytes with 413, declared (before any of it
+    is read) or streamed (chunked, no Content-Length). The body is read here, up to the limit, and
+    handed on whole: a limit raised inside the app's own read would come back as its 400."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -289,24 +293,29 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await _too_large(self.limit)(scope, receive, send)
             return
-        seen = 0
-
-        async def limited() -> dict[str, Any]:
-            nonlocal seen
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _BodyTooLarge
+            if message["type"] != "http.request":  # the client left: nobody to answer
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await _too_large(self.limit)(scope, receive, send)
+                return
+            more = message.get("more_body", False)
+        whole: dict[str, Any] | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay() -> dict[str, Any]:
+            nonlocal whole
+            if whole is None:
+                return await receive()  # after the body: what the server says next (a disconnect)
+            message, whole = whole, None
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _BodyTooLarge:
-            await _too_large(self.limit)(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 def _too_large(limit: int) -> JSONResponse:
@@ -323,7 +332,41 @@ def app_from_env() -> FastAPI:
 
     cfg = json.loads(os.environ[SERVE_CONFIG_ENV])
     keys = ApiKeys.load(cfg.pop("api_key_file"))
+    _exit_with_parent()
     return create_app(keys=keys, **cfg)
+
+
+PARENT_GONE_GRACE_S = 5.0
+
+
+def _exit_with_parent() -> None:
+    """In a worker of `serve --workers N`: end when the parent ends, however it ends (SIGKILL too),
+    or the orphan keeps answering on the port and a restart finds it taken.
+
+    A thread waits on multiprocessing's sentinel of the parent, a pipe whose far end only the
+    parent holds: the kernel closes it when the parent process dies, so this wakes at once, with no
+    polling and on any POSIX system. prctl(PR_SET_PDEATHSIG) would be Linux only, fire when the
+    parent *thread* that started the worker ends, and miss a parent that died before the call.
+    The worker then gets SIGTERM (uvicorn's graceful stop: the socket closed, requests in hand
+    answered) and, should that hang, exits PARENT_GONE_GRACE_S later. A single-process server
+    (no multiprocessing parent) is left alone: its parent is the shell that started it."""
+    import multiprocessing
+    import multiprocessing.connection
+    import os
+    import signal
+    import time
+
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch(sentinel: int) -> None:
+        multiprocessing.connection.wait([sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(PARENT_GONE_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, args=(parent.sentinel,), name="exit-with-parent", daemon=True).start()
 
 
 def create_app(directory: str | Path, refresh_seconds: float = 1.0, keys: ApiKeys | None = None,
@@ -409,8 +452,10 @@ def _read_routes(app: FastAPI, r: _Routes) -> None:
     def health() -> dict[str, Any]:
         gallery = service.gallery
         table_version = gallery.latest_version()
-        return {"status": "ok", "serving": gallery.meta_at(table_version).serving.id, "rows": gallery.count(),
-                "table_version": table_version, "snapshot_version": service.index.table_version}
+        snapshot = service.index.table_version
+        problem = cache_problem(gallery.path)
+        return {"status": "degraded" if problem else "ok", "serving": gallery.meta_at(table_version).serving.id, "rows": gallery.count(),
+                "table_version": table_version, "snapshot_version": snapshot, "problems": [problem] if problem else []}
 
     @app.post("/query", response_model=QueryResponse, responses=ERRORS, dependencies=[r.access("read")])
     def query(req: QueryRequest) -> JSONResponse:

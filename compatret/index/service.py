@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 
 from compatret.encoders import ALIASES, Encoder, load_encoder, load_version
 from compatret.errors import CompatretError
-from compatret.index.gallery import Gallery, GalleryMeta
+from compatret.index.gallery import Gallery, GalleryMeta, written_mark
 from compatret.index.search import ANN_KINDS, backend_name, resolve_ann
 from compatret.index.search_index import SearchIndex
 from compatret.versions import CompatPlan, IncompatibleLineage, ModelVersion, apply_plan, check_same_weights, confined, normalize, resolve
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from compatret.index.ray_engine import RayOptions
 
 TRANSFORMS_DIR = "transforms"
+READ_RETRIES = 3  # a query whose table version is pruned under it is answered again from the latest one
+log = logging.getLogger("compatret.service")
 ENCODER_CACHE = 4  # encoders kept loaded per service (least recently used goes first)
 
 
@@ -118,6 +121,7 @@ class Service:
         self.kernel_name = kernel
         self.refresh_seconds = refresh_seconds
         self._checked = 0.0
+        self._mark: tuple[int, int] | None = None  # the gallery's write mark when the view was last brought forward
         self._loader: threading.Thread | None = None
         self._lock = threading.RLock()  # guards which view is current
         self._views = ReadWriteLock()  # queries search a view under read; moving it forward is a write
@@ -162,34 +166,45 @@ class Service:
 
     @property
     def index(self) -> SearchIndex:
-        """The view of the table's latest version; servers (refresh_seconds > 0) may get one that old."""
+        """The view of the table's latest version. Servers (refresh_seconds > 0) may get one up to
+        that old, except after a write through compatret (any process): its mark moved, so the
+        view is brought forward before this returns (read-your-writes, one stat per query)."""
         with self._lock:
             now = time.monotonic()
-            if self._index is not None and now - self._checked < self.refresh_seconds:
+            mark = written_mark(self.gallery.path)
+            if self._index is not None and mark == self._mark and now - self._checked < self.refresh_seconds:
                 return self._index
-            self._checked = now
+            moved, self._checked, self._mark = mark != self._mark, now, mark
             if self._index is None:
                 self._index = SearchIndex.load(self.gallery, self.gallery.latest_version())
-            elif not self.refresh_seconds:
-                version = self.gallery.latest_version()
-                if version != self._index.table_version:
-                    fresh = self._index.read_fragments(self.gallery, version)
-                    with self._views.write():
-                        self._index = self._index.moved_to(fresh, version)
+            elif not self.refresh_seconds or moved:
+                self._advance_now()
             elif self._loader is None or not self._loader.is_alive():
                 self._loader = threading.Thread(target=self._advance_in_background, args=(self._index,), daemon=True)
                 self._loader.start()
             return self._index
 
+    def _advance_now(self) -> None:
+        """Move the view to the latest version before answering (caller holds self._lock)."""
+        assert self._index is not None
+        version = self.gallery.latest_version()
+        if version != self._index.table_version:
+            fresh = self._index.read_fragments(self.gallery, version)
+            with self._views.write():
+                self._index = self._index.moved_to(fresh, version)
+
     def _advance_in_background(self, current: SearchIndex) -> None:
         """Servers: read the next version's rows on a handle of its own while queries go on, then
-        move the kernels under the lock (a pause as long as the change, not the gallery)."""
+        move the kernels under the lock (a pause as long as the change, not the gallery); dropped
+        when a read-your-writes advance moved the view meanwhile."""
         gallery = Gallery.open(self.gallery.path)
         if gallery.version == current.table_version:
             return
         fresh = current.read_fragments(gallery, gallery.version)
-        with self._lock, self._views.write():
-            self._index = current.moved_to(fresh, gallery.version)
+        with self._lock:
+            if self._index is current:
+                with self._views.write():
+                    self._index = current.moved_to(fresh, gallery.version)
 
     # ---- models ----------------------------------------------------------------------
     @staticmethod
@@ -323,18 +338,19 @@ class Service:
         named = [i for i in given if i is not None]
         if len(set(named)) != len(named):
             raise CompatretError("duplicate ids in the input")
-        done = self.gallery.stored_alike([{**it, "id": i, "image": im} for it, i, im in zip(items, given, images_all) if i is not None]) if named else set()
-        keep = [n for n, i in enumerate(given) if i is None or i not in done]
-        items = [items[n] for n in keep]
-        if not items:
-            return 0
-        given = [given[n] for n in keep]
-        defaults = iter(new_ids(sum(i is None for i in given)))
-        ids = [i if i is not None else next(defaults) for i in given]
-        texts = [it.get("text") for it in items]
-        titles = [it.get("title") for it in items]
-        images = [images_all[n] for n in keep]
         with self.gallery.writing("add items"):
+            # under the lock: an identical add that committed while this one waited is found here, as a retry's is
+            done = self.gallery.stored_alike([{**it, "id": i, "image": im} for it, i, im in zip(items, given, images_all) if i is not None]) if named else set()
+            keep = [n for n, i in enumerate(given) if i is None or i not in done]
+            items = [items[n] for n in keep]
+            if not items:
+                return 0
+            given = [given[n] for n in keep]
+            defaults = iter(new_ids(sum(i is None for i in given)))
+            ids = [i if i is not None else next(defaults) for i in given]
+            texts = [it.get("text") for it in items]
+            titles = [it.get("title") for it in items]
+            images = [images_all[n] for n in keep]
             meta = self.meta
             self._check_new_ids(ids)
             is_image = meta.modality == "image"
@@ -366,8 +382,9 @@ class Service:
         return len(items)
 
     def delete(self, ids: Sequence[str]) -> int:
-        """Delete rows by id (unknown ids are an error: nothing is deleted then)."""
-        ids = [str(i) for i in ids]
+        """Delete rows by id (unknown ids are an error: nothing is deleted then); returns the rows
+        removed, so an id given twice counts once."""
+        ids = list(dict.fromkeys(str(i) for i in ids))
         with self.gallery.writing("delete"):
             present = set(self.gallery.existing(ids))
             unknown = [i for i in ids if i not in present]
@@ -460,6 +477,21 @@ class Service:
             raise CompatretError("give exactly one of texts, images or vectors")
         if k < 1:
             raise CompatretError(f"k must be >= 1, got {k}")
+        for attempt in range(READ_RETRIES):
+            try:
+                return self._query(texts, images, vectors, model, k, include_payload)
+            except OSError as exc:  # the view's version was pruned under it (prune, compaction): answer from the next one
+                if attempt == READ_RETRIES - 1:
+                    raise
+                log.info("query: its table version went away (%s); answering from the latest", exc)
+                with self._lock:
+                    if self._index is not None:
+                        self._advance_now()
+        raise AssertionError("unreachable")
+
+    def _query(self, texts: Sequence[str] | None, images: Sequence[Any] | None, vectors: np.ndarray | None,
+               model: str | None, k: int, include_payload: bool) -> list[QueryResult]:
+        """One query against one view (see query)."""
         encoded: tuple[str, np.ndarray] | None = None
         while True:  # one view for the whole query; again if it moved on before the search began
             index = self.index

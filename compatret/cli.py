@@ -332,8 +332,6 @@ def _backfill_text(report: Any) -> str:
             f"{report.remaining} rows still carry older vectors")
     if report.skipped:
         text += f"\nskipped {report.skipped} rows with no text or image to re-embed, e.g. {', '.join(report.skipped_examples)}"
-    if report.note:
-        text += f"\n{report.note}"
     return text
 
 
@@ -367,7 +365,7 @@ def _gated_backfill(directory: str, run_to: Callable[..., Any], opts: dict[str, 
 
 
 def _backfill_text_short(report: dict[str, Any]) -> str:
-    return f"re-embedded {report['done']} rows, {report['remaining']} still older" + (f" ({report['note']})" if report["note"] else "")
+    return f"re-embedded {report['done']} rows, {report['remaining']} still older"
 
 
 @index.command("verify")

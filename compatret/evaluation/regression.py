@@ -291,7 +291,7 @@ def gated_backfill(gate: BackfillGate, run_to: Callable[[float], Any], cap: floa
         report = run_to(fraction)
         step: dict[str, Any] = {"fraction": fraction, "report": report.to_dict()}
         steps.append(step)
-        if report.stopped or report.note:  # Ctrl-C, or the serving model changed meanwhile
+        if report.stopped:  # Ctrl-C (a serving model changed meanwhile raises)
             break
         step["gate"] = gate.check()
         if not step["gate"]["passed"]:

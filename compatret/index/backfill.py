@@ -26,6 +26,7 @@ from compatret.index.service import Service
 
 if TYPE_CHECKING:
     from compatret.index.ray_engine import RayOptions
+    from compatret.versions import ModelVersion
 
 ORDERS = ("auto", "random", "uncertainty")
 COMPACT_EVERY = 64  # batches: each commit adds fragments that every later merge must scan
@@ -48,7 +49,6 @@ class BackfillReport:
     serving: str
     skipped: int = 0
     skipped_examples: tuple[str, ...] = ()
-    note: str = ""
 
     @property
     def rows_per_s(self) -> float:
@@ -57,7 +57,7 @@ class BackfillReport:
     def to_dict(self) -> dict[str, Any]:
         return {"done": self.done, "remaining": self.remaining, "seconds": self.seconds,
                 "rows_per_s": self.rows_per_s, "stopped": self.stopped, "serving": self.serving,
-                "skipped": self.skipped, "skipped_examples": list(self.skipped_examples), "note": self.note}
+                "skipped": self.skipped, "skipped_examples": list(self.skipped_examples)}
 
 
 def _payload_filter(modality: str) -> str:
@@ -181,6 +181,29 @@ def _rows_to_do(total: int, pending: Pending, limit: int | None, fraction: float
     return todo if limit is None else min(todo, limit)
 
 
+def _queue(service: Service, pending: Pending, order: str, batch_size: int, limit: int | None, fraction: float | None) -> list[str]:
+    """The pending rows this pass re-embeds, in the order it re-embeds them."""
+    todo = _rows_to_do(service.gallery.count(), pending, limit, fraction)
+    return plan_order(service, pending.ids, order, block=batch_size)[:todo]
+
+
+def _same_serving(meta: GalleryMeta, serving: ModelVersion, done: int) -> None:
+    """Raise once the gallery no longer serves the model this run writes (a rollback or an upgrade
+    landed meanwhile): its vectors must not be written, nor the run reported as a success."""
+    if meta.serving.id != serving.id:
+        raise CompatretError(f"the gallery's serving model changed from {serving.id} to {meta.serving.id} during the backfill "
+                             f"(a rollback or upgrade): {done} rows re-embedded with {serving.id} before; "
+                             "run `compatret index backfill` again")
+
+
+def _reread(service: Service, serving: ModelVersion, done: int) -> Pending:
+    """Pending rows as the table holds them now, for the model this run writes: what a report
+    states (a rollback may have made re-embedded rows old again), never what the run planned."""
+    pending = pending_rows(service)
+    _same_serving(service.gallery.meta, serving, done)
+    return pending
+
+
 def backfill(
     service: Service,
     limit: int | None = None,
@@ -197,6 +220,9 @@ def backfill(
 
     Each batch is read, embedded, then committed under the writer lock (held for the commit
     only, so other writers interleave); a row deleted or re-embedded meanwhile is left alone.
+    Once its list is done the run reads the pending rows again and goes on: a rollback to a
+    version of the same serving model makes re-embedded rows old again. A rollback or upgrade
+    that changes the serving model raises a CompatretError before the next commit.
     """
     _check_bounds(limit, fraction, batch_size)
     gallery = service.gallery
@@ -205,36 +231,43 @@ def backfill(
     serving = meta.serving
     if pending.ids and (meta.modality == "vector" or serving.id not in meta.sources):
         raise CompatretError(f"serving model {serving.id!r} has no weights recorded here: nothing can re-embed rows")
-    queue = plan_order(service, pending.ids, order, block=batch_size)[: _rows_to_do(gallery.count(), pending, limit, fraction)]
-    if ray is not None:  # the same rows, re-embedded by Ray actors, committed here once per step
+    queue = _queue(service, pending, order, batch_size, limit, fraction)
+    start = time.perf_counter()
+    if ray is not None:  # the same rows, re-embedded by Ray actors, committed here once per step; one pass
         from compatret.index.ray_engine import backfill_rows
 
-        start = time.perf_counter()
         done = backfill_rows(gallery, service.source_of_serving(), queue, ray, progress) if queue else 0
-        return BackfillReport(done, len(pending.ids) - done, time.perf_counter() - start, False, serving.id,
+        pending = _reread(service, serving, done) if queue else pending
+        return BackfillReport(done, len(pending.ids), time.perf_counter() - start, False, serving.id,
                               len(pending.unembeddable), tuple(pending.unembeddable[:5]))
     encoder = service.encoder() if queue else None
     every = compact_every()
-    done, note = 0, ""
-    start = time.perf_counter()
+    done = commits = 0
     with stop_on_sigint() as stop, tqdm(total=len(queue), desc=f"backfill -> {serving.id}", unit="row", disable=not progress) as bar:
-        for n, s in enumerate(range(0, len(queue), batch_size), 1):
-            if stop.is_set() or (should_stop is not None and should_stop()):
-                stop.set()
-                break
-            rows = gallery.payloads(queue[s : s + batch_size])
-            ids = [i for i in queue[s : s + batch_size] if i in rows and rows[i]["model_version"] != serving.id]
-            if ids:
+        while queue:
+            before = done
+            for s in range(0, len(queue), batch_size):
+                if stop.is_set() or (should_stop is not None and should_stop()):
+                    stop.set()
+                    break
+                rows = gallery.payloads(queue[s : s + batch_size])
+                ids = [i for i in queue[s : s + batch_size] if i in rows and rows[i]["model_version"] != serving.id]
+                if not ids:
+                    continue
                 vecs = encoder.encode_items(item_inputs(rows, ids, meta.modality), batch_size=batch_size)  # type: ignore[union-attr]
                 with gallery.writing("backfill"):
-                    if gallery.meta.serving.id != serving.id:
-                        note = f"serving model changed to {gallery.meta.serving.id!r} during the run: rerun to continue"
-                        break
+                    _same_serving(gallery.meta, serving, done)
                     gallery.update_vectors(ids, vecs, serving)
-                    if n % every == 0:
+                    commits += 1
+                    if commits % every == 0:
                         gallery.compact()
-            done += len(ids)
-            bar.update(len(ids))
-    stopped = stop.is_set()
-    return BackfillReport(done, len(pending.ids) - done, time.perf_counter() - start, stopped, serving.id,
-                          len(pending.unembeddable), tuple(pending.unembeddable[:5]), note)
+                done += len(ids)
+                bar.update(len(ids))
+            pending = _reread(service, serving, done)
+            if stop.is_set() or done == before:
+                break
+            queue = _queue(service, pending, order, batch_size, None if limit is None else limit - done, fraction)
+            bar.total += len(queue)
+            bar.refresh()
+    return BackfillReport(done, len(pending.ids), time.perf_counter() - start, stop.is_set(), serving.id,
+                          len(pending.unembeddable), tuple(pending.unembeddable[:5]))

@@ -220,10 +220,11 @@ def announce_write(path: Path) -> None:
         log.warning("%s: cannot mark a write for readers (%s): servers see it within --refresh-seconds", path, exc)
 
 
-def written_mark(path: Path) -> tuple[int, int] | None:
-    """What announce_write last left (inode, mtime): a reader that saw another must read the latest version."""
+def written_mark(mark_file: str) -> tuple[int, int] | None:
+    """What announce_write last left in `mark_file` (inode, mtime): a reader that saw another must
+    read the latest version. Takes the file's path as a str: this runs once per query."""
     try:
-        st = os.stat(path / WRITTEN_MARK)
+        st = os.stat(mark_file)
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns
@@ -243,6 +244,7 @@ class Gallery:
         self._datasets: dict[int, Any] = {}
         self._session: Any = None  # Lance's caches (index pages, metadata), shared across versions
         self._writing = 0  # > 0 while this handle holds the writer lock (see writing())
+        self.mark_file = str(path / WRITTEN_MARK)  # see announce_write
 
     @staticmethod
     def exists(path: str | Path) -> bool:

@@ -275,7 +275,7 @@ class FragmentCache:
         """The cached rows of a fragment; raises Damaged when the folder is missing or fails its check."""
         d = self.file(key)
         try:
-            with np.load(io.BytesIO(read_sealed(d, "rows.npz")), allow_pickle=False) as z:
+            with np.load(io.BytesIO(read_sealed(d, "rows.npz").tobytes()), allow_pickle=False) as z:
                 if int(z["format"]) != FORMAT or str(z["key"]) != key:
                     raise Damaged(f"{d.name} is of another format or fragment")
                 names = [str(v) for v in z["vector_versions"]]
@@ -401,7 +401,7 @@ def _load_kernel(gallery_dir: Path, key: tuple[str, ...]) -> KernelState | None:
         state = json.loads(bytes(read_sealed(d, "state.json")))
         if state["key"] != list(key):
             return None
-        index = faiss.deserialize_index(np.frombuffer(read_sealed(d, state["index"]), np.uint8))
+        index = faiss.deserialize_index(read_sealed(d, state["index"]))
     except (Damaged, ValueError, KeyError, RuntimeError) as exc:
         log.warning("search cache: discarding kernel %s (%s); rebuilding it from the rows", d, exc)
         return None

@@ -171,7 +171,7 @@ class Service:
         view is brought forward before this returns (read-your-writes, one stat per query)."""
         with self._lock:
             now = time.monotonic()
-            mark = written_mark(self.gallery.path)
+            mark = written_mark(self.gallery.mark_file)
             if self._index is not None and mark == self._mark and now - self._checked < self.refresh_seconds:
                 return self._index
             moved, self._checked, self._mark = mark != self._mark, now, mark

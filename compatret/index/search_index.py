@@ -314,8 +314,7 @@ class FragmentCache:
             write_sealed(tmp, files)
             _replace_dir(tmp, target)
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            note_problem(self.dir.parent, f"cannot write the search cache ({_reason(exc)}): serving from memory")
+            _write_failed(self.dir.parent, tmp, exc)
             return
         note_problem(self.dir.parent, None)
 
@@ -346,8 +345,11 @@ def cache_problem(gallery_dir: Path) -> str | None:
     return _PROBLEMS.get(gallery_dir)
 
 
-def _reason(exc: OSError) -> str:
-    return "no space left on device" if no_space(exc) else (exc.strerror or str(exc))
+def _write_failed(gallery_dir: Path, tmp: Path, exc: OSError) -> None:
+    """A cache folder that could not be written: nothing half-written stays, the reason is kept for /health."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    reason = "no space left on device" if no_space(exc) else (exc.strerror or str(exc))
+    note_problem(gallery_dir, f"cannot write the search cache ({reason}): serving from memory")
 
 
 @dataclass
@@ -384,8 +386,14 @@ def _save_kernel(gallery_dir: Path, key: tuple[str, ...], state: KernelState) ->
         _replace_dir(tmp, target)
         state.dirty = 0
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        note_problem(gallery_dir, f"cannot write the search cache ({_reason(exc)}): serving from memory")
+        _write_failed(gallery_dir, tmp, exc)
+
+
+def kernel_files(d: Path) -> tuple[dict[str, Any], np.ndarray]:
+    """A saved kernel folder's state and index bytes, each checked against the seal (raises
+    Damaged, or ValueError/KeyError for a state that does not parse)."""
+    state = json.loads(bytes(read_sealed(d, "state.json")))
+    return state, read_sealed(d, state["index"])
 
 
 def _load_kernel(gallery_dir: Path, key: tuple[str, ...]) -> KernelState | None:
@@ -398,10 +406,10 @@ def _load_kernel(gallery_dir: Path, key: tuple[str, ...]) -> KernelState | None:
     if not d.exists():
         return None
     try:
-        state = json.loads(bytes(read_sealed(d, "state.json")))
+        state, index_bytes = kernel_files(d)
         if state["key"] != list(key):
             return None
-        index = faiss.deserialize_index(read_sealed(d, state["index"]))
+        index = faiss.deserialize_index(index_bytes)
     except (Damaged, ValueError, KeyError, RuntimeError) as exc:
         log.warning("search cache: discarding kernel %s (%s); rebuilding it from the rows", d, exc)
         return None

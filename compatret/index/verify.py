@@ -10,7 +10,6 @@ from the table (readers that hold an older view simply rebuild theirs).
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +17,8 @@ import numpy as np
 
 from compatret.errors import CompatretError
 from compatret.index.gallery import Gallery
-from compatret.index.sealed import Damaged, read_sealed
-from compatret.index.search_index import FragmentCache, FragmentRows, SearchIndex, deletion_of, fragment_key, live_offsets, read_fragment
+from compatret.index.sealed import Damaged
+from compatret.index.search_index import FragmentCache, FragmentRows, SearchIndex, deletion_of, fragment_key, kernel_files, live_offsets, read_fragment
 from compatret.versions import resolve
 
 
@@ -73,7 +72,7 @@ def _damaged_kernels(cache: FragmentCache) -> list[str]:
     problems = []
     for d in sorted(cache.dir.glob("kernel-*")) if cache.dir.is_dir() else []:
         try:
-            read_sealed(d, json.loads(bytes(read_sealed(d, "state.json")))["index"])
+            kernel_files(d)
         except (Damaged, ValueError, KeyError) as exc:
             problems.append(f"kernel {d.name}: cache file damaged ({exc})")
     return problems

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import click
 
-from compatret.commands.output import emit, friendly
+from compatret.commands.output import emit, friendly, say
 from compatret.errors import CompatretError
 
 # Hugging Face's per-model "Loading weights" bars say nothing a user needs and bury the one error
@@ -98,11 +98,12 @@ def ray_options(engine: dict[str, Any], batch_size: int) -> Any:
 @click.option("--ids", type=click.Path(), help="Ids for --vectors, .npy of n strings (default: fresh uuids).")
 @click.option("--model", help="Model whose space --vectors are in (default: the gallery's stored space).")
 @click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--skip-empty", is_flag=True, help="Leave out items with no text (or image) to embed, and list them, instead of refusing the file.")
 @engine_options
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def index_add(directory: str, items: str | None, vectors: str | None, ids: str | None, model: str | None, batch_size: int,
-              engine: dict[str, Any], as_json: bool) -> None:
+              skip_empty: bool, engine: dict[str, Any], as_json: bool) -> None:
     """Add items (embedded with the serving model) or precomputed vectors; one commit per batch."""
     from compatret.data.items import read_array, read_items, read_vector_table
     from compatret.index.gallery import Gallery
@@ -112,6 +113,8 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
         raise CompatretError("give exactly one of --items or --vectors")
     if ids is not None and vectors is None:
         raise CompatretError("--ids goes with --vectors")
+    if skip_empty and items is None:
+        raise CompatretError("--skip-empty goes with --items")
     if batch_size < 1:
         raise CompatretError("--batch-size must be >= 1")
     service = Service.open(directory)
@@ -119,14 +122,17 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
     if ray is not None and items is not None:
         from compatret.index.ray_engine import ingest_items
 
-        report = ingest_items(service.gallery, service.source_of_serving(), items, ray, progress=not as_json)  # type: ignore[arg-type]
+        report = ingest_items(service.gallery, service.source_of_serving(), items, ray, progress=not as_json,  # type: ignore[arg-type]
+                              skip_empty=skip_empty)
         rows = service.gallery.count()
-        emit({**report, "rows": rows}, as_json, f"added {report['added']} rows ({report['skipped']} already stored) on Ray; {rows} in all")
+        emit({**report, "rows": rows}, as_json, f"added {report['added']} rows ({report['skipped']} already stored) on Ray; {rows} in all"
+                                                + _empty_note(report["skipped_empty"], report["skipped_empty_ids"]))
         return
     if items is not None:
         from compatret.index.interrupt import stop_on_sigint
 
-        todo, before = read_items(items), service.gallery.count()
+        read = read_items(items, service.meta.modality, skip_empty)
+        todo, before = read.items, service.gallery.count()
         try:
             with stop_on_sigint() as stop:  # the first Ctrl-C finishes the batch in hand
                 added = service.add_items(todo, batch_size=batch_size, progress=not as_json, stop=stop)
@@ -147,7 +153,18 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
             id_list = read_array(ids, "ids").astype(str) if ids is not None else None
         added, total = service.add_vectors(vec, ids=id_list, model=model, progress=not as_json, ray=ray), len(vec)
     rows = service.gallery.count()
-    emit({"added": added, "skipped": total - added, "rows": rows}, as_json, f"added {added} rows ({total - added} already stored); {rows} in all")
+    report = {"added": added, "skipped": total - added, "rows": rows}
+    if items is not None:
+        from compatret.data.items import EMPTY_LISTED
+
+        report.update(skipped_empty=len(read.skipped_empty), skipped_empty_ids=read.skipped_empty[:EMPTY_LISTED])
+    emit(report, as_json, f"added {added} rows ({total - added} already stored); {rows} in all"
+                          + (_empty_note(len(read.skipped_empty), read.skipped_empty) if items is not None else ""))
+
+
+def _empty_note(count: int, ids: list[str]) -> str:
+    shown = ", ".join(repr(i) for i in ids[:5]) + (", ..." if count > 5 else "")
+    return f"\nleft out {count} empty item{'s' if count != 1 else ''} (--skip-empty): {shown}" if count else ""
 
 
 @index.command("delete")
@@ -217,7 +234,7 @@ def index_upgrade(directory: str, model: str, gate_queries: str | None, qrels: s
     """Make a compatible model the serving model in O(1): nothing is re-embedded."""
     import time
 
-    from compatret.index.service import Service
+    from compatret.index.service import NeedsAdapter, Service
 
     service = Service.open(directory)
     before = service.meta.serving.id
@@ -227,17 +244,24 @@ def index_upgrade(directory: str, model: str, gate_queries: str | None, qrels: s
 
         gate = gate_check(directory, model, gate_queries, qrels, max_drop, max_flips)  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    meta = service.upgrade(model, gate=gate)
+    try:
+        meta = service.upgrade(model, gate=gate)
+    except NeedsAdapter as exc:
+        raise exc.for_command(directory, model) from None
     dt = time.perf_counter() - t0
     plan = service.plan()
+    read_as = service.rows_by_plan()  # as `index info` says it: the stored rows, group by group
     adapter = adapter_estimate(model, directory)
     out = {"previous": before, "serving": meta.serving.id, "vector_model": meta.vector_model.id,
-           "query_dims": plan.dims, "transforms": len(plan.gallery_transforms), "seconds": dt, "gate": gate,
+           "query_dims": plan.dims, "transforms": len(plan.gallery_transforms), "rows_by_plan": read_as, "seconds": dt, "gate": gate,
            "adapter_estimate": adapter[0] if adapter else None}
-    how = (f"mapped into its space by {len(plan.gallery_transforms)} fitted transform(s)" if plan.gallery_transforms
-           else f"searched as they are, {plan.dims} shared dims")
-    emit(out, as_json, f"serving {meta.serving.id} (was {before}); stored {meta.vector_model.id} vectors {how}; {dt * 1000:.1f} ms"
+    how = ", ".join(f"{n} {READ_AS[k]}" for k, n in read_as.items()) or "no rows stored yet"
+    emit(out, as_json, f"serving {meta.serving.id} (was {before}); nothing re-embedded; stored rows: {how}; {dt * 1000:.1f} ms"
                        + (f"\n{adapter[1]}" if adapter else ""))
+
+
+READ_AS = {"native": "are its own vectors", "same space": "are read as they are (same space)",
+           "shared dims": "are read in their shared dims", "mapped": "are mapped into its space by a fitted transform"}
 
 
 def adapter_estimate(model: str, directory: str) -> tuple[dict[str, Any], str] | None:
@@ -268,6 +292,7 @@ def adapter_estimate(model: str, directory: str) -> tuple[dict[str, Any], str] |
 @friendly
 def index_info(directory: str, as_json: bool) -> None:
     """Rows, dims, serving model and its lineage, search kernel, history."""
+    from compatret.index.history import describe_event
     from compatret.index.service import Service
 
     info = Service.open(directory).info()
@@ -289,7 +314,7 @@ def index_info(directory: str, as_json: bool) -> None:
             f"unembeddable   {info['unembeddable']} rows have no text or image (backfill skips them)"
             + (f", e.g. {', '.join(info['unembeddable_examples'])}" if info["unembeddable"] else ""),
         ]
-        + [f"history        {h['time']} {h['event']} {h.get('model', '')}" for h in info["history"]]
+        + [f"history        {h['time']} {describe_event(h)}" for h in info["history"]]
     )
     emit(info, as_json, text)
 
@@ -352,12 +377,15 @@ def _gated_backfill(directory: str, run_to: Callable[..., Any], opts: dict[str, 
         if "gate" in step:
             g, c = step["gate"], step["gate"]["change"]
             line += (f"; nDCG@10 {g['ndcg_at_10_before']:.4f} -> {g['ndcg_at_10_now']:.4f} ({c['mean']:+.4f}, 95% CI "
-                     f"[{c['low']:+.4f}, {c['high']:+.4f}]), flips {100 * g['negative_flip_rate']:.1f}%: {'pass' if g['passed'] else 'FAIL'}")
+                     f"[{c['low']:+.4f}, {c['high']:+.4f}]), flips {100 * g['negative_flip_rate']:.1f}%: {g['verdict']}")
         lines.append(line)
     emit({"steps": steps}, as_json, "\n".join(lines))
     last = steps[-1]
     if last["report"]["stopped"]:
         sys.exit(130)
+    if "gate" in last and last["gate"]["verdict"] == "undecided":
+        raise CompatretError(f"gate cannot decide at {100 * last['fraction']:.0f} % of rows backfilled: {last['gate']['reason']}; "
+                             f"backfill stopped. `compatret index rollback {directory} --to {gate.start_version}` restores the gallery as it was")
     if "gate" in last and not last["gate"]["passed"]:
         raise CompatretError(f"gate: at {100 * last['fraction']:.0f} % of rows backfilled the gallery serves the gate queries worse than "
                              f"when this run began; backfill stopped. `compatret index rollback {directory} --to {gate.start_version}` "
@@ -399,8 +427,11 @@ def index_history(directory: str, every_version: bool, as_json: bool) -> None:
 
     rows = history(Service.open(directory))
     rows = rows if every_version else grouped(rows)
-    text = "\n".join(f"{str(r['version']) + ('..' + str(r['to_version']) if r.get('to_version', r['version']) != r['version'] else ''):>12}  "
-                     f"{r['time']}  {r['rows']:>9} rows  serving {r['serving'] or '-':<20} {r['change']}" for r in rows)
+    spans = [str(r["version"]) + (f"..{r['to_version']}" if r.get("to_version", r["version"]) != r["version"] else "") for r in rows]
+    served = [r["serving"] or "-" for r in rows]
+    wide = (max(map(len, spans), default=1), max(map(len, served), default=1), max((len(str(r["rows"])) for r in rows), default=1))
+    text = "\n".join(f"{span:>{wide[0]}}  {r['time']}  {r['rows']:>{wide[2]}} rows  serving {model:<{wide[1]}}  {r['change']}"
+                     for span, model, r in zip(spans, served, rows))
     emit(rows, as_json, text)
 
 
@@ -488,34 +519,40 @@ def serve(directory: str, host: str, port: int, workers: int, insecure: bool, **
 @friendly
 def query(directory: str, texts: tuple[str, ...], queries: str | None, vectors: str | None, k: int, model: str | None, payload: bool, as_json: bool) -> None:
     """Search a gallery: queries are embedded with the query model and mapped into the gallery's space."""
-    from compatret.data.items import read_array, read_queries
+    from compatret.data.items import read_array, read_query_rows
     from compatret.index.service import Service
 
     given = sum(bool(x) for x in (texts, queries, vectors))
     if given != 1:
         raise CompatretError("give exactly one of --text, --queries or --vectors")
     service = Service.open(directory)
+    if service.gallery.count() == 0:
+        raise CompatretError(f"the gallery {directory} is empty: nothing to search yet; add rows with "
+                             f"`compatret index add {directory} --items FILE`")
     if vectors is not None:
         results = service.query(vectors=read_array(vectors, "query vectors"), model=model, k=k, include_payload=payload)
+        asked: list[tuple[str | None, Any]] = [(None, None)] * len(results)
         labels = [f"vector {i}" for i in range(len(results))]
     else:
-        qs = list(texts) if texts else read_queries(queries)  # type: ignore[arg-type]
+        asked = [(None, t) for t in texts] if texts else read_query_rows(queries)  # type: ignore[arg-type]
+        qs = [q for _, q in asked]
         is_image = service.meta.modality == "image"
         results = service.query(images=qs, model=model, k=k, include_payload=payload) if is_image else service.query(texts=qs, model=model, k=k, include_payload=payload)
         labels = [q if isinstance(q, str) else f"image {i}" for i, q in enumerate(qs)]
-    if as_json:
-        for r in results:
-            click.echo(json.dumps(r.to_dict()))
+    if as_json:  # each line says which query it answers: its place in the input, its id and text when known
+        for n, ((qid, q), r) in enumerate(zip(asked, results)):
+            said = {"query_index": n, **({"query_id": qid} if qid is not None else {}), **({"query_text": q} if isinstance(q, str) else {})}
+            say(json.dumps({**said, **r.to_dict()}))
         return
     for label, r in zip(labels, results):
-        click.echo(f"# {label}")
+        say(f"# {label}")
         for rank, (i, s) in enumerate(zip(r.ids, r.scores), 1):
             extra = ""
             if r.payloads is not None:  # title first (it names the item), then the start of its text
                 p = r.payloads[rank - 1]
                 shown = " | ".join(x for x in (p.get("title"), (p.get("text") or "")[:120]) if x)
                 extra = f"  [{p.get('model_version', '?')}]  {shown}" if shown else f"  [{p.get('model_version', '?')}]"
-            click.echo(f"{rank:>3}  {s:.4f}  {i}{extra}")
+            say(f"{rank:>3}  {s:.4f}  {i}{extra}")
 
 
 @main.command("quickstart")
@@ -532,12 +569,12 @@ def quickstart(workdir: str, data: str | None, as_json: bool) -> None:
         raise CompatretError(f"--data {data} is not a folder")
     report = run_quickstart(workdir, data=data, progress=not as_json)
     if as_json:
-        click.echo(json.dumps(report.to_dict()))
+        say(json.dumps(report.to_dict()))
         return
-    click.echo(report.table())
-    click.echo(f"\nupgrade v1 -> v2-bct took {report.upgrade_seconds * 1000:.1f} ms and re-embedded nothing")
-    click.echo(f"upgrade to v2-independent refused: {report.refused}")
-    click.echo(f"models and galleries in {workdir}; total {report.seconds:.0f} s")
+    say(report.table())
+    say(f"\nupgrade v1 -> v2-bct took {report.upgrade_seconds * 1000:.1f} ms and re-embedded nothing")
+    say(f"upgrade to v2-independent refused: {report.refused}")
+    say(f"models and galleries in {workdir}; total {report.seconds:.0f} s")
 
 
 # sub-command groups live in compatret/commands (their heavy imports happen inside the commands)

@@ -98,7 +98,7 @@ def test_rollback_restores_serving_model_and_vectors(tmp_path, digit_models):
     for i, (v, vec) in before.items():
         assert rows[i][0] == v and np.allclose(rows[i][1], vec)
     changes = [h["change"] for h in history(after)]
-    assert "upgrade from v1" in changes and changes[-2:] == ["earlier version restored", f"rollback to version {point}"]
+    assert "upgrade from v1 to v2" in changes and changes[-2:] == ["earlier version restored", f"rollback to version {point}"]
     batches = changes.count("vectors rewritten")
     assert batches == 4  # 64 rows in batches of 16
     summary = [h for h in grouped(history(after)) if h["change"].startswith("backfill")]

@@ -50,7 +50,7 @@ def test_interrupted_add_resumes(tmp_path, digit_models, sig):
         assert proc.returncode == 130 and f"{partial} rows committed" in err and "rerun" in err
     done = subprocess.run(cmd("cut"), env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"added": 400 - partial, "skipped": partial, "rows": 400}
+    assert json.loads(done.stdout) == {"added": 400 - partial, "skipped": partial, "rows": 400, "skipped_empty": 0, "skipped_empty_ids": []}
     whole, cut = Gallery.open(tmp_path / "whole").vectors_by_id(), Gallery.open(tmp_path / "cut").vectors_by_id()
     assert set(whole) == set(cut) and len(cut) == Gallery.open(tmp_path / "cut").count() == 400
     for i, (version, vec) in whole.items():

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from compatret.errors import CompatretError
 from compatret.index.backfill import backfill
 from compatret.index.gallery import Gallery
 from compatret.index.service import Service
@@ -78,13 +79,30 @@ def test_ingest_and_backfill_match_the_local_engine(tmp_path, digit_models, clus
     assert {v for v, _ in rows(tmp_path / "ray").values()} == {"v2"}
 
 
-def test_a_killed_worker_is_retried(tmp_path, digit_models, cluster):
-    src = items_file(tmp_path / "items.parquet", digit_models, 600, copies=3)
+def test_empty_items_are_refused_or_skipped_as_the_local_engine_does(tmp_path, digit_models, cluster):
+    items = digit_models["items"][:20]
+    table = pa.table({"id": [it["id"] for it in items], "image": [None if n in (4, 11) else it["image"] for n, it in enumerate(items)]})
+    pq.write_table(table, tmp_path / "items.parquet")
     g = Service.create(tmp_path / "g", model=digit_models["v1"])
+    with pytest.raises(CompatretError, match=r"item 5 \('d4'\) has no image \(--skip-empty"):
+        ingest_items(g.gallery, g.source_of_serving(), str(tmp_path / "items.parquet"), RayOptions(batch_size=8), progress=False)
+    assert g.gallery.count() == 0
+    report = ingest_items(g.gallery, g.source_of_serving(), str(tmp_path / "items.parquet"), RayOptions(batch_size=8), progress=False,
+                          skip_empty=True)
+    assert (report["added"], report["skipped_empty"], report["skipped_empty_ids"]) == (18, 2, ["d4", "d11"])
+    assert Gallery.open(tmp_path / "g").count() == 18
+
+
+def test_a_killed_worker_is_retried_and_stdout_stays_json(tmp_path, digit_models, cluster):
+    """The CLI in its own process, as a user runs it: one of its Ray actors is killed midway. Ray
+    retries the work (none lost, none twice) and relays the death to the driver's stdout, which
+    must still hold nothing but the JSON report."""
+    src = items_file(tmp_path / "items.parquet", digit_models, 600, copies=3)
+    Service.create(tmp_path / "g", model=digit_models["v1"])
     killed: list[int] = []
 
     def kill_one_actor() -> None:
-        deadline = time.time() + 60
+        deadline = time.time() + 120
         while time.time() < deadline and not killed:
             actors = [pid for pid, title in processes() if "_IngestWriter" in title]
             if actors:
@@ -93,14 +111,19 @@ def test_a_killed_worker_is_retried(tmp_path, digit_models, cluster):
                 killed.append(actors[0])
             time.sleep(0.05)
 
+    cmd = [sys.executable, "-m", "compatret", "index", "add", str(tmp_path / "g"), "--items", src, "--engine", "ray",
+           "--ray-address", cluster, "--batch-size", "8", "--step-rows", "400", "--json"]
     killer = threading.Thread(target=kill_one_actor)
     killer.start()
-    report = ingest_items(g.gallery, g.source_of_serving(), src, RayOptions(batch_size=8, step_rows=400), progress=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "LANCEDB_LOG": "error"}, timeout=300)
     killer.join()
     assert killed, "no worker was killed: the test proves nothing"
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)  # the JSON report alone: Ray's lines went to stderr
     stored = rows(tmp_path / "g")
     expected = 3 * len(digit_models["items"][:600])
     assert report["added"] == expected == len(stored) == Gallery.open(tmp_path / "g").count()  # none lost, none twice
+    assert "RayDeprecationWarning" not in done.stderr and "fork-safe" not in done.stderr  # compatret's own calls are clean
 
 
 def processes() -> list[tuple[int, str]]:

@@ -103,7 +103,7 @@ def test_incompatible_upgrade_is_refused(tmp_path):
     v1 = ModelVersion("v1", 8)
     s = Service.create(tmp_path / "g", model=str(model_folder(tmp_path, v1)))
     before = s.meta
-    with pytest.raises(CompatretError, match="not compatible"):
+    with pytest.raises(CompatretError, match="cannot read this gallery.s rows"):
         s.upgrade(str(model_folder(tmp_path, ModelVersion("stranger", 8))))
     assert Service.open(tmp_path / "g").meta == before
 

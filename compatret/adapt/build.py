@@ -110,7 +110,12 @@ class Fitted:
 def _records(gallery: Gallery, new_spec: str) -> tuple[ModelVersion, ModelVersion]:
     meta = gallery.meta
     old, new = meta.serving, load_version(new_spec)
-    if meta.modality == "vector":
+    bare = meta.modality == "vector"
+    if gallery.count() == 0:
+        how = ("and was created for bare vectors (--dim): a map is fitted on stored texts or images, so create it with --model "
+               "and add items" if bare else f"add its items first (compatret index add {gallery.path} --items FILE)")
+        raise CompatretError(f"the gallery {gallery.path} is empty: an adapter is fitted on the gallery's own rows; {how}")
+    if bare:
         raise CompatretError("this gallery holds bare vectors, no payload (text or image) for a new model to embed: it cannot be adapted")
     if new.modality != meta.modality:
         raise CompatretError(f"model {new.id!r} is for {new.modality}, this gallery holds {meta.modality}")
@@ -179,7 +184,7 @@ def fit_adapters(gallery_dir: str | Path, new_spec: str, settings: AdaptSettings
     plans, usable, ids = usable_rows(gallery, old)
     if not ids:
         raise CompatretError(f"no rows with a payload (text or image) in {old.id!r}'s space to fit on"
-                             + (": the gallery is empty" if not gallery.rows_by_version() else " (rows under a prefix rule need a backfill first)"))
+                             " (rows under a prefix rule need a backfill first)")
     if settings.sample is not None and settings.sample > len(ids):
         raise CompatretError(f"--sample {settings.sample} is larger than the gallery's {len(ids)} rows with a payload in {old.id!r}'s space")
     if len(ids) < MIN_PAIRS:

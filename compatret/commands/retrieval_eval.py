@@ -6,7 +6,7 @@ import json
 
 import click
 
-from compatret.commands.output import friendly
+from compatret.commands.output import friendly, say
 
 
 @click.command("retrieval")
@@ -29,8 +29,8 @@ def retrieval(query_model: str | None, gallery: str, data: str, split: str, igno
     pair = {"query_model": query_model or service.meta.serving.id, "gallery_model": next(iter(rows)) if len(rows) == 1 else "mixed",
             "gallery_rows": rows, "split": split}
     if as_json:
-        click.echo(json.dumps({**pair, **scores}))
+        say(json.dumps({**pair, **scores}))
         return
     held = pair["gallery_model"] if len(rows) == 1 else ", ".join(f"{v}: {n}" for v, n in rows.items())
-    click.echo(f"{pair['query_model']} queries / gallery of {held} rows ({split}): "
+    say(f"{pair['query_model']} queries / gallery of {held} rows ({split}): "
                + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))

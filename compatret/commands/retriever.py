@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from compatret.commands.output import friendly
+from compatret.commands.output import friendly, say
 from compatret.train.text.config import METHODS, RetrieverConfig
 
 
@@ -53,9 +53,9 @@ def retriever(recipe: str | None, as_json: bool, **settings: Any) -> None:
     result = {"model": str(folder), "version": version.id, "dim": version.dim, "compat": version.compat.to_dict(),
               "parent": version.parent.id if version.parent else None, "steps": log["steps"], "train_seconds": log["train_seconds"]}
     if as_json:
-        click.echo(json.dumps(result))
+        say(json.dumps(result))
         return
     rule = str(version.compat)
-    click.echo(f"saved {version.id} to {folder}: {version.dim}-d, "
+    say(f"saved {version.id} to {folder}: {version.dim}-d, "
                + (f"{rule} with {result['parent']}" if version.parent else "independent (no parent: a new gallery is needed)")
                + f"; {log['steps']} steps in {log['train_seconds'] / 60:.1f} min")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from compatret.errors import CompatretError
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every non-empty line as a JSON object; a bad line is one error naming file and line."""
-    rows = []
+
+def _jsonl_rows(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """Every non-empty line as a JSON object, with its line number; a bad line is one error naming file and line."""
+    rows, lines = [], []
     with path.open() as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
@@ -24,7 +26,44 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             if not isinstance(row, dict):
                 raise CompatretError(f"{path}:{n}: each line must be a JSON object")
             rows.append(row)
-    return rows
+            lines.append(n)
+    return rows, lines
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every non-empty line as a JSON object; a bad line is one error naming file and line."""
+    return _jsonl_rows(path)[0]
+
+
+def first_duplicate(ids: Sequence[str | None]) -> tuple[str, int, int] | None:
+    """The first id given twice and both positions (0-based), ignoring missing ids: for an error
+    that names the id and where it is, not only that there is one."""
+    seen: dict[str, int] = {}
+    for n, i in enumerate(ids):
+        if i is None:
+            continue
+        if i in seen:
+            return i, seen[i], n
+        seen[i] = n
+    return None
+
+
+def duplicate_error(ids: Sequence[str | None], where: str = "item", positions: Sequence[int] | None = None) -> None:
+    """Raise one error naming the first duplicated id and its two places (`positions`: e.g. line
+    numbers; default: 1-based item numbers)."""
+    dup = first_duplicate(ids)
+    if dup is not None:
+        i, a, b = dup
+        at = positions or range(1, len(ids) + 1)
+        raise CompatretError(f"duplicate id {i!r} in the input: {where}s {at[a]} and {at[b]}")
+
+
+def has_content(item: dict[str, Any], modality: str) -> bool:
+    """Whether an item holds something its gallery's model can embed: an image (or image path) for
+    an image gallery, else a text or title that is not blank."""
+    if modality == "image":
+        return item.get("image") is not None or bool(item.get("image_path"))
+    return any(isinstance(item.get(k), str) and item[k].strip() for k in ("text", "title"))
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:
@@ -41,46 +80,81 @@ def _read_parquet(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_items(path: str | Path) -> list[dict[str, Any]]:
-    """Items to add: JSONL objects or Parquet rows with id, text/title or image/image_path, metadata."""
+EMPTY_LISTED = 20  # ids of empty items a report lists (the count is whole)
+
+
+@dataclass
+class ItemFile:
+    """The items of a file to add, and those left out for having nothing to embed (their ids)."""
+
+    items: list[dict[str, Any]]
+    skipped_empty: list[str] = field(default_factory=list)
+
+
+def read_items(path: str | Path, modality: str = "text", skip_empty: bool = False) -> ItemFile:
+    """Items to add: JSONL objects or Parquet rows with id, text/title or image/image_path, metadata.
+
+    An item with nothing to embed for a `modality` gallery (real corpora have a few empty
+    documents) is refused, naming its line, unless `skip_empty` leaves it out (and lists it)."""
     p = Path(path)
     if not p.exists():
         raise CompatretError(f"no such file: {p}")
     if p.suffix == ".jsonl":
-        rows = read_jsonl(p)
+        rows, lines = _jsonl_rows(p)
+        where = "line"
     elif p.suffix == ".parquet":
         rows = _read_parquet(p)
+        lines, where = list(range(1, len(rows) + 1)), "row"
     else:
         raise CompatretError(f"{p}: items must be .jsonl or .parquet")
     if not rows:
         raise CompatretError(f"{p} holds no items")
-    for n, row in enumerate(rows, 1):
+    kept, kept_lines, skipped = [], [], []
+    for row, n in zip(rows, lines):
         if row.get("_id") is not None and row.get("id") is None:  # BEIR corpus files
             row["id"] = row.pop("_id")
-        if not any(row.get(k) is not None for k in ("text", "title", "image", "image_path")):
-            raise CompatretError(f"{p}: item {n} has none of text, title, image, image_path")
         if row.get("metadata") is not None and not isinstance(row["metadata"], dict):
-            raise CompatretError(f"{p}: item {n}: metadata must be an object")
-    return rows
+            raise CompatretError(f"{p}:{n}: metadata must be an object")
+        if has_content(row, modality):
+            kept.append(row)
+            kept_lines.append(n)
+        elif skip_empty:
+            skipped.append(str(row["id"]) if row.get("id") is not None else f"{where} {n}")
+        else:
+            empty = sum(not has_content(r, modality) for r in rows)
+            raise CompatretError(f"{p}:{n}: item {row.get('id', '')!r} has no {'image' if modality == 'image' else 'text'} "
+                                 f"({empty} such item{'s' if empty > 1 else ''} in the file; --skip-empty leaves them out)")
+    duplicate_error([str(r["id"]) if r.get("id") is not None else None for r in kept], where, kept_lines)
+    if not kept:
+        raise CompatretError(f"{p}: all {len(rows)} items are empty: nothing to add")
+    return ItemFile(kept, skipped)
 
 
 def read_queries(path: str | Path) -> list[Any]:
     """Queries: a .txt file (one per line), JSONL ({"text"} or {"image_path"}) or Parquet (image)."""
+    return [q for _, q in read_query_rows(path)]
+
+
+def read_query_rows(path: str | Path) -> list[tuple[str | None, Any]]:
+    """Queries with their ids (`_id` or `id` in JSONL / Parquet; None in .txt), so that results
+    can say which query they answer."""
     p = Path(path)
     if not p.exists():
         raise CompatretError(f"no such file: {p}")
     if p.suffix == ".txt":
-        queries: list[Any] = [line.rstrip("\n") for line in p.open() if line.strip()]
+        queries: list[tuple[str | None, Any]] = [(None, line.rstrip("\n")) for line in p.open() if line.strip()]
     elif p.suffix in (".jsonl", ".parquet"):
         rows = read_jsonl(p) if p.suffix == ".jsonl" else _read_parquet(p)
         queries = []
         for n, row in enumerate(rows, 1):
+            qid = row.get("_id", row.get("id"))
+            qid = None if qid is None else str(qid)
             if row.get("text") is not None:
-                queries.append(row["text"])
+                queries.append((qid, row["text"]))
             elif row.get("image") is not None:
-                queries.append(bytes(row["image"]))
+                queries.append((qid, bytes(row["image"])))
             elif row.get("image_path") is not None:
-                queries.append(Path(row["image_path"]).read_bytes())
+                queries.append((qid, Path(row["image_path"]).read_bytes()))
             else:
                 raise CompatretError(f"{p}: query {n} has no text, image or image_path")
     else:

@@ -13,6 +13,7 @@ plan, before any upgrade), and compared query by query:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -52,13 +53,11 @@ def paired_bootstrap(diff: np.ndarray, resamples: int = 10_000, confidence: floa
 
 def per_query(qrels: Qrels, run: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """Each metric of each judged query (0 for a query with no results), by ranx."""
-    from ranx import Qrels as RQrels
-    from ranx import Run as RRun
-    from ranx import evaluate
+    from compatret.evaluation.retrieval import ranx_evaluate
 
     qids = sorted(qrels)
     full = {q: dict(run.get(q) or {"\x00none": 0.0}) for q in qids}  # ranx needs a result; an unknown id scores 0
-    scores = evaluate(RQrels({q: qrels[q] for q in qids}), RRun(full), list(METRICS.values()), return_mean=False)
+    scores = ranx_evaluate({q: qrels[q] for q in qids}, full, return_mean=False)
     return {name: dict(zip(qids, map(float, scores[key]))) for name, key in METRICS.items()}
 
 
@@ -165,6 +164,21 @@ def check_limits(max_drop: float, max_flips: float) -> None:
         raise CompatretError("--max-drop must be >= 0 and --max-flips within [0, 1]")
 
 
+def verdict(change: Interval, queries: int, max_drop: float) -> tuple[str, str]:
+    """`pass` when the interval's lower end clears -max_drop; `undecided` when it does not but the
+    interval is wider than the allowed drop (too few judged queries to tell a small change from
+    noise), with what would decide it; else `worse`. Only `pass` lets a change through."""
+    if change.low >= -max_drop:
+        return "pass", ""
+    half = (change.high - change.low) / 2
+    if half > max_drop and change.high >= -max_drop:
+        needed = math.ceil(round(queries * (half / max(max_drop, 1e-4)) ** 2, 6))
+        return "undecided", (f"the 95% interval [{change.low:+.4f}, {change.high:+.4f}] on {queries} judged queries is wider than "
+                             f"the allowed drop {max_drop}, so it cannot tell this change from noise: judge more queries "
+                             f"(about {needed} would narrow it to +/-{max_drop}) or accept a larger drop (--max-drop {-change.low:.3f})")
+    return "worse", (f"nDCG@10 {change.mean:+.4f} (95% CI [{change.low:+.4f}, {change.high:+.4f}], allowed drop {max_drop})")
+
+
 def compare(gallery_dir: str | Path, candidate: str, queries: Mapping[str, str], qrels: Qrels | None = None,
             k: int = 100, unchecked: bool = False) -> Regression:
     """Search `queries` with the serving model and with `candidate` against the gallery as it is,
@@ -212,9 +226,11 @@ def gate_check(gallery_dir: str | Path, model: str, queries: str | Path, qrels: 
     check_limits(max_drop, max_flips)
     result = compare(gallery_dir, model, read_queries(queries), read_qrels(qrels))
     d = result.differences["ndcg_at_10"]
-    if d.low < -max_drop:
-        raise CompatretError(f"gate: {result.candidate} may serve these queries worse: nDCG@10 {d.mean:+.4f} "
-                             f"(95% CI [{d.low:+.4f}, {d.high:+.4f}], allowed drop {max_drop}); nothing changed")
+    outcome, why = verdict(d, result.queries, max_drop)
+    if outcome == "undecided":
+        raise CompatretError(f"gate cannot decide on {result.candidate}: {why}; nothing changed")
+    if outcome == "worse":
+        raise CompatretError(f"gate: {result.candidate} may serve these queries worse: {why}; nothing changed")
     if result.flip_rate > max_flips:
         raise CompatretError(f"gate: {result.candidate} loses the relevant top-10 hit of {len(result.flips)} of {result.queries} "
                              f"queries ({100 * result.flip_rate:.1f}% > {100 * max_flips:.1f}%); nothing changed")
@@ -278,9 +294,12 @@ class BackfillGate:
         now = service_run(Service.open(self.gallery_dir), None, self.queries)
         before, after, changes, flips = judged_change(self.qrels, self.start, now)
         d, flip_rate = changes["ndcg_at_10"], len(flips) / len(self.qrels)
-        return {"ndcg_at_10_before": float(np.mean(list(before["ndcg_at_10"].values()))),
+        outcome, why = verdict(d, len(self.qrels), self.max_drop)
+        if outcome == "pass" and flip_rate > self.max_flips:
+            outcome, why = "worse", f"negative flips {100 * flip_rate:.1f}% > {100 * self.max_flips:.1f}%"
+        return {"verdict": outcome, "reason": why, "ndcg_at_10_before": float(np.mean(list(before["ndcg_at_10"].values()))),
                 "ndcg_at_10_now": float(np.mean(list(after["ndcg_at_10"].values()))), "change": d.to_dict(),
-                "negative_flip_rate": flip_rate, "passed": d.low >= -self.max_drop and flip_rate <= self.max_flips}
+                "negative_flip_rate": flip_rate, "passed": outcome == "pass"}
 
 
 def gated_backfill(gate: BackfillGate, run_to: Callable[[float], Any], cap: float = 1.0) -> list[dict[str, Any]]:

@@ -18,19 +18,30 @@ METRICS = {"ndcg_at_10": "ndcg@10", "mrr_at_10": "mrr@10", "recall_at_100": "rec
 Run = dict[str, dict[str, float]]
 
 
-def score_run(qrels: Qrels, run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """The three metrics of a run against qrels, averaged over the judged queries (ranx)."""
+def ranx_evaluate(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]], **options: Any) -> Any:
+    """ranx's `evaluate` of METRICS, without the NumbaTypeSafetyWarning its compiled kernels raise
+    on every call (an int cast inside ranx, not a fault of the data)."""
+    import warnings
+
+    from numba.core.errors import NumbaTypeSafetyWarning
     from ranx import Qrels as RQrels
     from ranx import Run as RRun
     from ranx import evaluate
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NumbaTypeSafetyWarning)
+        return evaluate(RQrels(qrels), RRun(run), list(METRICS.values()), **options)
+
+
+def score_run(qrels: Qrels, run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The three metrics of a run against qrels, averaged over the judged queries (ranx)."""
     if not qrels:
         raise CompatretError("no judged queries to evaluate")
     # make_comparable: a judged query with no results counts as zero, unjudged queries are dropped
     kept = {q: dict(r) for q, r in run.items() if r}
     if not kept:
         return {name: 0.0 for name in METRICS}
-    scores = evaluate(RQrels(qrels), RRun(kept), list(METRICS.values()), make_comparable=True)
+    scores = ranx_evaluate(qrels, kept, make_comparable=True)
     return {name: float(scores[key]) for name, key in METRICS.items()}
 
 

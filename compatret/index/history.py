@@ -63,7 +63,7 @@ def _entry(v: dict[str, Any], when: dt.datetime, before: dict[str, Any] | None, 
     elif operation in (RESTORE, UNREAD):  # a restore brings back any rows, events and models: named by its transaction
         change = operation
     elif events > before["events"] and meta is not None:
-        change = _event(meta.history[-1])
+        change = describe_event(meta.history[-1])
     elif rows != before["rows"]:
         change = f"rows {rows - before['rows']:+d}"
     elif set(models) - set(before["models"]):
@@ -75,14 +75,16 @@ def _entry(v: dict[str, Any], when: dt.datetime, before: dict[str, Any] | None, 
             "stamp": when.isoformat(), "after": before["version"] if before else None, "format": FORMAT}
 
 
-FORMAT = 3  # of a cached entry: entries of another format (other labels) are worked out again
+FORMAT = 4  # of a cached entry: entries of another format (other labels) are worked out again
 
 
-def _event(event: dict[str, Any]) -> str:
-    """A gallery event as a person reads it."""
+def describe_event(event: dict[str, Any]) -> str:
+    """A gallery event as a person reads it (`index history` and `index info`)."""
     name = str(event.get("event"))
+    if name == "create":
+        return f"created with {event.get('model')}"
     if name == "upgrade":
-        return f"upgrade from {event.get('previous')}" + (" (gate passed)" if event.get("gate") else "")
+        return f"upgrade from {event.get('previous')} to {event.get('model')}" + (" (gate passed)" if event.get("gate") else "")
     if name == "rollback":
         return f"rollback to version {event.get('to')}"
     return name

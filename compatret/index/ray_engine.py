@@ -29,6 +29,7 @@ import pyarrow.compute  # noqa: F401  pa.compute
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from compatret.data.items import EMPTY_LISTED, duplicate_error, has_content
 from compatret.errors import CompatretError
 from compatret.index.gallery import Gallery, Payloads, commit_replacement, id_filter, rows_table, vector_array
 from compatret.versions import normalize
@@ -56,8 +57,11 @@ def connect(options: RayOptions) -> None:
         return
     import warnings
 
-    # ray.init starts its processes with fork + exec: nothing of lancedb's runtime survives the exec
+    # ray.init starts its processes with fork + exec: nothing of lance's runtime survives the exec
     warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
+    warnings.filterwarnings("ignore", message="lance is not fork-safe")
+    # a small input is one block, so one actor of the pool works: true, and no fault
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
     address = options.address or os.environ.get("RAY_ADDRESS")
     try:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False,
@@ -203,22 +207,44 @@ def _item_blocks(path: str) -> Iterator[pa.Table]:
         raise CompatretError(f"{p}: items must be .jsonl or .parquet")
 
 
-def _read_items(path: str, modality: str, gallery: Gallery, check_alike: bool) -> tuple[Any, list[str | None], int]:
-    """The items not stored yet as a Ray Dataset (put into Ray's object store block by block; None
-    when there are none), the ids of every item, and how many were stored already. Items with
-    nothing to embed are refused here, before any commit, as the local engine does; with
-    `check_alike`, a stored id must hold the same content (else an error naming it)."""
+@dataclass
+class _ItemScan:
+    """One pass over the input: the items not stored yet as a Ray Dataset (None when there are
+    none), the ids of the items kept, how many were stored already, and the ids (or item
+    numbers) of the items left out as empty."""
+
+    dataset: Any
+    ids: list[str | None]
+    numbers: list[int]  # each kept item's place in the file (1-based), for errors
+    stored: int
+    empty: list[str]
+
+
+def _read_items(path: str, modality: str, gallery: Gallery, check_alike: bool, skip_empty: bool = False) -> _ItemScan:
+    """The input file read block by block into Ray's object store. Items with nothing to embed
+    are refused here, before any commit, as the local engine does (or left out, `skip_empty`);
+    with `check_alike`, a stored id must hold the same content (else an error naming it)."""
     import ray
     import ray.data
 
-    refs, ids_all, skipped = [], [], 0
+    refs, ids_all, numbers, skipped, empty_all, seen = [], [], [], 0, [], 0
     for block in _item_blocks(path):
         ids = block.column("id").to_pylist()
+        texts = pa.compute.coalesce(block.column("text"), block.column("title")).to_pylist()
+        titles = block.column("title").to_pylist()
+        images = block.column("image").to_pylist()
+        full = [has_content({"text": t, "title": ti, "image": im}, modality) for t, ti, im in zip(texts, titles, images)]
+        if not all(full):
+            first = full.index(False)
+            if not skip_empty:
+                raise CompatretError(f"{path}: item {seen + first + 1} ({ids[first]!r}) has no {'image' if modality == 'image' else 'text'} "
+                                     "(--skip-empty leaves such items out)")
+            empty_all += [str(i) if i is not None else f"item {seen + n + 1}" for n, (i, ok) in enumerate(zip(ids, full)) if not ok]
+            block = block.filter(pa.array(full))
+            ids = block.column("id").to_pylist()
+        numbers += [seen + n + 1 for n, ok in enumerate(full) if ok]
+        seen += len(full)
         ids_all += ids
-        payload = block.column("image") if modality == "image" else pa.compute.coalesce(block.column("text"), block.column("title"))
-        empty = [i for i, p in zip(ids, payload.to_pylist()) if not p]
-        if empty:
-            raise CompatretError(f"items have no {'image' if modality == 'image' else 'text'}, e.g. id {empty[0]!r}")
         named = [i for i in ids if i is not None]
         stored = set(gallery.existing(named)) if named else set()
         if stored:
@@ -229,7 +255,7 @@ def _read_items(path: str, modality: str, gallery: Gallery, check_alike: bool) -
             skipped += len(stored)
         if block.num_rows:
             refs.append(ray.put(block))
-    return (ray.data.from_arrow_refs(refs) if refs else None), ids_all, skipped
+    return _ItemScan((ray.data.from_arrow_refs(refs) if refs else None), ids_all, numbers, skipped, empty_all)
 
 
 MAX_PASSES = 5
@@ -256,7 +282,8 @@ def _append_blocks(gallery: Gallery, pending: list[tuple[list[str], list[str]]])
     return count
 
 
-def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, progress: bool = True) -> dict[str, Any]:
+def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, progress: bool = True,
+                 skip_empty: bool = False) -> dict[str, Any]:
     """`index add --items F --engine ray`: returns the rows added, and those skipped as already stored.
 
     Runs in passes: each pass encodes and writes the rows whose ids are not stored yet, and the
@@ -276,20 +303,21 @@ def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, pr
         ds_now = gallery.dataset(gallery.latest_version())
         schema, uri = ds_now.schema, ds_now.uri
         skipped = added = 0
+        empty: list[str] = []
         named: list[str] = []
         bar = tqdm(desc=f"ray ingest -> {version.id}", unit="row", disable=not progress)
         for n_pass in range(MAX_PASSES):
-            items, ids_all, stored = _read_items(path, meta.modality, gallery, check_alike=n_pass == 0)
+            scan = _read_items(path, meta.modality, gallery, check_alike=n_pass == 0, skip_empty=skip_empty)
+            items = scan.dataset
             if n_pass == 0:
-                named = [i for i in ids_all if i is not None]
-                if len(set(named)) != len(named):
-                    raise CompatretError("duplicate ids in the input")
-                skipped, bar.total = stored, len(ids_all) - stored
+                named = [i for i in scan.ids if i is not None]
+                duplicate_error(scan.ids, "item", scan.numbers)
+                skipped, bar.total, empty = scan.stored, len(scan.ids) - scan.stored, scan.empty
             if items is None:
                 break
             out = items.map_batches(
                 _IngestWriter, batch_size=options.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=options.workers),
-                num_cpus=actor_cpus(options.workers), num_gpus=options.num_gpus_per_worker or None, scheduling_strategy="SPREAD",
+                num_cpus=actor_cpus(options.workers), num_gpus=options.num_gpus_per_worker or None,
                 fn_constructor_kwargs={"uri": uri, "spec": spec, "schema_ipc": schema.serialize().to_pybytes(), "column": column,
                                        "version_id": version.id, "modality": meta.modality})
             pending: list[tuple[list[str], list[str]]] = []
@@ -315,7 +343,8 @@ def ingest_items(gallery: Gallery, spec: str, path: str, options: RayOptions, pr
             raise CompatretError(f"{lost} rows were not stored after {MAX_PASSES} passes (workers keep failing); rerun to continue")
         with gallery.writing("ray ingest: id index"):
             gallery.ensure_id_index()
-    return {"added": added, "skipped": skipped, "seconds": time.perf_counter() - start, "engine": "ray", "workers": options.workers}
+    return {"added": added, "skipped": skipped, "skipped_empty": len(empty), "skipped_empty_ids": empty[:EMPTY_LISTED],
+            "seconds": time.perf_counter() - start, "engine": "ray", "workers": options.workers}
 
 
 VECTOR_BLOCK_ROWS = 100_000  # rows per worker task and Lance fragment of `add --vectors` (the local engine's batch)
@@ -363,7 +392,7 @@ def ingest_vectors(gallery: Gallery, vectors: np.ndarray, ids: np.ndarray | None
                 continue
             out = ray.data.from_arrow_refs(refs).map_batches(
                 _write_vector_block, batch_size=None, batch_format="pyarrow", num_cpus=actor_cpus(options.workers),
-                scheduling_strategy="SPREAD", fn_kwargs=target)
+                fn_kwargs=target)
             written = [(json.loads(r["fragments"]), json.loads(r["ids"])) for r in out.iter_rows()]
             with gallery.writing("ray add vectors step"):
                 ids_now = [i for _, b in written for i in b]
@@ -427,7 +456,7 @@ def _backfill_steps(gallery: Gallery, spec: str, queue: list[str], options: RayO
         ds = ray.data.from_items([{"id": i} for i in step], override_num_blocks=max(1, options.workers))
         out = ds.map_batches(
             _BackfillWriter, batch_size=options.batch_size, compute=ray.data.ActorPoolStrategy(size=options.workers),
-            num_cpus=actor_cpus(options.workers), num_gpus=options.num_gpus_per_worker or None, scheduling_strategy="SPREAD",
+            num_cpus=actor_cpus(options.workers), num_gpus=options.num_gpus_per_worker or None,
             fn_constructor_kwargs={"uri": gallery.dataset(version).uri, "spec": spec, "column": column, "version_id": serving.id,
                                    "modality": meta.modality, "table_version": version})
         written = [(json.loads(r["fragments"]), json.loads(r["ids"]), json.loads(r["addresses"])) for r in out.iter_rows()]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from compatret.data.items import duplicate_error
 from compatret.encoders import ALIASES, Encoder, load_encoder, load_version
 from compatret.errors import CompatretError
 from compatret.index.gallery import Gallery, GalleryMeta, written_mark
@@ -89,6 +90,20 @@ class QueryResult:
         if self.payloads is not None:
             out["payloads"] = self.payloads
         return out
+
+
+class NeedsAdapter(IncompatibleLineage):
+    """An upgrade to a model that cannot read the stored rows: the message names the fix,
+    `compatret adapt`, with placeholders (an HTTP answer names no server path) or, through
+    `for_command`, the user's own gallery and model."""
+
+    def __init__(self, reason: str, gallery: str = "GALLERY", model: str = "MODEL") -> None:
+        super().__init__(f"{reason}; a model not trained to be compatible joins through a map fitted on the gallery's rows: "
+                         f"compatret adapt {gallery} --model {model} --out ADAPTER_DIR, then index upgrade to ADAPTER_DIR")
+        self.reason = reason
+
+    def for_command(self, gallery: str, model: str) -> NeedsAdapter:
+        return NeedsAdapter(self.reason, gallery, model)
 
 
 def _source_of(spec: str) -> str:
@@ -269,7 +284,7 @@ class Service:
     @staticmethod
     def _check_id_values(ids: np.ndarray) -> None:
         if len(np.unique(ids)) != len(ids):
-            raise CompatretError("duplicate ids in the input")
+            duplicate_error(ids.tolist(), "row")
         if (np.char.str_len(ids) == 0).any():
             raise CompatretError("ids must be non-empty strings")
 
@@ -336,8 +351,7 @@ class Service:
         images_all = [_read_item_image(it) for it in items]
         given = [str(it["id"]) if it.get("id") is not None else None for it in items]
         named = [i for i in given if i is not None]
-        if len(set(named)) != len(named):
-            raise CompatretError("duplicate ids in the input")
+        duplicate_error(given)
         with self.gallery.writing("add items"):
             # under the lock: an identical add that committed while this one waited is found here, as a retry's is
             done = self.gallery.stored_alike([{**it, "id": i, "image": im} for it, i, im in zip(items, given, images_all) if i is not None]) if named else set()
@@ -412,8 +426,9 @@ class Service:
                 try:
                     resolve(version, writer, self.gallery.path)  # refuses a model that cannot read every row
                 except IncompatibleLineage as exc:
-                    raise IncompatibleLineage(f"{exc}; a model not trained to be compatible joins through a map fitted on the "
-                                              "gallery's rows: compatret adapt GALLERY --model MODEL --out ADAPTER_DIR") from exc
+                    serving = f", serving {meta.serving.id!r}" if meta.serving.id != writer.id else ""
+                    raise NeedsAdapter(f"model {version.id!r} cannot read this gallery's rows ({writer.id!r} vectors{serving}): its "
+                                       f"lineage {' -> '.join(v.id for v in version.lineage())} does not reach {writer.id!r}") from exc
             model_dir = Path(model)
             names = [str(n.compat.transform_path) for n in version.lineage() if n.compat.kind == "transform"]
             stray = [name for name in names if PurePosixPath(name).parent != PurePosixPath(TRANSFORMS_DIR)]

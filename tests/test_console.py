@@ -59,6 +59,24 @@ def use_key(page, key: str) -> None:
     page.click("#key-form button[type=submit]")
 
 
+ACCENT = "rgb(36, 88, 214)"  # the console's accent (#2458d6): the serving model's part of the bar
+
+
+def bar_color(page, version: str) -> str:
+    return page.evaluate("v => getComputedStyle(document.querySelector(`#bar span[data-version='${v}']`)).backgroundColor", version)
+
+
+def placeholder_fits(page, selector: str) -> bool:
+    """Whether an input's placeholder is drawn whole: its text width in the input's font within the box."""
+    return page.evaluate("""s => {
+      const input = document.querySelector(s), style = getComputedStyle(input);
+      const ctx = document.createElement("canvas").getContext("2d");
+      ctx.font = `${style.fontSize} ${style.fontFamily}`;
+      const room = input.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+      return ctx.measureText(input.placeholder).width <= room;
+    }""", selector)
+
+
 def bar_share(page, version: str, settle: float = 5.0) -> float:
     """The drawn width of one model's part of the backfill bar, as a share of the bar, once it stops moving."""
     share, deadline = -1.0, time.time() + settle
@@ -82,6 +100,9 @@ def test_console_search_backfill_stop_and_rollback(browser, upgraded_gallery):
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(url)
         expect(page.locator("#error")).to_contain_text("needs an API key")  # the API's 401 as a sentence
+        expect(page.locator("#backfill-summary")).to_be_hidden()  # no "– of rows" before the server answers
+        expect(page.locator("#backfill-waiting")).to_contain_text("API key")
+        assert placeholder_fits(page, "#key")
 
         use_key(page, READ_KEY)
         expect(page.locator("[data-stat=rows]")).to_have_text("150")
@@ -92,6 +113,9 @@ def test_console_search_backfill_stop_and_rollback(browser, upgraded_gallery):
         expect(page.locator("#read-only-note")).to_be_visible()
         expect(page.locator("#backfill-form")).to_be_hidden()
         expect(page.locator("#backfill-percent")).to_have_text("0%")
+        expect(page.locator("#backfill-waiting")).to_be_hidden()
+        # 0 % backfilled: the whole bar is v1's rows, drawn in grey; the accent is the serving model's share only
+        assert bar_share(page, "v1") > 0.98 and bar_color(page, "v1") != ACCENT
 
         # a vector search: the page is in vector mode for an image gallery; the hits name v1 (no row backfilled yet)
         expect(page.locator("input[name=mode][value=image]")).to_be_checked()
@@ -117,6 +141,7 @@ def test_console_search_backfill_stop_and_rollback(browser, upgraded_gallery):
         expect(page.locator("#backfill-percent")).to_have_text("40%", timeout=60_000)
         expect(page.locator("#backfill-state")).to_contain_text("last backfill: 60 rows")
         assert 0.38 < bar_share(page, "v2") < 0.42  # the bar is drawn, not only the number
+        assert bar_color(page, "v2") == ACCENT and bar_color(page, "v1") != ACCENT
         page.fill("#backfill-fraction", "")
         page.fill("#backfill-batch", "1")  # 90 commits: seconds, time to stop it midway
         page.click("#backfill-start")

@@ -3,7 +3,7 @@
 "use strict";
 
 const KEY = "compatret.apiKey";
-const COLORS = ["#2458d6", "#f79009", "#12b76a", "#7a5af8", "#ee46bc", "#06aed4", "#667085"];
+const SERVING_COLOR = "#2458d6";  // the accent: the serving model, in the bar and the lineage
 const $ = (id) => document.getElementById(id);
 const view = { gallery: null, running: false, timer: null, modeSet: false, polling: false, pollAgain: false, errorFromPoll: false };
 
@@ -70,12 +70,6 @@ function bytes(n) {
   return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
 }
 
-function colorOf(versionId) {
-  const order = view.gallery ? view.gallery.lineage.map((m) => m.id) : [];
-  const i = order.indexOf(versionId);
-  return COLORS[(i < 0 ? order.length : i) % COLORS.length];
-}
-
 function renderGallery(g) {
   view.gallery = g;
   const stats = [["rows", g.rows.toLocaleString()], ["vectors", `${g.dim}-d ${g.metric} (${g.modality})`],
@@ -84,7 +78,7 @@ function renderGallery(g) {
   $("stats").replaceChildren(...stats.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-stat": k }, v)]));
   $("lineage").replaceChildren(...g.lineage.flatMap((m, i) => [
     ...(i ? [el("li", { class: "arrow", title: "how this model's queries meet its parent's vectors" }, el("span", { class: "rule" }, m.rule), "→")] : []),
-    el("li", { class: m.serving ? "model serving" : "model", "data-model": m.id, style: { borderLeftColor: colorOf(m.id) } },
+    el("li", { class: m.serving ? "model serving" : "model", "data-model": m.id, style: { borderLeftColor: barColor(m.id, g.serving) } },
       el("div", {}, el("strong", {}, m.id)),
       el("div", { class: "muted" }, `${m.dim}-d · ${m.rows ? `${m.rows.toLocaleString()} rows` : "no rows"}`),
       m.serving ? el("div", { class: "badge" }, "serving") : ""),
@@ -107,15 +101,28 @@ function renderGallery(g) {
   $("read-only-note").hidden = g.can_write;
 }
 
+// the bar is a progress bar: the serving model's rows in the accent colour, from the left; rows
+// that still carry older vectors in greys, so a bar of old rows never reads as "done"
+const OLDER = ["#98a2b3", "#c4cad4", "#d9dee8", "#b0b8c4"];
+
+function barColor(id, serving) {
+  if (id === serving) return SERVING_COLOR;
+  const order = view.gallery ? view.gallery.lineage.map((m) => m.id) : [];
+  const i = order.indexOf(id);
+  return OLDER[(i < 0 ? order.length : i) % OLDER.length];
+}
+
 function renderBackfill(b) {
   const total = Object.values(b.rows_by_version).reduce((a, n) => a + n, 0);
-  const entries = Object.entries(b.rows_by_version);
+  const entries = Object.entries(b.rows_by_version).sort(([a], [c]) => (c === b.serving) - (a === b.serving));
   $("bar").replaceChildren(...entries.map(([id, n]) => el("span", {
     title: `${id}: ${n.toLocaleString()} rows`, "data-version": id,
-    style: { width: `${total ? (100 * n) / total : 0}%`, background: colorOf(id) },
+    style: { width: `${total ? (100 * n) / total : 0}%`, background: barColor(id, b.serving) },
   })));
-  $("legend").replaceChildren(...entries.map(([id, n]) => el("li", {}, el("i", { style: { background: colorOf(id) } }),
-    `${id}: ${n.toLocaleString()}`)));
+  $("legend").replaceChildren(...entries.map(([id, n]) => el("li", {}, el("i", { style: { background: barColor(id, b.serving) } }),
+    `${id}${id === b.serving ? " (serving)" : ""}: ${n.toLocaleString()}`)));
+  $("backfill-summary").hidden = false;
+  $("backfill-waiting").hidden = true;
   const done = b.rows_by_version[b.serving] || 0;
   const percent = total ? Math.floor((1000 * done) / total) / 10 : 0;
   $("backfill-percent").textContent = total ? `${percent}%` : "–";

@@ -153,11 +153,15 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
             id_list = read_array(ids, "ids").astype(str) if ids is not None else None
         added, total = service.add_vectors(vec, ids=id_list, model=model, progress=not as_json, ray=ray), len(vec)
     rows = service.gallery.count()
-    report = {"added": added, "skipped": total - added, "rows": rows}
+    report: dict[str, Any] = {"added": added, "skipped": total - added, "rows": rows}
     if items is not None:
         from compatret.data.items import EMPTY_LISTED
+        from compatret.encoders.remote import endpoint_stats
 
         report.update(skipped_empty=len(read.skipped_empty), skipped_empty_ids=read.skipped_empty[:EMPTY_LISTED])
+        calls = endpoint_stats(service.encoder()) if added else None
+        if calls is not None:  # a serving model behind an endpoint: what the add cost in calls
+            report["endpoint"] = calls.to_dict()
     emit(report, as_json, f"added {added} rows ({total - added} already stored); {rows} in all"
                           + (_empty_note(len(read.skipped_empty), read.skipped_empty) if items is not None else ""))
 
@@ -479,6 +483,8 @@ def index_prune(directory: str, older_than_days: float, as_json: bool) -> None:
 @click.option("--max-body-mb", type=float, default=16.0, show_default=True, help="Largest request body accepted.")
 @click.option("--inference-slots", type=int, default=2, show_default=True, help="Query encodings run at once (per worker).")
 @click.option("--workers", type=int, default=1, show_default=True, help="Server processes; each holds its own search kernels.")
+@click.option("--fingerprint-minutes", type=float, default=10.0, show_default=True,
+              help="A serving model behind an endpoint: re-check its fingerprint this often (0: at start only).")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without API keys.")
 @friendly
 def serve(directory: str, host: str, port: int, workers: int, insecure: bool, **app: Any) -> None:
@@ -497,11 +503,18 @@ def serve(directory: str, host: str, port: int, workers: int, insecure: bool, **
         raise CompatretError(f"--models-dir {models_dir} is not a folder")
     if app["max_body_mb"] <= 0 or app["inference_slots"] < 1 or workers < 1:
         raise CompatretError("--max-body-mb must be > 0, --inference-slots and --workers >= 1")
-    Gallery.open(directory)  # one clear error for a missing gallery, before the server starts
+    gallery = Gallery.open(directory)  # one clear error for a missing gallery, before the server starts
+    if not (math.isfinite(app["fingerprint_minutes"]) and app["fingerprint_minutes"] >= 0):
+        raise CompatretError("--fingerprint-minutes must be >= 0")
+    source = gallery.meta.sources.get(gallery.meta.serving.id)
+    if source is not None:
+        from compatret.encoders.registry import check_endpoint
+
+        check_endpoint(source, "serve")  # a serving model behind an endpoint must still be the one registered
     os.environ[SERVE_CONFIG_ENV] = json.dumps({  # what each worker's create_app gets (app_from_env)
         "directory": str(Path(directory).resolve()), "refresh_seconds": app["refresh_seconds"], "api_key_file": app["api_key_file"],
         "models_dir": models_dir and str(Path(models_dir).resolve()), "max_body_bytes": int(app["max_body_mb"] * 2**20),
-        "inference_slots": app["inference_slots"]})
+        "inference_slots": app["inference_slots"], "fingerprint_minutes": app["fingerprint_minutes"]})
     click.echo(f"serving {directory} on http://{host}:{port}: the console at /, the API at /docs", err=True)
     # uvicorn says when it listens ("Uvicorn running on ..."); no line per request: that would cost the queries time
     uvicorn.run("compatret.index.server:app_from_env", factory=True, workers=workers, host=host, port=port, log_level="info", access_log=False)

@@ -32,6 +32,7 @@ from compatret.adapt.select import FOLDS, Estimate, Option, Probe, served_scores
 from compatret.encoders.base import Encoder, write_encoder_config
 from compatret.encoders.folders import built_beside
 from compatret.encoders.registry import ALIASES, load_encoder, load_version
+from compatret.encoders.registry import check_endpoint
 from compatret.errors import CompatretError
 from compatret.index.gallery import Gallery
 from compatret.index.service import TRANSFORMS_DIR
@@ -181,6 +182,9 @@ def fit_adapters(gallery_dir: str | Path, new_spec: str, settings: AdaptSettings
     budget = settings.budget if settings.budget is not None else math.inf
     gallery = Gallery.open(gallery_dir)
     old, new = _records(gallery, new_spec)
+    for spec in (new_spec, gallery.meta.sources.get(old.id)):  # a model behind an endpoint must still be the one registered
+        if spec is not None:
+            check_endpoint(spec, "fit an adapter with it")
     plans, usable, ids = usable_rows(gallery, old)
     if not ids:
         raise CompatretError(f"no rows with a payload (text or image) in {old.id!r}'s space to fit on"

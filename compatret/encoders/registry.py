@@ -141,9 +141,39 @@ def load_encoder(spec: str, device: str | None = None, _nested: bool = False) ->
             raise CompatretError(f"model folder {spec}: an adapted model's base cannot be adapted again")
         base_spec, head = adapter_parts(path, cfg)
         return AdaptedEncoder(load_encoder(base_spec, device, _nested=True), head, version)
+    if kind == "openai":  # a model behind an OpenAI-compatible endpoint (see encoders/remote.py)
+        from compatret.encoders.remote import EndpointSettings, RemoteEncoder
+
+        return RemoteEncoder(EndpointSettings.from_config(cfg), version)
     if kind == "image":
         from compatret.encoders.image import ImageEncoder, load_image_model
 
         model, _ = load_image_model(path)
         return ImageEncoder(model, version, device=device)
     raise CompatretError(f"model folder {spec} has unknown encoder kind {kind!r}")
+
+
+def is_endpoint_model(spec: str) -> bool:
+    """Whether a spec names a model folder behind an endpoint (whose identity is its fingerprint)."""
+    path = Path(spec)
+    if spec in ALIASES or not (path / ENCODER_FILE).is_file():
+        return False
+    try:
+        return read_encoder_config(path).get("kind") == "openai"
+    except CompatretError:
+        return False
+
+
+def check_endpoint(spec: str, action: str) -> Any:
+    """For a model behind an endpoint (or a query adapter over one), the fingerprint check before
+    `action` (one error line when the endpoint's model changed); None for any other model."""
+    path = Path(spec)
+    if spec not in ALIASES and (path / ENCODER_FILE).is_file():
+        cfg = read_encoder_config(path)
+        if cfg.get("kind") == "adapted" and str(cfg.get("base", "")) not in ALIASES:
+            return check_endpoint(str(confined(path, str(cfg.get("base", "")), "base")), action)
+    if not is_endpoint_model(spec):
+        return None
+    from compatret.encoders.remote import require_same_model
+
+    return require_same_model(load_encoder(spec), spec, action)  # type: ignore[arg-type]

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from compatret.encoders.registry import check_endpoint
+from compatret.encoders.remote import endpoint_stats, stats_since
 from compatret.errors import CompatretError
 from compatret.index.gallery import GalleryMeta, item_inputs, sql_quote
 from compatret.index.interrupt import stop_on_sigint
@@ -49,6 +51,7 @@ class BackfillReport:
     serving: str
     skipped: int = 0
     skipped_examples: tuple[str, ...] = ()
+    endpoint: dict[str, float] | None = None  # requests, tokens, retries of a serving model behind an endpoint
 
     @property
     def rows_per_s(self) -> float:
@@ -57,7 +60,8 @@ class BackfillReport:
     def to_dict(self) -> dict[str, Any]:
         return {"done": self.done, "remaining": self.remaining, "seconds": self.seconds,
                 "rows_per_s": self.rows_per_s, "stopped": self.stopped, "serving": self.serving,
-                "skipped": self.skipped, "skipped_examples": list(self.skipped_examples)}
+                "skipped": self.skipped, "skipped_examples": list(self.skipped_examples),
+                **({"endpoint": self.endpoint} if self.endpoint is not None else {})}
 
 
 def _payload_filter(modality: str) -> str:
@@ -231,6 +235,8 @@ def backfill(
     serving = meta.serving
     if pending.ids and (meta.modality == "vector" or serving.id not in meta.sources):
         raise CompatretError(f"serving model {serving.id!r} has no weights recorded here: nothing can re-embed rows")
+    if pending.ids:
+        check_endpoint(meta.sources[serving.id], "backfill with it")  # a model behind an endpoint must still be the one registered
     queue = _queue(service, pending, order, batch_size, limit, fraction)
     start = time.perf_counter()
     if ray is not None:  # the same rows, re-embedded by Ray actors, committed here once per step; one pass
@@ -241,6 +247,8 @@ def backfill(
         return BackfillReport(done, len(pending.ids), time.perf_counter() - start, False, serving.id,
                               len(pending.unembeddable), tuple(pending.unembeddable[:5]))
     encoder = service.encoder() if queue else None
+    calls = endpoint_stats(encoder)
+    calls_before = calls.to_dict() if calls else None
     every = compact_every()
     done = commits = 0
     with stop_on_sigint() as stop, tqdm(total=len(queue), desc=f"backfill -> {serving.id}", unit="row", disable=not progress) as bar:
@@ -263,6 +271,8 @@ def backfill(
                         gallery.compact()
                 done += len(ids)
                 bar.update(len(ids))
+                if calls is not None:
+                    bar.set_postfix(stats_since(calls, calls_before))
             pending = _reread(service, serving, done)
             if stop.is_set() or done == before:
                 break
@@ -270,4 +280,4 @@ def backfill(
             bar.total += len(queue)
             bar.refresh()
     return BackfillReport(done, len(pending.ids), time.perf_counter() - start, stop.is_set(), serving.id,
-                          len(pending.unembeddable), tuple(pending.unembeddable[:5]))
+                          len(pending.unembeddable), tuple(pending.unembeddable[:5]), stats_since(calls, calls_before))

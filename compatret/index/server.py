@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import math
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,6 +41,8 @@ from compatret.index.overview import overview
 from compatret.index.search_index import cache_problem
 from compatret.index.service import Service
 from compatret.versions import VERSION_FILE, confined
+
+log = logging.getLogger("compatret.server")
 
 MAX_BODY_BYTES = 16 * 2**20
 MAX_QUERIES = 256
@@ -222,7 +226,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in ((400, "refused: the detail says why"), (401, "no or unknown API key"), (403, "the key's scope does not allow this"),
                        (409, "conflicting state (e.g. a backfill already running)"), (413, "request body too large"),
-                       (415, "a POST body that is not JSON"))
+                       (415, "a POST body that is not JSON"),
+                       (503, "the serving model's endpoint no longer returns the registered model's vectors"))
 }
 
 
@@ -370,20 +375,58 @@ def _exit_with_parent() -> None:
 
 
 def create_app(directory: str | Path, refresh_seconds: float = 1.0, keys: ApiKeys | None = None,
-               models_dir: str | Path | None = None, max_body_bytes: int = MAX_BODY_BYTES, inference_slots: int = 2) -> FastAPI:
-    """An app serving the gallery at `directory`; with `keys`, every endpoint but /health needs one."""
+               models_dir: str | Path | None = None, max_body_bytes: int = MAX_BODY_BYTES, inference_slots: int = 2,
+               fingerprint_minutes: float = 10.0) -> FastAPI:
+    """An app serving the gallery at `directory`; with `keys`, every endpoint but /health needs one.
+    A serving model behind an endpoint has its fingerprint checked every `fingerprint_minutes`."""
     service = Service.open(directory, refresh_seconds=refresh_seconds)
     service.inference = threading.BoundedSemaphore(max(1, inference_slots))
+    watch = FingerprintWatch(service, fingerprint_minutes)
     app = FastAPI(title="compatret", version="0.1.0", description="Retrieval with backward-compatible embeddings.")
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_middleware(KeyCheck, keys=keys or ApiKeys())  # added last: runs first, before the body limit and any parsing
     _error_handlers(app)
     routes = _Routes(service, Path(directory), BackfillJob(directory), models_dir,
-                     HTTPBearer(auto_error=False, description="An API key: `read` scope for queries and status, `write` for everything."))
+                     HTTPBearer(auto_error=False, description="An API key: `read` scope for queries and status, `write` for everything."), watch)
     _read_routes(app, routes)
     _write_routes(app, routes)
     mount_console(app)
+    app.router.on_shutdown.append(watch.stop)
     return app
+
+
+class FingerprintWatch:
+    """For a serving model behind an endpoint: its fingerprint checked every `minutes` in a daemon
+    thread; `drift` is the refusal line while the endpoint serves another model (None while it
+    serves the registered one, or for local models)."""
+
+    def __init__(self, service: Service, minutes: float) -> None:
+        self.service = service
+        self.drift: str | None = None
+        self.stopped = threading.Event()
+        if minutes > 0:
+            threading.Thread(target=self._run, args=(minutes * 60,), daemon=True, name="fingerprint-watch").start()
+
+    def _run(self, every: float) -> None:
+        while not self.stopped.wait(every):
+            self.check()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def check(self) -> None:
+        from compatret.encoders.registry import check_endpoint
+
+        meta = self.service.meta
+        source = meta.sources.get(meta.serving.id)
+        try:
+            if source is not None:
+                check_endpoint(source, "serve queries embedded by it")
+            self.drift = None
+        except CompatretError as exc:
+            if str(exc) != self.drift:
+                log.warning("%s", exc)
+            self.drift = str(exc)
 
 
 def _refused(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -403,6 +446,7 @@ class _Routes:
     job: BackfillJob
     models_dir: str | Path | None
     bearer: HTTPBearer
+    watch: FingerprintWatch
 
     def access(self, needed: Scope) -> Any:
         """Documents the key a route needs in the OpenAPI schema; KeyCheck enforces it (see needed_scope)."""
@@ -453,9 +497,9 @@ def _read_routes(app: FastAPI, r: _Routes) -> None:
         gallery = service.gallery
         table_version = gallery.latest_version()
         snapshot = service.index.table_version
-        problem = cache_problem(gallery.path)
-        return {"status": "degraded" if problem else "ok", "serving": gallery.meta_at(table_version).serving.id, "rows": gallery.count(),
-                "table_version": table_version, "snapshot_version": snapshot, "problems": [problem] if problem else []}
+        problems = [p for p in (cache_problem(gallery.path), r.watch.drift) if p]
+        return {"status": "degraded" if problems else "ok", "serving": gallery.meta_at(table_version).serving.id, "rows": gallery.count(),
+                "table_version": table_version, "snapshot_version": snapshot, "problems": problems}
 
     @app.post("/query", response_model=QueryResponse, responses=ERRORS, dependencies=[r.access("read")])
     def query(req: QueryRequest) -> JSONResponse:
@@ -468,6 +512,8 @@ def _read_routes(app: FastAPI, r: _Routes) -> None:
             kwargs["images"] = [_image_bytes(s) for s in req.images_base64]
         else:
             kwargs["texts"] = req.texts
+        if req.vectors is None and req.model is None and r.watch.drift:  # the endpoint's model changed: its queries would be wrong
+            raise HTTPException(status_code=503, detail=r.watch.drift)
         results = _refused(service.query, **kwargs)
         return JSONResponse({"results": [res.to_dict() for res in results]})  # already the documented shape: no re-validation
 

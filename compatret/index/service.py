@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from compatret.data.items import duplicate_error
 from compatret.encoders import ALIASES, Encoder, load_encoder, load_version
+from compatret.encoders.registry import check_endpoint
 from compatret.errors import CompatretError
 from compatret.index.gallery import Gallery, GalleryMeta, written_mark
 from compatret.index.search import ANN_KINDS, backend_name, resolve_ann
@@ -414,6 +415,7 @@ class Service:
         against `gate["serving"]`, so the upgrade is refused if another writer changed the
         serving model since."""
         version = load_version(model)
+        check_endpoint(model, "upgrade to it")  # a model behind an endpoint must still be the one registered
         with self.gallery.writing("upgrade"):
             meta = self.meta
             if gate is not None and gate.get("serving") != meta.serving.id:

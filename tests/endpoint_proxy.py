@@ -50,12 +50,12 @@ class FaultProxy:
                 if fault == "500":
                     return self._reply(500, b'{"error": {"message": "boom"}}', {}, fault)
                 if fault == "timeout":
-                    proxy.injected[fault] += 1
+                    proxy.count(fault)
                     time.sleep(proxy.timeout_sleep)
                 self._forward(body, "POST", cut=fault == "truncated")
 
             def _reply(self, code: int, body: bytes, headers: dict[str, str], fault: str) -> None:
-                proxy.injected[fault] += 1
+                proxy.count(fault)
                 self.send_response(code)
                 for k, v in {"Content-Type": "application/json", "Content-Length": str(len(body)), **headers}.items():
                     self.send_header(k, v)
@@ -79,7 +79,7 @@ class FaultProxy:
                     with proxy.lock:
                         proxy.in_flight -= 1
                 if cut:
-                    proxy.injected["truncated"] += 1
+                    proxy.count("truncated")
                     payload = payload[: len(payload) // 2]
                 else:
                     with proxy.lock:
@@ -100,6 +100,10 @@ class FaultProxy:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def count(self, fault: str) -> None:
+        with self.lock:
+            self.injected[fault] += 1
 
     def set_schedule(self, schedule: Iterable[str]) -> None:
         with self.lock:

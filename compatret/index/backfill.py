@@ -236,7 +236,7 @@ def backfill(
     if pending.ids and (meta.modality == "vector" or serving.id not in meta.sources):
         raise CompatretError(f"serving model {serving.id!r} has no weights recorded here: nothing can re-embed rows")
     if pending.ids:
-        check_endpoint(meta.sources[serving.id], "backfill with it")  # a model behind an endpoint must still be the one registered
+        check_endpoint(meta.serving_source, "backfill with it")  # a model behind an endpoint must still be the one registered
     queue = _queue(service, pending, order, batch_size, limit, fraction)
     start = time.perf_counter()
     if ray is not None:  # the same rows, re-embedded by Ray actors, committed here once per step; one pass

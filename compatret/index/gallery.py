@@ -63,6 +63,11 @@ class GalleryMeta:
     ann: str = "auto"
     merge: str = "raw"
 
+    @property
+    def serving_source(self) -> str | None:
+        """What loads the serving model (an alias or a folder); None for a gallery of bare vectors."""
+        return self.sources.get(self.serving.id)
+
     def version(self, version_id: str) -> ModelVersion:
         """The record of a model that wrote rows here."""
         if version_id == self.vector_model.id:

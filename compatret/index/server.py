@@ -411,8 +411,7 @@ class FingerprintWatch:
         """Start the watch once the serving model is behind an endpoint (at start, or after an upgrade)."""
         from compatret.encoders.registry import is_endpoint_model
 
-        meta = self.service.meta
-        source = meta.sources.get(meta.serving.id)
+        source = self.service.meta.serving_source
         if self.started or self.minutes <= 0 or source is None or not is_endpoint_model(source):
             return
         self.started = True
@@ -428,11 +427,8 @@ class FingerprintWatch:
     def check(self) -> None:
         from compatret.encoders.registry import check_endpoint
 
-        meta = self.service.meta
-        source = meta.sources.get(meta.serving.id)
         try:
-            if source is not None:
-                check_endpoint(source, "serve queries embedded by it")
+            check_endpoint(self.service.meta.serving_source, "serve queries embedded by it")
             self.drift = None
         except Exception as exc:  # noqa: BLE001  any failure (drift, an unreadable fingerprint, the endpoint down) is reported, and the watch goes on
             line = str(exc) if isinstance(exc, CompatretError) else f"fingerprint check failed: {exc.__class__.__name__}: {exc}"

@@ -265,7 +265,7 @@ class Service:
     def source_of_serving(self) -> str:
         """What loads the serving model (an alias or a folder): Ray workers load it by this spec."""
         meta = self.meta
-        spec = meta.sources.get(meta.serving.id)
+        spec = meta.serving_source
         if spec is None:
             raise CompatretError(f"serving model {meta.serving.id!r} has no weights recorded here: nothing can embed rows")
         return spec

@@ -1,7 +1,35 @@
-"""compatret: retrieval with backward-compatible embeddings (upgrade the model, keep the index)."""
+"""compatret: retrieval with backward-compatible embeddings (upgrade the model, keep the index).
 
-from compatret.errors import CompatretError
-from compatret.versions import Compat, ModelVersion
+The names users import: `from compatret import Service`. The engine's names load on first use,
+so `import compatret` (and every command's start) stays cheap.
+"""
 
-__all__ = ["Compat", "CompatretError", "ModelVersion"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from compatret.core.errors import CompatretError
+from compatret.core.lineage import Compat, ModelVersion
+
+if TYPE_CHECKING:
+    from compatret.engine.results import NeedsAdapter, QueryResult
+    from compatret.engine.service import Service
+    from compatret.store.gallery import Gallery
+    from compatret.store.meta import GalleryMeta
+
+_LAZY = {
+    "Service": "compatret.engine.service",
+    "QueryResult": "compatret.engine.results",
+    "NeedsAdapter": "compatret.engine.results",
+    "Gallery": "compatret.store.gallery",
+    "GalleryMeta": "compatret.store.meta",
+}
+__all__ = ["Compat", "CompatretError", "Gallery", "GalleryMeta", "ModelVersion", "NeedsAdapter", "QueryResult", "Service"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'compatret' has no attribute {name!r}")

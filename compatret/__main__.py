@@ -1,5 +1,5 @@
 """`python -m compatret` runs the CLI (what the `compatret` script does)."""
 
-from compatret.cli import main
+from compatret.cli.main import main
 
 main()

@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("LANCEDB_LOG", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from compatret.config import data_dir  # noqa: E402
+from compatret.core.config import data_dir
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +46,8 @@ def digit_models(tmp_path_factory) -> dict:
     """Two real, tiny image models on the bundled digits: v1 and a BCT-compatible v2 (seconds)."""
     from compatret.data.images import load_digits_splits
     from compatret.encoders.image import ImageModelSpec
-    from compatret.train.image_methods import MethodSpec, fit_image_version
-    from compatret.train.image_trainer import TrainConfig
+    from compatret.train.image.methods import MethodSpec, fit_image_version
+    from compatret.train.image.trainer import TrainConfig
 
     root = tmp_path_factory.mktemp("digit_models")
     train, test = load_digits_splits()

@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from compatret.adapt.fit import RIDGE_GRID, fit_one
 from compatret.adapt.sample import CALL_SECONDS
 from compatret.adapt.select import Option, Probe, cross_fitted_scores, estimate, options, served_scores, stay_scores
-from compatret.cli import main
-from compatret.errors import CompatretError
-from compatret.index.service import Service
-from compatret.versions import LearnedMap, normalize
+from compatret.cli.main import main
+from compatret.core.errors import CompatretError
+from compatret.engine.service import Service
+from compatret.core.transforms import LearnedMap, normalize
 
 
 def synthetic(kind: str, n: int = 3000, d_in: int = 24, d_out: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -370,7 +370,7 @@ def test_backfill_order_auto_puts_crowded_rows_first_behind_a_map(tmp_path):
     once the serving model reads them through a fitted map (a random order dipped there)."""
     from compatret import Compat, ModelVersion
     from compatret.adapt.fit import fit_affine
-    from compatret.index.backfill import plan_order
+    from compatret.engine.backfill import plan_order
 
     rng = np.random.default_rng(0)
     x = normalize(rng.normal(size=(300, 8)))

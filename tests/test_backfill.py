@@ -13,10 +13,11 @@ import pytest
 
 from compatret import CompatretError
 from compatret.encoders import load_encoder
-from compatret.index.backfill import backfill, pending_rows, plan_order
-from compatret.index.gallery import Gallery
-from compatret.index.history import grouped, history, rollback
-from compatret.index.service import Service
+from compatret.engine.backfill import backfill, plan_order
+from compatret.store.pending import pending_rows
+from compatret.store.gallery import Gallery
+from compatret.store.history import grouped, history, rollback
+from compatret.engine.service import Service
 
 
 def upgraded_gallery(tmp_path, digit_models, n: int = 200) -> Service:
@@ -55,7 +56,7 @@ def test_random_order_shuffles_blocks_of_table_rows(tmp_path, digit_models):
     """A backfill batch is a run of consecutive table rows (one fragment, so one commit touches
     one fragment), and the batches are shuffled, the same way on every run."""
     s = upgraded_gallery(tmp_path, digit_models)
-    ids = pending_rows(s).ids
+    ids = pending_rows(s.gallery).ids
     assert ids == [it["id"] for it in digit_models["items"][:200]]  # table order
     queue = plan_order(s, ids, "random", block=16)
     assert sorted(queue) == sorted(ids) and queue == plan_order(s, ids, "random", block=16)
@@ -91,24 +92,24 @@ def test_rollback_restores_serving_model_and_vectors(tmp_path, digit_models):
     backfill(s, progress=False, batch_size=16)
     assert Service.open(tmp_path / "g").rows_by_version() == {"v2": 64}
     backfilled = Service.open(tmp_path / "g").gallery.version
-    rollback(Service.open(tmp_path / "g"), point)
+    rollback(Service.open(tmp_path / "g").gallery, point)
     after = Service.open(tmp_path / "g")
     assert after.meta.serving.id == "v1" and after.rows_by_version() == {"v1": 64}
     rows = snapshot(tmp_path / "g")
     for i, (v, vec) in before.items():
         assert rows[i][0] == v and np.allclose(rows[i][1], vec)
-    changes = [h["change"] for h in history(after)]
+    changes = [h["change"] for h in history(after.gallery)]
     assert "upgrade from v1 to v2" in changes and changes[-2:] == ["earlier version restored", f"rollback to version {point}"]
     batches = changes.count("vectors rewritten")
     assert batches == 4  # 64 rows in batches of 16
-    summary = [h for h in grouped(history(after)) if h["change"].startswith("backfill")]
+    summary = [h for h in grouped(history(after.gallery)) if h["change"].startswith("backfill")]
     assert len(summary) == 1 and summary[0]["batches"] == batches and summary[0]["change"] == f"backfill to v2: {batches} batches"
     with pytest.raises(CompatretError, match="no version"):
-        rollback(after, 10_000)
-    rollback(after, backfilled)  # undo the rollback: the restored state has more models and events than the one before it
+        rollback(after.gallery, 10_000)
+    rollback(after.gallery, backfilled)  # undo the rollback: the restored state has more models and events than the one before it
     undone = Service.open(tmp_path / "g")
     assert undone.rows_by_version() == {"v2": 64} and undone.meta.serving.id == "v2"
-    assert [h["change"] for h in grouped(history(undone))][-2:] == [f"rollback to version {point}", f"rollback to version {backfilled}"]
+    assert [h["change"] for h in grouped(history(undone.gallery))][-2:] == [f"rollback to version {point}", f"rollback to version {backfilled}"]
 
 
 @pytest.mark.parametrize("changes, expected", [
@@ -140,26 +141,26 @@ def test_history_cache_follows_the_table(tmp_path, digit_models, monkeypatch):
     import json
     import shutil
 
-    from compatret.index.history import HistoryCache, prune
+    from compatret.store.history import HistoryCache, prune
 
     cache = HistoryCache(tmp_path / "g").file
 
     def fresh() -> list[dict]:
         kept = cache.read_bytes() if cache.exists() else None
         cache.unlink(missing_ok=True)
-        out = history(Service.open(tmp_path / "g"))
+        out = history(Service.open(tmp_path / "g").gallery)
         if kept is not None:
             cache.write_bytes(kept)
         return out
 
     s = upgraded_gallery(tmp_path, digit_models, n=64)
-    first = history(s)
+    first = history(s.gallery)
     size = cache.stat().st_size
-    assert history(s) == first == fresh() and cache.stat().st_size == size
+    assert history(s.gallery) == first == fresh() and cache.stat().st_size == size
     monkeypatch.setenv("TZ", "Asia/Tokyo")  # lancedb's commit times are local: an operator's shell elsewhere
     time.tzset()
     try:
-        assert history(s) == first and cache.stat().st_size == size
+        assert history(s.gallery) == first and cache.stat().st_size == size
     finally:
         monkeypatch.undo()  # TZ as it was (set or not), then the process's zone from it
         time.tzset()
@@ -167,23 +168,23 @@ def test_history_cache_follows_the_table(tmp_path, digit_models, monkeypatch):
     with cache.open("a") as f:
         f.write('{"version": 3, "time"')  # a reader killed mid-line
     s = Service.open(tmp_path / "g")
-    after_torn = history(s)
+    after_torn = history(s.gallery)
     size = cache.stat().st_size  # the torn line costs itself only: every entry appended after it is kept
-    assert history(s) == after_torn == fresh() and cache.stat().st_size == size
+    assert history(s.gallery) == after_torn == fresh() and cache.stat().st_size == size
     assert [h["change"] for h in after_torn].count("vectors rewritten") == 4
-    prune(s, dt.timedelta(0))
-    kept = history(Service.open(tmp_path / "g"))
+    prune(s.gallery, dt.timedelta(0))
+    kept = history(Service.open(tmp_path / "g").gallery)
     assert kept == fresh() and kept[0]["change"] == "oldest kept version" and len(kept) < len(first) + 4
     line = next(json.loads(x) for x in cache.read_text().splitlines() if json.loads(x)["version"] == kept[0]["version"])
     with cache.open("a") as f:  # what a reader that listed the versions before the prune's cleanup wrote
         f.write(json.dumps({**line, "after": line["version"] - 1, "change": "table maintenance"}) + "\n")
-    assert history(Service.open(tmp_path / "g")) == kept
+    assert history(Service.open(tmp_path / "g").gallery) == kept
     for p in (tmp_path / "g").iterdir():  # the table goes; the cache file stays behind
         if p != cache:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     s = Service.create(tmp_path / "g", model=digit_models["v2"])
     s.add_items(digit_models["items"][:8], progress=False)
-    again = history(s)
+    again = history(s.gallery)
     assert again == fresh() and {h["serving"] for h in again} == {"v2"}
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from compatret.index.backfill_job import JOB_LOCK, PROBE_WAIT_S, BackfillJob
+from compatret.server.jobs import JOB_LOCK, PROBE_WAIT_S, BackfillJob
 
 HOLDER = """
 import sys, time

@@ -13,9 +13,10 @@ import pytest
 from test_backfill import _backfill_cmd, snapshot, upgraded_gallery
 
 from compatret import CompatretError
-from compatret.index.backfill import backfill, pending_rows
-from compatret.index.history import rollback
-from compatret.index.service import Service
+from compatret.engine.backfill import backfill
+from compatret.store.pending import pending_rows
+from compatret.store.history import rollback
+from compatret.engine.service import Service
 
 
 def rollback_before_batch(path, to: int, batch: int) -> Callable[[], bool]:
@@ -27,7 +28,7 @@ def rollback_before_batch(path, to: int, batch: int) -> Callable[[], bool]:
         nonlocal calls
         calls += 1
         if calls == batch:
-            rollback(Service.open(path), to)
+            rollback(Service.open(path).gallery, to)
         return False
 
     return hook
@@ -43,7 +44,7 @@ def test_rollback_to_after_the_upgrade_keeps_the_report_true(tmp_path, digit_mod
     report = backfill(s, limit=limit, batch_size=16, progress=False, should_stop=rollback_before_batch(tmp_path / "g", upgraded, 4))
     after = Service.open(tmp_path / "g")
     assert after.meta.serving.id == "v2"
-    assert report.remaining == len(pending_rows(after).ids) == remaining
+    assert report.remaining == len(pending_rows(after.gallery).ids) == remaining
     assert (report.done, report.stopped) == (done, False)
     assert after.rows_by_version() == ({"v2": 96} if remaining == 0 else {"v1": remaining, "v2": 96 - remaining})
 
@@ -78,7 +79,7 @@ def test_cli_backfill_exits_2_when_a_concurrent_rollback_changes_the_serving_mod
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and "v2" not in Service.open(tmp_path / "g").rows_by_version():
         time.sleep(0.05)
-    rollback(Service.open(tmp_path / "g"), point)
+    rollback(Service.open(tmp_path / "g").gallery, point)
     assert proc.poll() is None, "the backfill finished before the rollback could land"
     out, err = proc.communicate(timeout=120)
     lines = err.decode().strip().splitlines()

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from compatret import Compat, ModelVersion
-from compatret.cli import main
-from compatret.versions import normalize
+from compatret.cli.main import main
+from compatret.core.transforms import normalize
 
 
 @pytest.fixture()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compatret.index.service import Service
+from compatret.engine.service import Service
 from served import serving
 
 pytestmark = pytest.mark.browser

@@ -8,8 +8,8 @@ import torch
 
 from compatret.encoders import load_encoder, load_version
 from compatret.encoders.image import ImageEmbedder, ImageModelSpec, load_image_model, save_image_model
-from compatret.errors import CompatretError
-from compatret.versions import ModelVersion
+from compatret.core.errors import CompatretError
+from compatret.core.lineage import ModelVersion
 
 
 def mean_rank_of_relevant(enc, subset) -> float:

@@ -11,15 +11,16 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from compatret.cli import main
+from compatret.cli.main import main
 from compatret.data.images import load_digits_splits
 from compatret.encoders import load_encoder
 from compatret.encoders.image import ImageModelSpec
 from compatret.evaluation.compat_matrix import CompatMatrix
 from compatret.evaluation.compat_metrics import retrieval_scores
-from compatret.train.image_methods import MethodSpec, fit_image_version
-from compatret.train.image_trainer import TrainConfig
-from compatret.versions import ModelVersion, normalize
+from compatret.train.image.methods import MethodSpec, fit_image_version
+from compatret.train.image.trainer import TrainConfig
+from compatret.core.lineage import ModelVersion
+from compatret.core.transforms import normalize
 
 SPEC = ImageModelSpec(width=0.125, in_channels=1, image_size=8, embed_dim=16, mean=(0.3,), std=(0.4,))
 CFG = TrainConfig(epochs=4, batch_size=32, lr=0.05, crop_padding=1, flip=False, progress=False)

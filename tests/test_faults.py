@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
-from compatret.index.gallery import Gallery
-from compatret.index.service import Service
-from compatret.index.verify import verify
+from compatret.store.gallery import Gallery
+from compatret.engine.service import Service
+from compatret.search.verify import verify
 from served import serving
 
 DIM = 32

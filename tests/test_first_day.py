@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from compatret.cli import main
-from compatret.errors import CompatretError
+from compatret.cli.main import main
+from compatret.core.errors import CompatretError
 from compatret.evaluation.regression import Interval, verdict
-from compatret.index.gallery import Gallery
-from compatret.index.service import Service
-from compatret.versions import VERSION_FILE
+from compatret.store.gallery import Gallery
+from compatret.engine.service import Service
+from compatret.core.lineage import VERSION_FILE
 
 
 def cli(*args: object):

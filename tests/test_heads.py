@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compatret.heads.basis_transform import BasisTransform
-from compatret.heads.orthogonal import OrthogonalProjection
-from compatret.heads.simplex import SimplexClassifier, simplex_vertices
+from compatret.models.heads.basis_transform import BasisTransform
+from compatret.models.heads.orthogonal import OrthogonalProjection
+from compatret.models.heads.simplex import SimplexClassifier, simplex_vertices
 
 
 @pytest.mark.parametrize("k", [2, 3, 10, 100])

@@ -21,9 +21,10 @@ import httpx
 import numpy as np
 import pytest
 
-from compatret.index.gallery import Gallery
-from compatret.index.service import Service
-from compatret.versions import Compat, LearnedMap, ModelVersion, normalize
+from compatret.store.gallery import Gallery
+from compatret.engine.service import Service
+from compatret.core.lineage import Compat, ModelVersion
+from compatret.core.transforms import LearnedMap, normalize
 from served import free_port, serving
 
 ROWS = 20

@@ -11,13 +11,14 @@ import torch
 from compatret.data.images import ImageSplit, load_digits_splits
 from compatret.encoders import load_encoder
 from compatret.encoders.image import ImageModelSpec, load_image_model, to_batch
-from compatret.errors import CompatretError
-from compatret.heads.basis_transform import BasisTransform
-from compatret.heads.orthogonal import OrthogonalProjection
-from compatret.index.service import Service
-from compatret.train.image_methods import MethodSpec, fit_image_version
-from compatret.train.image_trainer import TrainConfig
-from compatret.versions import ModelVersion, normalize
+from compatret.core.errors import CompatretError
+from compatret.models.heads.basis_transform import BasisTransform
+from compatret.models.heads.orthogonal import OrthogonalProjection
+from compatret.engine.service import Service
+from compatret.train.image.methods import MethodSpec, fit_image_version
+from compatret.train.image.trainer import TrainConfig
+from compatret.core.lineage import ModelVersion
+from compatret.core.transforms import normalize
 
 SPEC = ImageModelSpec(width=0.125, in_channels=1, image_size=8, embed_dim=16, mean=(0.3,), std=(0.4,))
 CFG = TrainConfig(epochs=2, batch_size=32, lr=0.05, crop_padding=1, flip=False, progress=False)

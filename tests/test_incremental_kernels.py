@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from compatret import Compat, ModelVersion
-from compatret.index.gallery import Gallery
-from compatret.index.history import rollback
-from compatret.index.search_index import CACHE_DIR, FragmentCache
-from compatret.index.service import Service
-from compatret.versions import normalize
+from compatret.store.gallery import Gallery
+from compatret.store.history import rollback
+from compatret.search.fragments import CACHE_DIR
+from compatret.search.fragments import FragmentCache
+from compatret.engine.service import Service
+from compatret.core.transforms import normalize
 
 
 def vectors(n: int, d: int, seed: int) -> np.ndarray:
@@ -58,7 +59,7 @@ def test_kernels_follow_add_delete_upgrade_backfill(tmp_path, ann):
     if ann != "hnsw":  # faiss HNSW cannot remove: it is rebuilt instead
         assert s.index.kernel("v1", "auto", ann) is kernel
     assert s.index.kernel("v1", "auto", ann).ntotal == 2500
-    rollback(s, before_delete)  # the deleted rows come back, and the same kernels find them again
+    rollback(s.gallery, before_delete)  # the deleted rows come back, and the same kernels find them again
     assert found_by_own_vector(s, ids[:100], x[:100]) >= all_found and s.index.kernel("v1", "auto", ann).ntotal == 2600
     s.delete(ids[:100])
 

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from compatret import CompatretError
-from compatret.index.gallery import Gallery
-from compatret.index.service import Service
+from compatret.store.gallery import Gallery
+from compatret.engine.service import Service
 
 ENV = {**os.environ, "LANCEDB_LOG": "error"}
 
@@ -75,7 +75,7 @@ def test_add_progress_moves_per_encoded_slice_not_per_commit(digit_models):
     from tqdm import tqdm
 
     from compatret.encoders import load_encoder
-    from compatret.index.service import embed_with_progress
+    from compatret.engine.ingest import embed_with_progress
 
     encoder = load_encoder(digit_models["v1"])
     images = [it["image"] for it in digit_models["items"][:70]]

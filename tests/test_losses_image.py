@@ -7,12 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from compatret.evaluation.compat_metrics import retrieval_scores
-from compatret.heads.basis_transform import BasisTransform
-from compatret.heads.orthogonal import OrthogonalProjection
-from compatret.losses.bct import influence_weights
-from compatret.losses.bt2 import BT2Loss
-from compatret.losses.hoc import DSimplexLoss, HOCLoss
-from compatret.losses.oca import OCALoss, class_means
+from compatret.models.heads.basis_transform import BasisTransform
+from compatret.models.heads.orthogonal import OrthogonalProjection
+from compatret.models.losses.bct import influence_weights
+from compatret.models.losses.bt2 import BT2Loss
+from compatret.models.losses.hoc import DSimplexLoss, HOCLoss
+from compatret.models.losses.oca import OCALoss, class_means
 
 IN_DIM, OLD_DIM, EXTRA_DIM, NUM_CLASSES, OLD_CLASSES = 8, 4, 2, 8, 6
 

@@ -18,7 +18,8 @@ ROW = re.compile(r"^(\S.*?)\s{2,}(\S+)\s{2,}(\S+)\s+(\d+\.\d)$")
 def readme_table() -> dict[str, tuple[str, str, float]]:
     """The quickstart's table as the README shows it: pair -> (query model, gallery vectors, top-1)."""
     text = README.read_text()
-    section = text[text.index("## Quickstart"):text.index("## Using it on your own data")]
+    section = text[text.index("## Quickstart"):]
+    section = section[:section.index("\n## ")]  # up to the next section
     block = section[section.index("```\npair"):].split("```")[1]  # the printed output
     rows = [ROW.match(line) for line in block.splitlines()[1:]]
     return {m.group(1): (m.group(2), m.group(3), float(m.group(4))) for m in rows if m}

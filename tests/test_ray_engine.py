@@ -16,14 +16,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from compatret.errors import CompatretError
-from compatret.index.backfill import backfill
-from compatret.index.gallery import Gallery
-from compatret.index.service import Service
+from compatret.core.errors import CompatretError
+from compatret.engine.backfill import backfill
+from compatret.engine.service import Service
+from compatret.store.gallery import Gallery
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 
-from compatret.index.ray_engine import RayOptions, connect, ingest_items  # noqa: E402
+from compatret.engine.ingest import vectors_to_add
+from compatret.engine.ray_cluster import RayOptions, connect
+from compatret.engine.ray_ingest import ingest_items
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +181,8 @@ def test_a_killed_driver_resumes(tmp_path, digit_models, cluster):
 def test_vectors_on_ray_match_the_local_engine_and_resume(tmp_path, cluster, monkeypatch):
     """`add --vectors --engine ray`: the rows the local engine stores; a rerun after a partial run
     (steps committed, the rest not) adds only the rest; another vector under a stored id is refused."""
-    import compatret.index.ray_engine as engine
-    from compatret.index.ray_engine import ingest_vectors
+    import compatret.engine.ray_ingest as engine
+    from compatret.engine.ray_ingest import ingest_vectors
 
     monkeypatch.setattr(engine, "VECTOR_BLOCK_ROWS", 250)  # several blocks and steps on a small gallery
     x = np.random.default_rng(0).normal(size=(1200, 16)).astype(np.float32)
@@ -191,7 +193,7 @@ def test_vectors_on_ray_match_the_local_engine_and_resume(tmp_path, cluster, mon
     remote = Service.create(tmp_path / "ray", dim=16, version_id="v1")
     remote.add_vectors(x[:500], ids=ids[:500], batch_size=250)  # what a killed driver had committed
     with remote.gallery.writing("checks"):
-        version, id_arr, stored = remote.vectors_to_add(x, ids, None)
+        version, id_arr, stored = vectors_to_add(remote.gallery, x, ids, None)
     assert stored.sum() == 500 and stored[:500].all()
     added = ingest_vectors(remote.gallery, x, id_arr, stored, version.id, RayOptions(workers=2), progress=False)
     assert added == 700
@@ -202,7 +204,7 @@ def test_vectors_on_ray_match_the_local_engine_and_resume(tmp_path, cluster, mon
     other = x[:3].copy()
     other[1] += 1.0
     with remote.gallery.writing("checks"), pytest.raises(Exception, match="other content, e.g. 'v1'"):
-        remote.vectors_to_add(other, ids[:3], None)
+        vectors_to_add(remote.gallery, other, ids[:3], None)
     assert Gallery.open(tmp_path / "ray").latest_version() == before
 
 

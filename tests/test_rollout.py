@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from compatret.encoders import load_encoder
-from compatret.index.backfill import backfill
-from compatret.index.service import Service
-from compatret.versions import normalize
+from compatret.engine.backfill import backfill
+from compatret.engine.service import Service
+from compatret.core.transforms import normalize
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,8 @@ def bt2_model(digit_models, tmp_path_factory) -> str:
     """v2: BT² over v1 (16 dims) with 8 extra dims: prefix(16) rule."""
     from compatret.data.images import load_digits_splits
     from compatret.encoders.image import ImageModelSpec
-    from compatret.train.image_methods import MethodSpec, fit_image_version
-    from compatret.train.image_trainer import TrainConfig
+    from compatret.train.image.methods import MethodSpec, fit_image_version
+    from compatret.train.image.trainer import TrainConfig
 
     root = tmp_path_factory.mktemp("bt2")
     train, _ = load_digits_splits()

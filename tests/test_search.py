@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compatret.index.search import backend_name, make_kernel
-from compatret.versions import normalize
+from compatret.search.kernels import backend_name, make_kernel
+from compatret.core.transforms import normalize
 
 
 def agree(ref: tuple[np.ndarray, np.ndarray], got: tuple[np.ndarray, np.ndarray], atol: float = 1e-4) -> None:
@@ -44,8 +44,8 @@ def test_k_larger_than_gallery_and_empty():
 
 
 def test_auto_kernel_follows_the_hardware():
-    from compatret.device import torch_cuda
-    from compatret.index.search import faiss_gpus
+    from compatret.core.device import torch_cuda
+    from compatret.search.kernels import faiss_gpus
 
     expected = "faiss-gpu" if faiss_gpus() else "torch-cuda" if torch_cuda() else "faiss-cpu"
     assert backend_name("auto") == expected
@@ -70,7 +70,7 @@ def test_approximate_kernels_recall_against_exact(kind):
 def test_ivfpq_candidates_are_rescored_on_the_stored_vectors():
     """The codes only choose candidates: returned scores are exact inner products, and recall
     after the re-rank is that of IVF (without it, quantised scores reorder near neighbours)."""
-    from compatret.index.search import candidates_for, rerank
+    from compatret.search.kernels import candidates_for, rerank
 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(50, 64))
@@ -89,7 +89,7 @@ def test_ivfpq_candidates_are_rescored_on_the_stored_vectors():
 
 
 def test_rerank_pads_missing_candidates_as_faiss_does():
-    from compatret.index.search import rerank
+    from compatret.search.kernels import rerank
 
     x = normalize(np.eye(3, dtype=np.float32))
     scores, labels = rerank(x[:1], np.array([[2, -1, 0]]), lambda labels: x[labels], 3)
@@ -97,7 +97,7 @@ def test_rerank_pads_missing_candidates_as_faiss_does():
 
 
 def test_ann_choice_by_size():
-    from compatret.index.search import resolve_ann
+    from compatret.search.kernels import resolve_ann
 
     assert resolve_ann("auto", 10_000) == "flat" and resolve_ann("auto", 5_000_000) == "ivf"
     assert resolve_ann("hnsw", 10) == "hnsw"

@@ -18,11 +18,12 @@ import pytest
 from click.testing import CliRunner
 
 from compatret import CompatretError
-from compatret.cli import main
+from compatret.cli.main import main
 from compatret.encoders import load_encoder
-from compatret.index.gallery import Gallery
-from compatret.index.service import Service
-from compatret.versions import VERSION_FILE, Compat, ModelVersion, resolve
+from compatret.store.gallery import Gallery
+from compatret.engine.service import Service
+from compatret.core.lineage import VERSION_FILE, Compat, ModelVersion
+from compatret.core.contract import resolve
 from served import serving
 
 WRITE_KEY = "write-key-0123456789abcdef"
@@ -247,3 +248,25 @@ def test_cli_refuses_nan_and_zero_query_vectors(tmp_path, digit_models):
         np.save(tmp_path / f"{name}.npy", q)
         line = one_error_line(runner.invoke(main, ["query", str(g), "--vectors", str(tmp_path / f"{name}.npy")]))
         assert ("NaN" in line) if name == "nan" else ("all zeros" in line)
+
+
+def test_a_server_with_only_a_read_key_refuses_keyless_writes(tmp_path, digit_models):
+    """Keys configured at all means every route needs one: a guard that looked at the write
+    keys alone would let a keyless write through here."""
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    s.add_items(digit_models["items"][:10], progress=False)
+    before = Gallery.open(tmp_path / "g").latest_version()
+    env = {k: v for k, v in os.environ.items() if k not in ("COMPATRET_API_KEY", "COMPATRET_READ_API_KEY")}
+    with serving(str(tmp_path / "g"), "--refresh-seconds", "0.05", env={**env, "COMPATRET_READ_API_KEY": READ_KEY}) as url:
+        def ask(key: str | None) -> httpx.Client:
+            return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=30)
+
+        assert ask(None).post("/items/delete", json={"ids": ["d0"]}).status_code == 401
+        assert ask(None).post("/items", json={"items": [{"id": "x", "text": "t"}]}).status_code == 401
+        assert ask(None).post("/no-such-route", json={}).status_code == 401  # unknown routes need a key too
+        assert ask(READ_KEY).post("/items/delete", json={"ids": ["d0"]}).status_code == 403
+        assert ask(None).post("/query", json={"vectors": [[1.0] * 16]}).status_code == 401
+        assert ask(READ_KEY).post("/query", json={"vectors": [[1.0] * 16], "k": 3}).status_code == 200
+        assert ask(READ_KEY).get("/gallery/").status_code in (200, 307)  # a trailing slash reaches the same read route
+        assert ask(None).get("/health").status_code == 200
+    assert Gallery.open(tmp_path / "g").latest_version() == before

@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from compatret.index.service import Service
+from compatret.engine.service import Service
 from served import serving
 
 

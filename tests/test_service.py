@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from compatret import Compat, CompatretError, ModelVersion
-from compatret.index.gallery import Gallery
-from compatret.index.search_index import CACHE_DIR
-from compatret.index.service import Service
-from compatret.versions import normalize
+from compatret.store.gallery import Gallery
+from compatret.search.fragments import CACHE_DIR
+from compatret.engine.service import Service
+from compatret.core.transforms import normalize
 
 
 def vectors(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from text_env import text_env  # noqa: F401
 
-from compatret.commands.retrieval_eval import retrieval
-from compatret.commands.retriever import retriever
-from compatret.config import dataset
+from compatret.cli.retrieval_eval import retrieval
+from compatret.cli.retriever import retriever
+from compatret.core.config import dataset
 from compatret.train.text.config import config_from
 
 
@@ -27,7 +27,7 @@ def test_eval_retrieval_json(text_env):  # noqa: F811
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["query_model"] == out["gallery_model"] == "minilm-l6" and 0 < out["ndcg_at_10"] <= 1
-    from compatret.index.gallery import Gallery
+    from compatret.store.gallery import Gallery
 
     assert out["gallery_rows"] == {"minilm-l6": Gallery.open(text_env.gallery).count()}  # the rows' models, as they are now
 

@@ -8,8 +8,9 @@ import pytest
 from text_env import text_env  # noqa: F401
 
 from compatret.data.beir import load_beir
-from compatret.errors import CompatretError
-from compatret.evaluation.retrieval import evaluate_pair, score_run
+from compatret.core.errors import CompatretError
+from compatret.engine.runs import evaluate_pair
+from compatret.evaluation.retrieval import score_run
 
 
 def test_metrics_match_hand_computed_run():

@@ -7,9 +7,9 @@ import pytest
 import torch
 from text_env import text_env  # noqa: F401
 
-from compatret.index.service import Service
-from compatret.losses.ranking import AdoreLoss, StarLoss, delta_ndcg
-from compatret.losses.retrieval_compat import CompatRetrievalLoss
+from compatret.engine.service import Service
+from compatret.models.losses.ranking import AdoreLoss, StarLoss, delta_ndcg
+from compatret.models.losses.retrieval_compat import CompatRetrievalLoss
 from compatret.train.text.heads import ExtensionHead
 from compatret.train.text.setup import gallery_vectors
 from compatret.train.text.mining import dynamic_candidates, gallery_kernel, static_hard_negatives

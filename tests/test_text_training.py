@@ -10,11 +10,12 @@ from text_env import text_env  # noqa: F401
 
 from compatret.encoders import load_encoder
 from compatret.encoders.two_tower import TwoTowerEncoder
-from compatret.errors import CompatretError
-from compatret.index.service import Service
+from compatret.core.errors import CompatretError
+from compatret.engine.service import Service
 from compatret.train.text.config import RetrieverConfig
 from compatret.train.text.trainer import CHECKPOINT, LOG_FILE, train_retriever
-from compatret.versions import ModelVersion, normalize
+from compatret.core.lineage import ModelVersion
+from compatret.core.transforms import normalize
 
 FAST = dict(batch_size=4, max_seq_length=32, depth=20, lr=5e-4, checkpoint_every=1)
 

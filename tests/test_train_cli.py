@@ -9,12 +9,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from compatret.cli import main
-from compatret.errors import CompatretError
-from compatret.train import image_trainer
-from compatret.train.parallel import train_recipes
-from compatret.train.recipe import CHECKPOINT_DIR, RECIPE_RECORD, load_recipe, parse_recipe
-from compatret.versions import ModelVersion
+from compatret.cli.main import main
+from compatret.core.errors import CompatretError
+from compatret.train.image import trainer as image_trainer
+from compatret.train.image.parallel import train_recipes
+from compatret.train.image.recipe import CHECKPOINT_DIR, RECIPE_RECORD, load_recipe, parse_recipe
+from compatret.core.lineage import ModelVersion
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = """

@@ -7,9 +7,9 @@ import torch
 
 from compatret.data.images import load_digits_splits
 from compatret.encoders.image import ImageEmbedder, ImageModelSpec, to_batch
-from compatret.heads.cosine import CosineClassifier
-from compatret.losses.bct import BCTLoss, influence_weights
-from compatret.train.image_trainer import TrainConfig, train_image_model
+from compatret.models.heads.cosine import CosineClassifier
+from compatret.models.losses.bct import BCTLoss, influence_weights
+from compatret.train.image.trainer import TrainConfig, train_image_model
 
 SPEC = ImageModelSpec(width=0.125, in_channels=1, image_size=8, embed_dim=16, mean=(0.3,), std=(0.4,))
 

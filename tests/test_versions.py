@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from compatret import Compat, CompatretError, ModelVersion
-from compatret.versions import apply_plan, resolve
+from compatret.core.contract import apply_plan, resolve
 
 
 def chain() -> tuple[ModelVersion, ModelVersion, ModelVersion]:

@@ -13,15 +13,18 @@ import numpy as np
 import pytest
 
 from compatret import CompatretError
-from compatret.index.backfill import backfill, pending_counts, pending_rows
-from compatret.index.gallery import Gallery
-from compatret.index.history import grouped, history, rollback
-from compatret.index.sealed import DIGEST_FILE, digest
-from compatret.index.search_index import CACHE_DIR
-from compatret.index.service import Service
-from compatret.index.verify import verify
-from compatret.index.writer_lock import retry_commit, writer_lock
-from compatret.versions import VERSION_FILE, normalize
+from compatret.engine.backfill import backfill
+from compatret.store.pending import pending_counts, pending_rows
+from compatret.store.gallery import Gallery
+from compatret.store.history import grouped, history, rollback
+from compatret.store.sealed import DIGEST_FILE, digest
+from compatret.search.fragments import CACHE_DIR
+from compatret.engine.overview import info
+from compatret.engine.service import Service
+from compatret.search.verify import verify
+from compatret.store.writer_lock import retry_commit, writer_lock
+from compatret.core.lineage import VERSION_FILE
+from compatret.core.transforms import normalize
 
 ENV = {**os.environ, "LANCEDB_LOG": "error"}
 
@@ -118,7 +121,7 @@ def test_commit_conflicts_are_retried_then_one_line():
 def test_meta_at_reads_the_asked_version(tmp_path):
     """Failure 4: meta_at(v) returned the current metadata whatever v was."""
     from compatret import ModelVersion
-    from compatret.versions import Compat
+    from compatret.core.lineage import Compat
 
     v1, folders = ModelVersion("v1", 8), {}
     for v in (v1, ModelVersion("v2", 8, parent=v1, compat=Compat.identity(), method="bct")):
@@ -148,13 +151,13 @@ def test_backfill_compaction_keeps_every_version(tmp_path, digit_models, monkeyp
     s = Service.open(tmp_path / "g")
     assert s.rows_by_version() == {"v2": 40}
     assert len(s.gallery.table.list_versions()) > versions + 10  # 10 batches + compactions, nothing forgotten
-    every = history(s)
+    every = history(s.gallery)
     assert "table maintenance" in {h["change"] for h in every}
     runs = [h for h in grouped(every) if h["change"].startswith("backfill")]  # its compactions folded into the one run
     assert [h["change"] for h in runs] == ["backfill to v2: 10 batches"] and runs[0]["to_version"] - runs[0]["version"] + 1 > 10
-    rollback(s, first)
+    rollback(s.gallery, first)
     assert Service.open(tmp_path / "g").rows_by_version() == {"v1": 40}
-    last = grouped(history(Service.open(tmp_path / "g")))[-1]  # the restore and its rollback event: one entry
+    last = grouped(history(Service.open(tmp_path / "g").gallery))[-1]  # the restore and its rollback event: one entry
     assert last["change"] == f"rollback to version {first}" and last["to_version"] == last["version"] + 1
 
 
@@ -165,17 +168,17 @@ def test_backfill_skips_rows_it_cannot_re_embed(tmp_path, digit_models):
     bare = vectors(3, d=s.meta.dim, seed=4)
     s.add_vectors(bare, ids=["bare0", "bare1", "bare2"])
     s.upgrade(digit_models["v2"])
-    assert len(pending_rows(s).ids) == 30 and pending_rows(s).unembeddable == ["bare0", "bare1", "bare2"]
-    assert pending_counts(s, s.rows_by_version()) == (30, 3)  # what GET /backfill reports, counted without the ids
+    assert len(pending_rows(s.gallery).ids) == 30 and pending_rows(s.gallery).unembeddable == ["bare0", "bare1", "bare2"]
+    assert pending_counts(s.gallery, s.rows_by_version()) == (30, 3)  # what GET /backfill reports, counted without the ids
     backfill(s, limit=8, batch_size=8, progress=False)
-    assert pending_counts(s, s.rows_by_version()) == (22, 3)
+    assert pending_counts(s.gallery, s.rows_by_version()) == (22, 3)
     report = backfill(s, batch_size=8, progress=False)
     assert (report.done, report.remaining, report.skipped) == (22, 0, 3)
     s = Service.open(tmp_path / "g")
     assert s.rows_by_version() == {"v1": 3, "v2": 30}
     ids, stored = s.gallery.rows_of("v1")
     np.testing.assert_allclose(stored[np.argsort(ids)], bare, atol=1e-6)  # untouched, not invented
-    assert s.info()["unembeddable"] == 3
+    assert info(s)["unembeddable"] == 3
     res = cli("index", "backfill", str(tmp_path / "g"))
     assert res.returncode == 0 and "skipped 3 rows with no text or image" in res.stdout
 
@@ -205,7 +208,7 @@ def test_server_backfill_thread_reports_unexpected_errors(tmp_path, digit_models
     """Failure 3, server side: an exception other than CompatretError left last_error null."""
     from fastapi.testclient import TestClient
 
-    from compatret.index.server import create_app
+    from compatret.server.app import create_app
 
     broken = tmp_path / "v2-broken"
     shutil.copytree(digit_models["v2"], broken)

@@ -43,7 +43,7 @@ def text_env(scifact_subset: dict, tmp_path_factory: pytest.TempPathFactory) -> 
     if (env.gallery / "gallery.lance").exists():
         return env
     from compatret.encoders import load_encoder
-    from compatret.index.service import Service
+    from compatret.engine.service import Service
 
     _write_beir(env.beir, scifact_subset)
     enc = load_encoder("minilm-l6")

@@ -20,23 +20,24 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from compatret.adapt.fit import KINDS, fit_one
 from compatret.adapt.sample import MAX_SAMPLE, MIN_PAIRS, Pairs, check_enough, gather, usable_rows
-from compatret.adapt.select import FOLDS, Estimate, Option, Probe, served_scores, estimate, options, stay_scores, training_pairs
+from compatret.adapt.select import FOLDS, Estimate, Option, Probe, estimate, options, served_scores, stay_scores, training_pairs
+from compatret.core.errors import CompatretError
+from compatret.core.lineage import VERSION_FILE, Compat, ModelVersion
+from compatret.core.transforms import LearnedMap
 from compatret.encoders.base import Encoder, write_encoder_config
 from compatret.encoders.folders import built_beside
-from compatret.encoders.registry import ALIASES, load_encoder, load_version
-from compatret.encoders.registry import check_endpoint
-from compatret.errors import CompatretError
-from compatret.index.gallery import Gallery
-from compatret.index.service import TRANSFORMS_DIR
-from compatret.versions import VERSION_FILE, Compat, LearnedMap, ModelVersion
+from compatret.encoders.registry import ALIASES, check_endpoint, load_encoder, load_version
+from compatret.engine.upgrade import TRANSFORMS_DIR
+from compatret.store.gallery import Gallery
 
 DIRECTIONS = ("gallery", "query", "auto")
 DEFAULT_BUDGET_S = 180.0  # reading, embedding, fitting and scoring; writing the folder comes after
@@ -113,8 +114,11 @@ def _records(gallery: Gallery, new_spec: str) -> tuple[ModelVersion, ModelVersio
     old, new = meta.serving, load_version(new_spec)
     bare = meta.modality == "vector"
     if gallery.count() == 0:
-        how = ("and was created for bare vectors (--dim): a map is fitted on stored texts or images, so create it with --model "
-               "and add items" if bare else f"add its items first (compatret index add {gallery.path} --items FILE)")
+        how = (
+            "and was created for bare vectors (--dim): a map is fitted on stored texts or images, so create it with --model and add items"
+            if bare
+            else f"add its items first (compatret index add {gallery.path} --items FILE)"
+        )
         raise CompatretError(f"the gallery {gallery.path} is empty: an adapter is fitted on the gallery's own rows; {how}")
     if bare:
         raise CompatretError("this gallery holds bare vectors, no payload (text or image) for a new model to embed: it cannot be adapted")
@@ -127,7 +131,7 @@ def _records(gallery: Gallery, new_spec: str) -> tuple[ModelVersion, ModelVersio
 
 def _old_encoder(gallery_dir: str | Path, modality: str) -> Encoder | None:
     """The serving model, to embed pseudo-queries as the gallery answers them today (None: image galleries)."""
-    from compatret.index.service import Service
+    from compatret.engine.service import Service
 
     return Service.open(gallery_dir).encoder() if modality == "text" else None
 
@@ -149,7 +153,9 @@ def _mlp_epochs(probe: Probe, option: Option, left: float) -> int:
 MLP_EPOCHS, MIN_MLP_EPOCHS = 30, 5
 
 
-def score_options(probe: Probe, opts: list[Option], deadline: float, log: Callable[[str], None] | None) -> tuple[list[Scored], dict[str, int]]:
+def score_options(
+    probe: Probe, opts: list[Option], deadline: float, log: Callable[[str], None] | None
+) -> tuple[list[Scored], dict[str, int]]:
     """Every option's cross-fitted scores, simplest first, while time is left (the MLP sized to it)."""
     scored: list[Scored] = []
     epochs: dict[str, int] = {}
@@ -166,15 +172,24 @@ def score_options(probe: Probe, opts: list[Option], deadline: float, log: Callab
             break
         t0 = time.perf_counter()
         n = epochs.get(opt.direction, MLP_EPOCHS)
-        scores = served_scores(probe, opt, lambda o, x, y: fit_one(o.kind, x, y, o.ridge, epochs=n))
+
+        def fit(o: Option, x: np.ndarray, y: np.ndarray, n: int = n) -> LearnedMap:
+            return fit_one(o.kind, x, y, o.ridge, epochs=n)
+
+        scores = served_scores(probe, opt, fit)
         scored.append(Scored(opt, scores, time.perf_counter() - t0))
         if log:
             log(f"{opt.label}: pseudo-query nDCG@10 as served {scored[-1].choosing:.3f} on the choosing half ({scored[-1].seconds:.1f} s)")
     return scored, epochs
 
 
-def fit_adapters(gallery_dir: str | Path, new_spec: str, settings: AdaptSettings = AdaptSettings(), progress: bool = True,
-                 log: Callable[[str], None] | None = None) -> Fitted:
+def fit_adapters(
+    gallery_dir: str | Path,
+    new_spec: str,
+    settings: AdaptSettings = AdaptSettings(),
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Fitted:
     """Sample and embed the pairs within the budget, score every option out of sample, fit the best
     on every pair and estimate it against staying."""
     settings.check()
@@ -186,10 +201,13 @@ def fit_adapters(gallery_dir: str | Path, new_spec: str, settings: AdaptSettings
         check_endpoint(spec, "fit an adapter with it")
     plans, usable, ids = usable_rows(gallery, old)
     if not ids:
-        raise CompatretError(f"no rows with a payload (text or image) in {old.id!r}'s space to fit on"
-                             " (rows under a prefix rule need a backfill first)")
+        raise CompatretError(
+            f"no rows with a payload (text or image) in {old.id!r}'s space to fit on (rows under a prefix rule need a backfill first)"
+        )
     if settings.sample is not None and settings.sample > len(ids):
-        raise CompatretError(f"--sample {settings.sample} is larger than the gallery's {len(ids)} rows with a payload in {old.id!r}'s space")
+        raise CompatretError(
+            f"--sample {settings.sample} is larger than the gallery's {len(ids)} rows with a payload in {old.id!r}'s space"
+        )
     if len(ids) < MIN_PAIRS:
         raise CompatretError(f"the gallery has {len(ids)} rows with a payload in {old.id!r}'s space: at least {MIN_PAIRS} are needed")
     wanted = min(len(ids), MAX_SAMPLE) if settings.sample is None else settings.sample
@@ -200,14 +218,23 @@ def fit_adapters(gallery_dir: str | Path, new_spec: str, settings: AdaptSettings
     folds = np.random.default_rng(settings.seed + 2).permutation(np.arange(len(pairs.ids)) % FOLDS)
     text = old_enc is not None and not np.isnan(pairs.q_old[:, 0]).all()
     # without text to ask with (image galleries), each row's own NEW vector asks for it: it ranks options, it cannot judge staying
-    probe = Probe(pairs.old, pairs.new, pairs.q_old if text else pairs.old, pairs.q_new if text else pairs.new,
-                  pairs.others, folds, len(pairs.ids) / len(ids))
+    probe = Probe(
+        pairs.old,
+        pairs.new,
+        pairs.q_old if text else pairs.old,
+        pairs.q_new if text else pairs.new,
+        pairs.others,
+        folds,
+        len(pairs.ids) / len(ids),
+    )
     directions = ("gallery", "query") if settings.direction == "auto" else (settings.direction,)
     opts = options(directions, KINDS if settings.kind == "auto" else (settings.kind,))
     if log:
-        log(f"{len(pairs.ids)} pairs ({embedded:.0f} s), {int(probe.queried.sum())} pseudo-queries ({pairs.query_source}), "
+        log(
+            f"{len(pairs.ids)} pairs ({embedded:.0f} s), {int(probe.queried.sum())} pseudo-queries ({pairs.query_source}), "
             f"{len(pairs.others)} more rows as distractors; {len(opts)} options, each scored on seen ({probe.paired_share:.0%} of rows) "
-            f"and unseen rows ({FOLDS}-fold cross-fitted)")
+            f"and unseen rows ({FOLDS}-fold cross-fitted)"
+        )
     scored, epochs = score_options(probe, opts, start + budget, log)
     if not scored:
         raise CompatretError(f"no map could be fitted within --budget {settings.budget} s: raise --budget (or choose --kind affine)")
@@ -216,7 +243,9 @@ def fit_adapters(gallery_dir: str | Path, new_spec: str, settings: AdaptSettings
     half = choosing_half(len(scored[0].scores))
     chosen = max(scored, key=lambda s: round(s.choosing, 4))  # max keeps the first of equals: the simpler
     opt = chosen.option
-    fitted = fit_one(opt.kind, *training_pairs(probe, np.arange(len(pairs.ids)), opt), opt.ridge, epochs=epochs.get(opt.direction, MLP_EPOCHS))
+    fitted = fit_one(
+        opt.kind, *training_pairs(probe, np.arange(len(pairs.ids)), opt), opt.ridge, epochs=epochs.get(opt.direction, MLP_EPOCHS)
+    )
     stay = stay_scores(probe) if text else None
     est = estimate(stay[~half], chosen.scores[~half], settings.seed) if stay is not None and (~half).sum() >= MIN_QUERIES else None
     return Fitted(old, new, pairs, probe, scored, chosen, fitted, stay, est, epochs, embedded, time.perf_counter() - start)
@@ -231,17 +260,28 @@ def refusal(f: Fitted) -> str | None:
     (the mean change on the pseudo-queries below 0), or no estimate at all; None when it may."""
     if f.estimate is None:
         asked = int(f.probe.queried.sum()) if f.stay is not None else 0
-        why = ("an image gallery has no text to make pseudo-queries from" if f.old.modality == "image" else
-               f"only {asked} pseudo-queries (titles or sentences of 5+ words) were made within the budget, {2 * MIN_QUERIES} are needed")
+        why = (
+            "an image gallery has no text to make pseudo-queries from"
+            if f.old.modality == "image"
+            else f"only {asked} pseudo-queries (titles or sentences of 5+ words) were made within the budget, {2 * MIN_QUERIES} are needed"
+        )
         return f"no estimate against staying ({why}): nothing written; --force writes the adapter unchecked"
     if f.estimate.change.mean < 0:
-        return (f"staying on {f.old.id!r} is estimated better than the {f.chosen.option.label} adapter to {f.new.id!r}: "
-                f"{f.estimate.line()}; nothing written (--force writes it anyway)")
+        return (
+            f"staying on {f.old.id!r} is estimated better than the {f.chosen.option.label} adapter to {f.new.id!r}: "
+            f"{f.estimate.line()}; nothing written (--force writes it anyway)"
+        )
     return None
 
 
-def adapt(gallery_dir: str | Path, new_spec: str, out_dir: str | Path, settings: AdaptSettings = AdaptSettings(), progress: bool = True,
-          log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def adapt(
+    gallery_dir: str | Path,
+    new_spec: str,
+    out_dir: str | Path,
+    settings: AdaptSettings = AdaptSettings(),
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Fit, choose, estimate and write the adapted model folder; returns the report `--json` prints.
     Refuses (writing nothing) when the estimate says staying is better, unless `force`."""
     out = Path(out_dir)
@@ -254,13 +294,31 @@ def adapt(gallery_dir: str | Path, new_spec: str, out_dir: str | Path, settings:
         raise AdapterRefused(why)
     version = write_model(out, new_spec, f, settings, gallery_dir)
     return {
-        "model": str(out), "model_id": version.id, "direction": f.chosen.option.direction, "kind": f.chosen.option.kind,
-        "ridge": f.chosen.option.ridge, "from": f.old.id, "to": f.new.id, "sample": len(f.pairs.ids),
-        "pseudo_queries": int((~np.isnan(f.pairs.q_old[:, 0])).sum()), "query_source": f.pairs.query_source,
-        "estimate": est.to_dict() if est else None, "forced": why is not None,
-        "options": [{"direction": s.option.direction, "kind": s.option.kind, "ridge": s.option.ridge, "pseudo_ndcg": s.choosing,
-                     "seconds": s.seconds} for s in f.scored],
-        "embed_seconds": f.embed_seconds, "seconds": f.seconds, "budget_seconds": settings.budget,
+        "model": str(out),
+        "model_id": version.id,
+        "direction": f.chosen.option.direction,
+        "kind": f.chosen.option.kind,
+        "ridge": f.chosen.option.ridge,
+        "from": f.old.id,
+        "to": f.new.id,
+        "sample": len(f.pairs.ids),
+        "pseudo_queries": int((~np.isnan(f.pairs.q_old[:, 0])).sum()),
+        "query_source": f.pairs.query_source,
+        "estimate": est.to_dict() if est else None,
+        "forced": why is not None,
+        "options": [
+            {
+                "direction": s.option.direction,
+                "kind": s.option.kind,
+                "ridge": s.option.ridge,
+                "pseudo_ndcg": s.choosing,
+                "seconds": s.seconds,
+            }
+            for s in f.scored
+        ],
+        "embed_seconds": f.embed_seconds,
+        "seconds": f.seconds,
+        "budget_seconds": settings.budget,
     }
 
 
@@ -283,7 +341,9 @@ def write_model(out: Path, new_spec: str, f: Fitted, settings: AdaptSettings, ga
                 write_encoder_config(tmp, "alias", model=new_spec)
             (tmp / TRANSFORMS_DIR).mkdir(exist_ok=True)
             fitted.save(tmp / TRANSFORMS_DIR / f"{vid}.npz")
-            version = ModelVersion(vid, new.dim, new.modality, parent=old, compat=Compat.transform(f"{TRANSFORMS_DIR}/{vid}.npz"), method=method)
+            version = ModelVersion(
+                vid, new.dim, new.modality, parent=old, compat=Compat.transform(f"{TRANSFORMS_DIR}/{vid}.npz"), method=method
+            )
         else:  # NEW (alias, or a copy in base/) followed by the head, under an identity rule
             vid = f"{new.id}-into-{old.id}-{tag}"
             if not alias:
@@ -292,9 +352,21 @@ def write_model(out: Path, new_spec: str, f: Fitted, settings: AdaptSettings, ga
             version = ModelVersion(vid, old.dim, new.modality, parent=old, compat=Compat.identity(), method=method)
             write_encoder_config(tmp, "adapted", base=new_spec if alias else "base", head="head.npz")
         version.save(tmp)
-        (tmp / ADAPTER_FILE).write_text(json.dumps({
-            "direction": direction, "kind": kind, "ridge": f.chosen.option.ridge, "from": old.id, "to": new.id, "sample": len(f.pairs.ids),
-            "gallery": str(Path(gallery_dir).resolve()) if gallery_dir else None, "forced": refusal(f) is not None,
-            "estimate": f.estimate.to_dict() if f.estimate else None, "estimate_line": f.estimate.line() if f.estimate else None}, indent=2))
+        (tmp / ADAPTER_FILE).write_text(
+            json.dumps(
+                {
+                    "direction": direction,
+                    "kind": kind,
+                    "ridge": f.chosen.option.ridge,
+                    "from": old.id,
+                    "to": new.id,
+                    "sample": len(f.pairs.ids),
+                    "gallery": str(Path(gallery_dir).resolve()) if gallery_dir else None,
+                    "forced": refusal(f) is not None,
+                    "estimate": f.estimate.to_dict() if f.estimate else None,
+                    "estimate_line": f.estimate.line() if f.estimate else None,
+                },
+                indent=2,
+            )
+        )
     return version
-

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compatret.versions import LearnedMap, normalize
+from compatret.core.transforms import LearnedMap, normalize
 
 KINDS = ("procrustes", "affine", "mlp")
 # relative to the rows. Never 0: embeddings are often rank-deficient (all-MiniLM-L6-v2's vectors
@@ -62,8 +62,9 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, start: LearnedMap, hidden: int = 512, 
             loss.backward()
             opt.step()
     with torch.no_grad():
-        return LearnedMap(weight.numpy().copy(), bias.numpy().copy(), up.weight.T.numpy().copy(),
-                          up.bias.numpy().copy(), down.weight.T.numpy().copy())
+        return LearnedMap(
+            weight.numpy().copy(), bias.numpy().copy(), up.weight.T.numpy().copy(), up.bias.numpy().copy(), down.weight.T.numpy().copy()
+        )
 
 
 def fit_one(kind: str, x: np.ndarray, y: np.ndarray, ridge: float = RIDGE_GRID[0], epochs: int = 30) -> LearnedMap:

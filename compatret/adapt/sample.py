@@ -20,10 +20,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from compatret.core.contract import CompatPlan, apply_plan, resolve
+from compatret.core.errors import CompatretError
+from compatret.core.lineage import ModelVersion
+from compatret.core.transforms import normalize
 from compatret.encoders.base import Encoder
-from compatret.errors import CompatretError
-from compatret.index.gallery import Gallery, id_filter, item_inputs, sql_quote
-from compatret.versions import CompatPlan, ModelVersion, apply_plan, normalize, resolve
+from compatret.store.gallery import Gallery
+from compatret.store.rows import id_filter, item_inputs, sql_quote
 
 MIN_PAIRS = 20
 MAX_SAMPLE = 20_000  # bounds the fit: the MLP trains on every pair
@@ -86,8 +89,9 @@ def usable_rows(gallery: Gallery, old: ModelVersion) -> tuple[dict[str, CompatPl
     return plans, usable, gallery.scan(["id"], where=f"({in_space}) AND {payload}").column("id").to_pylist()
 
 
-def read_rows(gallery: Gallery, picked: list[str], plans: dict[str, CompatPlan], usable: list[str],
-              payloads: bool = True) -> tuple[np.ndarray, list[Any]]:
+def read_rows(
+    gallery: Gallery, picked: list[str], plans: dict[str, CompatPlan], usable: list[str], payloads: bool = True
+) -> tuple[np.ndarray, list[Any]]:
     """The stored vectors of `picked`, brought into the serving space by their plans, and their payloads."""
     meta = gallery.meta
     column_of = {v: meta.column(meta.version(v)) for v in usable}
@@ -102,8 +106,18 @@ def read_rows(gallery: Gallery, picked: list[str], plans: dict[str, CompatPlan],
     return vec, (item_inputs(rows, picked, meta.modality) if payloads else [])
 
 
-def gather(gallery: Gallery, ids: list[str], plans: dict[str, CompatPlan], usable: list[str], wanted: int,
-           new_enc: Encoder, old_enc: Encoder | None, deadline: float, seed: int, progress: bool = True) -> Pairs:
+def gather(
+    gallery: Gallery,
+    ids: list[str],
+    plans: dict[str, CompatPlan],
+    usable: list[str],
+    wanted: int,
+    new_enc: Encoder,
+    old_enc: Encoder | None,
+    deadline: float,
+    seed: int,
+    progress: bool = True,
+) -> Pairs:
     """Embed rows in a seeded random order until `wanted` or `deadline` (time.perf_counter()),
     reading the clock before each step (a chunk of rows whose encoder calls take about
     CALL_SECONDS at the rate measured so far); the first rows (up to MAX_QUERIES, and in at most
@@ -111,7 +125,8 @@ def gather(gallery: Gallery, ids: list[str], plans: dict[str, CompatPlan], usabl
     order = np.random.default_rng(seed).permutation(len(ids))
     rng = np.random.default_rng(seed + 1)
     query_deadline = time.perf_counter() + (deadline - time.perf_counter()) / 2
-    olds, news, q_olds, q_news, sources = [], [], [], [], set()
+    olds, news, q_olds, q_news = [], [], [], []
+    sources: set[str] = set()
     done, chunk = 0, FIRST_CALL
     dim_old = gallery.meta.serving.dim
     with tqdm(total=wanted, desc=f"embedding rows with {new_enc.version.id}", unit="row", disable=not progress) as bar:
@@ -143,12 +158,23 @@ def gather(gallery: Gallery, ids: list[str], plans: dict[str, CompatPlan], usabl
     paired = [ids[i] for i in order[:done]]
     rest = [ids[i] for i in order[done : done + MAX_DISTRACTORS]]
     others = read_rows(gallery, rest, plans, usable, payloads=False)[0] if rest else np.zeros((0, dim_old), np.float32)
-    cat = (lambda parts, d: np.concatenate(parts) if parts else np.zeros((0, d), np.float32))
-    return Pairs(paired, cat(olds, dim_old), normalize(cat(news, new_enc.dim)), cat(q_olds, dim_old), cat(q_news, new_enc.dim),
-                 others, "+".join(sorted(sources)) or "none")
+
+    def cat(parts: list[np.ndarray], d: int) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros((0, d), np.float32)
+
+    return Pairs(
+        paired,
+        cat(olds, dim_old),
+        normalize(cat(news, new_enc.dim)),
+        cat(q_olds, dim_old),
+        cat(q_news, new_enc.dim),
+        others,
+        "+".join(sorted(sources)) or "none",
+    )
 
 
 def check_enough(pairs: Pairs, new: ModelVersion, budget: float | None) -> None:
     if len(pairs.ids) < MIN_PAIRS:
-        raise CompatretError(f"{new.id!r} embedded only {len(pairs.ids)} rows within --budget {budget} s: at least {MIN_PAIRS} are needed "
-                             "(raise --budget)")
+        raise CompatretError(
+            f"{new.id!r} embedded only {len(pairs.ids)} rows within --budget {budget} s: at least {MIN_PAIRS} are needed (raise --budget)"
+        )

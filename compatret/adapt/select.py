@@ -14,15 +14,15 @@ the two are paired and the change gets a bootstrap interval.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
 
 import numpy as np
 
 from compatret.adapt.fit import RIDGE_GRID, fit_one
+from compatret.core.transforms import LearnedMap, normalize
 from compatret.evaluation.regression import Interval, paired_bootstrap
-from compatret.versions import LearnedMap, normalize
 
 FOLDS = 3
 K = 10
@@ -69,7 +69,7 @@ class Probe:
 
 def options(directions: tuple[str, ...], kinds: tuple[str, ...]) -> list[Option]:
     """Every (direction, kind, ridge) to try, simplest first (ties keep the earlier)."""
-    out = []
+    out: list[Option] = []
     for d in directions:
         for kind in kinds:
             ridges = RIDGE_GRID if kind == "affine" else (RIDGE_GRID[1],) if kind == "mlp" else (RIDGE_GRID[0],)
@@ -148,13 +148,21 @@ class Estimate:
     queries: int
 
     def to_dict(self) -> dict[str, float | int]:
-        return {"stay": self.stay, "adapted": self.adapted, "change": self.change.mean, "low": self.change.low,
-                "high": self.change.high, "queries": self.queries}
+        return {
+            "stay": self.stay,
+            "adapted": self.adapted,
+            "change": self.change.mean,
+            "low": self.change.low,
+            "high": self.change.high,
+            "queries": self.queries,
+        }
 
     def line(self) -> str:
         c = self.change
-        return (f"nDCG@10 on {self.queries} pseudo-queries from the gallery's own text: staying {self.stay:.3f}, "
-                f"adapted {self.adapted:.3f} (change {c.mean:+.3f}, 95 % interval [{c.low:+.3f}, {c.high:+.3f}])")
+        return (
+            f"nDCG@10 on {self.queries} pseudo-queries from the gallery's own text: staying {self.stay:.3f}, "
+            f"adapted {self.adapted:.3f} (change {c.mean:+.3f}, 95 % interval [{c.low:+.3f}, {c.high:+.3f}])"
+        )
 
 
 def estimate(stay: np.ndarray, adapted: np.ndarray, seed: int = 0) -> Estimate:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from compatret.core.errors import CompatretError
 from compatret.data.items import read_jsonl
-from compatret.errors import CompatretError
 
 Qrels = dict[str, dict[str, int]]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compatret.errors import CompatretError
+from compatret.core.errors import CompatretError
 
 
 @dataclass(frozen=True)

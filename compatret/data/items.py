@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from compatret.errors import CompatretError
+from compatret.core.errors import CompatretError
 
 
 def _jsonl_rows(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
@@ -122,8 +123,10 @@ def read_items(path: str | Path, modality: str = "text", skip_empty: bool = Fals
             skipped.append(str(row["id"]) if row.get("id") is not None else f"{where} {n}")
         else:
             empty = sum(not has_content(r, modality) for r in rows)
-            raise CompatretError(f"{p}:{n}: item {row.get('id', '')!r} has no {'image' if modality == 'image' else 'text'} "
-                                 f"({empty} such item{'s' if empty > 1 else ''} in the file; --skip-empty leaves them out)")
+            raise CompatretError(
+                f"{p}:{n}: item {row.get('id', '')!r} has no {'image' if modality == 'image' else 'text'} "
+                f"({empty} such item{'s' if empty > 1 else ''} in the file; --skip-empty leaves them out)"
+            )
     duplicate_error([str(r["id"]) if r.get("id") is not None else None for r in kept], where, kept_lines)
     if not kept:
         raise CompatretError(f"{p}: all {len(rows)} items are empty: nothing to add")

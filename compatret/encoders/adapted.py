@@ -8,12 +8,14 @@ path, so rows added or re-embedded later sit in the same space.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from compatret.core.lineage import ModelVersion
+from compatret.core.transforms import LearnedMap, normalize
 from compatret.encoders.base import Encoder
-from compatret.versions import LearnedMap, ModelVersion, normalize
 
 
 class AdaptedEncoder:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from compatret.versions import ModelVersion
+from compatret.core.lineage import ModelVersion
 
 ENCODER_FILE = "encoder.json"
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,12 +15,12 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from compatret.device import torch_device
+from compatret.core.device import torch_device
+from compatret.core.errors import CompatretError
+from compatret.core.lineage import ModelVersion
 from compatret.encoders.base import ENCODER_FILE, write_encoder_config
-from compatret.errors import CompatretError
-from compatret.heads.basis_transform import BasisTransform
-from compatret.heads.orthogonal import OrthogonalProjection
-from compatret.versions import ModelVersion
+from compatret.models.heads.basis_transform import BasisTransform
+from compatret.models.heads.orthogonal import OrthogonalProjection
 
 WEIGHTS_FILE = "weights.pt"
 
@@ -113,6 +114,7 @@ def decode_image(item: Any, spec: ImageModelSpec) -> np.ndarray:
 
     if isinstance(item, dict):
         item = item.get("image") if item.get("image") is not None else item.get("image_path")
+    img: Image.Image
     try:
         if isinstance(item, (bytes, bytearray, memoryview)):
             img = Image.open(io.BytesIO(bytes(item)))
@@ -129,7 +131,7 @@ def decode_image(item: Any, spec: ImageModelSpec) -> np.ndarray:
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise CompatretError(f"cannot read an image: {type(exc).__name__}") from exc
     if img.size != (spec.image_size, spec.image_size):
-        img = img.resize((spec.image_size, spec.image_size), Image.BILINEAR)
+        img = img.resize((spec.image_size, spec.image_size), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[:, :, None]

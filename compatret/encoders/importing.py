@@ -6,10 +6,10 @@ import re
 import shutil
 from pathlib import Path
 
+from compatret.core.errors import CompatretError
+from compatret.core.lineage import VERSION_FILE, ModelVersion
 from compatret.encoders.base import write_encoder_config
 from compatret.encoders.folders import built_beside
-from compatret.errors import CompatretError
-from compatret.versions import VERSION_FILE, ModelVersion
 
 ST_MARKERS = ("modules.json", "config_sentence_transformers.json")
 
@@ -25,8 +25,10 @@ def import_sentence_transformers(source: str | Path, out: str | Path, model_id: 
     and to prove it runs; a failed import leaves nothing at `out`."""
     src, dst = Path(source), Path(out)
     if not is_sentence_transformers_dir(src):
-        raise CompatretError(f"{src} is not a sentence-transformers folder (no {' or '.join(ST_MARKERS)})"
-                             + (" (it is a compatret model folder already)" if (src / VERSION_FILE).exists() else ""))
+        raise CompatretError(
+            f"{src} is not a sentence-transformers folder (no {' or '.join(ST_MARKERS)})"
+            + (" (it is a compatret model folder already)" if (src / VERSION_FILE).exists() else "")
+        )
     if dst.exists() and any(dst.iterdir()):
         raise CompatretError(f"{dst} exists and is not empty")
     if model_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", model_id):

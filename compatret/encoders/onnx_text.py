@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from compatret.core.lineage import ModelVersion
+from compatret.core.transforms import normalize
 from compatret.encoders.base import item_text
-from compatret.versions import ModelVersion, normalize
 
 
 class OnnxTextEncoder:

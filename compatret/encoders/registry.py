@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from compatret.core.errors import CompatretError
+from compatret.core.lineage import VERSION_FILE, ModelVersion
+from compatret.core.paths import confined
+from compatret.core.transforms import LearnedMap
 from compatret.encoders.base import ENCODER_FILE, Encoder
-from compatret.errors import CompatretError
-from compatret.versions import VERSION_FILE, LearnedMap, ModelVersion, confined
 
 
 def _minilm_l6_dir() -> Path:
@@ -69,8 +72,11 @@ def load_version(spec: str) -> ModelVersion:
     if path.exists():
         from compatret.encoders.importing import is_sentence_transformers_dir
 
-        hint = (f": it is a sentence-transformers folder; `compatret model import {spec} --out MODEL_DIR` makes one"
-                if is_sentence_transformers_dir(path) else "")
+        hint = (
+            f": it is a sentence-transformers folder; `compatret model import {spec} --out MODEL_DIR` makes one"
+            if is_sentence_transformers_dir(path)
+            else ""
+        )
         raise CompatretError(f"{spec} is not a compatret model folder (no {VERSION_FILE}){hint}")
     raise CompatretError(f"unknown model {spec!r}: use one of {sorted(ALIASES)} or a model folder")
 
@@ -92,7 +98,9 @@ def read_encoder_config(path: Path) -> dict[str, Any]:
 def adapter_parts(path: Path, cfg: dict[str, Any]) -> tuple[str, LearnedMap]:
     """An adapted model folder's base (an alias, or a subfolder confined to it) and its fitted head."""
     base = str(cfg.get("base", ""))
-    return (base if base in ALIASES else str(confined(path, base, "base"))), LearnedMap.load(confined(path, str(cfg.get("head", "")), "head"))
+    return (base if base in ALIASES else str(confined(path, base, "base"))), LearnedMap.load(
+        confined(path, str(cfg.get("head", "")), "head")
+    )
 
 
 def load_encoder(spec: str, device: str | None = None, _nested: bool = False) -> Encoder:
@@ -128,8 +136,12 @@ def load_encoder(spec: str, device: str | None = None, _nested: bool = False) ->
     if kind == "onnx":  # a frozen exported encoder: {"onnx": file, "tokenizer": tokenizer.json}
         from compatret.encoders.onnx_text import OnnxTextEncoder
 
-        return OnnxTextEncoder(confined(path, str(cfg.get("onnx", "")), "onnx"), confined(path, str(cfg.get("tokenizer", "")), "tokenizer"),
-                               version, max_length=int(cfg.get("max_length", 128)))
+        return OnnxTextEncoder(
+            confined(path, str(cfg.get("onnx", "")), "onnx"),
+            confined(path, str(cfg.get("tokenizer", "")), "tokenizer"),
+            version,
+            max_length=int(cfg.get("max_length", 128)),
+        )
     if kind == "alias":  # an offline model under a record of its own (an adapter's gallery-side model)
         if cfg.get("model") not in _ALIAS_LOADERS:
             raise CompatretError(f"model folder {spec}: unknown alias {cfg.get('model')!r}; choose from {sorted(_ALIAS_LOADERS)}")

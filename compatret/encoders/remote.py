@@ -21,17 +21,19 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
+from compatret.core.errors import CompatretError
+from compatret.core.lineage import ModelVersion
+from compatret.core.transforms import normalize
 from compatret.encoders.base import item_text, write_encoder_config
-from compatret.errors import CompatretError
-from compatret.versions import ModelVersion, normalize
 
 KIND = "openai"
 PROBES_DIR = "probes"  # query.npy, passage.npy (plain .npy: the same vectors give the same bytes, so the same digest) and texts.json
@@ -120,7 +122,9 @@ class RemoteEncoder:
         key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
         if settings.api_key_env and not key:
             raise CompatretError(f"model {version.id!r}: the API key variable ${settings.api_key_env} is not set")
-        self.client = OpenAI(base_url=settings.endpoint, api_key=key or "none", max_retries=settings.max_retries, timeout=settings.timeout_s)
+        self.client = OpenAI(
+            base_url=settings.endpoint, api_key=key or "none", max_retries=settings.max_retries, timeout=settings.timeout_s
+        )
         self.stats = CallStats()
         self.slots = _cluster_slots(settings)  # on a Ray cluster: `concurrency` is for all workers together
 
@@ -162,13 +166,18 @@ class RemoteEncoder:
 
         extra = {"input_type": role} if self.settings.input_type else None
 
-        @retry(retry=retry_if_exception_type(BadResponse), stop=stop_after_attempt(self.settings.max_retries + 1),
-               wait=wait_exponential(multiplier=0.2, max=5), reraise=True)
+        @retry(
+            retry=retry_if_exception_type(BadResponse),
+            stop=stop_after_attempt(self.settings.max_retries + 1),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            reraise=True,
+        )
         def attempt() -> np.ndarray:
             start = time.perf_counter()
             with self._slot():
-                raw = self.client.embeddings.with_raw_response.create(model=self.settings.model, input=batch, extra_body=extra,
-                                                                      encoding_format="float")  # what every compatible server speaks
+                raw = self.client.embeddings.with_raw_response.create(
+                    model=self.settings.model, input=batch, extra_body=extra, encoding_format="float"
+                )  # what every compatible server speaks
             retries = int(getattr(raw, "retries_taken", 0) or 0)
             waited = max(0.0, time.perf_counter() - start - raw.elapsed.total_seconds()) if retries else 0.0
             try:  # whatever a 200 holds that is not the embeddings asked for is a bad response, retried
@@ -191,16 +200,21 @@ class RemoteEncoder:
         try:
             return attempt()
         except BadResponse as exc:
-            raise CompatretError(f"model {self.version.id!r} at {self.settings.endpoint}: bad response after "
-                                 f"{self.settings.max_retries + 1} tries ({exc})") from None
+            raise CompatretError(
+                f"model {self.version.id!r} at {self.settings.endpoint}: bad response after {self.settings.max_retries + 1} tries ({exc})"
+            ) from None
         except APIStatusError as exc:
             retried = exc.status_code in (408, 409, 429) or exc.status_code >= 500
-            raise CompatretError(f"model {self.version.id!r} at {self.settings.endpoint}: HTTP {exc.status_code} "
-                                 + (f"after {self.settings.max_retries} retries" if retried else "(not retried)")
-                                 + f" ({_short(exc)})") from None
+            raise CompatretError(
+                f"model {self.version.id!r} at {self.settings.endpoint}: HTTP {exc.status_code} "
+                + (f"after {self.settings.max_retries} retries" if retried else "(not retried)")
+                + f" ({_short(exc)})"
+            ) from None
         except APIConnectionError as exc:  # timeouts included
-            raise CompatretError(f"model {self.version.id!r} at {self.settings.endpoint}: {exc.__class__.__name__} after "
-                                 f"{self.settings.max_retries} retries ({_short(exc)})") from None
+            raise CompatretError(
+                f"model {self.version.id!r} at {self.settings.endpoint}: {exc.__class__.__name__} after "
+                f"{self.settings.max_retries} retries ({_short(exc)})"
+            ) from None
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
@@ -254,7 +268,8 @@ def _cluster_slots(settings: EndpointSettings) -> Any:
     lease_s = (settings.max_retries + 1) * (settings.timeout_s + 10)  # every attempt timing out, with openai's backoff between
     actor = ray.remote(num_cpus=0, max_concurrency=1000)(_Slots)  # waiting acquires yield to the event loop: releases get in
     return actor.options(name=f"endpoint-slots-{key}", namespace="compatret", get_if_exists=True, lifetime="detached").remote(
-        settings.concurrency, lease_s)
+        settings.concurrency, lease_s
+    )
 
 
 def endpoint_stats(encoder: Any) -> CallStats | None:
@@ -281,8 +296,10 @@ def _short(exc: Exception) -> str:
 def probe_vectors(encoder: RemoteEncoder) -> dict[str, np.ndarray]:
     """The probes embedded as queries and as documents, one request each (the same batches every time)."""
     texts = list(PROBES)
-    return {"query": encoder.embed([encoder.settings.query_prefix + t for t in texts], "query"),
-            "passage": encoder.embed([encoder.settings.doc_prefix + t for t in texts], "passage")}
+    return {
+        "query": encoder.embed([encoder.settings.query_prefix + t for t in texts], "query"),
+        "passage": encoder.embed([encoder.settings.doc_prefix + t for t in texts], "passage"),
+    }
 
 
 def _min_cosine(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
@@ -312,8 +329,12 @@ def register(out: str | Path, model_id: str, settings: EndpointSettings) -> tupl
         for role, vectors in first.items():
             np.save(tmp / PROBES_DIR / f"{role}.npy", vectors)
         ModelVersion(model_id, settings.dim, "text", method=f"endpoint:{settings.model} at {settings.endpoint}").save(tmp)
-    return ModelVersion.load(dst), {"noise": noise, "tolerance": tolerance, "seconds": time.perf_counter() - start,
-                                    **{k: float(v) for k, v in trial.stats.to_dict().items()}}
+    return ModelVersion.load(dst), {
+        "noise": noise,
+        "tolerance": tolerance,
+        "seconds": time.perf_counter() - start,
+        **{k: float(v) for k, v in trial.stats.to_dict().items()},
+    }
 
 
 @dataclass(frozen=True)
@@ -353,8 +374,10 @@ def require_same_model(encoder: RemoteEncoder, folder: str | Path, action: str) 
     when the endpoint no longer returns the registered model's vectors."""
     fp = measure_fingerprint(encoder, folder)
     if not fp.ok:
-        raise CompatretError(f"model {fp.model!r} (endpoint model {encoder.settings.model!r} at {encoder.settings.endpoint}) "
-                             "no longer returns the registered model's vectors "
-                             f"(lowest probe cosine {fp.min_cosine:.4f}, tolerance {1 - fp.tolerance:.4f}): refusing to {action}; "
-                             "if the provider changed the model on purpose, register it as a new model and adapt to it")
+        raise CompatretError(
+            f"model {fp.model!r} (endpoint model {encoder.settings.model!r} at {encoder.settings.endpoint}) "
+            "no longer returns the registered model's vectors "
+            f"(lowest probe cosine {fp.min_cosine:.4f}, tolerance {1 - fp.tolerance:.4f}): refusing to {action}; "
+            "if the provider changed the model on purpose, register it as a new model and adapt to it"
+        )
     return fp

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from compatret.core.lineage import ModelVersion
 from compatret.encoders.base import item_text
-from compatret.versions import ModelVersion
 
 
 class SentenceTransformerEncoder:

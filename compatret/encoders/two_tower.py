@@ -6,13 +6,14 @@ by the same old encoder; the model folder records it as `item_encoder` in encode
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import cached_property
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from compatret.core.lineage import ModelVersion
 from compatret.encoders.base import Encoder
-from compatret.versions import ModelVersion
 
 
 class TwoTowerEncoder:

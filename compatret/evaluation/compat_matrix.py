@@ -9,14 +9,17 @@ asked, scored on raw vectors to show what an unrelated model does.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from compatret.core.contract import CompatPlan, apply_plan, resolve
+from compatret.core.errors import CompatretError
+from compatret.core.lineage import ModelVersion
 from compatret.data.images import ImageSplit
-from compatret.errors import CompatretError
 from compatret.evaluation.compat_metrics import (
     average_compatibility,
     average_multimodel_accuracy,
@@ -24,7 +27,6 @@ from compatret.evaluation.compat_metrics import (
     plot_compat_matrix,
     retrieval_scores,
 )
-from compatret.versions import CompatPlan, ModelVersion, apply_plan, resolve
 
 SCORES = ("top1", "map")
 
@@ -112,6 +114,7 @@ def compat_matrix(
             if plan is None:
                 continue
             q, g = apply_plan(plan, feats[i], feats[j])
+            assert q is not None and g is not None  # both given, so both mapped
             res = retrieval_scores(q, g, split.labels, split.labels, leave_one_out=True)
             for s in SCORES:
                 scores[s][i, j] = res[s]

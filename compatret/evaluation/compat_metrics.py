@@ -1,14 +1,15 @@
 """Retrieval scores and compatibility-matrix metrics (ECC, AC, AM) for model upgrades, in numpy."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from compatret.versions import normalize
+from compatret.core.transforms import normalize
 
 _CHUNK = 1024
 
@@ -100,9 +101,7 @@ def average_multimodel_accuracy(matrix: np.ndarray) -> float:
     return float(m[np.tril_indices(m.shape[0])].mean())
 
 
-def plot_compat_matrix(
-    matrix: np.ndarray, labels: Sequence[str], path: str | Path, title: str
-) -> Path:
+def plot_compat_matrix(matrix: np.ndarray, labels: Sequence[str], path: str | Path, title: str) -> Path:
     """Save the lower-triangular matrix as an annotated heatmap PNG and return its path.
 
     Rows are query models, columns gallery models; the upper triangle (pairs that
@@ -119,7 +118,7 @@ def plot_compat_matrix(
     image = ax.imshow(shown, cmap="viridis")
     fig.colorbar(image, ax=ax)
     for i, j in zip(*np.tril_indices(m.shape[0])):
-        ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center", color="w", fontsize=9)
+        ax.text(int(j), int(i), f"{m[i, j]:.1f}", ha="center", va="center", color="w", fontsize=9)
     ax.set_xticks(range(len(labels)), labels=list(labels), rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels=list(labels))
     ax.set_xlabel("gallery model")

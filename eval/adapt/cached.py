@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from compatret.index.service import Service
+from compatret.engine.service import Service
 from compatret.encoders import load_encoder, load_version
 from compatret.encoders.base import Encoder, item_text
 

@@ -13,13 +13,13 @@ to say why the 50 %-of-gap-at-30 % bar was not reached.
 import time
 
 import numpy as np
-from compatret.config import dataset
+from compatret.core.config import dataset
 from compatret.data.beir import load_beir
 from compatret.evaluation.retrieval import score_run
-from compatret.index.gallery import Gallery
+from compatret.store.gallery import Gallery
 from compatret.encoders import load_encoder
 from compatret.adapt.fit import fit_one
-from compatret.versions import normalize
+from compatret.core.transforms import normalize
 data = load_beir(dataset("scifact"), splits=("train",))
 qrels = data.split("train"); qids = list(qrels)
 G = {m: Gallery.open(f"runs/adapt/gallery-{m}").vectors_by_id() for m in ("minilm-l3", "minilm-l6")}

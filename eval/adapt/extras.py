@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from compatret.config import dataset
+from compatret.core.config import dataset
 from compatret.data.beir import BeirData, load_beir
 
 HERE = Path(__file__).resolve().parent
@@ -40,7 +40,7 @@ def adapter_adore(work: Path, data: BeirData) -> dict[str, Any]:
     --init ADAPTER`: the recipe's settings, trained on qrels/train.tsv). Compared with the
     cross-architecture BCT row of eval/compat_text, which trains L6 into the same gallery."""
     from compatret.adapt.build import AdaptSettings, adapt
-    from compatret.evaluation.retrieval import build_gallery, evaluate_pair
+    from compatret.engine.runs import build_gallery, evaluate_pair
     from compatret.train.text.config import config_from
     from compatret.train.text.trainer import LOG_FILE, train_retriever
 
@@ -67,8 +67,8 @@ def adapter_adore(work: Path, data: BeirData) -> dict[str, Any]:
 def o1_checks(work: Path, model_dir: Path, rows: int = 1_000_000) -> dict[str, float]:
     """Upgrade a 1M-row gallery of L3-space vectors to the adapter; time the first query (which maps
     the group once) and transform-plan queries against identity-plan queries."""
-    from compatret.index.service import Service
-    from compatret.versions import LearnedMap, normalize
+    from compatret.engine.service import Service
+    from compatret.core.transforms import LearnedMap, normalize
 
     g = work / "g1m"
     shutil.rmtree(g, ignore_errors=True)
@@ -123,7 +123,7 @@ def main() -> None:
         results["adapter_adore"] = adapter_adore(args.work, load_beir(dataset("scifact"), splits=("test",)))
     if "o1_1m" in args.parts:
         from compatret.adapt.build import AdaptSettings, adapt
-        from compatret.evaluation.retrieval import build_gallery
+        from compatret.engine.runs import build_gallery
 
         model_dir = args.work / "adapter-minilm-l3-to-minilm-l6"
         if not (model_dir / "encoder.json").exists():

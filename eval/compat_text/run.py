@@ -16,9 +16,9 @@ import random
 import time
 from pathlib import Path
 
-from compatret.config import dataset, index_home
+from compatret.core.config import dataset, index_home
 from compatret.data.beir import BeirData, load_beir
-from compatret.evaluation.retrieval import build_gallery, evaluate_pair
+from compatret.engine.runs import build_gallery, evaluate_pair
 from compatret.train.text.config import config_from, read_recipe
 from compatret.train.text.trainer import LOG_FILE, train_retriever
 

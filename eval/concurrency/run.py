@@ -42,7 +42,7 @@ UPGRADE_AFTER_S = 8.0
 
 def _loop(role: str, work: Path, deadline: float, body: Any) -> None:
     """Run `body(stats)` until the deadline; count refusals and tracebacks; write the stats file."""
-    from compatret.errors import CompatretError
+    from compatret.core.errors import CompatretError
 
     stats: dict[str, Any] = {"role": role, "writes": 0, "queries": 0, "refused": 0, "tracebacks": 0, "errors": [],
                              "ghosts": 0, "duplicates": 0, "missing": 0, "probes_checked": 0, "score_mismatches": 0,
@@ -61,8 +61,8 @@ def _loop(role: str, work: Path, deadline: float, body: Any) -> None:
 
 
 def adder(work: Path, deadline: float, seed: int) -> None:
-    from compatret.index.service import Service
-    from compatret.train.digits import noisy_digit_images
+    from compatret.engine.service import Service
+    from compatret.train.image.digits import noisy_digit_images
 
     images = noisy_digit_images(4000, seed=seed)
     rng = random.Random(seed)
@@ -80,7 +80,7 @@ def adder(work: Path, deadline: float, seed: int) -> None:
 
 
 def deleter(work: Path, deadline: float, seed: int) -> None:
-    from compatret.index.service import Service
+    from compatret.engine.service import Service
 
     rng = random.Random(seed)
 
@@ -95,8 +95,8 @@ def deleter(work: Path, deadline: float, seed: int) -> None:
 
 
 def upgrader(work: Path, deadline: float, seed: int) -> None:
-    from compatret.index.backfill import backfill
-    from compatret.index.service import Service
+    from compatret.engine.backfill import backfill
+    from compatret.engine.service import Service
 
     start = time.time()
 
@@ -116,8 +116,8 @@ def upgrader(work: Path, deadline: float, seed: int) -> None:
 
 
 def backfiller(work: Path, deadline: float, seed: int) -> None:
-    from compatret.index.backfill import backfill
-    from compatret.index.service import Service
+    from compatret.engine.backfill import backfill
+    from compatret.engine.service import Service
 
     def body(stats: dict[str, Any]) -> None:
         done = backfill(Service.open(work / "g"), limit=48, batch_size=16, progress=False).done
@@ -131,8 +131,8 @@ def backfiller(work: Path, deadline: float, seed: int) -> None:
 def reader(work: Path, deadline: float, seed: int, refresh: float) -> None:
     import lance
 
-    from compatret.index.service import Service
-    from compatret.versions import normalize
+    from compatret.engine.service import Service
+    from compatret.core.transforms import normalize
 
     rng = np.random.default_rng(seed)
     svc = Service.open(work / "g", refresh_seconds=refresh)
@@ -169,8 +169,8 @@ def reader(work: Path, deadline: float, seed: int, refresh: float) -> None:
 
 def setup(work: Path, rows: int) -> None:
     """Models, and a gallery of `rows` distinct digit images embedded by v1."""
-    from compatret.index.service import Service
-    from compatret.train.digits import digit_model_pair, noisy_digit_images
+    from compatret.engine.service import Service
+    from compatret.train.image.digits import digit_model_pair, noisy_digit_images
 
     v1, _ = digit_model_pair(work / "models")
     images = noisy_digit_images(rows, seed=1)
@@ -187,8 +187,8 @@ def main() -> None:
     args = ap.parse_args()
     import shutil
 
-    from compatret.index.gallery import Gallery
-    from compatret.index.verify import verify
+    from compatret.store.gallery import Gallery
+    from compatret.search.verify import verify
 
     if (args.work / "g").exists():
         shutil.rmtree(args.work / "g")

@@ -30,9 +30,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from compatret.config import dataset, index_home
+from compatret.core.config import dataset, index_home
 from compatret.data.beir import load_beir
-from compatret.index.service import Service
+from compatret.engine.service import Service
 
 HERE = Path(__file__).resolve().parent
 KEY = "console-demo-write-key-0123456789"

@@ -26,7 +26,7 @@ ROWS, DIM, FRAGMENTS = 10_000_000, 128, 100
 
 
 def build(where: Path) -> None:
-    from compatret.index.search_index import FragmentCache, FragmentRows, RowsRead
+    from compatret.search.fragments import FragmentCache, FragmentRows, RowsRead
 
     cache = FragmentCache(where)
     per = ROWS // FRAGMENTS
@@ -44,7 +44,7 @@ def load(where: str, how: str) -> None:
     """In a child process: load every fragment folder, touch every vector, print seconds and peak RSS."""
     import resource
 
-    from compatret.index.search_index import FragmentCache
+    from compatret.search.fragments import FragmentCache
 
     cache = FragmentCache(Path(where))
     start = time.perf_counter()

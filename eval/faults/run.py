@@ -205,7 +205,7 @@ def vectors() -> np.ndarray:
 
 def make_template(where: Path, ann: str) -> Path:
     """A gallery of ROWS bare vectors added in BATCHES commits, its search cache written."""
-    from compatret.index.service import Service
+    from compatret.engine.service import Service
 
     g = where / f"template-{ann}"
     x = vectors()[:ROWS]

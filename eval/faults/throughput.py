@@ -35,7 +35,7 @@ ROWS, DIM, SECONDS, CLIENTS = 20_000, 64, 20.0, 4
 
 def in_process(label: str) -> None:
     import compatret
-    from compatret.index.service import Service
+    from compatret.engine.service import Service
 
     tmp = Path(tempfile.mkdtemp(prefix="compatret-tput-"))
     x = np.random.default_rng(0).standard_normal((ROWS, DIM)).astype(np.float32)
@@ -62,7 +62,7 @@ def record(run: dict[str, object]) -> None:
 
 def main(label: str) -> None:
     import compatret
-    from compatret.index.service import Service
+    from compatret.engine.service import Service
 
     tmp = Path(tempfile.mkdtemp(prefix="compatret-tput-"))
     x = np.random.default_rng(0).standard_normal((ROWS, DIM)).astype(np.float32)

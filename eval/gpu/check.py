@@ -17,8 +17,8 @@ HERE = Path(__file__).resolve().parent
 def search_check(n: int = 1_000_000, dim: int = 384, queries: int = 1000, k: int = 10) -> dict[str, float]:
     import faiss
 
-    from compatret.index.search import make_kernel
-    from compatret.versions import normalize
+    from compatret.search.kernels import make_kernel
+    from compatret.core.transforms import normalize
 
     rng = np.random.default_rng(0)
     x = normalize(rng.normal(size=(n, dim)).astype(np.float32))

@@ -27,10 +27,10 @@ from tqdm import tqdm
 
 os.environ.setdefault("LANCEDB_LOG", "error")
 
-from compatret.config import index_home  # noqa: E402
-from compatret.index.history import HistoryCache, grouped, history  # noqa: E402
-from compatret.index.service import Service  # noqa: E402
-from compatret.versions import normalize  # noqa: E402
+from compatret.core.config import index_home
+from compatret.store.history import HistoryCache, grouped, history
+from compatret.engine.service import Service
+from compatret.core.transforms import normalize
 
 HERE = Path(__file__).resolve().parent
 ROWS, DIM = 1000, 32
@@ -69,11 +69,11 @@ def main() -> None:
 
     def fresh() -> list[dict[str, Any]]:
         cache.unlink(missing_ok=True)
-        return history(Service.open(path))
+        return history(Service.open(path).gallery)
 
     fresh_s, fresh_out = timed(fresh)
-    history(Service.open(path))  # leaves the cache
-    cached_s, cached_out = timed(lambda: history(Service.open(path)))
+    history(Service.open(path).gallery)  # leaves the cache
+    cached_s, cached_out = timed(lambda: history(Service.open(path).gallery))
     list_s, listed = timed(lambda: s.gallery.table.list_versions())
     results = {
         "command": f"python eval/history/run.py --versions {args.versions}",

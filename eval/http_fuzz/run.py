@@ -99,10 +99,10 @@ def free_port() -> int:
 def build_models(models: Path) -> None:
     """v1, v2 (BCT on v1) and v3 (BCT on v2) in one folder: real, tiny, trained in seconds."""
     from compatret.data.images import load_digits_splits
-    from compatret.train.digits import digit_model_pair
+    from compatret.train.image.digits import digit_model_pair
     from compatret.encoders.image import ImageModelSpec
-    from compatret.train.image_methods import MethodSpec, fit_image_version
-    from compatret.train.image_trainer import TrainConfig
+    from compatret.train.image.methods import MethodSpec, fit_image_version
+    from compatret.train.image.trainer import TrainConfig
 
     digit_model_pair(models, embed_dim=DIM, epochs=3)
     if not (models / "v3" / "compatret_version.json").exists():
@@ -185,7 +185,7 @@ def b64(data: bytes) -> str:
 
 def build_gallery(work: Path, models: Path, seed: int) -> dict[str, Any]:
     from compatret.data.images import load_digits_splits
-    from compatret.index.service import Service
+    from compatret.engine.service import Service
 
     t = time.time()
     build_models(models)

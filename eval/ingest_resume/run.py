@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from compatret.config import dataset, index_home
+from compatret.core.config import dataset, index_home
 
 HERE = Path(__file__).resolve().parent
 DOCS = 5000

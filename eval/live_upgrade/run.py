@@ -27,17 +27,17 @@ import numpy as np
 os.environ.setdefault("LANCEDB_LOG", "error")
 
 from compatret import ModelVersion  # noqa: E402
-from compatret.config import dataset  # noqa: E402
+from compatret.core.config import dataset
 from compatret.data.images import load_digits_splits  # noqa: E402
 from compatret.encoders import load_encoder  # noqa: E402
 from compatret.encoders.base import write_encoder_config  # noqa: E402
-from compatret.index.backfill import backfill  # noqa: E402
-from compatret.index.gallery import Gallery  # noqa: E402
-from compatret.index.search import make_kernel  # noqa: E402
-from compatret.index.service import Service  # noqa: E402
-from compatret.index.verify import verify  # noqa: E402
-from compatret.train.digits import digit_model_pair  # noqa: E402
-from compatret.versions import normalize  # noqa: E402
+from compatret.engine.backfill import backfill
+from compatret.store.gallery import Gallery
+from compatret.search.kernels import make_kernel
+from compatret.engine.service import Service
+from compatret.search.verify import verify
+from compatret.train.image.digits import digit_model_pair
+from compatret.core.transforms import normalize
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE.parents[1] / ".cache"
@@ -312,7 +312,7 @@ class CurveBench:
     from the full BT² gallery's stored vectors and scored at given fractions."""
 
     def __init__(self, work: Path) -> None:
-        from compatret.config import index_home
+        from compatret.core.config import index_home
         from compatret.data.beir import load_beir
 
         base = index_home() / "compat_text"
@@ -321,8 +321,9 @@ class CurveBench:
         self.new_vecs = vectors_of(base / "galleries" / "bt2")
 
     def points(self, name: str, order: str, merge: str, fractions: tuple[int, ...], seed: str | None = None) -> list[list[float]]:
-        from compatret.evaluation.retrieval import evaluate_pair
-        from compatret.index.backfill import pending_rows, plan_order
+        from compatret.engine.runs import evaluate_pair
+        from compatret.store.pending import pending_rows
+        from compatret.engine.backfill import plan_order
 
         g = self.work / name
         shutil.copytree(self.old_g, g)
@@ -330,7 +331,7 @@ class CurveBench:
         s.upgrade(str(self.model))
         with s.gallery.writing("benchmark: merge policy"):
             s.gallery.set_meta(replace(s.meta, merge=merge))
-        queue = plan_order(s, pending_rows(s).ids, order, block=BACKFILL_BATCH, seed=seed)
+        queue = plan_order(s, pending_rows(s.gallery).ids, order, block=BACKFILL_BATCH, seed=seed)
         points, done = [], 0
         for pct in fractions:
             target = round(pct / 100 * len(queue))
@@ -351,10 +352,10 @@ def incompatible(work: Path) -> list[list[float]]:
     """The contrast: a rolling re-index in place with a model trained independently of the old one
     (paraphrase-MiniLM-L3-v2, same 384 dims, unrelated space). Rows switch from MiniLM-L6 to L3
     vectors and L3 queries search them as one space — what compatret refuses to do."""
-    from compatret.config import index_home
+    from compatret.core.config import index_home
     from compatret.data.beir import load_beir
-    from compatret.evaluation.retrieval import evaluate_pair
-    from compatret.index.backfill import _random_key
+    from compatret.engine.runs import evaluate_pair
+    from compatret.engine.backfill import _random_key
 
     data = load_beir(dataset("scifact"))
     old = vectors_of(index_home() / "compat_text" / "galleries" / "minilm-l6")

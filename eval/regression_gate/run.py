@@ -63,9 +63,9 @@ def damage(model: Path, out: Path, sigma: float) -> Path:
 
 def gate(gallery: Path, candidate: str, queries: Path, qrels: Path, work: Path) -> dict[str, Any]:
     """`index upgrade --gate` on a copy of the gallery: passed or refused, and what it changed."""
-    from compatret.evaluation.regression import gate_check
-    from compatret.errors import CompatretError
-    from compatret.index.service import Service
+    from compatret.engine.gate import gate_check
+    from compatret.core.errors import CompatretError
+    from compatret.engine.service import Service
 
     copy = work / "gate-gallery"
     shutil.rmtree(copy, ignore_errors=True)
@@ -85,8 +85,8 @@ def gate(gallery: Path, candidate: str, queries: Path, qrels: Path, work: Path) 
 
 
 def main() -> None:
-    from compatret.commands.regression import run_regression
-    from compatret.config import dataset
+    from compatret.cli.regression import run_regression
+    from compatret.core.config import dataset
 
     work = ROOT / "indexes" / "regression_gate"
     work.mkdir(parents=True, exist_ok=True)
@@ -138,10 +138,10 @@ COMPAT_TEXT = ROOT / "indexes" / "compat_text"
 
 def flip_rates(queries: Path, qrels: Path) -> dict[str, Any]:
     """Each eval/compat_text model against its old model on the benchmark's old gallery: nDCG@10 change and flips."""
-    from compatret.commands.regression import run_regression
+    from compatret.cli.regression import run_regression
     from compatret.data.beir import read_qrels, read_queries
-    from compatret.errors import CompatretError
-    from compatret.evaluation.regression import compare
+    from compatret.core.errors import CompatretError
+    from compatret.engine.gate import compare
 
     out: dict[str, Any] = {}
     pairs = {m: ("minilm-l6", m) for m in ("star", "adore", "bct", "bt2", "oca")} | {"cross_arch": ("minilm-l3", "cross_arch")}
@@ -170,7 +170,7 @@ def backfill_gate(gallery: Path, model: str, queries: Path, qrels: Path, work: P
     import subprocess
     import sys
 
-    from compatret.index.service import Service
+    from compatret.engine.service import Service
 
     copy = work / "backfill-gate-gallery"
     shutil.rmtree(copy, ignore_errors=True)

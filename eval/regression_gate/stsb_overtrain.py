@@ -26,7 +26,7 @@ OLD_NDCG = 0.6451  # all-MiniLM-L6-v2 on SciFact test, eval/regression_gate/resu
 
 def stsb_as_beir(out: Path) -> Path:
     """STS-B train as a BEIR folder: every sentence a document; pairs scored >= 4 as (query, relevant) judgements."""
-    from compatret.config import dataset
+    from compatret.core.config import dataset
 
     if (out / "qrels" / "train.tsv").exists():
         return out
@@ -50,9 +50,9 @@ def stsb_as_beir(out: Path) -> Path:
 
 
 def main() -> None:
-    from compatret.commands.regression import run_regression
-    from compatret.config import dataset
-    from compatret.index.service import Service
+    from compatret.cli.regression import run_regression
+    from compatret.core.config import dataset
+    from compatret.engine.service import Service
     from compatret.train.text.config import config_from
     from compatret.train.text.trainer import train_retriever
 

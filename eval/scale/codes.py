@@ -62,7 +62,7 @@ def timed_search(search: Any, q: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def check_ivfpq(x: np.ndarray, q: np.ndarray, exact: np.ndarray) -> dict[str, float]:
-    from compatret.index.search import build_kernel, candidates_for, rerank
+    from compatret.search.kernels import build_kernel, candidates_for, rerank
 
     lookup = lambda labels: np.asarray(x[np.sort(labels)])[np.argsort(np.argsort(labels))]  # noqa: E731  (sorted reads of the memmap)
     t0 = time.perf_counter()
@@ -82,7 +82,7 @@ def check_ivfpq(x: np.ndarray, q: np.ndarray, exact: np.ndarray) -> dict[str, fl
 def check_opq(x: np.ndarray, q: np.ndarray, exact: np.ndarray, nprobe: int, candidates: int) -> dict[str, float]:
     import faiss
 
-    from compatret.index.search import ivf_lists, pq_bits, pq_bytes, rerank, sample_parts
+    from compatret.search.kernels import ivf_lists, pq_bits, pq_bytes, rerank, sample_parts
 
     dim, n = x.shape[1], len(x)
     m, bits, nlist = pq_bytes(dim), pq_bits(n), ivf_lists(n)
@@ -110,7 +110,7 @@ def check_opq(x: np.ndarray, q: np.ndarray, exact: np.ndarray, nprobe: int, cand
 
 
 def check_ivf(x: np.ndarray, q: np.ndarray, exact: np.ndarray) -> dict[str, float]:
-    from compatret.index.search import build_kernel
+    from compatret.search.kernels import build_kernel
 
     t0 = time.perf_counter()
     kernel = build_kernel("faiss", "ivf", x.shape[1], parts_of(x))
@@ -125,7 +125,7 @@ def check_ivf(x: np.ndarray, q: np.ndarray, exact: np.ndarray) -> dict[str, floa
 
 def check_encode(n: int = 2000) -> dict[str, float]:
     """MiniLM-L6 rows/s on SciFact abstracts (title + text, as `index add` embeds them) on this CPU."""
-    from compatret.config import dataset
+    from compatret.core.config import dataset
     from compatret.encoders.registry import load_encoder
 
     docs = [json.loads(line) for line in (dataset("scifact") / "corpus.jsonl").read_text().splitlines()[:n]]

@@ -52,7 +52,7 @@ def log(msg: str) -> None:
 
 def make_data(work: Path, rows: int, dim: int) -> tuple[Path, np.ndarray, np.ndarray]:
     """The vectors (.npy, memory-mapped), test queries and validation queries."""
-    from compatret.versions import normalize
+    from compatret.core.transforms import normalize
 
     path = work / f"x-{rows}x{dim}.npy"
     rng = np.random.default_rng(0)
@@ -140,7 +140,7 @@ def model_folders(work: Path, dim: int) -> dict[str, Path]:
 
 def gallery_of(work: Path, x_path: Path, rows: int, name: str) -> Path:
     """A gallery of the first `rows` vectors with ids r<position> (built once)."""
-    from compatret.index.service import Service
+    from compatret.engine.service import Service
 
     g = work / name
     if not (g / "gallery.lance").exists():
@@ -194,7 +194,7 @@ def check_open(work: Path, q: np.ndarray) -> dict[str, float]:
 
 
 def check_ivf(work: Path, x_path: Path, q: np.ndarray, gallery: Path) -> dict[str, float]:
-    from compatret.index.service import Service
+    from compatret.engine.service import Service
 
     x = np.load(x_path, mmap_mode="r")
     s = Service.open(gallery)
@@ -214,8 +214,8 @@ def check_ivf_weak_structure(rows: int = 1_000_000) -> dict[str, float]:
     where an inverted file stops paying, reported rather than hidden."""
     import faiss
 
-    from compatret.index.search import build_kernel
-    from compatret.versions import normalize
+    from compatret.search.kernels import build_kernel
+    from compatret.core.transforms import normalize
 
     rng = np.random.default_rng(7)
     centers = rng.normal(size=(4096, 128)).astype(np.float32)
@@ -237,7 +237,7 @@ def check_ivf_weak_structure(rows: int = 1_000_000) -> dict[str, float]:
 
 
 def check_upgrade(work: Path, gallery: Path) -> dict[str, float]:
-    from compatret.index.service import Service
+    from compatret.engine.service import Service
 
     models = model_folders(work, 128)
     s = Service.open(gallery)
@@ -249,7 +249,7 @@ def check_upgrade(work: Path, gallery: Path) -> dict[str, float]:
 
 
 def check_payload(gallery: Path, q: np.ndarray) -> dict[str, float]:
-    from compatret.index.service import Service
+    from compatret.engine.service import Service
 
     s = Service.open(gallery)
     s.query(vectors=q[:100], k=K, include_payload=True)
@@ -266,9 +266,9 @@ def check_backfill_write(work: Path, x_path: Path, gallery: Path, rows: int) -> 
     table order); `scattered_median_s`: 256 rows drawn uniformly from the whole gallery, which
     touch every fragment (shown for contrast, not the bar).
     """
-    from compatret.index.backfill import plan_order
-    from compatret.index.service import Service
-    from compatret.versions import normalize
+    from compatret.engine.backfill import plan_order
+    from compatret.engine.service import Service
+    from compatret.core.transforms import normalize
 
     models = model_folders(work, 128)
     g = work / f"bf-{rows}"
@@ -299,7 +299,7 @@ def check_backfill_write(work: Path, x_path: Path, gallery: Path, rows: int) -> 
 
 
 def check_transform(work: Path, gallery: Path, q: np.ndarray) -> dict[str, float]:
-    from compatret.index.service import Service
+    from compatret.engine.service import Service
 
     models = model_folders(work, 128)
     g = work / "tf-1m"
@@ -321,7 +321,7 @@ def check_peer(work: Path, x_path: Path, gallery: Path, q: np.ndarray, qv: np.nd
     import lancedb
     import pyarrow as pa
 
-    from compatret.index.service import Service
+    from compatret.engine.service import Service
 
     x = np.asarray(np.load(x_path, mmap_mode="r")[:1_000_000])
     exact_test, _ = exact_topk(x, q)

@@ -43,7 +43,7 @@ def log(msg: str) -> None:
 
 
 def make_items(work: Path, rows: int) -> Path:
-    from compatret.config import dataset
+    from compatret.core.config import dataset
 
     out = work / f"items-{rows}.parquet"
     if out.exists():
@@ -64,7 +64,7 @@ def make_models(work: Path) -> tuple[str, str]:
     import torch
 
     from compatret.encoders.image import ImageEmbedder, ImageModelSpec, save_image_model
-    from compatret.versions import ModelVersion
+    from compatret.core.lineage import ModelVersion
 
     spec = ImageModelSpec(width=0.25, in_channels=3, image_size=32, embed_dim=128, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     v1 = ModelVersion("cnn-v1", 128, "image", method="random-init (throughput benchmark)")
@@ -112,7 +112,7 @@ def free_port() -> int:
 
 def two_nodes(work: Path, items: Path, v1: str, rows: int) -> dict[str, Any]:
     """Ingest the first `rows` items on a two-node cluster on this machine; compare with the local engine."""
-    from compatret.index.gallery import Gallery
+    from compatret.store.gallery import Gallery
 
     small = work / f"items-two-nodes-{rows}.parquet"
     pq.write_table(pq.read_table(items).slice(0, rows), small)
@@ -160,7 +160,7 @@ def main() -> None:
     v1, v2 = make_models(args.work)
     local = run_engine(args.work, items, v1, v2, rows, [])
     ray = run_engine(args.work, items, v1, v2, rows, ["--engine", "ray", "--workers", "2"])
-    from compatret.index.gallery import Gallery
+    from compatret.store.gallery import Gallery
 
     a, b = Gallery.open(args.work / "g-local").vectors_by_id(), Gallery.open(args.work / "g-ray").vectors_by_id()
     same = set(a) == set(b) and all(a[i][0] == b[i][0] for i in a)

@@ -23,10 +23,10 @@ import numpy as np
 os.environ.setdefault("LANCEDB_LOG", "error")
 
 from compatret import Compat, ModelVersion  # noqa: E402
-from compatret.config import dataset  # noqa: E402
+from compatret.core.config import dataset
 from compatret.encoders import load_encoder  # noqa: E402
-from compatret.index.service import Service  # noqa: E402
-from compatret.versions import normalize  # noqa: E402
+from compatret.engine.service import Service
+from compatret.core.transforms import normalize
 
 HERE = Path(__file__).parent
 K = 10

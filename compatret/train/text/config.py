@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from compatret.config import dataset, index_home, read_toml
-from compatret.errors import CompatretError
+from compatret.core.config import dataset, index_home, read_toml
+from compatret.core.errors import CompatretError
 
 METHODS = ("star", "adore", "bct", "bt2", "oca")
 Method = Literal["star", "adore", "bct", "bt2", "oca"]

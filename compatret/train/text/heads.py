@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from compatret.heads.basis_transform import BasisTransform
+from compatret.models.heads.basis_transform import BasisTransform
 
 
 class ExtensionHead(nn.Module):

@@ -5,12 +5,12 @@ Both work on gallery row numbers, so the vectors they rank are the ones the inde
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-from compatret.index.search import Kernel, make_kernel
+from compatret.search.kernels import Kernel, make_kernel
 
 
 def gallery_kernel(vectors: np.ndarray, name: str = "auto") -> Kernel:
@@ -18,9 +18,7 @@ def gallery_kernel(vectors: np.ndarray, name: str = "auto") -> Kernel:
     return make_kernel(name, np.ascontiguousarray(vectors, dtype=np.float32))
 
 
-def static_hard_negatives(
-    query_vectors: np.ndarray, kernel: Kernel, positives: Sequence[set[int]], depth: int = 200
-) -> list[np.ndarray]:
+def static_hard_negatives(query_vectors: np.ndarray, kernel: Kernel, positives: Sequence[set[int]], depth: int = 200) -> list[np.ndarray]:
     """STAR: each query's top-`depth` gallery rows under the old model, minus its positives.
 
     Mined once before training: the old ranking is what the new model must beat.
@@ -40,9 +38,7 @@ class Candidates:
     mask: np.ndarray  # [B, n] bool
 
 
-def dynamic_candidates(
-    query_vectors: np.ndarray, kernel: Kernel, positives: Sequence[set[int]], depth: int = 200
-) -> Candidates:
+def dynamic_candidates(query_vectors: np.ndarray, kernel: Kernel, positives: Sequence[set[int]], depth: int = 200) -> Candidates:
     """ADORE: re-retrieve the top-`depth` with the current query encoder against frozen item vectors.
 
     Called every step, so the negatives are the ones the model ranks high right now.

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
+from compatret.core.errors import CompatretError
+from compatret.core.lineage import VERSION_FILE, ModelVersion
 from compatret.encoders.base import ENCODER_FILE, write_encoder_config
 from compatret.encoders.registry import ALIASES, _minilm_l6_dir, adapter_parts, read_encoder_config
-from compatret.errors import CompatretError
 from compatret.train.text.heads import ExtensionHead
-from compatret.versions import VERSION_FILE, ModelVersion
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 ITEM_ENCODER_DIR = "item_encoder"
 TRAINABLE_ALIASES = {"minilm-l6": _minilm_l6_dir}
 
 
-def load_trainable(spec: str, device: str = "cpu") -> nn.Module:
+def load_trainable(spec: str, device: str = "cpu") -> SentenceTransformer:
     """A SentenceTransformer to fine-tune: the minilm-l6 alias, a sentence-transformers folder, or
     a query-direction adapter folder over one of those.
 
@@ -40,7 +44,7 @@ def load_trainable(spec: str, device: str = "cpu") -> nn.Module:
     return SentenceTransformer(str(path), device=device)
 
 
-def _trainable_adapter(path: Path, settings: dict, device: str) -> nn.Module:
+def _trainable_adapter(path: Path, settings: dict, device: str) -> SentenceTransformer:
     """A `compatret adapt --direction query` folder as start weights: its base model with the
     fitted head appended as a Dense layer (and a Normalize), so training starts exactly where
     the adapter serves: inside the gallery's space."""
@@ -53,19 +57,27 @@ def _trainable_adapter(path: Path, settings: dict, device: str) -> nn.Module:
         raise CompatretError(f"{path}'s head is an MLP: --init takes a linear adapter (compatret adapt --direction query --kind affine)")
     model = load_trainable(base, device)
     weight, bias = torch.from_numpy(head.weight.T.copy()), torch.from_numpy(head.bias.copy())
-    model.append(Dense(weight.shape[1], weight.shape[0], bias=True, activation_function=nn.Identity(), init_weight=weight,  # type: ignore[attr-defined]
-                       init_bias=bias).to(device))
-    model.append(Normalize())  # type: ignore[attr-defined]
+    model.append(
+        Dense(
+            weight.shape[1],
+            weight.shape[0],
+            bias=True,
+            activation_function=nn.Identity(),
+            init_weight=weight,
+            init_bias=bias,
+        ).to(device)
+    )
+    model.append(Normalize())
     return model
 
 
-def export_modules(model: nn.Module) -> nn.Module:
+def export_modules(model: nn.Module) -> SentenceTransformer:
     """The model with training-only structure folded away (ExtensionHead -> Dense)."""
     from sentence_transformers import SentenceTransformer
 
     modules = [m.to_dense() if isinstance(m, ExtensionHead) else m for m in model.children()]
     out = SentenceTransformer(modules=modules, device="cpu")
-    out.max_seq_length = model.max_seq_length  # type: ignore[attr-defined]
+    out.max_seq_length = model.max_seq_length
     return out
 
 
@@ -77,7 +89,7 @@ def save_retriever(model: nn.Module, out: str | Path, version: ModelVersion, ite
     """
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
-    export_modules(model).save(str(d))  # type: ignore[attr-defined]
+    export_modules(model).save(str(d))
     settings: dict[str, str] = {}
     if item_encoder is not None:
         if item_encoder in ALIASES:

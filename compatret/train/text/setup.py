@@ -7,15 +7,15 @@ from functools import cached_property
 
 import numpy as np
 
+from compatret.core.errors import CompatretError
+from compatret.core.lineage import ModelVersion
 from compatret.data.beir import load_beir
 from compatret.encoders import load_encoder, load_version
 from compatret.encoders.base import item_text
-from compatret.errors import CompatretError
-from compatret.index.search import Kernel
-from compatret.index.service import Service
+from compatret.engine.service import Service
+from compatret.search.kernels import Kernel
 from compatret.train.text.config import RetrieverConfig
 from compatret.train.text.mining import gallery_kernel, static_hard_negatives
-from compatret.versions import ModelVersion
 
 
 @dataclass
@@ -75,8 +75,9 @@ def load_training_set(cfg: RetrieverConfig, progress: bool = True) -> TrainingSe
     return TrainingSet(old_version, vectors, kernel, queries, positives, pairs, doc_texts, negatives)
 
 
-def sample_negatives(ts: TrainingSet, query_idx: np.ndarray, n: int, rng: np.random.Generator,
-                     exclude: set[int] | None = None) -> np.ndarray:
+def sample_negatives(
+    ts: TrainingSet, query_idx: np.ndarray, n: int, rng: np.random.Generator, exclude: set[int] | None = None
+) -> np.ndarray:
     """n static hard negatives per query (random corpus rows when a query has too few), none of them in `exclude`."""
     known = ts.text_rows
     assert ts.negatives is not None
@@ -87,6 +88,8 @@ def sample_negatives(ts: TrainingSet, query_idx: np.ndarray, n: int, rng: np.ran
         if len(pool) >= n:
             out[i] = rng.choice(pool, size=n, replace=False)
         else:
-            extra = rng.choice(known[~np.isin(known, list(ts.positives[q] | exclude | set(pool.tolist())))], size=n - len(pool), replace=False)
+            extra = rng.choice(
+                known[~np.isin(known, list(ts.positives[q] | exclude | set(pool.tolist())))], size=n - len(pool), replace=False
+            )
             out[i] = np.concatenate([pool, extra])
     return out

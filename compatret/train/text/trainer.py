@@ -11,19 +11,22 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from compatret.device import torch_device
+from compatret.core.device import torch_device
+from compatret.core.errors import CompatretError
+from compatret.core.lineage import VERSION_FILE, Compat, ModelVersion
+from compatret.core.transforms import normalize
 from compatret.encoders import load_version
-from compatret.errors import CompatretError
-from compatret.losses.ranking import AdoreLoss, StarLoss
-from compatret.losses.retrieval_compat import CompatRetrievalLoss
+from compatret.models.losses.ranking import AdoreLoss, StarLoss
+from compatret.models.losses.retrieval_compat import CompatRetrievalLoss
 from compatret.train.checkpoint import load_checkpoint, save_checkpoint
 from compatret.train.seeding import seed_everything
 from compatret.train.text.batches import clean_batches, plain_batches
@@ -32,7 +35,9 @@ from compatret.train.text.heads import ExtensionHead, alignment_map
 from compatret.train.text.mining import dynamic_candidates
 from compatret.train.text.model_io import load_trainable, save_retriever
 from compatret.train.text.setup import TrainingSet, load_training_set, sample_negatives
-from compatret.versions import VERSION_FILE, Compat, ModelVersion, normalize
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 LOG_FILE = "train_log.json"
@@ -40,29 +45,30 @@ Step = Callable[[np.ndarray, np.random.Generator], dict[str, Tensor]]
 ITEM_TERMS = {"star": "none", "bct": "influence", "bt2": "cosine", "oca": "anchor"}
 
 
-def build_model(cfg: RetrieverConfig, ts: TrainingSet) -> nn.Module:
+def build_model(cfg: RetrieverConfig, ts: TrainingSet) -> SentenceTransformer:
     """Start weights, aligned to the old space when asked, with the extension head for BT²/OCA."""
     old_dim = ts.old_vectors.shape[1]
     model = load_trainable(cfg.init or cfg.old, device=torch_device())
-    model.serve_seq_length = model.max_seq_length  # type: ignore[attr-defined]  # restored on save
-    model.max_seq_length = min(cfg.max_seq_length, model.max_seq_length)  # type: ignore[attr-defined]
+    # restored on save; an extra attribute, which torch's Module.__setattr__ types as Tensor | Module
+    model.serve_seq_length = model.max_seq_length  # type: ignore[assignment]
+    model.max_seq_length = min(cfg.max_seq_length, model.max_seq_length)  # type: ignore[type-var]  # sentence-transformers types it Optional; a loaded transformer has one
     if cfg.align_docs:
-        model.append(_fit_alignment(model, ts, cfg.align_docs, cfg.seed).to(torch_device()))  # type: ignore[attr-defined]
-    dim = model.get_embedding_dimension()  # type: ignore[attr-defined]
+        model.append(_fit_alignment(model, ts, cfg.align_docs, cfg.seed).to(torch_device()))
+    dim = model.get_embedding_dimension()
     if cfg.method in ("bt2", "oca"):
         if dim < old_dim:
             raise CompatretError(f"{cfg.method}: start model has {dim} dims, the gallery {old_dim}")
-        model.append(ExtensionHead(dim, cfg.extra_dims).to(torch_device()))  # type: ignore[attr-defined]
+        model.append(ExtensionHead(dim, cfg.extra_dims).to(torch_device()))  # type: ignore[arg-type]  # typed Optional; `dim < old_dim` above needs an int
     elif cfg.method != "star" and dim != old_dim:
         raise CompatretError(f"{cfg.method} keeps the old space: start model has {dim} dims, the gallery {old_dim}")
     return model
 
 
-def _fit_alignment(model: nn.Module, ts: TrainingSet, n_docs: int, seed: int) -> nn.Module:
+def _fit_alignment(model: SentenceTransformer, ts: TrainingSet, n_docs: int, seed: int) -> nn.Module:
     """Least-squares map from the start model's embeddings of n gallery documents to their stored old vectors."""
     known = ts.text_rows
     rows = np.sort(np.random.default_rng(seed).choice(known, size=min(n_docs, len(known)), replace=False))
-    new = model.encode([ts.doc_texts[r] for r in rows], batch_size=64, convert_to_tensor=True, show_progress_bar=True)  # type: ignore[attr-defined]
+    new = model.encode([ts.doc_texts[r] for r in rows], batch_size=64, convert_to_tensor=True, show_progress_bar=True)
     return alignment_map(new.cpu(), torch.from_numpy(ts.old_vectors[rows]))
 
 
@@ -93,7 +99,7 @@ def batch_plan(cfg: RetrieverConfig, ts: TrainingSet) -> list[np.ndarray]:
     return plan
 
 
-def _item_step(cfg: RetrieverConfig, ts: TrainingSet, model: nn.Module) -> Step:
+def _item_step(cfg: RetrieverConfig, ts: TrainingSet, model: SentenceTransformer) -> Step:
     """Query, positive and hard-negative columns through a STAR or compat loss."""
     if cfg.method == "star":
         loss: nn.Module = StarLoss(model)
@@ -107,20 +113,20 @@ def _item_step(cfg: RetrieverConfig, ts: TrainingSet, model: nn.Module) -> Step:
         negs = sample_negatives(ts, q, cfg.hard_negatives, rng, exclude=relevant)
         rows = np.concatenate([pos[:, None], negs], axis=1)
         columns = [[ts.queries[i] for i in q]] + [[ts.doc_texts[r] for r in rows[:, c]] for c in range(rows.shape[1])]
-        features = [_to_device(model.preprocess(col)) for col in columns]  # type: ignore[attr-defined]
+        features = [_to_device(model.preprocess(col)) for col in columns]
         return loss(features, torch.from_numpy(rows))
 
     return step
 
 
-def _adore_step(cfg: RetrieverConfig, ts: TrainingSet, model: nn.Module) -> Step:
+def _adore_step(cfg: RetrieverConfig, ts: TrainingSet, model: SentenceTransformer) -> Step:
     """Query tower only: retrieve with the current weights, then LambdaRank over what came back."""
     loss = AdoreLoss()
     vectors = torch.tensor(ts.old_vectors)  # a copy: the array read from Arrow is read-only
 
     def step(batch: np.ndarray, rng: np.random.Generator) -> dict[str, Tensor]:
         q = np.unique(batch[:, 0])  # one row per query: all its positives take part
-        features = _to_device(model.preprocess([ts.queries[i] for i in q]))  # type: ignore[attr-defined]
+        features = _to_device(model.preprocess([ts.queries[i] for i in q]))
         emb = model(features)["sentence_embedding"]
         found = dynamic_candidates(normalize(emb.detach().cpu().numpy()), ts.kernel, [ts.positives[i] for i in q], cfg.depth)
         items = vectors[np.clip(found.rows, 0, None)].to(emb.device)
@@ -189,21 +195,41 @@ def train_retriever(cfg: RetrieverConfig, progress: bool = True) -> Path:
             history.append({"step": step + 1, **{k: v / n for k, v in sums.items()}})
             sums = {}
             seconds_now = seconds + time.perf_counter() - t0
-            save_checkpoint(ckpt, {"fingerprint": fp, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "schedule": schedule.state_dict(), "step": step + 1, "seconds": seconds_now, "history": history})
+            save_checkpoint(
+                ckpt,
+                {
+                    "fingerprint": fp,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "step": step + 1,
+                    "seconds": seconds_now,
+                    "history": history,
+                },
+            )
     bar.close()
     _save(cfg, ts, model, {"fingerprint": fp, "steps": total, "train_seconds": seconds + time.perf_counter() - t0, "history": history})
     return out
 
 
-def _save(cfg: RetrieverConfig, ts: TrainingSet, model: nn.Module, log: dict) -> None:
+def _save(cfg: RetrieverConfig, ts: TrainingSet, model: SentenceTransformer, log: dict) -> None:
     """The finished model folder: served at full sequence length, its log, no checkpoints left."""
     out = Path(cfg.out)
     model.eval()
-    model.max_seq_length = model.serve_seq_length  # type: ignore[attr-defined]  # train short, serve at full length
-    version = new_version(cfg, ts, model.get_embedding_dimension())  # type: ignore[attr-defined]
+    model.max_seq_length = model.serve_seq_length  # train short, serve at full length
+    version = new_version(cfg, ts, model.get_embedding_dimension())  # type: ignore[arg-type]  # sentence-transformers types it Optional; a loaded model has one
     (out / LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
-    (out / LOG_FILE).write_text(json.dumps({"fingerprint": log["fingerprint"], "config": cfg.model_dump(), "steps": log["steps"],
-                                            "train_seconds": log["train_seconds"], "history": log["history"]}, indent=2))
+    (out / LOG_FILE).write_text(
+        json.dumps(
+            {
+                "fingerprint": log["fingerprint"],
+                "config": cfg.model_dump(),
+                "steps": log["steps"],
+                "train_seconds": log["train_seconds"],
+                "history": log["history"],
+            },
+            indent=2,
+        )
+    )
     save_retriever(model, out, version, item_encoder=cfg.old if cfg.method == "adore" else None)
     shutil.rmtree((out / CHECKPOINT).parent, ignore_errors=True)  # a finished folder holds the model only

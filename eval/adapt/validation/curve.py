@@ -4,10 +4,10 @@ scores against every paired row's top 20). curve.py OLD NEW SPLIT N KIND RIDGE (
 import sys
 import numpy as np
 from pathlib import Path
-from compatret.config import dataset
+from compatret.core.config import dataset
 from compatret.data.beir import load_beir
 from compatret.adapt.fit import fit_one
-from compatret.versions import normalize
+from compatret.core.transforms import normalize
 D = Path(__file__).parent / "cache"
 ids = list(np.load(D / "ids.npy")); qids = list(np.load(D / "qids.npy"))
 data = load_beir(dataset("scifact"), splits=("train", "test"))

@@ -2,7 +2,7 @@
 import re, sys, time
 from pathlib import Path
 import numpy as np
-from compatret.config import dataset
+from compatret.core.config import dataset
 from compatret.data.beir import load_beir
 from compatret.encoders.registry import load_encoder
 

@@ -23,9 +23,9 @@ import numpy as np
 
 from compatret.adapt import select as S
 from compatret.adapt.fit import fit_one
-from compatret.config import dataset
+from compatret.core.config import dataset
 from compatret.data.beir import load_beir
-from compatret.versions import normalize
+from compatret.core.transforms import normalize
 
 D = Path(__file__).parent / "cache"
 ids = list(np.load(D / "ids.npy"))

@@ -12,10 +12,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cached import CachedEncoder, corpus_encoder, serve_with  # noqa: E402
 from run import FRACTIONS, judged, log, subset_corpus  # noqa: E402
 
-from compatret.config import dataset  # noqa: E402
+from compatret.core.config import dataset
 from compatret.data.beir import load_beir  # noqa: E402
-from compatret.index.backfill import backfill  # noqa: E402
-from compatret.index.service import Service  # noqa: E402
+from compatret.engine.backfill import backfill
+from compatret.engine.service import Service
 
 WORK = Path(__file__).resolve().parents[3] / "runs" / "adapt"
 data = subset_corpus(load_beir(dataset("scifact"), splits=("test",)))

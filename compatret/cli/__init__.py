@@ -1,0 +1,3 @@
+from compatret.cli.main import main
+
+__all__ = ["main"]

@@ -1,1 +1,0 @@
-"""Classifier and transformation heads used to train compatible image embeddings."""

@@ -1,1 +1,0 @@
-"""Compatibility losses: small modules, one per file, each returning its named parts."""

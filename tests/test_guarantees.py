@@ -1,0 +1,110 @@
+"""Promises whose earlier tests a one-line bug slipped past (found by mutation testing): every
+row's writer is checked on upgrade, a partly bad query or stored row is refused, a repeated add
+never stores a row twice, and a view opened before another process wrote moves forward."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from compatret import Compat, CompatretError, ModelVersion
+from compatret.engine.service import Service
+from compatret.store.gallery import Gallery
+from test_service import model_folder, vectors
+
+
+def stored_ids(path) -> list[str]:
+    """Every row's id as the table holds it (duplicates kept: no dict keyed by id in between)."""
+    g = Gallery.open(path)
+    return g.scan(["id"]).column("id").to_pylist()
+
+
+def test_upgrade_checks_every_writer_not_only_the_serving_model(tmp_path):
+    """v1 -> v2 (prefix: the first 4 dims) -> v3 (a transform of v2's full space): v3 reads v2's
+    rows, but not v1's (the transform needs all 8 dims the prefix dropped). The serving model is
+    v2, so only a check of every writer finds the v1 rows."""
+    v1 = ModelVersion("v1", 8)
+    v2 = ModelVersion("v2", 8, parent=v1, compat=Compat.prefix(4), method="bt2")
+    v3 = ModelVersion("v3", 8, parent=v2, compat=Compat.transform("transforms/v3.npy"), method="fct")
+    s = Service.create(tmp_path / "g", model=str(model_folder(tmp_path, v1)))
+    s.add_vectors(vectors(20, 8), ids=[f"a{i}" for i in range(20)])
+    s.upgrade(str(model_folder(tmp_path, v2)))
+    s.add_vectors(vectors(5, 8, seed=2), ids=[f"b{i}" for i in range(5)], model="v2")
+    folder = model_folder(tmp_path, v3)
+    (folder / "transforms").mkdir()
+    np.save(folder / "transforms" / "v3.npy", np.vstack([np.eye(8, dtype=np.float32), np.zeros((1, 8), np.float32)]))
+    before = Gallery.open(tmp_path / "g").latest_version()
+    with pytest.raises(CompatretError, match="v1"):
+        s.upgrade(str(folder))
+    after = Service.open(tmp_path / "g")
+    assert after.meta.serving.id == "v2" and after.gallery.latest_version() == before
+    assert not (tmp_path / "g" / "transforms" / "v3.npy").exists()  # a refusal copies nothing
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_partly_bad_query_row_is_refused_by_its_index(tmp_path, bad):
+    s = Service.create(tmp_path / "g", dim=4, version_id="v1")
+    s.add_vectors(vectors(10, 4), ids=[str(i) for i in range(10)])
+    q = vectors(3, 4, seed=1)
+    q[2, 1] = bad  # one value of the last row: the others are fine
+    with pytest.raises(CompatretError, match="query vector 2 contains NaN or infinity"):
+        s.query(vectors=q, k=3)
+    assert len(s.query(vectors=q[:2], k=3)) == 2
+
+
+def test_a_partly_bad_stored_row_refuses_the_whole_add(tmp_path):
+    s = Service.create(tmp_path / "g", dim=4, version_id="v1")
+    x = vectors(30, 4)
+    x[17, 3] = np.nan
+    with pytest.raises(CompatretError, match="NaN or infinity"):
+        s.add_vectors(x, ids=[str(i) for i in range(30)], batch_size=10)  # the bad row is in the second batch
+    assert stored_ids(tmp_path / "g") == []  # checked before the first commit: all or nothing
+
+
+def test_repeated_adds_store_each_row_once(tmp_path, digit_models):
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    items = digit_models["items"][:12]
+    assert s.add_items(items[:8], batch_size=3, progress=False) == 8
+    assert s.add_items(items, batch_size=3, progress=False) == 4  # a rerun after an interruption: the rest only
+    assert s.add_items(items, progress=False) == 0
+    ids = stored_ids(tmp_path / "g")
+    assert len(ids) == 12 and sorted(ids) == sorted(str(it["id"]) for it in items)
+    x = vectors(50, 4)
+    v = Service.create(tmp_path / "v", dim=4, version_id="v1")
+    assert v.add_vectors(x[:30], ids=[str(i) for i in range(30)], batch_size=7) == 30
+    assert v.add_vectors(x, ids=[str(i) for i in range(50)], batch_size=7) == 20
+    ids = stored_ids(tmp_path / "v")
+    assert len(ids) == 50 and len(set(ids)) == 50
+
+
+WRITER = """
+import sys, numpy as np
+from compatret.engine.service import Service
+s = Service.open(sys.argv[1])
+rng = np.random.default_rng(7)
+s.add_vectors(rng.normal(size=(5, 4)).astype(np.float32), ids=[f"new{i}" for i in range(5)])
+s.delete(["0", "1"])
+"""
+
+
+def test_a_view_opened_before_another_process_wrote_moves_forward(tmp_path):
+    """The same Service object (its view and kernels built) answers from the other process's
+    write: new rows found, deleted rows gone, no reader opened afresh in between."""
+    s = Service.create(tmp_path / "g", dim=4, version_id="v1")
+    x = vectors(40, 4)
+    s.add_vectors(x, ids=[str(i) for i in range(40)])
+    old = s.index
+    assert s.query(vectors=x[:1], k=1)[0].ids == ["0"]
+    env = {**os.environ, "LANCEDB_LOG": "error"}
+    subprocess.run([sys.executable, "-c", WRITER, str(tmp_path / "g")], check=True, env=env, timeout=120)
+    new = np.random.default_rng(7).normal(size=(5, 4)).astype(np.float32)
+    hits = s.query(vectors=np.vstack([new, x[:2]]), k=1)
+    assert [h.ids[0] for h in hits[:5]] == [f"new{i}" for i in range(5)]
+    assert hits[5].ids[0] != "0" and hits[6].ids[0] != "1"
+    assert s.index is not old and s.index.size == 43
+    assert json.dumps(sorted(stored_ids(tmp_path / "g"))) == json.dumps(sorted([str(i) for i in range(2, 40)] + [f"new{i}" for i in range(5)]))

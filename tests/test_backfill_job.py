@@ -63,5 +63,6 @@ def test_a_failing_job_records_its_error_and_frees_the_lock(tmp_path):
     assert job.start(broken)
     outcome = wait_ended(job)
     assert outcome["error"] == "ValueError: boom" and outcome["report"] is None and "ended" in outcome
+    assert "boom\nsecond line" in outcome["traceback"] and "in broken" in outcome["traceback"]  # the whole error, kept
     assert not job.running() and job.start(lambda: {"done": 3})
     assert wait_ended(job)["report"] == {"done": 3}

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from compatret.engine.service import Service
-from served import serving
+from compatret.testing.serve import serving
 
 pytestmark = pytest.mark.browser
 SHOTS = Path(os.environ.get("COMPATRET_CONSOLE_SHOTS", "")) if os.environ.get("COMPATRET_CONSOLE_SHOTS") else None

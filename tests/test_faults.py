@@ -18,7 +18,8 @@ import pytest
 from compatret.store.gallery import Gallery
 from compatret.engine.service import Service
 from compatret.search.verify import verify
-from served import serving
+from compatret.testing.serve import serving
+from compatret.testing.damage import bitrot
 
 DIM = 32
 
@@ -49,13 +50,6 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def frag_dir(path: Path) -> Path:
     return sorted((path / "search").glob("frag-*"))[0]
 
-
-def bitrot(file: Path, keep: int = 128) -> None:
-    """Random bytes over a file after its first `keep` bytes: same size, other content."""
-    size = file.stat().st_size
-    with open(file, "r+b") as f:
-        f.seek(keep)
-        f.write(np.random.default_rng(1).bytes(size - keep))
 
 
 DAMAGE = {

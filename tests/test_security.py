@@ -24,7 +24,7 @@ from compatret.store.gallery import Gallery
 from compatret.engine.service import Service
 from compatret.core.lineage import VERSION_FILE, Compat, ModelVersion
 from compatret.core.contract import resolve
-from served import serving
+from compatret.testing.serve import serving
 
 WRITE_KEY = "write-key-0123456789abcdef"
 READ_KEY = "read-key-0123456789abcdef"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from compatret.engine.service import Service
-from served import serving
+from compatret.testing.serve import serving
 
 
 @pytest.fixture()

@@ -36,7 +36,7 @@ def eval_group() -> None:
 def eval_compat(
     first: tuple[str, ...], more: tuple[str, ...], raw_unrelated: bool, out: str, device: str | None, as_json: bool, **images: Any
 ) -> None:
-    """M[query model][gallery model] (top-1, mAP; leave-one-out, cosine) for every pair gallery <= query."""
+    """The compatibility matrix M(query model, gallery model): top-1 and mAP (leave-one-out, cosine) for every pair gallery <= query."""
     from compatret.core.config import dataset
     from compatret.data.images import load_parquet_split
     from compatret.evaluation.compat_matrix import compat_matrix, write_compat_report

@@ -11,7 +11,7 @@ import numpy as np
 from compatret.core.errors import CompatretError
 from compatret.core.lineage import IncompatibleLineage, ModelVersion
 from compatret.core.paths import confined
-from compatret.core.transforms import LearnedMap, normalize
+from compatret.core.transforms import cached_map, normalize
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,6 @@ def apply_plan(plan: CompatPlan, queries: np.ndarray | None, gallery: np.ndarray
     if gallery is not None:
         g = gallery.astype(np.float32, copy=False)
         for tp in plan.gallery_transforms:
-            g = LearnedMap.load(tp, os.path.relpath(tp, plan.base_dir) if plan.base_dir else None)(g)
+            g = cached_map(tp, os.path.relpath(tp, plan.base_dir) if plan.base_dir else None)(g)
         g = normalize(np.ascontiguousarray(g[:, : plan.dims], dtype=np.float32))
     return q, g

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import zipfile
 from dataclasses import dataclass
@@ -81,3 +82,18 @@ def normalize(x: np.ndarray) -> np.ndarray:
     x = x / np.where(peak > 0, peak, 1).astype(np.float32)
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(n, 1e-12)
+
+
+@functools.lru_cache(maxsize=64)
+def _map_of_file(path: str, size: int, mtime_ns: int, name: str | None) -> LearnedMap:
+    return LearnedMap.load(path, name)
+
+
+def cached_map(path: str | Path, name: str | None = None) -> LearnedMap:
+    """`LearnedMap.load`, read once per file state: a query through a transform plan (every IVF-PQ
+    re-rank) must not read the file again; a file replaced in place has another size or mtime."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return LearnedMap.load(path, name)  # its own one-line error
+    return _map_of_file(str(path), st.st_size, st.st_mtime_ns, name)

@@ -31,6 +31,40 @@ def _jsonl_rows(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
     return rows, lines
 
 
+def text_or_none(value: Any) -> str | None:
+    """A text field as a string; None for missing (and for the NaN a Parquet/pandas gap becomes)."""
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def normal_item(row: dict[str, Any]) -> dict[str, Any]:
+    """One item as every path stores it (a local add, a Ray add, an HTTP add): id (a BEIR file's
+    `_id` too), title and text as strings or None, the image as bytes (read from `image_path`),
+    metadata an object (a Parquet `label` column becomes {"label": ...}). Idempotent."""
+    image = row.get("image")
+    if image is None and text_or_none(row.get("image_path")):
+        try:
+            image = Path(row["image_path"]).read_bytes()
+        except OSError as exc:
+            raise CompatretError(f"cannot read image {row['image_path']}: {exc.strerror}") from exc
+    meta = row.get("metadata")
+    if meta is None and row.get("label") is not None:
+        meta = {"label": row["label"]}
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except json.JSONDecodeError:
+            meta = None if not meta.strip() else meta
+    if meta is not None and not isinstance(meta, dict):
+        raise CompatretError(f"item {text_or_none(row.get('id', row.get('_id')))!r}: metadata must be an object")
+    return {
+        "id": text_or_none(row.get("id", row.get("_id"))),
+        "title": text_or_none(row.get("title")),
+        "text": text_or_none(row.get("text")),
+        "image": bytes(image) if image is not None else None,
+        "metadata": meta,
+    }
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Every non-empty line as a JSON object; a bad line is one error naming file and line."""
     return _jsonl_rows(path)[0]
@@ -74,11 +108,7 @@ def _read_parquet(path: Path) -> list[dict[str, Any]]:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise CompatretError(f"{path}: not a readable parquet file ({exc})") from exc
-    rows = table.to_pylist()
-    for row in rows:
-        if "label" in row and "metadata" not in row:
-            row["metadata"] = {"label": row.pop("label")}
-    return rows
+    return table.to_pylist()
 
 
 EMPTY_LISTED = 20  # ids of empty items a report lists (the count is whole)
@@ -112,10 +142,12 @@ def read_items(path: str | Path, modality: str = "text", skip_empty: bool = Fals
         raise CompatretError(f"{p} holds no items")
     kept, kept_lines, skipped = [], [], []
     for row, n in zip(rows, lines):
-        if row.get("_id") is not None and row.get("id") is None:  # BEIR corpus files
-            row["id"] = row.pop("_id")
         if row.get("metadata") is not None and not isinstance(row["metadata"], dict):
             raise CompatretError(f"{p}:{n}: metadata must be an object")
+        try:
+            row = normal_item(row)
+        except CompatretError as exc:
+            raise CompatretError(f"{p}:{n}: {exc}") from exc
         if has_content(row, modality):
             kept.append(row)
             kept_lines.append(n)

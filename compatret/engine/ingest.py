@@ -16,7 +16,7 @@ from compatret.core.contract import resolve
 from compatret.core.errors import CompatretError
 from compatret.core.lineage import ModelVersion
 from compatret.core.transforms import normalize
-from compatret.data.items import duplicate_error
+from compatret.data.items import duplicate_error, normal_item
 from compatret.encoders import Encoder
 from compatret.engine.models import named_version
 from compatret.store.gallery import Gallery
@@ -29,17 +29,6 @@ if TYPE_CHECKING:
 def new_ids(n: int) -> list[str]:
     """Fresh row ids, unique by construction (never reused after a delete)."""
     return [uuid.uuid4().hex for _ in range(n)]
-
-
-def _read_item_image(item: dict[str, Any]) -> bytes | None:
-    if item.get("image") is not None:
-        return bytes(item["image"])
-    if item.get("image_path") is not None:
-        try:
-            return Path(item["image_path"]).read_bytes()
-        except OSError as exc:
-            raise CompatretError(f"cannot read image {item['image_path']}: {exc.strerror}") from exc
-    return None
 
 
 ENCODE_BATCH = 32  # items per encoder call while adding: the progress bar moves this often
@@ -114,6 +103,7 @@ def add_vectors(
     stays constant. Rows without ids get `<uuid>-<n>` ids, unique by construction. With
     `ray`, Ray tasks normalise and write the blocks and this process commits them per step.
     """
+    vectors = np.asarray(vectors)  # a list of rows too; a memory-mapped array stays mapped (no copy)
     if ray is not None:
         from compatret.engine.ray_ingest import ingest_vectors
 
@@ -166,8 +156,9 @@ def add_items(
     Returns the rows added."""
     if not items:
         return 0
-    images_all = [_read_item_image(it) for it in items]
-    given = [str(it["id"]) if it.get("id") is not None else None for it in items]
+    items = [normal_item(it) for it in items]  # parsed as the Ray engine and HTTP parse them
+    images_all = [it["image"] for it in items]
+    given = [it["id"] for it in items]
     named = [i for i in given if i is not None]
     duplicate_error(given)
     with gallery.writing("add items"):

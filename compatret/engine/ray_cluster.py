@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  pa.compute
 from filelock import FileLock, Timeout
@@ -81,10 +80,6 @@ def ray_job(gallery: Gallery) -> Iterator[None]:
         yield
     finally:
         lock.release()
-
-
-def _text_or_none(value: Any) -> str | None:
-    return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
 def _write_rows(

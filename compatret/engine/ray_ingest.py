@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from compatret.core.errors import CompatretError
 from compatret.core.transforms import normalize
-from compatret.data.items import EMPTY_LISTED, duplicate_error, has_content
-from compatret.engine.ray_cluster import RayOptions, _append, _text_or_none, _write_fragments, _write_rows, actor_cpus, connect, ray_job
+from compatret.data.items import EMPTY_LISTED, duplicate_error, has_content, normal_item
+from compatret.engine.ray_cluster import RayOptions, _append, _write_fragments, _write_rows, actor_cpus, connect, ray_job
 from compatret.store.gallery import Gallery
 from compatret.store.rows import Payloads, rows_table, vector_array
 
@@ -54,30 +54,18 @@ ITEM_BLOCK_ROWS = 4096
 
 
 def _normal_block(rows: list[dict[str, Any]] | pa.Table) -> pa.Table:
-    """A block of items as the actors take them: id, title, text, image bytes, metadata JSON."""
-    if isinstance(rows, pa.Table):
-        rows = rows.to_pylist()
-    out: dict[str, list[Any]] = {k: [] for k in ("id", "title", "text", "image", "metadata")}
-    for row in rows:
-        out["id"].append(_text_or_none(row.get("id", row.get("_id"))))
-        out["title"].append(_text_or_none(row.get("title")))
-        out["text"].append(_text_or_none(row.get("text")))
-        image = row.get("image")
-        if image is None and _text_or_none(row.get("image_path")):
-            try:
-                image = Path(row["image_path"]).read_bytes()
-            except OSError as exc:
-                raise CompatretError(f"cannot read image {row['image_path']}: {exc.strerror}") from exc
-        out["image"].append(image)
-        m = row.get("metadata", {"label": row["label"]} if row.get("label") is not None else None)
-        out["metadata"].append(m if m is None or isinstance(m, str) else json.dumps(m, default=str))
+    """A block of items as the actors take them (id, title, text, image bytes, metadata JSON),
+    each parsed by `normal_item` as a local add parses it."""
+    items = [normal_item(r) for r in (rows.to_pylist() if isinstance(rows, pa.Table) else rows)]
     return pa.table(
         {
-            "id": pa.array(out["id"], pa.string()),
-            "title": pa.array(out["title"], pa.string()),
-            "text": pa.array(out["text"], pa.string()),
-            "image": pa.array(out["image"], pa.binary()),
-            "metadata": pa.array(out["metadata"], pa.string()),
+            "id": pa.array([it["id"] for it in items], pa.string()),
+            "title": pa.array([it["title"] for it in items], pa.string()),
+            "text": pa.array([it["text"] for it in items], pa.string()),
+            "image": pa.array([it["image"] for it in items], pa.binary()),
+            "metadata": pa.array(
+                [json.dumps(it["metadata"], default=str) if it["metadata"] is not None else None for it in items], pa.string()
+            ),
         }
     )
 

@@ -333,5 +333,6 @@ def cache_problem(gallery_dir: Path) -> str | None:
 def _write_failed(gallery_dir: Path, tmp: Path, exc: OSError) -> None:
     """A cache folder that could not be written: nothing half-written stays, the reason is kept for /health."""
     shutil.rmtree(tmp, ignore_errors=True)
+    log.debug("search cache write under %s failed", gallery_dir, exc_info=exc)
     reason = "no space left on device" if no_space(exc) else (exc.strerror or str(exc))
     note_problem(gallery_dir, f"cannot write the search cache ({reason}): serving from memory")

@@ -92,6 +92,9 @@ class SearchIndex:
                 if out._sync(key, state, self.fragments):
                     out._kernels[key] = state
             except (RuntimeError, MemoryError):  # faiss failed half-way: rebuild this kernel when next asked
+                log.warning(
+                    "search kernel %s could not be updated to table version %d: rebuilt when next asked", key, version, exc_info=True
+                )
                 self._kernels.pop(key, None)
         self.retired = True
         return out

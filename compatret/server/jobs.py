@@ -85,8 +85,9 @@ class BackfillJob:
                 outcome["error"] = str(exc)
                 log.info("backfill job refused: %s", exc, exc_info=True)
             except Exception as exc:  # noqa: BLE001  # a job thread must record any death, then end
-                outcome["error"] = f"{type(exc).__name__}: {str(exc).strip()}"
-                outcome["traceback"] = traceback.format_exc()
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                outcome["error"] = f"{type(exc).__name__}: {first}"  # the line GET /backfill and the console show
+                outcome["traceback"] = traceback.format_exc()  # the whole of it, kept in the job file and logged
                 log.exception("backfill job failed")
             finally:
                 outcome["ended"] = datetime.now(UTC).isoformat(timespec="seconds")

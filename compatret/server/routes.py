@@ -224,5 +224,5 @@ def _write_routes(app: FastAPI, r: _Routes) -> None:
         """Restore the rows, vectors and serving model of an earlier table version, as a new version."""
         if r.job.running(wait=PROBE_WAIT_S):
             raise HTTPException(status_code=409, detail="a backfill is running: stop it before rolling back")
-        meta = _refused(rollback, service, req.version)
+        meta = _refused(rollback, service.gallery, req.version)
         return {"restored": req.version, "serving": meta.serving.id, "table_version": service.gallery.version}

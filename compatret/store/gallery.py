@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from cachetools import LRUCache
 
 from compatret.core.errors import CompatretError
 from compatret.core.lineage import ModelVersion
@@ -49,8 +51,9 @@ class Gallery:
     def __init__(self, path: Path, table: Any) -> None:
         self.path = path
         self.table = table
-        self._metas: dict[int, GalleryMeta] = {}
-        self._datasets: dict[int, Any] = {}
+        self._metas: LRUCache[int, GalleryMeta] = LRUCache(maxsize=16)  # parsed metadata by table version
+        self._datasets: LRUCache[int, Any] = LRUCache(maxsize=5)  # open Lance datasets by table version
+        self._cached = threading.Lock()  # guards both caches (queries read them from many threads)
         self._session: Any = None  # Lance's caches (index pages, metadata), shared across versions
         self._writing = 0  # > 0 while this handle holds the writer lock (see writing())
         self.mark_file = str(path / WRITTEN_MARK)  # see announce_write
@@ -94,13 +97,13 @@ class Gallery:
         import lance
 
         version = self.version if version is None else version
-        ds = self._datasets.get(version)
+        with self._cached:
+            ds = self._datasets.get(version)
         if ds is None:
             ds = lance.dataset(str(self.path / f"{TABLE}.lance"), version=version, session=self._session)
-            self._session = ds.session()
-            if len(self._datasets) > 4:
-                self._datasets = {}
-            self._datasets[version] = ds
+            with self._cached:
+                self._session = ds.session()
+                self._datasets[version] = ds
         return ds
 
     def latest_version(self) -> int:
@@ -136,12 +139,12 @@ class Gallery:
 
     def meta_at(self, version: int) -> GalleryMeta:
         """The metadata as committed at table `version` (parsed once per version; safe across threads)."""
-        meta = self._metas.get(version)
+        with self._cached:
+            meta = self._metas.get(version)
         if meta is None:
             meta = meta_of_schema(self.dataset(version).schema, self.path)
-            if len(self._metas) > 16:
-                self._metas = {}
-            self._metas[version] = meta
+            with self._cached:
+                self._metas[version] = meta
         return meta
 
     def set_meta(self, meta: GalleryMeta) -> None:

@@ -9,6 +9,7 @@ command, since when), so a waiting writer can say whom it waits for. Readers nev
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from filelock import FileLock, Timeout
+from lance.commit import CommitConflictError
 
 from compatret.core.errors import CompatretError
 
@@ -28,6 +30,8 @@ DEFAULT_TIMEOUT_S = 60.0
 CONFLICT_RETRIES = 5
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def lock_timeout() -> float:
@@ -85,12 +89,6 @@ def writer_lock(gallery_dir: Path, command: str, timeout: float | None = None) -
         lock.release()
 
 
-def is_commit_conflict(exc: BaseException) -> bool:
-    """Lance's words for a commit that lost a race with another writer."""
-    text = str(exc).lower()
-    return "conflict" in text or "incompatible transaction" in text or "retryable" in text
-
-
 def retry_commit(fn: Callable[[], T], what: str, before_retry: Callable[[], None] | None = None) -> T:
     """Run one commit; retry it when Lance reports a conflict, then fail with one line.
 
@@ -101,10 +99,9 @@ def retry_commit(fn: Callable[[], T], what: str, before_retry: Callable[[], None
     for attempt in range(CONFLICT_RETRIES):
         try:
             return fn()
-        except (RuntimeError, OSError, ValueError) as exc:
-            if not is_commit_conflict(exc):
-                raise
+        except CommitConflictError as exc:  # Lance's type for a commit that lost a race (retryable or not)
             last = exc
+            log.info("%s: commit conflict (try %d of %d)", what, attempt + 1, CONFLICT_RETRIES, exc_info=True)
         time.sleep(0.05 * 2**attempt)
         if before_retry is not None:
             before_retry()

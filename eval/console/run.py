@@ -20,11 +20,9 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,34 +31,16 @@ import numpy as np
 from compatret.core.config import dataset, index_home
 from compatret.data.beir import load_beir
 from compatret.engine.service import Service
+from compatret.testing.serve import serving  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 KEY = "console-demo-write-key-0123456789"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-@contextmanager
-def served(gallery: Path, keys: Path) -> Iterator[str]:
+def served(gallery: Path, keys: Path) -> AbstractContextManager[str]:
     """`compatret serve` on a free loopback port until the block ends."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "compatret", "serve", str(gallery), "--port", str(port), "--api-key-file", str(keys),
-                             "--refresh-seconds", "0.5"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    import httpx
-
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    return serving(str(gallery), "--api-key-file", str(keys), "--refresh-seconds", "0.5")
 
 
 @contextmanager

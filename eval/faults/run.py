@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from typing import Any, Callable
 import httpx
 import lance
 import numpy as np
+from compatret.testing.ports import free_port  # noqa: E402
+from compatret.testing.damage import bitrot  # noqa: E402
 
 os.environ.setdefault("LANCEDB_LOG", "error")
 HERE = Path(__file__).parent
@@ -99,11 +100,6 @@ class Truth:
 
 
 # ---- processes ------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def cli(case: Case, *args: str, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
     """Run a compatret command; a traceback, a signal or an exit code outside `ok` is counted."""
@@ -247,12 +243,6 @@ def cli_answers(case: Case, gallery: Path, truth: Truth, queries: np.ndarray, tm
 
 
 # ---- faults ---------------------------------------------------------------------------------------
-def bitrot(file: Path, keep: int = 128) -> None:
-    size = file.stat().st_size
-    with open(file, "r+b") as f:
-        f.seek(keep)
-        f.write(np.random.default_rng(1).bytes(max(0, size - keep)))
-
 
 def frags(g: Path) -> list[Path]:
     return sorted((g / "search").glob("frag-*"))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -64,12 +63,11 @@ def main(label: str) -> None:
     import compatret
     from compatret.engine.service import Service
 
+    from compatret.testing.ports import free_port
     tmp = Path(tempfile.mkdtemp(prefix="compatret-tput-"))
     x = np.random.default_rng(0).standard_normal((ROWS, DIM)).astype(np.float32)
     Service.create(tmp / "g", dim=DIM, version_id="v1", ann="flat").add_vectors(x, ids=[f"r{i}" for i in range(ROWS)])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "compatret", "serve", str(tmp / "g"), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

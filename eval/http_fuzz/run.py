@@ -58,7 +58,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -67,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from compatret.testing.ports import free_port  # noqa: E402
 
 os.environ.setdefault("LANCEDB_LOG", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -86,11 +86,6 @@ DEFAULT_EXAMPLES = {"none": 150, "read": 100, "write": 600}
 def log(msg: str) -> None:
     print(f"[http_fuzz {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- models, gallery, images

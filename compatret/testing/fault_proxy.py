@@ -14,9 +14,9 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import cycle
-from typing import Iterable
 
 
 class FaultProxy:
@@ -63,8 +63,9 @@ class FaultProxy:
                 self.wfile.write(body)
 
             def _forward(self, body: bytes, method: str, cut: bool = False) -> None:
-                req = urllib.request.Request(proxy.upstream + self.path, data=body or None, method=method,
-                                             headers={"Content-Type": "application/json"})
+                req = urllib.request.Request(
+                    proxy.upstream + self.path, data=body or None, method=method, headers={"Content-Type": "application/json"}
+                )
                 with proxy.lock:
                     proxy.in_flight += 1
                     proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)

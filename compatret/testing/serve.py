@@ -1,32 +1,29 @@
-"""A real `compatret serve` process on a free loopback port, for the HTTP tests."""
+"""A real `compatret serve` process on a free loopback port, for the HTTP tests and benchmarks."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import httpx
-import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from compatret.testing.ports import free_port
 
 
 @contextmanager
 def serving(gallery: str, *options: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """Start `compatret serve GALLERY OPTIONS...`, wait for /health, yield its URL, stop it."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "compatret", "serve", gallery, "--port", str(port), *options],
-                            env={**(env if env is not None else os.environ), "LANCEDB_LOG": "error"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "compatret", "serve", gallery, "--port", str(port), *options],
+        env={**(env if env is not None else os.environ), "LANCEDB_LOG": "error"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -37,7 +34,7 @@ def serving(gallery: str, *options: str, env: dict[str, str] | None = None) -> I
             time.sleep(0.2)
     else:
         proc.kill()
-        pytest.fail(proc.stderr.read().decode())
+        raise RuntimeError(f"compatret serve did not answer /health within 60 s: {proc.stderr.read().decode() if proc.stderr else ''}")
     try:
         yield url
     finally:

@@ -1,0 +1,119 @@
+"""Mutation testing of the modules that carry compatret's promises: do the tests catch a one-line bug?
+
+    python eval/mutation/run.py            # mutmut run (about an hour on 2 cores), then the tally
+    python eval/mutation/run.py --tally    # only the tally of the last run (mutants/ is kept)
+
+mutmut (configured in pyproject.toml's [tool.mutmut]: the modules and the in-process tests)
+changes one thing at a time in a function (an operator, a constant, a condition, an argument)
+and runs the tests that call that function; a mutant is *killed* when a test fails. A mutant no
+test can tell from the original is *equivalent*: each is listed with its reason in
+`equivalent.toml` beside this file and left out of the score. Timeouts (a mutant that loops) are
+kills. A mutant in a function no selected test calls counts as *survived*.
+
+Writes results.json and results.md: totals and per module, the bar being
+killed / (killed + survived) >= 0.9 on every module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import tomllib
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+BAR = 0.9
+KILLED = {1: "killed", 3: "killed", 36: "killed", -24: "killed", 24: "killed", 152: "killed", 255: "killed", 37: "killed"}
+SURVIVED = {0: "survived", 5: "survived", 33: "survived"}  # 5/33: no test ran it, so nothing would catch it
+
+
+def configured_modules() -> list[str]:
+    return list(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"])
+
+
+def equivalents() -> dict[str, str]:
+    """mutant name -> why no test can tell it from the original."""
+    path = HERE / "equivalent.toml"
+    return {k: v["why"] for k, v in tomllib.loads(path.read_text()).items()} if path.exists() else {}
+
+
+def tally() -> dict:
+    equivalent = equivalents()
+    per_module: dict[str, Counter[str]] = defaultdict(Counter)
+    survivors: dict[str, list[str]] = defaultdict(list)
+    for module in configured_modules():
+        meta = ROOT / "mutants" / f"{module}.meta"
+        if not meta.exists():
+            raise SystemExit(f"no results for {module}: run without --tally first")
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            if name in equivalent:
+                state = "equivalent"
+            elif code in KILLED:
+                state = "killed"
+            elif code in SURVIVED:
+                state = "survived"
+            else:
+                state = "not run" if code is None else f"other ({code})"
+            per_module[module][state] += 1
+            if state != "killed" and state != "equivalent":
+                survivors[module].append(name)
+    stale = sorted(set(equivalent) - {n for m in configured_modules() for n in json.loads((ROOT / "mutants" / f"{m}.meta").read_text())["exit_code_by_key"]})
+
+    def score(c: Counter[str]) -> float:
+        caught, missed = c["killed"], c["survived"] + sum(v for k, v in c.items() if k.startswith(("other", "not run")))
+        return caught / (caught + missed) if caught + missed else 1.0
+
+    total: Counter[str] = sum(per_module.values(), Counter())
+    return {
+        "tool": "mutmut 3 (pyproject.toml [tool.mutmut])",
+        "bar": BAR,
+        "killed": total["killed"],
+        "survived": total["survived"],
+        "equivalent": total["equivalent"],
+        "score": round(score(total), 4),
+        "bar_met": all(score(c) >= BAR for c in per_module.values()),
+        "modules": {m: {**dict(c), "score": round(score(c), 4)} for m, c in per_module.items()},
+        "survivors": dict(survivors),
+        "stale_equivalents": stale,  # listed as equivalent, but no such mutant any more: update equivalent.toml
+    }
+
+
+def write(result: dict) -> None:
+    (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    rows = [f"| `{m}` | {c.get('killed', 0)} | {c.get('survived', 0)} | {c.get('equivalent', 0)} | {c['score']:.3f} |"
+            for m, c in result["modules"].items()]
+    md = ["# Mutation testing (`python eval/mutation/run.py`)", "",
+          f"Bar: killed / (killed + survived) >= {BAR} on every module. Met: **{result['bar_met']}**.", "",
+          "| module | killed | survived | equivalent | score |", "|---|---:|---:|---:|---:|", *rows,
+          f"| **all** | {result['killed']} | {result['survived']} | {result['equivalent']} | {result['score']:.3f} |", ""]
+    if any(result["survivors"].values()):
+        md += ["Survivors (`mutmut show NAME` prints the change):", ""]
+        md += [f"- `{n}`" for names in result["survivors"].values() for n in names]
+    (HERE / "results.md").write_text("\n".join(md) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tally", action="store_true", help="only count the results of the last run")
+    ap.add_argument("--max-children", type=int, default=2)
+    args = ap.parse_args()
+    if not args.tally:
+        t0 = time.time()
+        done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)], cwd=ROOT)
+        if done.returncode not in (0, 1):
+            raise SystemExit(f"mutmut run failed (exit {done.returncode})")
+        print(f"mutmut ran for {time.time() - t0:.0f} s", file=sys.stderr)
+    result = tally()
+    write(result)
+    print(json.dumps({k: result[k] for k in ("killed", "survived", "equivalent", "score", "bar_met")}))
+    for module, c in result["modules"].items():
+        print(f"{c['score']:.3f}  {module}  ({c.get('killed', 0)} killed, {c.get('survived', 0)} survived, {c.get('equivalent', 0)} equivalent)")
+
+
+if __name__ == "__main__":
+    main()

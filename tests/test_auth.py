@@ -1,0 +1,122 @@
+"""API keys in one process (the app itself, through Starlette's test client): the key file's
+format, what each scope may do, and that the scope a route needs is the one it declares."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from compatret import CompatretError
+from compatret.engine.service import Service
+from compatret.server.app import create_app
+from compatret.server.auth import ApiKeys, is_loopback
+from compatret.server.middleware import route_scope
+
+WRITE = "write-key-0123456789abcdef"
+READ = "read-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory):
+    path = tmp_path_factory.mktemp("auth") / "g"
+    s = Service.create(path, dim=4, version_id="v1")
+    s.add_vectors([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]], ids=["a", "b"])
+    return path
+
+
+def client(gallery, keys: ApiKeys, key: str | None) -> TestClient:
+    app = create_app(gallery, refresh_seconds=0.0, keys=keys, fingerprint_minutes=0)
+    return TestClient(app, headers={"Authorization": f"Bearer {key}"} if key else {})
+
+
+def test_key_file_format(tmp_path):
+    f = tmp_path / "keys"
+    f.write_text(f"# comment\n\nwrite {WRITE}\n  read {READ}  \n")
+    keys = ApiKeys.load(f, environ={})
+    assert keys.scope_of(WRITE) == "write" and keys.scope_of(READ) == "read" and keys.scope_of("x" * 20) is None
+    assert keys.enabled and not ApiKeys.load(None, environ={}).enabled
+    for bad, says in [(f"admin {WRITE}\n", ":1: expected"), (f"write {WRITE} extra\n", ":1: expected"), ("\nread short\n", "16-512")]:
+        f.write_text(bad)
+        with pytest.raises(CompatretError, match=says):
+            ApiKeys.load(f, environ={})
+    with pytest.raises(CompatretError, match="cannot read API key file"):
+        ApiKeys.load(tmp_path / "missing", environ={})
+    env = ApiKeys.load(None, environ={"COMPATRET_API_KEY": WRITE, "COMPATRET_READ_API_KEY": READ})
+    assert env.scope_of(WRITE) == "write" and env.scope_of(READ) == "read"
+    assert ApiKeys.load(None, environ={"COMPATRET_READ_API_KEY": READ}).scope_of(READ) == "read"
+    with pytest.raises(CompatretError, match="write API key"):
+        ApiKeys.load(None, environ={"COMPATRET_API_KEY": "bad key with spaces!!"})
+
+
+def test_a_key_with_both_scopes_is_a_write_key():
+    both = ApiKeys.load(None, environ={"COMPATRET_API_KEY": WRITE, "COMPATRET_READ_API_KEY": WRITE})
+    assert both.scope_of(WRITE) == "write"
+
+
+@pytest.mark.parametrize("host, local", [("127.0.0.1", True), ("localhost", True), ("::1", True), ("[::1]", True),
+                                         ("0.0.0.0", False), ("10.0.0.1", False), ("example.org", False)])
+def test_loopback_hosts(host, local):
+    assert is_loopback(host) is local
+
+
+def test_only_a_read_key_configured(gallery):
+    keys = ApiKeys.load(None, environ={"COMPATRET_READ_API_KEY": READ})
+    anon, reader = client(gallery, keys, None), client(gallery, keys, READ)
+    assert anon.post("/items/delete", json={"ids": ["a"]}).status_code == 401
+    assert anon.post("/query", json={"vectors": [[1.0, 0, 0, 0]]}).status_code == 401
+    assert anon.get("/gallery").status_code == 401
+    assert anon.post("/nowhere", json={}).status_code == 401
+    assert reader.post("/items/delete", json={"ids": ["a"]}).status_code == 403
+    hit = reader.post("/query", json={"vectors": [[1.0, 0, 0, 0]], "k": 1})
+    assert hit.status_code == 200 and hit.json()["results"][0]["ids"] == ["a"]
+    assert reader.get("/gallery/").status_code == 200  # the trailing slash reaches the same read route
+    assert reader.head("/backfill").status_code in (200, 405)  # HEAD is read like GET: never a 403
+    assert anon.get("/health").status_code == 200 and anon.get("/openapi.json").status_code == 200
+    assert anon.get("/").status_code == 200 and anon.get("/console/console.js").status_code == 200
+
+
+def test_write_and_read_keys(gallery):
+    keys = ApiKeys.load(None, environ={"COMPATRET_API_KEY": WRITE, "COMPATRET_READ_API_KEY": READ})
+    writer, reader, wrong = client(gallery, keys, WRITE), client(gallery, keys, READ), client(gallery, keys, "z" * 24)
+    assert wrong.get("/gallery").status_code == 401 and wrong.get("/gallery").json()["detail"] == "unknown API key"
+    assert client(gallery, keys, None).get("/gallery").json()["detail"].startswith("missing API key")
+    assert TestClient(writer.app, headers={"Authorization": f"Basic {WRITE}"}).get("/gallery").status_code == 401
+    assert reader.get("/gallery").json()["can_write"] is False and writer.get("/gallery").json()["can_write"] is True
+    r = reader.post("/upgrade", json={"model": "v1"})
+    assert r.status_code == 403 and "write key" in r.json()["detail"]
+    assert writer.post("/items/delete", json={"ids": ["zzz"]}).status_code == 400  # past the key: the gallery's own refusal
+
+
+def test_no_keys_configured_lets_everything_through(gallery):
+    open_ = client(gallery, ApiKeys(), None)
+    assert open_.get("/gallery").json()["can_write"] is True
+    assert open_.post("/items/delete", json={"ids": ["zzz"]}).status_code == 400
+
+
+def test_every_data_route_declares_its_scope(gallery):
+    """The one table of scopes is the routes': each API route but health says read or write."""
+    app = create_app(gallery, refresh_seconds=0.0, keys=ApiKeys(), fingerprint_minutes=0)
+    declared = {(sorted(r.methods)[0], r.path): route_scope(r) for r in app.routes if hasattr(r, "methods") and r.include_in_schema}
+    assert declared[("GET", "/health")] is None
+    assert {k for k, v in declared.items() if v == "read"} == {("POST", "/query"), ("GET", "/backfill"), ("GET", "/gallery"), ("GET", "/history")}
+    assert all(v == "write" for k, v in declared.items() if v not in (None, "read"))
+    assert {k for k, v in declared.items() if v is None} == {("GET", "/health")}
+
+
+def test_rollback_and_history_over_http(tmp_path):
+    """The write routes that reach the store directly (rollback, history) answer, not 500."""
+    path = tmp_path / "g"
+    s = Service.create(path, dim=4, version_id="v1")
+    s.add_vectors([[1.0, 0.0, 0.0, 0.0]], ids=["a"])
+    before = s.gallery.version
+    s.add_vectors([[0.0, 1.0, 0.0, 0.0]], ids=["b"])
+    http = client(path, ApiKeys(), None)
+    assert http.post("/rollback", json={"version": before}).json()["restored"] == before
+    assert http.get("/gallery").json()["rows"] == 1
+    assert http.get("/history").json()[0]["change"].startswith("rollback")
+
+
+def test_keys_come_from_the_process_environment_by_default(monkeypatch):
+    monkeypatch.setenv("COMPATRET_API_KEY", WRITE)
+    monkeypatch.delenv("COMPATRET_READ_API_KEY", raising=False)
+    assert ApiKeys.load().scope_of(WRITE) == "write"

@@ -102,18 +102,30 @@ def test_a_waiting_writer_names_the_holder_then_gives_up(tmp_path):
     assert cli("index", "add", str(tmp_path / "g"), "--vectors", str(tmp_path / "x.npy")).returncode == 0  # released
 
 
-def test_commit_conflicts_are_retried_then_one_line():
+def test_commit_conflicts_are_retried_then_one_line(tmp_path):
+    import lance
+    import pyarrow as pa
+    from lance.commit import CommitConflictError
+
     calls = []
 
     def flaky() -> str:
         calls.append(1)
         if len(calls) < 3:
-            raise RuntimeError("Retryable commit conflict for version 7: This Append transaction was preempted")
+            raise CommitConflictError("Retryable commit conflict for version 7: This Append transaction was preempted")
         return "committed"
 
     assert retry_commit(flaky, "add") == "committed" and len(calls) == 3
+    # a real conflict: a rewrite read before another writer's delete of the same fragment never rebases
+    table = tmp_path / "t.lance"
+    lance.write_dataset(pa.table({"id": ["a", "b"]}), table)
+    stale = lance.dataset(table)
+    lance.dataset(table).delete("id = 'a'")
+    frag = stale.get_fragments()[0].metadata
+    op = lance.LanceOperation.Rewrite(groups=[lance.LanceOperation.RewriteGroup(old_fragments=[frag], new_fragments=[frag])],
+                                      rewritten_indices=[])
     with pytest.raises(CompatretError, match="commit conflict with another writer after 5 tries"):
-        retry_commit(lambda: (_ for _ in ()).throw(RuntimeError("Incompatible transaction")), "add")
+        retry_commit(lambda: lance.LanceDataset.commit(table, op, read_version=stale.version), "rewrite")
     with pytest.raises(RuntimeError, match="disk on fire"):  # anything else is not hidden
         retry_commit(lambda: (_ for _ in ()).throw(RuntimeError("disk on fire")), "add")
 

@@ -24,10 +24,11 @@ from compatret.core.logs import configure_logging
 from compatret.engine.service import Service
 from compatret.server.auth import ApiKeys
 from compatret.server.console import mount_console
+from compatret.server.context import RouteContext, error_handlers
 from compatret.server.fingerprint import FingerprintWatch
 from compatret.server.jobs import BackfillJob
 from compatret.server.middleware import BodyLimit, KeyCheck
-from compatret.server.routes import _error_handlers, _read_routes, _Routes, _write_routes
+from compatret.server.routes import gallery, items, query, rollout
 from compatret.server.schemas import MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,8 @@ def create_app(
     app = FastAPI(title="compatret", version="0.1.0", description="Retrieval with backward-compatible embeddings.")
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     app.add_middleware(KeyCheck, keys=keys or ApiKeys(), router=app.router)  # added last: runs first, before the body limit and any parsing
-    _error_handlers(app)
-    routes = _Routes(
+    error_handlers(app)
+    routes = RouteContext(
         service,
         Path(directory),
         BackfillJob(directory),
@@ -107,8 +108,8 @@ def create_app(
         HTTPBearer(auto_error=False, description="An API key: `read` scope for queries and status, `write` for everything."),
         watch,
     )
-    _read_routes(app, routes)
-    _write_routes(app, routes)
+    for resource in (gallery, query, items, rollout):
+        resource.add_routes(app, routes)
     mount_console(app)
     app.router.on_shutdown.append(watch.stop)
     return app

@@ -14,6 +14,18 @@ import httpx
 from compatret.testing.ports import free_port
 
 
+def answers_health(url: str, seconds: float) -> bool:
+    """Whether GET /health answers 200 within `seconds` (polled: a server takes a few seconds to start)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    return False
+
+
 @contextmanager
 def serving(gallery: str, *options: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """Start `compatret serve GALLERY OPTIONS...`, wait for /health, yield its URL, stop it."""
@@ -25,14 +37,7 @@ def serving(gallery: str, *options: str, env: dict[str, str] | None = None) -> I
         stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
+    if not answers_health(url, 60):
         proc.kill()
         raise RuntimeError(f"compatret serve did not answer /health within 60 s: {proc.stderr.read().decode() if proc.stderr else ''}")
     try:

@@ -31,6 +31,7 @@ import httpx
 import lance
 import numpy as np
 from compatret.testing.ports import free_port  # noqa: E402
+from compatret.testing.serve import answers_health  # noqa: E402
 from compatret.testing.damage import bitrot  # noqa: E402
 
 os.environ.setdefault("LANCEDB_LOG", "error")
@@ -118,13 +119,8 @@ class Server:
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         self.proc = subprocess.Popen([sys.executable, "-m", "compatret", "serve", str(gallery), "--port", str(self.port), *options],
                                      stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True)
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        if answers_health(self.url, 90):
+            return
         os.killpg(self.proc.pid, signal.SIGKILL)
         raise RuntimeError(f"server did not answer /health with 200: {Path(self.log.name).read_text()[-300:]}")
 

@@ -50,7 +50,10 @@ def tally() -> dict:
         meta = ROOT / "mutants" / f"{module}.meta"
         if not meta.exists():
             raise SystemExit(f"no results for {module}: run without --tally first")
-        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        if codes and all(code is None for code in codes.values()):
+            raise SystemExit(f"no mutant of {module} was run: the last mutmut run did not finish")
+        for name, code in codes.items():
             if name in equivalent:
                 state = "equivalent"
             elif code in KILLED:
@@ -105,8 +108,8 @@ def main() -> None:
     if not args.tally:
         t0 = time.time()
         done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)], cwd=ROOT)
-        if done.returncode not in (0, 1):
-            raise SystemExit(f"mutmut run failed (exit {done.returncode})")
+        if done.returncode != 0:
+            raise SystemExit(f"mutmut run failed (exit {done.returncode}): nothing tallied")
         print(f"mutmut ran for {time.time() - t0:.0f} s", file=sys.stderr)
     result = tally()
     write(result)

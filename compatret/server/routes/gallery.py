@@ -1,0 +1,56 @@
+"""The gallery as a whole: /health, /gallery (its overview), /history and /rollback."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+
+from compatret.engine.overview import overview
+from compatret.search.fragments import cache_problem
+from compatret.server.context import RouteContext, refused
+from compatret.server.jobs import PROBE_WAIT_S
+from compatret.server.schemas import (
+    ERRORS,
+    GalleryView,
+    Health,
+    HistoryEntry,
+    RollbackRequest,
+)
+from compatret.store.history import grouped, history, rollback
+
+
+def add_routes(app: FastAPI, r: RouteContext) -> None:
+    service = r.service
+
+    @app.get("/health", response_model=Health)
+    def health() -> dict[str, Any]:
+        gallery = service.gallery
+        table_version = gallery.latest_version()
+        snapshot = service.index.table_version
+        problems = [p for p in (cache_problem(gallery.path), r.watch.drift) if p]
+        return {
+            "status": "degraded" if problems else "ok",
+            "serving": gallery.meta_at(table_version).serving.id,
+            "rows": gallery.count(),
+            "table_version": table_version,
+            "snapshot_version": snapshot,
+            "problems": problems,
+        }
+
+    @app.get("/gallery", response_model=GalleryView, responses=ERRORS, dependencies=[r.access("read")])
+    def gallery(request: Request) -> dict[str, Any]:
+        return {**overview(service), "can_write": getattr(request.state, "key_scope", None) == "write"}
+
+    @app.get("/history", response_model=list[HistoryEntry], responses=ERRORS, dependencies=[r.access("read")])
+    def table_history(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
+        """The newest `limit` entries, newest first; a backfill's batches are one entry."""
+        return grouped(history(service.gallery))[::-1][:limit]
+
+    @app.post("/rollback", responses=ERRORS, dependencies=[r.access("write")])
+    def restore(req: RollbackRequest) -> dict[str, Any]:
+        """Restore the rows, vectors and serving model of an earlier table version, as a new version."""
+        if r.job.running(wait=PROBE_WAIT_S):
+            raise HTTPException(status_code=409, detail="a backfill is running: stop it before rolling back")
+        meta = refused(rollback, service.gallery, req.version)
+        return {"restored": req.version, "serving": meta.serving.id, "table_version": service.gallery.version}

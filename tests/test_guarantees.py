@@ -108,3 +108,12 @@ def test_a_view_opened_before_another_process_wrote_moves_forward(tmp_path):
     assert hits[5].ids[0] != "0" and hits[6].ids[0] != "1"
     assert s.index is not old and s.index.size == 43
     assert json.dumps(sorted(stored_ids(tmp_path / "g"))) == json.dumps(sorted([str(i) for i in range(2, 40)] + [f"new{i}" for i in range(5)]))
+
+
+def test_nothing_pending_once_every_row_is_on_the_serving_model(tmp_path):
+    from compatret.store.pending import pending_counts, pending_rows
+
+    s = Service.create(tmp_path / "g", dim=4, version_id="v1")
+    s.add_vectors(vectors(6, 4), ids=[str(i) for i in range(6)])
+    assert pending_counts(s.gallery, s.rows_by_version()) == (0, 0)
+    assert pending_rows(s.gallery).ids == [] and pending_rows(s.gallery).unembeddable == []

@@ -50,6 +50,10 @@ def test_older_models_query_newer_vectors_where_rules_allow():
     v4 = ModelVersion("v4", 6, parent=v3, compat=Compat.transform("transforms/v4.npy"))
     with pytest.raises(CompatretError, match="no inverse"):
         resolve(v1, v4)
+    narrow = ModelVersion("v5", 8, parent=v1, compat=Compat.prefix(4))  # only its first 4 dims live in v1's space
+    plan = resolve(v1, narrow)
+    assert plan.dims == 4 and (plan.query_model, plan.gallery_model) == ("v1", "v5")
+    assert resolve(v1, ModelVersion("v6", 8, parent=narrow, compat=Compat.identity())).dims == 4  # narrowed once, stays narrow
 
 
 def test_invalid_records_are_rejected():

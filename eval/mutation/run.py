@@ -8,7 +8,8 @@ changes one thing at a time in a function (an operator, a constant, a condition,
 and runs the tests that call that function; a mutant is *killed* when a test fails. A mutant no
 test can tell from the original is *equivalent*: each is listed with its reason in
 `equivalent.toml` beside this file and left out of the score. Timeouts (a mutant that loops) are
-kills. A mutant in a function no selected test calls counts as *survived*.
+kills. A mutant in a function no selected test calls counts as *survived*; one a run cut short
+never reached is *not run*, and its module does not meet the bar.
 
 Writes results.json and results.md: totals and per module, the bar being
 killed / (killed + survived) >= 0.9 on every module.
@@ -51,8 +52,6 @@ def tally() -> dict:
         if not meta.exists():
             raise SystemExit(f"no results for {module}: run without --tally first")
         codes = json.loads(meta.read_text())["exit_code_by_key"]
-        if codes and all(code is None for code in codes.values()):
-            raise SystemExit(f"no mutant of {module} was run: the last mutmut run did not finish")
         for name, code in codes.items():
             if name in equivalent:
                 state = "equivalent"
@@ -61,14 +60,15 @@ def tally() -> dict:
             elif code in SURVIVED:
                 state = "survived"
             else:
-                state = "not run" if code is None else f"other ({code})"
+                state = "not_run" if code is None else f"other ({code})"
             per_module[module][state] += 1
-            if state != "killed" and state != "equivalent":
+            if state not in ("killed", "equivalent", "not_run"):
                 survivors[module].append(name)
     stale = sorted(set(equivalent) - {n for m in configured_modules() for n in json.loads((ROOT / "mutants" / f"{m}.meta").read_text())["exit_code_by_key"]})
 
     def score(c: Counter[str]) -> float:
-        caught, missed = c["killed"], c["survived"] + sum(v for k, v in c.items() if k.startswith(("other", "not run")))
+        """Over the mutants that were run (a run cut short leaves some `not_run`: never a pass)."""
+        caught, missed = c["killed"], c["survived"] + sum(v for k, v in c.items() if k.startswith("other"))
         return caught / (caught + missed) if caught + missed else 1.0
 
     total: Counter[str] = sum(per_module.values(), Counter())
@@ -78,8 +78,9 @@ def tally() -> dict:
         "killed": total["killed"],
         "survived": total["survived"],
         "equivalent": total["equivalent"],
+        "not_run": total["not_run"],
         "score": round(score(total), 4),
-        "bar_met": all(score(c) >= BAR for c in per_module.values()),
+        "bar_met": all(score(c) >= BAR and not c["not_run"] for c in per_module.values()),
         "modules": {m: {**dict(c), "score": round(score(c), 4)} for m, c in per_module.items()},
         "survivors": dict(survivors),
         "stale_equivalents": stale,  # listed as equivalent, but no such mutant any more: update equivalent.toml
@@ -88,12 +89,13 @@ def tally() -> dict:
 
 def write(result: dict) -> None:
     (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    rows = [f"| `{m}` | {c.get('killed', 0)} | {c.get('survived', 0)} | {c.get('equivalent', 0)} | {c['score']:.3f} |"
+    rows = [f"| `{m}` | {c.get('killed', 0)} | {c.get('survived', 0)} | {c.get('equivalent', 0)} | {c.get('not_run', 0)} | {c['score']:.3f} |"
             for m, c in result["modules"].items()]
     md = ["# Mutation testing (`python eval/mutation/run.py`)", "",
           f"Bar: killed / (killed + survived) >= {BAR} on every module. Met: **{result['bar_met']}**.", "",
-          "| module | killed | survived | equivalent | score |", "|---|---:|---:|---:|---:|", *rows,
-          f"| **all** | {result['killed']} | {result['survived']} | {result['equivalent']} | {result['score']:.3f} |", ""]
+          "| module | killed | survived | equivalent | not run | score |", "|---|---:|---:|---:|---:|---:|", *rows,
+          f"| **all** | {result['killed']} | {result['survived']} | {result['equivalent']} | {result['not_run']} | {result['score']:.3f} |",
+          "", "Score: killed / (killed + survived) over the mutants that were run; a module with mutants not run does not meet the bar.", ""]
     if any(result["survivors"].values()):
         md += ["Survivors (`mutmut show NAME` prints the change):", ""]
         md += [f"- `{n}`" for names in result["survivors"].values() for n in names]
@@ -113,9 +115,10 @@ def main() -> None:
         print(f"mutmut ran for {time.time() - t0:.0f} s", file=sys.stderr)
     result = tally()
     write(result)
-    print(json.dumps({k: result[k] for k in ("killed", "survived", "equivalent", "score", "bar_met")}))
+    print(json.dumps({k: result[k] for k in ("killed", "survived", "equivalent", "not_run", "score", "bar_met")}))
     for module, c in result["modules"].items():
-        print(f"{c['score']:.3f}  {module}  ({c.get('killed', 0)} killed, {c.get('survived', 0)} survived, {c.get('equivalent', 0)} equivalent)")
+        print(f"{c['score']:.3f}  {module}  ({c.get('killed', 0)} killed, {c.get('survived', 0)} survived, "
+              f"{c.get('equivalent', 0)} equivalent, {c.get('not_run', 0)} not run)")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from compatret.models.losses.oca import class_means
-from compatret.models.losses.terms import influence
+from compatret.models.losses.terms import influence, old_prefix
 
 
 def influence_weights(old_weight: torch.Tensor, old_features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -39,5 +39,5 @@ class BCTLoss(nn.Module):
         self.weight = weight
 
     def forward(self, new_features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        term = influence(new_features, self.old_weight, labels, self.scale)
+        term = influence(old_prefix(new_features, self.old_weight.shape[1]), self.old_weight, labels, self.scale)
         return {"influence": term, "total": self.weight * term}

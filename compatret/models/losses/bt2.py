@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compatret.models.losses.terms import influence, prefix_cosine
+from compatret.models.losses.terms import influence, old_prefix, prefix_cosine
 
 
 class BT2Loss(nn.Module):
@@ -39,7 +39,8 @@ class BT2Loss(nn.Module):
         """Return ``{"cosine", "influence", "total"}`` for a batch of the same images."""
         if old_feats.shape[1] != self.old_dim or new_feats.shape[1] < self.old_dim:
             raise ValueError(f"need old dim {self.old_dim} and new dim >= it, got {old_feats.shape[1]} and {new_feats.shape[1]}")
-        cosine = prefix_cosine(new_feats, old_feats)
-        classified = influence(new_feats, self.old_classifier, labels, self.scale)
+        prefix = old_prefix(new_feats, self.old_dim)
+        cosine = prefix_cosine(prefix, F.normalize(old_feats.detach(), dim=1))
+        classified = influence(prefix, self.old_classifier, labels, self.scale)
         total = self.cosine_weight * cosine + self.influence_weight * classified
         return {"cosine": cosine, "influence": classified, "total": total}

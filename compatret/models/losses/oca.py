@@ -56,8 +56,9 @@ class OCALoss(nn.Module):
         if not bool(keep.any()):
             zero = new_feats.sum() * 0.0
             return {"ce": zero, "l2": zero, "total": zero}
+        prefix = F.normalize(new_feats[keep, : self.old_dim], dim=1)
         target = labels[keep]
-        ce = influence(new_feats[keep], self.prototypes, target, self.scale)
-        l2 = prefix_distance(new_feats[keep], self.prototypes[target])
+        ce = influence(prefix, self.prototypes, target, self.scale)
+        l2 = prefix_distance(prefix, self.prototypes[target])
         total = self.ce_weight * ce + self.l2_weight * l2
         return {"ce": ce, "l2": l2, "total": total}

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from compatret.models.losses.ranking import embed_columns
-from compatret.models.losses.terms import batch_targets, influence, prefix_cosine, prefix_distance
+from compatret.models.losses.terms import batch_targets, influence, old_prefix, prefix_cosine, prefix_distance
 
 ItemTerm = Literal["none", "influence", "cosine", "anchor"]
 
@@ -60,7 +60,7 @@ class CompatRetrievalLoss(nn.Module):
         target = batch_targets(new)
         same = cand_rows[None, :] == own_rows[:, None]
         same[target, target] = False
-        return influence(new, self.old_vectors[cand_rows], target, self.scale, mask=same)
+        return influence(old_prefix(new, self.d_old), self.old_vectors[cand_rows], target, self.scale, mask=same)
 
     def forward(self, features: list[dict[str, Tensor]], labels: Tensor) -> dict[str, Tensor]:
         emb = embed_columns(self.model, features)
@@ -75,10 +75,11 @@ class CompatRetrievalLoss(nn.Module):
         return {"retrieval": retrieval, "compat_query": compat_query, "compat_item": compat_item, "total": total}
 
     def _item_term(self, docs: Tensor, rows: Tensor) -> Tensor:
-        old = self.old_vectors[rows]
+        prefix = old_prefix(docs, self.d_old)
+        old = self.old_vectors[rows]  # unit length already
         if self.item_term == "cosine":
-            return prefix_cosine(docs, old)
+            return prefix_cosine(prefix, old)
         classified = self._infonce(docs, rows, rows)
         if self.item_term == "influence":
             return classified
-        return classified + prefix_distance(docs, old)
+        return classified + prefix_distance(prefix, old)

@@ -96,3 +96,19 @@ def test_transform_plan_maps_gallery(tmp_path):
     v4 = ModelVersion("v4", 8, parent=v3, compat=Compat.transform("transforms/v4.npy"))
     with pytest.raises(CompatretError, match="transform"):
         resolve(v4, v1, tmp_path)
+
+
+def test_apply_plan_gives_float32_on_the_sides_asked_and_names_a_bad_transform_by_its_gallery_path(tmp_path):
+    v1 = ModelVersion("v1", 4)
+    v2 = ModelVersion("v2", 4, parent=v1, compat=Compat.transform("transforms/v2.npy"))
+    (tmp_path / "transforms").mkdir()
+    np.save(tmp_path / "transforms" / "v2.npy", np.vstack([np.eye(4), np.zeros((1, 4))]))  # float64 on disk
+    plan = resolve(v2, v1, tmp_path)
+    rows = np.random.default_rng(0).normal(size=(3, 4))  # float64 in: what a caller may hand over
+    q, none = apply_plan(plan, rows, None)
+    assert q.dtype == np.float32 and none is None
+    none, g = apply_plan(plan, None, rows)
+    assert g.dtype == np.float32 and none is None
+    (tmp_path / "transforms" / "v2.npy").write_bytes(b"not a numpy file")
+    with pytest.raises(CompatretError, match=r"cannot read transform transforms/v2\.npy"):
+        apply_plan(resolve(v2, v1, tmp_path), None, rows)

@@ -66,10 +66,10 @@ def tally() -> dict:
                 survivors[module].append(name)
     stale = sorted(set(equivalent) - {n for m in configured_modules() for n in json.loads((ROOT / "mutants" / f"{m}.meta").read_text())["exit_code_by_key"]})
 
-    def score(c: Counter[str]) -> float:
-        """Over the mutants that were run (a run cut short leaves some `not_run`: never a pass)."""
+    def score(c: Counter[str]) -> float | None:
+        """Over the mutants that were run (None: none was; a run cut short is never a pass)."""
         caught, missed = c["killed"], c["survived"] + sum(v for k, v in c.items() if k.startswith("other"))
-        return caught / (caught + missed) if caught + missed else 1.0
+        return round(caught / (caught + missed), 4) if caught + missed else None
 
     total: Counter[str] = sum(per_module.values(), Counter())
     return {
@@ -79,22 +79,26 @@ def tally() -> dict:
         "survived": total["survived"],
         "equivalent": total["equivalent"],
         "not_run": total["not_run"],
-        "score": round(score(total), 4),
-        "bar_met": all(score(c) >= BAR and not c["not_run"] for c in per_module.values()),
-        "modules": {m: {**dict(c), "score": round(score(c), 4)} for m, c in per_module.items()},
+        "score": score(total),
+        "bar_met": all((score(c) or 0.0) >= BAR and not c["not_run"] for c in per_module.values()),
+        "modules": {m: {**dict(c), "score": score(c)} for m, c in per_module.items()},
         "survivors": dict(survivors),
         "stale_equivalents": stale,  # listed as equivalent, but no such mutant any more: update equivalent.toml
     }
 
 
+def shown(score: float | None) -> str:
+    return "n/a" if score is None else f"{score:.3f}"
+
+
 def write(result: dict) -> None:
     (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    rows = [f"| `{m}` | {c.get('killed', 0)} | {c.get('survived', 0)} | {c.get('equivalent', 0)} | {c.get('not_run', 0)} | {c['score']:.3f} |"
+    rows = [f"| `{m}` | {c.get('killed', 0)} | {c.get('survived', 0)} | {c.get('equivalent', 0)} | {c.get('not_run', 0)} | {shown(c['score'])} |"
             for m, c in result["modules"].items()]
     md = ["# Mutation testing (`python eval/mutation/run.py`)", "",
           f"Bar: killed / (killed + survived) >= {BAR} on every module. Met: **{result['bar_met']}**.", "",
           "| module | killed | survived | equivalent | not run | score |", "|---|---:|---:|---:|---:|---:|", *rows,
-          f"| **all** | {result['killed']} | {result['survived']} | {result['equivalent']} | {result['not_run']} | {result['score']:.3f} |",
+          f"| **all** | {result['killed']} | {result['survived']} | {result['equivalent']} | {result['not_run']} | {shown(result['score'])} |",
           "", "Score: killed / (killed + survived) over the mutants that were run; a module with mutants not run does not meet the bar.", ""]
     if any(result["survivors"].values()):
         md += ["Survivors (`mutmut show NAME` prints the change):", ""]
@@ -117,7 +121,7 @@ def main() -> None:
     write(result)
     print(json.dumps({k: result[k] for k in ("killed", "survived", "equivalent", "not_run", "score", "bar_met")}))
     for module, c in result["modules"].items():
-        print(f"{c['score']:.3f}  {module}  ({c.get('killed', 0)} killed, {c.get('survived', 0)} survived, "
+        print(f"{shown(c['score'])}  {module}  ({c.get('killed', 0)} killed, {c.get('survived', 0)} survived, "
               f"{c.get('equivalent', 0)} equivalent, {c.get('not_run', 0)} not run)")
 
 

@@ -117,3 +117,15 @@ def test_nothing_pending_once_every_row_is_on_the_serving_model(tmp_path):
     s.add_vectors(vectors(6, 4), ids=[str(i) for i in range(6)])
     assert pending_counts(s.gallery, s.rows_by_version()) == (0, 0)
     assert pending_rows(s.gallery).ids == [] and pending_rows(s.gallery).unembeddable == []
+
+
+def test_the_writer_lock_timeout_comes_from_the_environment(monkeypatch):
+    from compatret.store.writer_lock import DEFAULT_TIMEOUT_S, lock_timeout
+
+    monkeypatch.setenv("COMPATRET_LOCK_TIMEOUT", "0.25")
+    assert lock_timeout() == 0.25
+    monkeypatch.setenv("COMPATRET_LOCK_TIMEOUT", "soon")
+    with pytest.raises(CompatretError, match="COMPATRET_LOCK_TIMEOUT must be a number of seconds, got 'soon'"):
+        lock_timeout()
+    monkeypatch.delenv("COMPATRET_LOCK_TIMEOUT")
+    assert lock_timeout() == DEFAULT_TIMEOUT_S == 60.0

@@ -253,10 +253,10 @@ def index_verify(directory: str, repair: bool, as_json: bool) -> None:
 @friendly
 def index_history(directory: str, every_version: bool, as_json: bool) -> None:
     """Table versions: time, rows, serving model, what changed (a backfill's batches as one entry)."""
-    from compatret.engine.service import Service
+    from compatret.store.gallery import Gallery
     from compatret.store.history import grouped, history
 
-    rows = history(Service.open(directory).gallery)
+    rows = history(Gallery.open(directory))
     rows = rows if every_version else grouped(rows)
     spans = [str(r["version"]) + (f"..{r['to_version']}" if r.get("to_version", r["version"]) != r["version"] else "") for r in rows]
     served = [r["serving"] or "-" for r in rows]
@@ -275,15 +275,15 @@ def index_history(directory: str, every_version: bool, as_json: bool) -> None:
 @friendly
 def index_rollback(directory: str, to: int, as_json: bool) -> None:
     """Restore rows, vectors and serving model of an earlier version (as a new version; nothing is lost)."""
-    from compatret.engine.service import Service
+    from compatret.store.gallery import Gallery
     from compatret.store.history import rollback
 
-    service = Service.open(directory)
-    meta = rollback(service.gallery, to)
+    gallery = Gallery.open(directory)
+    meta = rollback(gallery, to)
     emit(
-        {"restored": to, "serving": meta.serving.id, "table_version": service.gallery.version},
+        {"restored": to, "serving": meta.serving.id, "table_version": gallery.version},
         as_json,
-        f"restored version {to}: serving {meta.serving.id}, now table version {service.gallery.version}",
+        f"restored version {to}: serving {meta.serving.id}, now table version {gallery.version}",
     )
 
 
@@ -296,12 +296,12 @@ def index_prune(directory: str, older_than_days: float, as_json: bool) -> None:
     """Compact the table and delete old versions (the only command that forgets history)."""
     import datetime as dt
 
-    from compatret.engine.service import Service
+    from compatret.store.gallery import Gallery
     from compatret.store.history import prune
 
     if not (math.isfinite(older_than_days) and 0 <= older_than_days <= 365_000):
         raise CompatretError("--older-than-days must be a number of days from 0 to 365000")
-    out = prune(Service.open(directory).gallery, dt.timedelta(days=older_than_days))
+    out = prune(Gallery.open(directory), dt.timedelta(days=older_than_days))
     emit(out, as_json, f"versions: {out['versions_before']} -> {out['versions_after']}")
 
 

@@ -129,3 +129,19 @@ def test_the_writer_lock_timeout_comes_from_the_environment(monkeypatch):
         lock_timeout()
     monkeypatch.delenv("COMPATRET_LOCK_TIMEOUT")
     assert lock_timeout() == DEFAULT_TIMEOUT_S == 60.0
+
+
+def test_items_are_parsed_one_way_for_every_add_path(tmp_path):
+    """data.items.normal_item, which local, Ray and HTTP adds all use: a BEIR `_id`, a pandas
+    NaN gap, an image read from its path, a Parquet `label` as metadata; parsing twice changes nothing."""
+    from compatret.data.items import normal_item
+
+    (tmp_path / "a.png").write_bytes(b"png bytes")
+    item = normal_item({"_id": 7, "title": "T", "text": float("nan"), "image_path": str(tmp_path / "a.png"), "label": 3})
+    assert item == {"id": "7", "title": "T", "text": None, "image": b"png bytes", "metadata": {"label": 3}}
+    assert normal_item(item) == item
+    assert normal_item({"id": "x", "text": "t", "metadata": '{"a": 1}'})["metadata"] == {"a": 1}
+    with pytest.raises(CompatretError, match="metadata must be an object"):
+        normal_item({"id": "x", "text": "t", "metadata": [1]})
+    with pytest.raises(CompatretError, match="cannot read image"):
+        normal_item({"id": "y", "image_path": str(tmp_path / "missing.png")})

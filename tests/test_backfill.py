@@ -192,6 +192,7 @@ def _backfill_cmd(path, batch_size: int = 4) -> list[str]:
     return [sys.executable, "-m", "compatret", "index", "backfill", str(path), "--batch-size", str(batch_size), "--json"]
 
 
+@pytest.mark.processes
 def test_kill_9_and_sigint_then_resume(tmp_path, digit_models):
     n = 300
     upgraded_gallery(tmp_path, digit_models, n=n)
@@ -229,6 +230,7 @@ def test_kill_9_and_sigint_then_resume(tmp_path, digit_models):
         np.testing.assert_allclose(rows[it["id"]][1], vec, atol=1e-5)
 
 
+@pytest.mark.processes
 def test_queries_keep_working_during_backfill(tmp_path, digit_models):
     upgraded_gallery(tmp_path, digit_models, n=120)
     proc = subprocess.Popen(_backfill_cmd(tmp_path / "g"), env={**os.environ, "LANCEDB_LOG": "error"},

@@ -65,6 +65,7 @@ def test_rollback_to_before_the_upgrade_stops_the_backfill(tmp_path, digit_model
     assert rows.keys() == before.keys() and all(np.allclose(rows[i][1], v) for i, (_, v) in before.items())
 
 
+@pytest.mark.processes
 def test_cli_backfill_exits_2_when_a_concurrent_rollback_changes_the_serving_model(tmp_path, digit_models):
     """`compatret index backfill` in its own process, and a real rollback to the pre-upgrade version
     from this one once it has committed a batch: exit code 2, one `error:` line naming the change,

@@ -75,6 +75,7 @@ def test_a_damaged_cache_file_is_rebuilt_and_answers_stay_exact(tmp_path: Path, 
     assert verify(Gallery.open(g)).ok  # the query rewrote the folder it discarded
 
 
+@pytest.mark.processes
 def test_verify_repair_fixes_a_damaged_cache_from_the_cli(tmp_path: Path) -> None:
     g = tmp_path / "g"
     make_gallery(g)
@@ -105,6 +106,7 @@ def _queries_ok(url: str, q: np.ndarray, want: list[list[str]], payload: bool = 
     assert [h["ids"] for h in r.json()["results"]] == want
 
 
+@pytest.mark.processes
 def test_a_cache_file_damaged_or_truncated_under_a_running_server(tmp_path: Path) -> None:
     """ivfpq re-ranks on the stored vectors: a memory-mapped file truncated under the server
     killed it with SIGBUS, and bit-rot changed every score; the server answers as before."""
@@ -125,6 +127,7 @@ def test_a_cache_file_damaged_or_truncated_under_a_running_server(tmp_path: Path
         assert httpx.get(f"{url}/health", timeout=10).json()["status"] == "ok"
 
 
+@pytest.mark.processes
 def test_read_your_writes_on_every_worker(tmp_path: Path) -> None:
     """Catches the snapshot served for --refresh-seconds after an acknowledged delete (any worker),
     and a write by another process (the CLI) not seen by the next query."""
@@ -149,6 +152,7 @@ def test_read_your_writes_on_every_worker(tmp_path: Path) -> None:
             assert hits["results"][0]["ids"] == ["new-row"]
 
 
+@pytest.mark.processes
 def test_prune_beside_a_serving_process_gives_no_5xx(tmp_path: Path) -> None:
     """Catches a reader pinned to a version whose files prune deletes: HTTP 500 on payload queries."""
     g = tmp_path / "g"
@@ -179,6 +183,7 @@ def test_prune_beside_a_serving_process_gives_no_5xx(tmp_path: Path) -> None:
         _queries_ok(url, q, want, payload=True)
 
 
+@pytest.mark.processes
 def test_a_cache_that_cannot_be_written_is_served_from_memory_and_reported(tmp_path: Path) -> None:
     """Catches a cache write failure that failed every route (500 on /health, /query)."""
     g = tmp_path / "g"
@@ -213,6 +218,7 @@ def small_disk(tmp_path: Path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.processes
 def test_a_full_disk_is_one_error_line_and_nothing_half_written(tmp_path: Path, small_disk: Path) -> None:
     """Catches the 56-line LanceError traceback (rc 1) and a .tmp-* cache folder left behind."""
     g = small_disk / "g"

@@ -88,6 +88,7 @@ def test_kernels_follow_add_delete_upgrade_backfill(tmp_path, ann):
         assert found_by_own_vector(fresh, ids[300:2600:7], np.hstack([x[300:2600:7], np.zeros((329, 4), np.float32)])) >= all_found
 
 
+@pytest.mark.processes
 def test_ann_kernel_is_persisted_and_follows_another_process(tmp_path):
     s = Service.create(tmp_path / "g", dim=16, version_id="v1", ann="ivf")
     x = vectors(3000, 16, 0)
@@ -148,6 +149,7 @@ def test_vectors_stream_in_blocks_all_or_nothing_with_an_id_index(tmp_path):
     assert len(set(ids)) == 2500 and s.gallery.existing(ids[:3] + ["nope"]) == ids[:3]
 
 
+@pytest.mark.processes
 def test_parquet_vectors_from_another_store(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

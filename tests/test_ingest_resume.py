@@ -29,6 +29,7 @@ def items_parquet(path, digit_models, n: int) -> str:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.processes
 def test_interrupted_add_resumes(tmp_path, digit_models, sig):
     src = items_parquet(tmp_path / "items.parquet", digit_models, 400)
     for name in ("whole", "cut"):

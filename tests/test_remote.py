@@ -116,12 +116,14 @@ def test_a_swapped_model_is_refused_wherever_the_endpoint_is_trusted(tmp_path, s
     before = Gallery.open(g).latest_version()
 
     proxy.swap_to(servers[1])  # the provider serves another model under the same name
-    for args in (("index", "upgrade", g, "--model", tmp_path / "ad"),
-                 ("adapt", g, "--model", tmp_path / "e5", "--out", tmp_path / "ad2", "--kind", "affine", "--force")):
+    for args, action in ((("index", "upgrade", g, "--model", tmp_path / "ad"), "refusing to upgrade to it;"),
+                         (("adapt", g, "--model", tmp_path / "e5", "--out", tmp_path / "ad2", "--kind", "affine", "--force"),
+                          "refusing to fit an adapter with it;")):
         res = cli(*args)
         assert res.exit_code == 2, res.stdout
         line = res.stderr.strip()
         assert len(line.splitlines()) == 1 and "(endpoint model 'e5' at" in line and "no longer returns the registered model's vectors" in line
+        assert action in line
         assert "lowest probe cosine 0." in line
     assert Gallery.open(g).latest_version() == before and not (tmp_path / "ad2").exists()  # nothing changed
 

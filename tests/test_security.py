@@ -93,6 +93,7 @@ HOSTILE_REQUESTS = [
 
 
 @pytest.mark.parametrize("name,path,body,status", HOSTILE_REQUESTS, ids=[h[0] for h in HOSTILE_REQUESTS])
+@pytest.mark.processes
 def test_hostile_request_refused(served, name, path, body, status):
     before = table_version(served)
     r = client(served).post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
@@ -102,6 +103,7 @@ def test_hostile_request_refused(served, name, path, body, status):
     assert table_version(served) == before
 
 
+@pytest.mark.processes
 def test_nan_literal_refused(served):
     """JSON has no NaN, but Python's parser accepts the literal: it must not reach a kernel."""
     r = client(served).post("/query", content='{"vectors": [[NaN, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]}',
@@ -109,6 +111,7 @@ def test_nan_literal_refused(served):
     assert r.status_code == 422 and "vectors" in json.dumps(r.json()["detail"])
 
 
+@pytest.mark.processes
 def test_oversized_body_refused(served):
     before = table_version(served)
     big = json.dumps({"items": [{"id": f"x{i}", "text": "a" * 10_000} for i in range(200)]})  # 2 MB > 1 MB limit
@@ -117,6 +120,7 @@ def test_oversized_body_refused(served):
     assert table_version(served) == before
 
 
+@pytest.mark.processes
 def test_keys_and_scopes(served, digit_models):
     before = table_version(served)
     body = {"ids": ["d0"]}
@@ -250,6 +254,7 @@ def test_cli_refuses_nan_and_zero_query_vectors(tmp_path, digit_models):
         assert ("NaN" in line) if name == "nan" else ("all zeros" in line)
 
 
+@pytest.mark.processes
 def test_a_server_with_only_a_read_key_refuses_keyless_writes(tmp_path, digit_models):
     """Keys configured at all means every route needs one: a guard that looked at the write
     keys alone would let a keyless write through here."""

@@ -20,6 +20,7 @@ def server(tmp_path, digit_models):
         yield url
 
 
+@pytest.mark.processes
 def test_http_api_under_upgrade_and_backfill(server, digit_models):
     c = httpx.Client(base_url=server, timeout=30)
     assert "/query" in c.get("/openapi.json").json()["paths"]

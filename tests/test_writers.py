@@ -67,6 +67,7 @@ def test_default_ids_stay_unique_after_a_delete(tmp_path):
     assert len(ids) == len(set(ids)) == 12 and first not in ids
 
 
+@pytest.mark.processes
 def test_racing_cli_writers_all_succeed(tmp_path):
     """Failure 3: writers racing printed Lance's commit-conflict traceback; now they take turns."""
     g = tmp_path / "g"
@@ -91,6 +92,7 @@ def test_racing_cli_writers_all_succeed(tmp_path):
     assert verify(s.gallery).ok
 
 
+@pytest.mark.processes
 def test_a_waiting_writer_names_the_holder_then_gives_up(tmp_path):
     s = Service.create(tmp_path / "g", dim=8, version_id="v1")
     np.save(tmp_path / "x.npy", vectors(2))
@@ -147,6 +149,7 @@ def test_meta_at_reads_the_asked_version(tmp_path):
     assert g.meta_at(before).serving.id == "v1" and g.meta_at(g.version).serving.id == "v2"
 
 
+@pytest.mark.processes
 def test_backfill_compaction_keeps_every_version(tmp_path, digit_models, monkeypatch):
     """Failure 5: backfill's periodic optimize() deleted versions older than 7 days (rollback targets)."""
     if shutil.which("faketime") is None:
@@ -173,6 +176,7 @@ def test_backfill_compaction_keeps_every_version(tmp_path, digit_models, monkeyp
     assert last["change"] == f"rollback to version {first}" and last["to_version"] == last["version"] + 1
 
 
+@pytest.mark.processes
 def test_backfill_skips_rows_it_cannot_re_embed(tmp_path, digit_models):
     """Failure 6: rows stored as bare vectors were re-embedded from nothing (or failed half-way)."""
     s = Service.create(tmp_path / "g", model=digit_models["v1"])
@@ -195,6 +199,7 @@ def test_backfill_skips_rows_it_cannot_re_embed(tmp_path, digit_models):
     assert res.returncode == 0 and "skipped 3 rows with no text or image" in res.stdout
 
 
+@pytest.mark.processes
 def test_verify_finds_a_damaged_cache_and_repair_rebuilds_it(tmp_path):
     s = Service.create(tmp_path / "g", dim=8, version_id="v1")
     x = vectors(30)

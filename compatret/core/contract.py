@@ -91,13 +91,12 @@ def _ancestor_plan(query: ModelVersion, gallery: ModelVersion) -> CompatPlan:
 
 
 def apply_plan(plan: CompatPlan, queries: np.ndarray | None, gallery: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Map query and/or gallery vectors into the plan's shared space, L2-normalised."""
-    q = g = None
-    if queries is not None:
-        q = normalize(np.ascontiguousarray(queries[:, : plan.dims], dtype=np.float32))
-    if gallery is not None:
-        g = gallery.astype(np.float32, copy=False)
+    """Map query and/or gallery vectors into the plan's shared space, L2-normalised (`normalize`
+    and every learned map return fresh float32 arrays, so no cast or copy is needed here)."""
+    q = None if queries is None else normalize(queries[:, : plan.dims])
+    g = gallery
+    if g is not None:
         for tp in plan.gallery_transforms:
             g = cached_map(tp, os.path.relpath(tp, plan.base_dir) if plan.base_dir else None)(g)
-        g = normalize(np.ascontiguousarray(g[:, : plan.dims], dtype=np.float32))
+        g = normalize(g[:, : plan.dims])
     return q, g

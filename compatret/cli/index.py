@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from compatret.cli import sharded
 from compatret.cli.options import engine_options, ray_options
 from compatret.cli.output import emit, friendly
 from compatret.cli.rollout import index_backfill, index_gate, index_upgrade
@@ -44,15 +45,26 @@ def index() -> None:
     show_default=True,
     help="How hits from rows of different model versions are ranked together.",
 )
+@click.option("--shards", type=int, help="Spread the gallery over N shard galleries, published together (see `index info`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the gallery info as JSON.")
 @friendly
-def index_create(directory: str, model: str | None, dim: int | None, version_id: str | None, ann: str, merge: str, as_json: bool) -> None:
+def index_create(
+    directory: str, model: str | None, dim: int | None, version_id: str | None, ann: str, merge: str, shards: int | None, as_json: bool
+) -> None:
     """Create an empty gallery served by MODEL (or by a bare version for --vectors)."""
     from compatret.engine.service import Service
 
     if model is not None and (dim is not None or version_id is not None):
         raise CompatretError("give either --model or --dim with --version-id, not both")
     from compatret.engine.overview import info as gallery_info
+
+    if shards is not None:
+        from compatret.engine.sharded import ShardedService
+
+        made = ShardedService.create(directory, shards, model=model, dim=dim, version_id=version_id, ann=ann, merge=merge)
+        out = sharded.info(made)
+        emit(out, as_json, f"created {directory}: {out['dim']}-d, serving {out['serving_model']}, {shards} shards")
+        return
 
     info = gallery_info(Service.create(directory, model=model, dim=dim, version_id=version_id, ann=ann, merge=merge))
     emit(info, as_json, f"created {directory}: {info['dim']}-d, serving {info['serving_model']}")
@@ -87,7 +99,7 @@ def index_add(
     as_json: bool,
 ) -> None:
     """Add items (embedded with the serving model) or precomputed vectors; one commit per batch."""
-    from compatret.data.items import read_array, read_items, read_vector_table
+    from compatret.data.items import read_items
     from compatret.engine.service import Service
     from compatret.store.gallery import Gallery
 
@@ -99,6 +111,9 @@ def index_add(
         raise CompatretError("--skip-empty goes with --items")
     if batch_size < 1:
         raise CompatretError("--batch-size must be >= 1")
+    if sharded.is_sharded(directory):
+        _sharded_add(directory, items, vectors, ids, model, batch_size, skip_empty, engine, as_json)
+        return
     service = Service.open(directory)
     ray = ray_options(engine, batch_size)
     if items is not None and Path(items).is_file():  # (a missing file is the error to give first)
@@ -140,14 +155,7 @@ def index_add(
             sys.exit(130)
         total = len(todo)
     else:
-        if str(vectors).endswith(".parquet"):
-            if ids is not None:
-                raise CompatretError("a .parquet of vectors carries its own `id` column: --ids goes with .npy")
-            vec, listed = read_vector_table(vectors)  # type: ignore[arg-type]
-            id_list: np.ndarray | list[str] | None = listed
-        else:
-            vec = read_array(vectors, "vectors")  # type: ignore[arg-type]
-            id_list = read_array(ids, "ids").astype(str) if ids is not None else None
+        vec, id_list = _read_vectors(vectors, ids)  # type: ignore[arg-type]
         added, total = service.add_vectors(vec, ids=id_list, model=model, progress=not as_json, ray=ray), len(vec)
     rows = service.gallery.count()
     report: dict[str, Any] = {"added": added, "skipped": total - added, "rows": rows}
@@ -167,6 +175,28 @@ def index_add(
     )
 
 
+def _read_vectors(vectors: str, ids: str | None) -> tuple[np.ndarray, np.ndarray | list[str] | None]:
+    from compatret.data.items import read_array, read_vector_table
+
+    if str(vectors).endswith(".parquet"):
+        if ids is not None:
+            raise CompatretError("a .parquet of vectors carries its own `id` column: --ids goes with .npy")
+        return read_vector_table(vectors)
+    return read_array(vectors, "vectors"), read_array(ids, "ids").astype(str) if ids is not None else None
+
+
+def _sharded_add(
+    directory: str, items: str | None, vectors: str | None, ids: str | None, model: str | None, batch_size: int,
+    skip_empty: bool, engine: dict[str, Any], as_json: bool,
+) -> None:  # fmt: skip
+    sharded.refuse_ray(engine, "index add")
+    if skip_empty:
+        raise CompatretError("--skip-empty does not run on a sharded gallery yet: leave out the empty items")
+    service = sharded.open_sharded(directory)
+    vec, id_list = _read_vectors(vectors, ids) if vectors is not None else (None, None)
+    sharded.add(service, items, vec, id_list, model, batch_size, as_json)
+
+
 def _empty_note(count: int, ids: list[str]) -> str:
     shown = ", ".join(repr(i) for i in ids[:5]) + (", ..." if count > 5 else "")
     return f"\nleft out {count} empty item{'s' if count != 1 else ''} (--skip-empty): {shown}" if count else ""
@@ -181,6 +211,9 @@ def index_delete(directory: str, ids: tuple[str, ...], as_json: bool) -> None:
     """Delete rows by id (all or nothing: an unknown id deletes none)."""
     from compatret.engine.service import Service
 
+    if sharded.is_sharded(directory):
+        sharded.delete(sharded.open_sharded(directory), list(ids), as_json)
+        return
     service = Service.open(directory)
     n = service.delete(list(ids))
     emit({"deleted": n, "rows": service.gallery.count()}, as_json, f"deleted {n} rows; {service.gallery.count()} left")
@@ -196,6 +229,10 @@ def index_info(directory: str, as_json: bool) -> None:
     from compatret.engine.service import Service
     from compatret.store.history import describe_event
 
+    if sharded.is_sharded(directory):
+        out = sharded.info(sharded.open_sharded(directory))
+        emit(out, as_json, sharded.info_text(out))
+        return
     info = gallery_info(Service.open(directory))
     lineage = " -> ".join(f"{v['id']}[{v['rule']}]" for v in info["lineage"])
     text = "\n".join(
@@ -236,6 +273,9 @@ def index_verify(directory: str, repair: bool, as_json: bool) -> None:
     from compatret.search.verify import verify
     from compatret.store.gallery import Gallery
 
+    if sharded.is_sharded(directory):
+        sharded.verify(sharded.open_sharded(directory), repair, as_json)
+        return
     report = verify(Gallery.open(directory), repair=repair)
     head = f"table version {report.table_version}: {report.rows} rows in {report.fragments} fragments, {report.cached_fragments} cached" + (
         " (cache rebuilt)" if report.repaired else ""
@@ -256,6 +296,10 @@ def index_history(directory: str, every_version: bool, as_json: bool) -> None:
     from compatret.store.gallery import Gallery
     from compatret.store.history import grouped, history
 
+    if sharded.is_sharded(directory):
+        snaps = sharded.open_sharded(directory).history()
+        emit(snaps, as_json, sharded.history_text(snaps))
+        return
     rows = history(Gallery.open(directory))
     rows = rows if every_version else grouped(rows)
     spans = [str(r["version"]) + (f"..{r['to_version']}" if r.get("to_version", r["version"]) != r["version"] else "") for r in rows]
@@ -270,7 +314,7 @@ def index_history(directory: str, every_version: bool, as_json: bool) -> None:
 
 @index.command("rollback")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--to", "to", type=int, required=True, help="Table version to restore (see `index history`).")
+@click.option("--to", "to", type=int, required=True, help="Table version to restore (a sharded gallery: snapshot; see `index history`).")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def index_rollback(directory: str, to: int, as_json: bool) -> None:
@@ -278,6 +322,9 @@ def index_rollback(directory: str, to: int, as_json: bool) -> None:
     from compatret.store.gallery import Gallery
     from compatret.store.history import rollback
 
+    if sharded.is_sharded(directory):
+        sharded.rollback(sharded.open_sharded(directory), to, as_json)
+        return
     gallery = Gallery.open(directory)
     meta = rollback(gallery, to)
     emit(
@@ -301,6 +348,9 @@ def index_prune(directory: str, older_than_days: float, as_json: bool) -> None:
 
     if not (math.isfinite(older_than_days) and 0 <= older_than_days <= 365_000):
         raise CompatretError("--older-than-days must be a number of days from 0 to 365000")
+    if sharded.is_sharded(directory):
+        sharded.prune(sharded.open_sharded(directory), dt.timedelta(days=older_than_days), as_json)
+        return
     out = prune(Gallery.open(directory), dt.timedelta(days=older_than_days))
     emit(out, as_json, f"versions: {out['versions_before']} -> {out['versions_after']}")
 

@@ -135,13 +135,13 @@ def query(
 ) -> None:
     """Search a gallery: queries are embedded with the query model and mapped into the gallery's space."""
     from compatret.data.items import read_array, read_query_rows
-    from compatret.engine.service import Service
+    from compatret.engine.sharded import open_gallery
 
     given = sum(bool(x) for x in (texts, queries, vectors))
     if given != 1:
         raise CompatretError("give exactly one of --text, --queries or --vectors")
-    service = Service.open(directory)
-    if service.gallery.count() == 0:
+    service = open_gallery(directory)
+    if service.count() == 0:
         raise CompatretError(
             f"the gallery {directory} is empty: nothing to search yet; add rows with `compatret index add {directory} --items FILE`"
         )

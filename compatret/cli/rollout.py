@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from compatret.cli import sharded
 from compatret.cli.options import engine_options, ray_options
 from compatret.cli.output import emit, friendly
 from compatret.core.errors import CompatretError
@@ -82,6 +83,11 @@ def index_upgrade(
     from compatret.engine.results import NeedsAdapter
     from compatret.engine.service import Service
 
+    if sharded.is_sharded(directory):
+        if gate_files(gate_queries, qrels):
+            raise CompatretError("--gate does not run on a sharded gallery yet: upgrade, then `compatret eval regression`")
+        sharded.upgrade(sharded.open_sharded(directory), model, as_json)
+        return
     service = Service.open(directory)
     before = service.meta.serving.id
     gate = None
@@ -176,6 +182,13 @@ def index_backfill(directory: str, engine: dict[str, Any], as_json: bool, **opts
     from compatret.engine.service import Service
 
     ray = ray_options(engine, opts["batch_size"])
+    if sharded.is_sharded(directory):
+        sharded.refuse_ray(engine, "index backfill")
+        if gate_files(opts["gate_queries"], opts["qrels"]):
+            raise CompatretError("--gate does not run on a sharded gallery yet: backfill, then `compatret eval regression`")
+        report = sharded.open_sharded(directory).backfill(opts["limit"], opts["fraction"], opts["order"], opts["batch_size"], not as_json)
+        emit(report.to_dict(), as_json, _backfill_text(report))
+        sys.exit(130 if report.stopped else 0)
 
     def run_to(fraction: float | None, limit: int | None = None) -> Any:
         return backfill(Service.open(directory), limit, fraction, opts["order"], opts["batch_size"], progress=not as_json, ray=ray)

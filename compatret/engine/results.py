@@ -19,9 +19,12 @@ class QueryResult:
     scores: list[float]
     payloads: list[dict[str, Any]] | None = None
     table_version: int = -1  # the table version this answer was read from
+    snapshot: int | None = None  # a sharded gallery's: the published snapshot this answer was read from
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ids": self.ids, "scores": self.scores, "table_version": self.table_version}
+        if self.snapshot is not None:
+            out["snapshot"] = self.snapshot
         if self.payloads is not None:
             out["payloads"] = self.payloads
         return out

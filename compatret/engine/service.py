@@ -130,6 +130,17 @@ class Service:
             with self._views.write():
                 self._index = self._index.moved_to(fresh, version)
 
+    def _view_at(self, version: int) -> SearchIndex:
+        """The view moved to table `version` (forward or back), reading only what differs."""
+        with self._lock:
+            if self._index is None:
+                self._index = SearchIndex.load(self.gallery, version)
+            elif self._index.table_version != version:
+                fresh = self._index.read_fragments(self.gallery, version)
+                with self._views.write():
+                    self._index = self._index.moved_to(fresh, version)
+            return self._index
+
     def _advance_in_background(self, current: SearchIndex) -> None:
         """Servers: read the next version's rows on a handle of its own while queries go on, then
         move the kernels under the lock (a pause as long as the change, not the gallery); dropped
@@ -231,8 +242,10 @@ class Service:
         model: str | None = None,
         k: int = 10,
         include_payload: bool = False,
+        at_version: int | None = None,
     ) -> list[QueryResult]:
-        """Top-k for each query, embedded (or given as vectors) in `model`'s space, default serving.
+        """Top-k for each query, embedded (or given as vectors) in `model`'s space, default serving;
+        from table version `at_version` if given (a sharded gallery's snapshot), else the latest.
 
         Each model version present in the gallery is searched in the space its Compat plan
         gives, and the hits are merged by score: `raw` (default) compares each row in the
@@ -245,7 +258,7 @@ class Service:
             raise CompatretError(f"k must be >= 1, got {k}")
         for attempt in range(READ_RETRIES):
             try:
-                return self._query(texts, images, vectors, model, k, include_payload)
+                return self._query(texts, images, vectors, model, k, include_payload, at_version)
             except OSError as exc:  # the view's version was pruned under it (prune, compaction): answer from the next one
                 if attempt == READ_RETRIES - 1:
                     raise
@@ -263,11 +276,12 @@ class Service:
         model: str | None,
         k: int,
         include_payload: bool,
+        at_version: int | None = None,
     ) -> list[QueryResult]:
         """One query against one view (see query)."""
         encoded: tuple[str, np.ndarray] | None = None
         while True:  # one view for the whole query; again if it moved on before the search began
-            index = self.index
+            index = self.index if at_version is None else self._view_at(at_version)
             meta = self.gallery.meta_at(index.table_version)
             version = self._version(model, meta)
             if vectors is not None:
@@ -306,6 +320,10 @@ class Service:
         with self.inference:
             vectors = enc.encode_queries(list(texts if texts is not None else images))  # type: ignore[arg-type]
         return check_query_vectors(vectors, version)
+
+    def count(self) -> int:
+        """Rows in the table's latest version."""
+        return self.gallery.count()
 
     def rows_by_version(self) -> dict[str, int]:
         """How many rows each model version made: the backfill progress, counted in the table."""

@@ -22,12 +22,13 @@ from compatret.store.meta import GalleryMeta
 TRANSFORMS_DIR = "transforms"
 
 
-def upgrade_gallery(gallery: Gallery, model: str, gate: dict[str, Any] | None = None) -> GalleryMeta:
+def upgrade_gallery(gallery: Gallery, model: str, gate: dict[str, Any] | None = None, check_only: bool = False) -> GalleryMeta:
     """Make a compatible model the serving model: one metadata commit, nothing re-embedded.
 
     `gate`: the numbers of a passed upgrade gate, recorded in the history; it was measured
     against `gate["serving"]`, so the upgrade is refused if another writer changed the
-    serving model since."""
+    serving model since. `check_only`: every check, nothing written (a sharded gallery checks
+    all its shards before it upgrades any)."""
     version = load_version(model)
     check_endpoint(model, "upgrade to it")  # a model behind an endpoint must still be the one registered
     with gallery.writing("upgrade"):
@@ -60,6 +61,8 @@ def upgrade_gallery(gallery: Gallery, model: str, gate: dict[str, Any] | None = 
         missing = [t for t in transforms if not t.exists()]
         if missing:
             raise CompatretError(f"model {version.id!r} lacks its transform file {missing[0]}")
+        if check_only:
+            return meta
         if transforms:  # only once the upgrade is known to be valid: a refusal changes nothing
             (gallery.path / TRANSFORMS_DIR).mkdir(exist_ok=True)
         for src, target in zip(transforms, targets):

@@ -1,0 +1,141 @@
+"""The `compatret index` commands on a sharded gallery: the same options, the same one-line errors;
+what differs is that every change is published as one snapshot (see `engine.sharded`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from typing import TYPE_CHECKING, Any
+
+from compatret.cli.output import emit
+from compatret.core.errors import CompatretError
+
+if TYPE_CHECKING:
+    from compatret.engine.sharded import ShardedService
+
+
+def is_sharded(directory: str) -> bool:
+    """Whether DIRECTORY holds a sharded gallery (its snapshot log)."""
+    from compatret.store.snapshots import SnapshotLog
+
+    return SnapshotLog.exists(directory)
+
+
+def open_sharded(directory: str) -> ShardedService:
+    from compatret.engine.sharded import ShardedService
+
+    return ShardedService.open(directory)
+
+
+def refuse_ray(engine: dict[str, Any], command: str) -> None:
+    if engine.get("engine") == "ray":
+        raise CompatretError(f"`{command} --engine ray` does not run on a sharded gallery yet: leave out --engine ray")
+
+
+def add(service: ShardedService, items: str | None, vectors: Any, ids: Any, model: str | None, batch_size: int, as_json: bool) -> None:
+    """`index add` on a sharded gallery: items or vectors go to their shards, published as one snapshot."""
+    if items is not None:
+        from compatret.data.items import read_items
+
+        todo = read_items(items, service.meta.modality, False).items
+        added, total = service.add_items(todo, batch_size=batch_size, progress=not as_json), len(todo)
+    else:
+        added, total = service.add_vectors(vectors, ids=ids, model=model, progress=not as_json), len(vectors)
+    rows = service.count()
+    emit(
+        {"added": added, "skipped": total - added, "rows": rows, "snapshot": service.snapshot.snapshot},
+        as_json,
+        f"added {added} rows ({total - added} already stored); {rows} in all; snapshot {service.snapshot.snapshot}",
+    )
+
+
+def delete(service: ShardedService, ids: list[str], as_json: bool) -> None:
+    n = service.delete(ids)
+    snap = service.snapshot.snapshot
+    emit({"deleted": n, "rows": service.count(), "snapshot": snap}, as_json, f"deleted {n} rows; {service.count()} left; snapshot {snap}")
+
+
+def info(service: ShardedService) -> dict[str, Any]:
+    """What `index info` says of a sharded gallery: the published snapshot, and each shard."""
+    snap, meta = service.snapshot, service.meta
+    per_shard = [s.gallery.dataset(v).count_rows() for s, v in zip(service.shards, snap.versions)]
+    return {
+        "path": str(service.root),
+        "shards": snap.shards,
+        "hash": snap.hash,
+        "snapshot": snap.snapshot,
+        "rows": sum(per_shard),
+        "rows_by_version": service.rows_by_version(),
+        "dim": meta.dim,
+        "vector_model": meta.vector_model.id,
+        "serving_model": meta.serving.id,
+        "lineage": [v.id for v in reversed(meta.serving.lineage())],
+        "shard_rows": per_shard,
+        "shard_versions": list(snap.versions),
+        "history": service.history()[-5:],
+    }
+
+
+def info_text(out: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"gallery        {out['path']} ({out['shards']} shards, rows placed by {out['hash']} of the id)",
+            f"rows           {out['rows']}  ({', '.join(f'{k}: {v}' for k, v in out['rows_by_version'].items()) or 'empty'})",
+            f"vectors        {out['dim']}-d cosine, gallery created with {out['vector_model']}",
+            f"serving        {out['serving_model']}",
+            f"lineage        {' -> '.join(out['lineage'])}",
+            f"snapshot       {out['snapshot']}: shard versions {out['shard_versions']}, rows per shard {out['shard_rows']}",
+        ]
+        + [f"history        {h['time']} snapshot {h['snapshot']}: {h['event']} (serving {h['serving']})" for h in out["history"]]
+    )
+
+
+def history_text(rows: list[dict[str, Any]]) -> str:
+    return "\n".join(f"{r['snapshot']:>4}  {r['time']}  serving {r['serving']}  {r['event']}  versions {r['versions']}" for r in rows)
+
+
+def rollback(service: ShardedService, to: int, as_json: bool) -> None:
+    new = service.rollback(to)
+    emit(
+        {"restored": to, "serving": new.serving, "snapshot": new.snapshot},
+        as_json,
+        f"restored snapshot {to}: serving {new.serving}, now snapshot {new.snapshot}",
+    )
+
+
+def verify(service: ShardedService, repair: bool, as_json: bool) -> None:
+    from compatret.search.verify import verify as verify_shard
+
+    reports = [verify_shard(s.gallery, repair=repair) for s in service.shards]
+    ok = all(r.ok for r in reports)
+    lines = [
+        f"shard {i}: table version {r.table_version}, {r.rows} rows" + (" ok" if r.ok else "".join(f"\nMISMATCH {m}" for m in r.mismatches))
+        for i, r in enumerate(reports)
+    ]
+    emit({"ok": ok, "shards": [r.to_dict() for r in reports]}, as_json, "\n".join(lines))
+    if not ok:
+        sys.exit(1)
+
+
+def prune(service: ShardedService, older_than: dt.timedelta, as_json: bool) -> None:
+    """Prune every shard; snapshots that name a pruned version can no longer be rolled back to."""
+    from compatret.store.history import prune as prune_shard
+
+    outs = [prune_shard(s.gallery, older_than) for s in service.shards]
+    total = {k: sum(o[k] for o in outs) for k in ("versions_before", "versions_after")}
+    emit({**total, "shards": outs}, as_json, f"versions (all shards): {total['versions_before']} -> {total['versions_after']}")
+
+
+def upgrade(service: ShardedService, model: str, as_json: bool) -> None:
+    import time
+
+    before = service.meta.serving.id
+    t0 = time.perf_counter()
+    meta = service.upgrade(model)
+    took = time.perf_counter() - t0
+    emit(
+        {"previous": before, "serving": meta.serving.id, "snapshot": service.snapshot.snapshot, "seconds": took},
+        as_json,
+        f"serving {meta.serving.id} (was {before}) on all {len(service.shards)} shards; nothing re-embedded; "
+        f"snapshot {service.snapshot.snapshot}; {took * 1000:.1f} ms",
+    )

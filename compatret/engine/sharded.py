@@ -1,0 +1,298 @@
+"""One gallery across several shard galleries, published as one through the snapshot log.
+
+`ShardedService` answers what `Service` answers (add, delete, query, upgrade, rollback,
+history, info), so the CLI and the Python API open either the same way (`open_gallery`).
+Every write runs under the root's writer lock: it records what it is about to do (the
+intent file), commits on the shards, then appends one snapshot; the intent goes last. A
+crash before the append leaves the previous snapshot serving and the intent behind: the
+same command run again finishes the job, any other write is refused until it has (or
+until `rollback` puts every shard back at a snapshot).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compatret.core.errors import CompatretError
+from compatret.engine.backfill import BackfillReport, backfill
+from compatret.engine.results import QueryResult
+from compatret.engine.service import Service
+from compatret.engine.upgrade import upgrade_gallery
+from compatret.store.gallery import Gallery
+from compatret.store.history import rollback as rollback_shard
+from compatret.store.meta import GalleryMeta
+from compatret.store.snapshots import HASH, Snapshot, SnapshotLog, shard_of
+from compatret.store.writer_lock import writer_lock
+
+INTENT_FILE = ".intent.json"
+
+
+def shard_dir(root: Path, i: int) -> Path:
+    return root / f"shard-{i:03d}"
+
+
+def is_sharded(path: str | Path) -> bool:
+    return SnapshotLog.exists(path)
+
+
+def open_gallery(path: str | Path, kernel: str = "auto", refresh_seconds: float = 0.0) -> Service | ShardedService:
+    """A gallery or a sharded gallery, whichever lives at `path`."""
+    if is_sharded(path):
+        return ShardedService.open(path, kernel, refresh_seconds)
+    return Service.open(path, kernel, refresh_seconds)
+
+
+def _key(*parts: Any) -> str:
+    """What identifies one write's arguments: its rerun must be the same write."""
+    h = hashlib.blake2b(digest_size=12)
+    for p in parts:
+        h.update(p.tobytes() if isinstance(p, np.ndarray) else json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+class ShardedService:
+    """N shard galleries and the snapshot log that says which versions of them are published."""
+
+    def __init__(self, root: Path, shards: list[Service], log: SnapshotLog) -> None:
+        self.root = root
+        self.shards = shards
+        self.log = log
+
+    # ---- lifecycle -------------------------------------------------------------------
+    @staticmethod
+    def create(path: str | Path, shards: int, **create: Any) -> ShardedService:
+        """A new, empty sharded gallery: `create` are `Service.create`'s arguments, for every shard."""
+        root = Path(path)
+        if shards < 1:
+            raise CompatretError(f"--shards must be at least 1, got {shards}")
+        if is_sharded(root) or Gallery.exists(root) or (root.exists() and any(root.iterdir())):
+            raise CompatretError(f"{root} is not empty: a sharded gallery needs a folder of its own")
+        root.mkdir(parents=True, exist_ok=True)
+        gallery_id = uuid.uuid4().hex
+        with writer_lock(root, "index create"):
+            made = []
+            for i in range(shards):
+                s = Service.create(shard_dir(root, i), **create)
+                with s.gallery.writing("index create"):  # the shard says whose shard it is: a folder from elsewhere is refused
+                    s.gallery.set_meta(s.gallery.with_event("shard", gallery=gallery_id, index=i, of=shards))
+                made.append(s)
+            log = SnapshotLog(root)
+            versions = [s.gallery.latest_version() for s in made]
+            fields = dict(gallery=gallery_id, shards=shards, hash=HASH, versions=versions, serving=made[0].meta.serving.id)
+            log.append(None, None, event="create", details={}, **fields)
+        return ShardedService(root, made, log)
+
+    @staticmethod
+    def open(path: str | Path, kernel: str = "auto", refresh_seconds: float = 0.0) -> ShardedService:
+        root = Path(path)
+        log = SnapshotLog(root)
+        snap = log.latest()
+        shards = []
+        for i in range(snap.shards):
+            folder = shard_dir(root, i)
+            if not Gallery.exists(folder):
+                raise CompatretError(f"shard {i} of {root} is missing ({folder} holds no gallery)")
+            s = Service.open(folder, kernel, refresh_seconds)
+            mark = next((e for e in s.meta.history if e.get("event") == "shard"), {})
+            if mark.get("gallery") != snap.gallery or mark.get("index") != i:
+                raise CompatretError(f"{folder} is not shard {i} of this gallery (it belongs to another sharded gallery)")
+            shards.append(s)
+        return ShardedService(root, shards, log)
+
+    # ---- what is published -----------------------------------------------------------
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.log.latest()
+
+    @property
+    def meta(self) -> GalleryMeta:
+        """The published metadata (every shard serves the same model at a snapshot)."""
+        return self.shards[0].gallery.meta_at(self.snapshot.versions[0])
+
+    @property
+    def path(self) -> Path:
+        return self.root
+
+    def _intent(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.root / INTENT_FILE).read_text())
+        except FileNotFoundError:
+            return None
+
+    @contextmanager
+    def _writing(self, command: str, key: str) -> Iterator[Snapshot]:
+        """The frame of every write: the root's lock, the intent, and the snapshot that publishes it."""
+        with writer_lock(self.root, command):
+            snap = self.snapshot
+            intent = self._intent()
+            if intent is not None and (intent["command"], intent["key"]) != (command, key):
+                raise CompatretError(
+                    f"an interrupted `{intent['command']}` left shards ahead of snapshot {snap.snapshot}: run it again to "
+                    f"finish it, or `compatret index rollback {self.root} --to {snap.snapshot}`"
+                )
+            if intent is None:
+                ahead = [i for i, s in enumerate(self.shards) if s.gallery.latest_version() != snap.versions[i]]
+                if ahead:
+                    raise CompatretError(
+                        f"shard {ahead[0]} changed outside this sharded gallery (its table is past snapshot {snap.snapshot}): "
+                        f"`compatret index rollback {self.root} --to {snap.snapshot}` restores it"
+                    )
+                (self.root / INTENT_FILE).write_text(json.dumps({"command": command, "key": key, "from": snap.snapshot}))
+            yield snap
+            (self.root / INTENT_FILE).unlink()
+
+    def _publish(self, snap: Snapshot, event: str, **details: Any) -> Snapshot:
+        versions = [s.gallery.latest_version() for s in self.shards]
+        return self.log.append(snap, snap, event=event, versions=versions, serving=self.shards[0].meta.serving.id, details=details)
+
+    def _split(self, ids: Sequence[str]) -> list[np.ndarray]:
+        """Positions of `ids` per shard, in their order."""
+        where = np.array([shard_of(str(i), len(self.shards)) for i in ids], dtype=np.int64)
+        return [np.flatnonzero(where == i) for i in range(len(self.shards))]
+
+    # ---- writes ----------------------------------------------------------------------
+    def add_items(self, items: Sequence[dict[str, Any]], batch_size: int = 256, progress: bool = True, **_: Any) -> int:
+        """Embed and store items on their shards, then publish them at once; items need ids."""
+        ids = [it.get("id", it.get("_id")) for it in items]
+        if any(i is None for i in ids):
+            raise CompatretError("items of a sharded gallery need ids (the id picks the shard)")
+        added = 0
+        with self._writing("index add", _key(ids)) as snap:
+            for s, where in zip(self.shards, self._split([str(i) for i in ids])):
+                if len(where):
+                    added += s.add_items([items[j] for j in where], batch_size, progress)
+            self._publish(snap, "add", rows=added)
+        return added
+
+    def add_vectors(
+        self, vectors: np.ndarray, ids: Sequence[str] | np.ndarray | None = None, model: str | None = None, **options: Any
+    ) -> int:
+        """Store precomputed vectors on their shards (fresh ids when none are given), then publish."""
+        vectors = np.asarray(vectors)
+        id_list = [uuid.uuid4().hex for _ in range(len(vectors))] if ids is None else [str(i) for i in ids]
+        if len(id_list) != len(vectors):
+            raise CompatretError(f"{len(id_list)} ids for {len(vectors)} vectors")
+        added = 0
+        with self._writing("index add", _key(id_list, model)) as snap:
+            for s, where in zip(self.shards, self._split(id_list)):
+                if len(where):
+                    added += s.add_vectors(vectors[where], [id_list[j] for j in where], model, **options)
+            self._publish(snap, "add", rows=added)
+        return added
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete rows by id on their shards, then publish: once this returns, no reader serves them."""
+        ids = list(dict.fromkeys(str(i) for i in ids))
+        with self._writing("index delete", _key(ids)) as snap:
+            parts = [[ids[j] for j in where] for where in self._split(ids)]
+            published = {i for s, part, v in zip(self.shards, parts, snap.versions) for i in s.gallery.addresses_of(part, version=v)}
+            unknown = [i for i in ids if i not in published]
+            if unknown:
+                raise CompatretError(f"{len(unknown)} ids not in the gallery, e.g. {unknown[0]!r}")
+            for s, part in zip(self.shards, parts):
+                s.gallery.latest_version()
+                still = s.gallery.existing(part)  # a rerun: what the interrupted run deleted is gone already
+                if still:
+                    s.delete(still)
+            self._publish(snap, "delete", rows=len(ids))
+        return len(ids)
+
+    def upgrade(self, model: str, gate: dict[str, Any] | None = None) -> GalleryMeta:
+        """Check every shard, upgrade each (O(1)), then publish the new serving model on all at once."""
+        with self._writing("index upgrade", _key(model)) as snap:
+            todo = [s for s, v in zip(self.shards, snap.versions) if s.gallery.latest_version() == v]  # a rerun skips the done
+            for s in todo:
+                upgrade_gallery(s.gallery, model, gate, check_only=True)
+            for s in todo:
+                s.upgrade(model, gate)
+            self._publish(snap, "upgrade", model=self.shards[0].meta.serving.id, previous=snap.serving)
+        return self.meta
+
+    def rollback(self, to: int) -> Snapshot:
+        """Put every shard back at the versions snapshot `to` names, as a new snapshot (an
+        unfinished write's leftovers go with it)."""
+        with writer_lock(self.root, "index rollback"):
+            target = self.log.get(to)
+            snap = self.snapshot
+            for i, (s, v) in enumerate(zip(self.shards, target.versions)):
+                have = {int(x["version"]) for x in s.gallery.table.list_versions()}
+                if v not in have:
+                    raise CompatretError(f"snapshot {to} names version {v} of shard {i}, which was pruned: nothing changed")
+            for s, v in zip(self.shards, target.versions):
+                rollback_shard(s.gallery, v)
+            new = self._publish(snap, "rollback", to=to, from_snapshot=snap.snapshot)
+            (self.root / INTENT_FILE).unlink(missing_ok=True)
+        return new
+
+    def backfill(
+        self, limit: int | None = None, fraction: float | None = None, order: str = "auto", batch_size: int = 64, progress: bool = True
+    ) -> BackfillReport:
+        """Re-embed each shard's pending rows in turn, publishing a snapshot after each shard (rows of
+        either model are right for the serving model, so a shard done is worth serving at once)."""
+        done = remaining = skipped = 0
+        seconds, stopped = 0.0, False
+        with self._writing("index backfill", _key(self.meta.serving.id, limit, fraction)) as snap:
+            for s in self.shards:
+                left = None if limit is None else max(limit - done, 0)
+                report = backfill(s, left, fraction, order, batch_size, progress) if left != 0 else None
+                if report is not None:
+                    done, seconds, skipped = done + report.done, seconds + report.seconds, skipped + report.skipped
+                    remaining, stopped = remaining + report.remaining, report.stopped
+                else:
+                    remaining += sum(n for v, n in s.rows_by_version().items() if v != s.meta.serving.id)
+                snap = self._publish(snap, "backfill", rows=done)
+                if stopped:
+                    break
+        return BackfillReport(done, remaining, seconds, stopped, self.meta.serving.id, skipped)
+
+    # ---- reads -----------------------------------------------------------------------
+    def count(self) -> int:
+        """Rows in the published snapshot."""
+        return sum(s.gallery.dataset(v).count_rows() for s, v in zip(self.shards, self.snapshot.versions))
+
+    def query(
+        self,
+        texts: Sequence[str] | None = None,
+        images: Sequence[Any] | None = None,
+        vectors: np.ndarray | None = None,
+        model: str | None = None,
+        k: int = 10,
+        include_payload: bool = False,
+    ) -> list[QueryResult]:
+        """Top-k from one published snapshot: every shard at the version it names, merged by score."""
+        snap = self.snapshot
+        parts = [s.query(texts, images, vectors, model, k, include_payload, at_version=v) for s, v in zip(self.shards, snap.versions)]
+        return [merge_top_k([p[q] for p in parts], k, snap.snapshot) for q in range(len(parts[0]))]
+
+    def rows_by_version(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.shards:
+            for v, n in s.rows_by_version().items():
+                out[v] = out.get(v, 0) + n
+        return out
+
+    def history(self) -> list[dict[str, Any]]:
+        return [s.to_dict() for s in self.log.all()]
+
+    def each_shard(self, work: Callable[[Service], Any]) -> list[Any]:
+        return [work(s) for s in self.shards]
+
+
+def merge_top_k(results: Sequence[QueryResult], k: int, snapshot: int) -> QueryResult:
+    """One query's answers from every shard, as one top-k by score (ties: the lower shard first)."""
+    hits = [(score, n, i, pos) for n, r in enumerate(results) for pos, (i, score) in enumerate(zip(r.ids, r.scores))]
+    hits.sort(key=lambda h: (-h[0], h[1], h[3]))
+    best = hits[:k]
+    payloads = None
+    if results and results[0].payloads is not None:
+        payloads = [results[n].payloads[pos] for _, n, _, pos in best]  # type: ignore[index]
+    return replace(QueryResult([h[2] for h in best], [h[0] for h in best], payloads), snapshot=snapshot)

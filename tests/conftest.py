@@ -41,6 +41,9 @@ def scifact_subset(data_root: Path) -> dict:
     return {"docs": docs, "queries": {q: queries[q] for q in chosen}, "qrels": {q: qrels[q] for q in chosen}}
 
 
+MODELS_CACHE_ENV = "COMPATRET_TEST_MODELS"  # a folder the digit models are trained into once and then read from
+
+
 @pytest.fixture(scope="session")
 def digit_models(tmp_path_factory) -> dict:
     """Two real, tiny image models on the bundled digits: v1 and a BCT-compatible v2 (seconds)."""
@@ -49,12 +52,20 @@ def digit_models(tmp_path_factory) -> dict:
     from compatret.train.image.methods import MethodSpec, fit_image_version
     from compatret.train.image.trainer import TrainConfig
 
-    root = tmp_path_factory.mktemp("digit_models")
+    from filelock import FileLock
+
     train, test = load_digits_splits()
-    spec = ImageModelSpec(width=0.125, in_channels=1, image_size=8, embed_dim=16, mean=(0.3,), std=(0.4,))
-    cfg = TrainConfig(epochs=3, batch_size=64, lr=0.1, crop_padding=1, flip=False, progress=False)
-    fit_image_version("v1", MethodSpec("independent"), train.subset(train.labels < 7), spec, cfg, root / "v1")
-    bct = MethodSpec("bct", num_classes=10, align_weight=1.0)
-    fit_image_version("v2", bct, train, spec, cfg, root / "v2", parent_dir=root / "v1")
+    # the mutation run forks a fresh test process per mutant: it trains the models once, in this folder
+    kept = os.environ.get(MODELS_CACHE_ENV)
+    root = Path(kept) if kept else tmp_path_factory.mktemp("digit_models")
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".training.lock")):
+        if not (root / ".trained").is_file():
+            spec = ImageModelSpec(width=0.125, in_channels=1, image_size=8, embed_dim=16, mean=(0.3,), std=(0.4,))
+            cfg = TrainConfig(epochs=3, batch_size=64, lr=0.1, crop_padding=1, flip=False, progress=False)
+            fit_image_version("v1", MethodSpec("independent"), train.subset(train.labels < 7), spec, cfg, root / "v1")
+            bct = MethodSpec("bct", num_classes=10, align_weight=1.0)
+            fit_image_version("v2", bct, train, spec, cfg, root / "v2", parent_dir=root / "v1")
+            (root / ".trained").touch()
     items = [{"id": f"d{i}", "image": img, "metadata": {"label": int(y)}} for i, (img, y) in enumerate(zip(test.images, test.labels))]
     return {"v1": str(root / "v1"), "v2": str(root / "v2"), "items": items}

@@ -3,3 +3,8 @@
 
 class CompatretError(Exception):
     """Bad input or an impossible request, explained in one line."""
+
+
+class Unavailable(CompatretError):
+    """A part that must answer did not (a shard past its deadline): the request may be retried;
+    an answer without that part would be silently partial, so none is given (HTTP 503)."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from compatret.engine.service import Service
 from compatret.search.kernels import backend_name
+from compatret.store.meta import GalleryMeta
 from compatret.store.pending import pending_rows
 
 
@@ -27,14 +28,9 @@ def disk_bytes(directory: str | Path) -> int:
     return total
 
 
-def overview(service: Service) -> dict[str, Any]:
-    """The gallery as searched now: serving model, lineage oldest first with each model's rule and
-    rows, the models a query may name, and the table version this view derives from."""
-    index = service.index
-    meta = service.gallery.meta_at(index.table_version)
-    counts = index.counts()
-    chain = list(reversed(meta.serving.lineage()))
-    lineage = [
+def lineage_entries(meta: GalleryMeta, counts: dict[str, int]) -> list[dict[str, Any]]:
+    """The serving model's lineage, oldest first, with each model's rule and rows."""
+    return [
         {
             "id": v.id,
             "dim": v.dim,
@@ -43,8 +39,16 @@ def overview(service: Service) -> dict[str, Any]:
             "rows": counts.get(v.id, 0),
             "serving": v.id == meta.serving.id,
         }
-        for v in chain
+        for v in reversed(meta.serving.lineage())
     ]
+
+
+def overview(service: Service) -> dict[str, Any]:
+    """The gallery as searched now: serving model, lineage oldest first with each model's rule and
+    rows, the models a query may name, and the table version this view derives from."""
+    index = service.index
+    meta = service.gallery.meta_at(index.table_version)
+    counts = index.counts()
     return {
         "rows": int(sum(counts.values())),
         "rows_by_version": counts,
@@ -52,7 +56,7 @@ def overview(service: Service) -> dict[str, Any]:
         "metric": meta.metric,
         "modality": meta.modality,
         "serving": meta.serving.id,
-        "lineage": lineage,
+        "lineage": lineage_entries(meta, counts),
         "query_models": sorted(service.lineage(meta)),
         "kernel": backend_name(service.kernel_name),
         "ann": meta.ann,

@@ -309,6 +309,22 @@ class Service:
             ]
         return results
 
+    def embed_queries(
+        self,
+        texts: Sequence[str] | None = None,
+        images: Sequence[Any] | None = None,
+        vectors: np.ndarray | None = None,
+        model: str | None = None,
+        at_version: int | None = None,
+    ) -> np.ndarray:
+        """Checked query vectors in `model`'s space (default: the serving model of table version
+        `at_version`, else of the latest): what a sharded gallery embeds once and sends every shard."""
+        if sum(x is not None for x in (texts, images, vectors)) != 1:
+            raise CompatretError("give exactly one of texts, images or vectors")
+        meta = self.gallery.meta_at(self.gallery.latest_version() if at_version is None else at_version)
+        version = self._version(model, meta)
+        return check_query_vectors(vectors, version) if vectors is not None else self._encode(texts, images, version, model, meta)
+
     def _encode(
         self, texts: Sequence[str] | None, images: Sequence[Any] | None, version: ModelVersion, model: str | None, meta: GalleryMeta
     ) -> np.ndarray:

@@ -24,9 +24,12 @@ import numpy as np
 
 from compatret.core.errors import CompatretError
 from compatret.engine.backfill import BackfillReport, backfill
+from compatret.engine.models import lineage
+from compatret.engine.overview import disk_bytes, lineage_entries
 from compatret.engine.results import QueryResult
 from compatret.engine.service import Service
 from compatret.engine.upgrade import upgrade_gallery
+from compatret.search.kernels import backend_name
 from compatret.store.gallery import Gallery
 from compatret.store.history import rollback as rollback_shard
 from compatret.store.meta import GalleryMeta
@@ -87,7 +90,7 @@ class ShardedService:
                 made.append(s)
             log = SnapshotLog(root)
             versions = [s.gallery.latest_version() for s in made]
-            fields = dict(gallery=gallery_id, shards=shards, hash=HASH, versions=versions, serving=made[0].meta.serving.id)
+            fields = dict(gallery=gallery_id, shards=shards, hash=HASH, versions=versions, rows=0, serving=made[0].meta.serving.id)
             log.append(None, None, event="create", details={}, **fields)
         return ShardedService(root, made, log)
 
@@ -152,7 +155,10 @@ class ShardedService:
 
     def _publish(self, snap: Snapshot, event: str, **details: Any) -> Snapshot:
         versions = [s.gallery.latest_version() for s in self.shards]
-        return self.log.append(snap, snap, event=event, versions=versions, serving=self.shards[0].meta.serving.id, details=details)
+        rows = sum(s.gallery.count() for s in self.shards)
+        return self.log.append(
+            snap, snap, event=event, versions=versions, rows=rows, serving=self.shards[0].meta.serving.id, details=details
+        )
 
     def _split(self, ids: Sequence[str]) -> list[np.ndarray]:
         """Positions of `ids` per shard, in their order."""
@@ -234,7 +240,13 @@ class ShardedService:
         return new
 
     def backfill(
-        self, limit: int | None = None, fraction: float | None = None, order: str = "auto", batch_size: int = 64, progress: bool = True
+        self,
+        limit: int | None = None,
+        fraction: float | None = None,
+        order: str = "auto",
+        batch_size: int = 64,
+        progress: bool = True,
+        should_stop: Callable[[], bool] | None = None,
     ) -> BackfillReport:
         """Re-embed each shard's pending rows in turn, publishing a snapshot after each shard (rows of
         either model are right for the serving model, so a shard done is worth serving at once)."""
@@ -243,7 +255,7 @@ class ShardedService:
         with self._writing("index backfill", _key(self.meta.serving.id, limit, fraction)) as snap:
             for s in self.shards:
                 left = None if limit is None else max(limit - done, 0)
-                report = backfill(s, left, fraction, order, batch_size, progress) if left != 0 else None
+                report = backfill(s, left, fraction, order, batch_size, progress, should_stop=should_stop) if left != 0 else None
                 if report is not None:
                     done, seconds, skipped = done + report.done, seconds + report.seconds, skipped + report.skipped
                     remaining, stopped = remaining + report.remaining, report.stopped
@@ -257,7 +269,7 @@ class ShardedService:
     # ---- reads -----------------------------------------------------------------------
     def count(self) -> int:
         """Rows in the published snapshot."""
-        return sum(s.gallery.dataset(v).count_rows() for s, v in zip(self.shards, self.snapshot.versions))
+        return self.snapshot.rows
 
     def query(
         self,
@@ -268,10 +280,42 @@ class ShardedService:
         k: int = 10,
         include_payload: bool = False,
     ) -> list[QueryResult]:
-        """Top-k from one published snapshot: every shard at the version it names, merged by score."""
+        """Top-k from one published snapshot: queries embedded once, every shard searched at the
+        version the snapshot names, the hits merged by score."""
+        if k < 1:
+            raise CompatretError(f"k must be >= 1, got {k}")
         snap = self.snapshot
-        parts = [s.query(texts, images, vectors, model, k, include_payload, at_version=v) for s, v in zip(self.shards, snap.versions)]
-        return [merge_top_k([p[q] for p in parts], k, snap.snapshot) for q in range(len(parts[0]))]
+        q = self.shards[0].embed_queries(texts, images, vectors, model, at_version=snap.versions[0])
+        parts = self.search_shards(q, model, k, include_payload, snap)
+        return [merge_top_k([p[n] for p in parts], k, snap.snapshot) for n in range(len(q))]
+
+    def search_shards(self, q: np.ndarray, model: str | None, k: int, include_payload: bool, snap: Snapshot) -> list[list[QueryResult]]:
+        """Each shard's top-k at its snapshot version (in this process; Ray Serve fans out instead)."""
+        return [
+            s.query(vectors=q, model=model, k=k, include_payload=include_payload, at_version=v) for s, v in zip(self.shards, snap.versions)
+        ]
+
+    lineage = staticmethod(lineage)
+
+    def overview(self) -> dict[str, Any]:
+        """What `engine.overview.overview` says of one gallery, for the published snapshot
+        (`table_version` is the snapshot number)."""
+        snap, meta = self.snapshot, self.meta
+        counts = self.rows_by_version()
+        return {
+            "rows": snap.rows,
+            "rows_by_version": counts,
+            "dim": meta.dim,
+            "metric": meta.metric,
+            "modality": meta.modality,
+            "serving": meta.serving.id,
+            "lineage": lineage_entries(meta, counts),
+            "query_models": sorted(lineage(meta)),
+            "kernel": backend_name(self.shards[0].kernel_name),
+            "ann": meta.ann,
+            "table_version": snap.snapshot,
+            "disk_bytes": disk_bytes(self.root),
+        }
 
     def rows_by_version(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -22,6 +22,7 @@ from fastapi.security import HTTPBearer
 
 from compatret.core.logs import configure_logging
 from compatret.engine.service import Service
+from compatret.engine.sharded import ShardedService, open_gallery
 from compatret.server.auth import ApiKeys
 from compatret.server.console import mount_console
 from compatret.server.context import RouteContext, error_handlers
@@ -90,11 +91,14 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     inference_slots: int = 2,
     fingerprint_minutes: float = 10.0,
+    service: Service | ShardedService | None = None,
 ) -> FastAPI:
     """An app serving the gallery at `directory`; with `keys`, every endpoint but /health needs one.
-    A serving model behind an endpoint has its fingerprint checked every `fingerprint_minutes`."""
-    service = Service.open(directory, refresh_seconds=refresh_seconds)
-    service.inference = threading.BoundedSemaphore(max(1, inference_slots))
+    A serving model behind an endpoint has its fingerprint checked every `fingerprint_minutes`.
+    `service`: the gallery object to serve, when not the one opened here (Ray Serve's fan-out)."""
+    service = service if service is not None else open_gallery(directory, refresh_seconds=refresh_seconds)
+    encoding = service.shards[0] if isinstance(service, ShardedService) else service  # a sharded gallery embeds queries once
+    encoding.inference = threading.BoundedSemaphore(max(1, inference_slots))
     watch = FingerprintWatch(service, fingerprint_minutes)
     app = FastAPI(title="compatret", version="0.1.0", description="Retrieval with backward-compatible embeddings.")
     app.add_middleware(BodyLimit, limit=max_body_bytes)

@@ -12,20 +12,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from compatret.core.errors import CompatretError
+from compatret.core.errors import CompatretError, Unavailable
 from compatret.core.lineage import VERSION_FILE
 from compatret.core.paths import confined
 from compatret.encoders import ALIASES
 from compatret.engine.service import Service
+from compatret.engine.sharded import ShardedService
 from compatret.server.auth import Scope
 from compatret.server.fingerprint import FingerprintWatch
 from compatret.server.jobs import BackfillJob
 
 
 def refused(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """fn(...), with a CompatretError answered as 400 and its one line."""
+    """fn(...), with a CompatretError answered as 400 and its one line (503 when a part that must
+    answer did not: the request may be retried)."""
     try:
         return fn(*args, **kwargs)
+    except Unavailable as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from exc
     except CompatretError as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from exc
 
@@ -34,7 +38,7 @@ def refused(fn: Any, *args: Any, **kwargs: Any) -> Any:
 class RouteContext:
     """What the route functions share: the gallery's service, its backfill job, where models may come from."""
 
-    service: Service
+    service: Service | ShardedService
     directory: Path
     job: BackfillJob
     models_dir: str | Path | None

@@ -7,6 +7,7 @@ import threading
 
 from compatret.core.errors import CompatretError
 from compatret.engine.service import Service
+from compatret.engine.sharded import ShardedService
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +17,7 @@ class FingerprintWatch:
     thread; `drift` is the refusal line while the endpoint serves another model (None while it
     serves the registered one, or for local models)."""
 
-    def __init__(self, service: Service, minutes: float) -> None:
+    def __init__(self, service: Service | ShardedService, minutes: float) -> None:
         self.service = service
         self.minutes = minutes
         self.drift: str | None = None

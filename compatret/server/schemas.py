@@ -124,6 +124,7 @@ class Hits(BaseModel):
     ids: list[str]
     scores: list[float]
     table_version: int
+    snapshot: int | None = Field(None, description="a sharded gallery's: the published snapshot every shard answered from")
     payloads: list[dict[str, Any]] | None = None
 
 

@@ -32,6 +32,7 @@ SCHEMA = pa.schema(
         pa.field("hash", pa.string()),
         pa.field("versions", pa.list_(pa.int64())),
         pa.field("serving", pa.string()),
+        pa.field("rows", pa.int64()),
         pa.field("event", pa.string()),
         pa.field("details", pa.string()),
         pa.field("time", pa.string()),
@@ -54,6 +55,7 @@ class Snapshot:
     hash: str
     versions: tuple[int, ...]
     serving: str
+    rows: int
     event: str
     details: dict[str, Any] = field(default_factory=dict)
     time: str = ""
@@ -64,6 +66,7 @@ class Snapshot:
             "time": self.time,
             "event": self.event,
             "serving": self.serving,
+            "rows": self.rows,
             "versions": list(self.versions),
             **({"details": self.details} if self.details else {}),
         }
@@ -77,6 +80,7 @@ def _snapshot(row: dict[str, Any]) -> Snapshot:
         hash=str(row["hash"]),
         versions=tuple(int(v) for v in row["versions"]),
         serving=str(row["serving"]),
+        rows=int(row["rows"]),
         event=str(row["event"]),
         details=json.loads(row["details"] or "{}"),
         time=str(row["time"]),

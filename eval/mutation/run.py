@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -113,7 +114,9 @@ def main() -> None:
     args = ap.parse_args()
     if not args.tally:
         t0 = time.time()
-        done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)], cwd=ROOT)
+        # each mutant's tests run in a fresh fork: the digit models they share are trained once, here
+        env = {**os.environ, "COMPATRET_TEST_MODELS": str(ROOT / "mutants" / "digit_models")}
+        done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)], cwd=ROOT, env=env)
         if done.returncode != 0:
             raise SystemExit(f"mutmut run failed (exit {done.returncode}): nothing tallied")
         print(f"mutmut ran for {time.time() - t0:.0f} s", file=sys.stderr)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, HTTPException, Query, Request
 
 from compatret.engine.overview import overview
+from compatret.engine.sharded import ShardedService
 from compatret.search.fragments import cache_problem
 from compatret.server.context import RouteContext, refused
 from compatret.server.jobs import PROBE_WAIT_S
@@ -25,6 +26,11 @@ def add_routes(app: FastAPI, r: RouteContext) -> None:
 
     @app.get("/health", response_model=Health)
     def health() -> dict[str, Any]:
+        if isinstance(service, ShardedService):  # what is published: the snapshot every query reads
+            snap = service.snapshot
+            problems = [p for p in (r.watch.drift,) if p]
+            return {"status": "degraded" if problems else "ok", "serving": snap.serving, "rows": service.count(),
+                    "table_version": snap.snapshot, "snapshot_version": snap.snapshot, "problems": problems}  # fmt: skip
         gallery = service.gallery
         table_version = gallery.latest_version()
         snapshot = service.index.table_version
@@ -40,11 +46,18 @@ def add_routes(app: FastAPI, r: RouteContext) -> None:
 
     @app.get("/gallery", response_model=GalleryView, responses=ERRORS, dependencies=[r.access("read")])
     def gallery(request: Request) -> dict[str, Any]:
-        return {**overview(service), "can_write": getattr(request.state, "key_scope", None) == "write"}
+        seen = service.overview() if isinstance(service, ShardedService) else overview(service)
+        return {**seen, "can_write": getattr(request.state, "key_scope", None) == "write"}
 
     @app.get("/history", response_model=list[HistoryEntry], responses=ERRORS, dependencies=[r.access("read")])
     def table_history(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
-        """The newest `limit` entries, newest first; a backfill's batches are one entry."""
+        """The newest `limit` entries, newest first; a backfill's batches are one entry (a sharded
+        gallery: its snapshots, `version` being the snapshot)."""
+        if isinstance(service, ShardedService):
+            return [
+                {"version": s["snapshot"], "time": s["time"], "rows": s["rows"], "serving": s["serving"], "change": s["event"]}
+                for s in service.history()[::-1][:limit]
+            ]  # fmt: skip
         return grouped(history(service.gallery))[::-1][:limit]
 
     @app.post("/rollback", responses=ERRORS, dependencies=[r.access("write")])
@@ -52,5 +65,8 @@ def add_routes(app: FastAPI, r: RouteContext) -> None:
         """Restore the rows, vectors and serving model of an earlier table version, as a new version."""
         if r.job.running(wait=PROBE_WAIT_S):
             raise HTTPException(status_code=409, detail="a backfill is running: stop it before rolling back")
+        if isinstance(service, ShardedService):
+            snap = refused(service.rollback, req.version)
+            return {"restored": req.version, "serving": snap.serving, "table_version": snap.snapshot}
         meta = refused(rollback, service.gallery, req.version)
         return {"restored": req.version, "serving": meta.serving.id, "table_version": service.gallery.version}

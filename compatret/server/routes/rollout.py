@@ -9,6 +9,7 @@ from fastapi import FastAPI, HTTPException
 from compatret.engine.backfill import backfill
 from compatret.engine.gate import gate_check, stored_gate
 from compatret.engine.service import Service
+from compatret.engine.sharded import ShardedService
 from compatret.server.context import RouteContext, refused
 from compatret.server.schemas import (
     ERRORS,
@@ -37,7 +38,11 @@ def add_routes(app: FastAPI, r: RouteContext) -> None:
     def backfill_status() -> dict[str, Any]:
         running = r.job.running()  # read before the last report: a job that ends in between is reported finished, with its result
         counts = service.rows_by_version()
-        pending, bare = pending_counts(service.gallery, counts)  # from the same counts: a poll never disagrees with itself
+        if isinstance(service, ShardedService):
+            each = [pending_counts(s.gallery, s.rows_by_version()) for s in service.shards]
+            pending, bare = sum(p for p, _ in each), sum(b for _, b in each)
+        else:
+            pending, bare = pending_counts(service.gallery, counts)  # from the same counts: a poll never disagrees with itself
         last = r.job.last()
         return {
             "serving": service.meta.serving.id,
@@ -56,6 +61,12 @@ def add_routes(app: FastAPI, r: RouteContext) -> None:
             raise HTTPException(400, "give limit or fraction, not both")
 
         def run() -> dict[str, Any]:
+            if isinstance(service, ShardedService):
+                return (
+                    ShardedService.open(r.directory)
+                    .backfill(req.limit, req.fraction, req.order, req.batch_size, progress=False, should_stop=r.job.stop_requested)
+                    .to_dict()
+                )
             worker = Service.open(r.directory)  # its own handle: queries keep the shared one
             return backfill(
                 worker, req.limit, req.fraction, req.order, req.batch_size, progress=False, should_stop=r.job.stop_requested

@@ -82,6 +82,42 @@ def test_repeated_adds_store_each_row_once(tmp_path, digit_models):
     assert len(ids) == 50 and len(set(ids)) == 50
 
 
+def test_an_id_stored_with_other_content_is_refused_and_the_same_content_skipped(tmp_path, digit_models):
+    """Content is title, text, image bytes and metadata; empty and missing are the same."""
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    a, b, c = digit_models["items"][:3]
+    first = {**a, "title": "a digit", "text": "its caption", "metadata": {"label": 1, "src": "x"}}
+    bare = {"id": c["id"], "image": c["image"]}
+    assert s.add_items([first, bare], progress=False) == 2
+    assert s.add_items([{**first, "metadata": json.dumps(first["metadata"])}], progress=False) == 0  # as stored: JSON text
+    assert s.add_items([{**bare, "title": "", "text": "", "metadata": {}}], progress=False) == 0  # empty is missing
+    for change in ({"title": "another"}, {"text": "another"}, {"image": b["image"]}, {"metadata": {"label": 2, "src": "x"}},
+                   {"title": None}, {"text": None}, {"metadata": None}):
+        with pytest.raises(CompatretError, match=f"1 ids are already in the gallery with other content, e.g. '{a['id']}'"):
+            s.add_items([{**first, **change}], progress=False)
+    with pytest.raises(CompatretError, match="with other content"):
+        s.add_items([{**bare, "title": "now titled"}], progress=False)
+    assert sorted(stored_ids(tmp_path / "g")) == sorted([a["id"], c["id"]])
+
+
+def test_counts_add_up_over_fragments_and_bare_rows_are_not_pending(tmp_path, digit_models):
+    """Rows of one model in several fragments count once each; rows stored as bare vectors (nothing
+    to re-embed) are reported apart from the rows a backfill will do."""
+    from compatret.engine.overview import overview
+    from compatret.store.pending import pending_counts, pending_rows
+
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    items = digit_models["items"][:20]
+    s.add_items(items[:12], progress=False)  # one fragment
+    s.add_items(items[12:], progress=False)  # and another
+    s.add_vectors(vectors(5, 16, seed=2), ids=[f"bare{i}" for i in range(5)])  # vectors only: nothing to re-embed them from
+    assert overview(s)["rows_by_version"] == {"v1": 25} and overview(s)["rows"] == 25
+    s.upgrade(digit_models["v2"])
+    assert pending_counts(s.gallery, s.rows_by_version()) == (20, 5)
+    pending = pending_rows(s.gallery)
+    assert len(pending.ids) == 20 and sorted(pending.unembeddable) == [f"bare{i}" for i in range(5)]
+
+
 WRITER = """
 import sys, numpy as np
 from compatret.engine.service import Service

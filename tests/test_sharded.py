@@ -253,3 +253,15 @@ def test_a_backfill_killed_between_shards_serves_the_old_snapshot_and_its_rerun_
     answer = ShardedService.open(g).query(images=[items[5]["image"]], k=1)[0]
     assert answer.ids == [items[5]["id"]] and answer.scores[0] == pytest.approx(1.0, abs=1e-5)  # its own v2 vector now
     assert [h["event"] for h in ShardedService.open(g).history()][-3:] == ["backfill"] * 3
+
+
+def test_serve_on_ray_needs_a_sharded_gallery(tmp_path):
+    v1, _ = folders(tmp_path)
+    Service.create(tmp_path / "one", model=v1)
+    res = cli("serve", tmp_path / "one", "--engine", "ray")
+    assert res.exit_code == 2 and res.stderr.strip() == (
+        f"error: {tmp_path / 'one'} is not a sharded gallery: --engine ray serves galleries made with `index create --shards N`"
+    )
+    ShardedService.create(tmp_path / "g", 2, model=v1)
+    res = cli("serve", tmp_path / "g", "--engine", "ray", "--replicas", "0")
+    assert res.exit_code == 2 and "--replicas must be >= 1" in res.stderr

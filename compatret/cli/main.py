@@ -72,6 +72,20 @@ def main(log_level: str) -> None:
     help="A serving model behind an endpoint: re-check its fingerprint this often (0: at start only).",
 )
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without API keys.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: a sharded gallery on Ray Serve, one deployment per shard behind the same HTTP API.",
+)
+@click.option("--ray-address", help="A running Ray cluster (default: $RAY_ADDRESS, else a local one is started).")
+@click.option("--replicas", type=int, default=1, show_default=True, help="With --engine ray: replicas per shard.")
+@click.option("--cpus-per-replica", type=float, default=1.0, show_default=True, help="With --engine ray.")
+@click.option("--gpus-per-replica", type=float, default=0.0, show_default=True, help="With --engine ray.")
+@click.option(
+    "--shard-deadline", type=float, default=10.0, show_default=True, help="With --engine ray: seconds a shard may take (then a 503)."
+)
 @friendly
 def serve(directory: str, host: str, port: int, workers: int, insecure: bool, **app: Any) -> None:
     """Serve a gallery over HTTP (OpenAPI schema at /docs and /openapi.json)."""
@@ -79,7 +93,6 @@ def serve(directory: str, host: str, port: int, workers: int, insecure: bool, **
 
     from compatret.server.app import SERVE_CONFIG_ENV
     from compatret.server.auth import ApiKeys, is_loopback
-    from compatret.store.gallery import Gallery
 
     keys = ApiKeys.load(app["api_key_file"])
     if not keys.enabled and not is_loopback(host) and not insecure:
@@ -89,12 +102,17 @@ def serve(directory: str, host: str, port: int, workers: int, insecure: bool, **
         raise CompatretError(f"--models-dir {models_dir} is not a folder")
     if app["max_body_mb"] <= 0 or app["inference_slots"] < 1 or workers < 1:
         raise CompatretError("--max-body-mb must be > 0, --inference-slots and --workers >= 1")
-    gallery = Gallery.open(directory)  # one clear error for a missing gallery, before the server starts
+    ray_settings = {k: app.pop(k) for k in ("engine", "ray_address", "replicas", "cpus_per_replica", "gpus_per_replica", "shard_deadline")}
     if not (math.isfinite(app["fingerprint_minutes"]) and app["fingerprint_minutes"] >= 0):
         raise CompatretError("--fingerprint-minutes must be >= 0")
     from compatret.encoders.registry import check_endpoint
+    from compatret.engine.sharded import open_gallery
 
+    gallery = open_gallery(directory)  # one clear error for a missing gallery, before the server starts
     check_endpoint(gallery.meta.serving_source, "serve")  # a serving model behind an endpoint must still be the one registered
+    if ray_settings["engine"] == "ray":
+        _serve_on_ray(directory, host, port, keys, app, ray_settings)
+        return
     os.environ[SERVE_CONFIG_ENV] = json.dumps(
         {  # what each worker's create_app gets (app_from_env)
             "directory": str(Path(directory).resolve()),
@@ -111,6 +129,42 @@ def serve(directory: str, host: str, port: int, workers: int, insecure: bool, **
     uvicorn.run(
         "compatret.server.app:app_from_env", factory=True, workers=workers, host=host, port=port, log_level="info", access_log=False
     )
+
+
+def _serve_on_ray(directory: str, host: str, port: int, keys: Any, app: dict[str, Any], ray: dict[str, Any]) -> None:
+    """`serve --engine ray`: deploy the shards and the ingress on Ray Serve, then wait for Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    from compatret.engine.ray_cluster import RayOptions, connect
+    from compatret.engine.sharded import is_sharded
+    from compatret.server.ray_serve import ServeOptions, start
+
+    if not is_sharded(directory):
+        raise CompatretError(f"{directory} is not a sharded gallery: --engine ray serves galleries made with `index create --shards N`")
+    if ray["replicas"] < 1 or ray["cpus_per_replica"] < 0 or ray["gpus_per_replica"] < 0 or not ray["shard_deadline"] > 0:
+        raise CompatretError("--replicas must be >= 1, --cpus/--gpus-per-replica >= 0 and --shard-deadline > 0")
+    options = ServeOptions(ray["replicas"], ray["cpus_per_replica"], ray["gpus_per_replica"], ray["shard_deadline"])
+    settings = {
+        "refresh_seconds": app["refresh_seconds"],
+        "keys": keys,
+        "models_dir": app["models_dir"] and str(Path(app["models_dir"]).resolve()),
+        "max_body_bytes": int(app["max_body_mb"] * 2**20),
+        "inference_slots": app["inference_slots"],
+        "fingerprint_minutes": app["fingerprint_minutes"],
+    }
+    connect(RayOptions(address=ray["ray_address"]))
+    url = start(str(Path(directory).resolve()), host, port, options, settings)
+    click.echo(f"serving {directory} on {url} with Ray Serve: the console at /, the API at /docs", err=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    from ray import serve
+
+    serve.shutdown()
 
 
 @main.command("query")

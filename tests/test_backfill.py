@@ -124,10 +124,13 @@ def test_rollback_restores_serving_model_and_vectors(tmp_path, digit_models):
 def test_grouped_folds_a_runs_compactions_and_a_rollbacks_restore(changes, expected):
     """A backfill's compactions between its batches belong to it, trailing ones and another
     model's batches do not; a restore merges only with its own rollback event; nothing is lost."""
-    entries = [{"version": i + 1, "time": "t", "rows": 10, "serving": c.split(":")[0] if ":" in c else "A", "change": c.split(":")[-1]}
-               for i, c in enumerate(changes)]
+    entries = [{"version": i + 1, "time": f"t{i}", "rows": 10 + i, "serving": c.split(":")[0] if ":" in c else "A",
+                "change": c.split(":")[-1]} for i, c in enumerate(changes)]
     out = grouped(entries)
     assert [e["change"] for e in out] == expected
+    for run in (e for e in out if e.get("batches")):  # a run says when it ended and the rows then
+        last = entries[run["to_version"] - 1]
+        assert (run["time"], run["rows"]) == (last["time"], last["rows"])
     covered = [v for e in out for v in range(e["version"], e.get("to_version", e["version"]) + 1)]
     assert covered == [e["version"] for e in entries]  # every version once, in order
 

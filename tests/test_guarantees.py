@@ -118,6 +118,46 @@ def test_counts_add_up_over_fragments_and_bare_rows_are_not_pending(tmp_path, di
     assert len(pending.ids) == 20 and sorted(pending.unembeddable) == [f"bare{i}" for i in range(5)]
 
 
+def test_prune_keeps_the_latest_version_only_and_says_what_it_did(tmp_path):
+    import datetime as dt
+    import warnings
+
+    from compatret.store.history import prune, rollback
+    from compatret.store.writer_lock import holder
+
+    s = Service.create(tmp_path / "g", dim=4, version_id="v1")
+    for n in range(3):
+        s.add_vectors(vectors(5, 4, seed=n), ids=[f"{n}-{i}" for i in range(5)])
+    before = len(s.gallery.table.list_versions())
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = prune(s.gallery, dt.timedelta(0))
+    after = len(s.gallery.table.list_versions())  # the compaction's own version and the latest
+    assert out == {"versions_before": before, "versions_after": after} and after <= 2 < before
+    assert not [w for w in seen if "cleanup_older_than" in str(w.message)]  # what was asked is not warned about
+    assert holder(tmp_path / "g")["command"] == "prune"  # a writer waiting meanwhile is told who holds the lock
+    assert Service.open(tmp_path / "g").count() == 15
+    with pytest.raises(CompatretError, match="pruned versions are gone"):
+        rollback(s.gallery, 2)
+
+
+def test_a_prune_that_keeps_losing_commit_races_fails_with_one_line(tmp_path, monkeypatch):
+    import datetime as dt
+
+    from lance.commit import CommitConflictError
+
+    from compatret.store.history import prune
+
+    s = Service.create(tmp_path / "g", dim=4, version_id="v1")
+    table = s.gallery.table
+    refreshed = []
+    monkeypatch.setattr(table, "optimize", lambda **_: (_ for _ in ()).throw(CommitConflictError("lost the race")))
+    monkeypatch.setattr(table, "checkout_latest", lambda: refreshed.append(1))
+    with pytest.raises(CompatretError, match=r"^prune: commit conflict with another writer after 5 tries \(lost the race\)$"):
+        prune(s.gallery, dt.timedelta(0))
+    assert len(refreshed) >= 5  # each retry reads the latest version first
+
+
 WRITER = """
 import sys, numpy as np
 from compatret.engine.service import Service

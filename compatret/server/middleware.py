@@ -23,7 +23,7 @@ def route_scope(route: BaseRoute) -> Scope | None:
 def needed_scope(router: Router, request: dict[str, Any]) -> Scope | None:
     """The scope a request needs, read from the route it reaches (one table: the routes themselves).
     A request that reaches no route needs a write key: it says nothing about itself."""
-    path = request.get("path", "")
+    path = request["path"]  # every HTTP scope has one (ASGI)
     probe = {**request, "method": "GET" if request.get("method") == "HEAD" else request.get("method"), "path": path.rstrip("/") or "/"}
     for route in router.routes:
         match, _ = route.matches(probe)

@@ -87,6 +87,16 @@ def test_write_and_read_keys(gallery):
     assert writer.post("/items/delete", json={"ids": ["zzz"]}).status_code == 400  # past the key: the gallery's own refusal
 
 
+def test_a_request_that_reaches_no_route_needs_a_write_key(gallery):
+    keys = ApiKeys.load(None, environ={"COMPATRET_API_KEY": WRITE, "COMPATRET_READ_API_KEY": READ})
+    reader, writer = client(gallery, keys, READ), client(gallery, keys, WRITE)
+    for path in ("/queryX", "/query/", "/no-such-route"):  # a trailing slash still reaches /query: a read route
+        r = reader.post(path, json={"vectors": [[1.0, 0.0, 0.0, 0.0]], "k": 1})
+        assert (r.status_code, path) == ((200, path) if path == "/query/" else (403, path))
+    assert reader.get("/nothing-here").status_code == 403
+    assert writer.get("/nothing-here").status_code == 404  # past the key: the router's own answer
+
+
 def test_no_keys_configured_lets_everything_through(gallery):
     open_ = client(gallery, ApiKeys(), None)
     assert open_.get("/gallery").json()["can_write"] is True

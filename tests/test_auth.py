@@ -97,6 +97,44 @@ def test_a_request_that_reaches_no_route_needs_a_write_key(gallery):
     assert writer.get("/nothing-here").status_code == 404  # past the key: the router's own answer
 
 
+def test_a_post_that_is_not_json_is_refused_before_its_key_is_read(gallery):
+    keys = ApiKeys.load(None, environ={"COMPATRET_API_KEY": WRITE, "COMPATRET_READ_API_KEY": READ})
+    reader = client(gallery, keys, READ)
+    body = '{"vectors": [[1, 0, 0, 0]], "k": 1}'
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):  # what a cross-site form may send
+        headers = {"Content-Type": content_type} if content_type else {}
+        r = reader.post("/query", content=body, headers=headers)
+        assert r.status_code == 415 and "Content-Type: application/json" in r.json()["detail"]
+    assert reader.post("/query", content=body, headers={"Content-Type": "Application/JSON; charset=utf-8"}).status_code == 200
+    assert reader.get("/gallery").status_code == 200  # a GET has no body to judge
+    spaced = TestClient(reader.app, headers={"Authorization": f"Bearer  {READ}"})  # extra blanks around the key are forgiven
+    assert spaced.get("/gallery").status_code == 200
+
+
+def test_the_key_check_says_which_scope_it_granted(gallery):
+    """KeyCheck as a bare ASGI middleware: a request scope may come without `state` (it is optional in ASGI)."""
+    import asyncio
+
+    from compatret.server.middleware import KeyCheck
+
+    app = create_app(gallery, refresh_seconds=0.0, fingerprint_minutes=0)
+    seen: list[object] = []
+
+    async def downstream(scope, receive, send):
+        seen.append(scope["state"]["key_scope"])
+
+    def call(keys: ApiKeys, path: str, key: str | None = None) -> None:
+        headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
+        scope = {"type": "http", "method": "GET", "path": path, "headers": headers}
+        asyncio.run(KeyCheck(downstream, keys, app.router)(scope, None, None))
+
+    keys = ApiKeys.load(None, environ={"COMPATRET_API_KEY": WRITE, "COMPATRET_READ_API_KEY": READ})
+    call(ApiKeys(), "/gallery")  # no keys: everything may write
+    call(keys, "/health")  # a route that declares no scope, on a keyed server: no key granted
+    call(keys, "/gallery", READ)
+    assert seen == ["write", None, "read"]
+
+
 def test_no_keys_configured_lets_everything_through(gallery):
     open_ = client(gallery, ApiKeys(), None)
     assert open_.get("/gallery").json()["can_write"] is True

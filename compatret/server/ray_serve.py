@@ -50,6 +50,8 @@ class ShardSearcher:
     def __init__(self, path: str, kernel: str) -> None:
         os.environ.setdefault("LANCEDB_LOG", "error")
         self.service = Service.open(path, kernel)
+        if self.service.count():  # ready means searchable: the kernel is built (or loaded) before Serve sends queries
+            self.service.query(vectors=np.ones((1, self.service.meta.serving.dim), np.float32), k=1)
 
     def search(self, q: np.ndarray, model: str | None, k: int, include_payload: bool, version: int) -> list[QueryResult]:
         return self.service.query(vectors=q, model=model, k=k, include_payload=include_payload, at_version=version)

@@ -206,6 +206,7 @@ def test_upgrades_and_rollbacks_under_continuous_queries_answer_from_one_snapsho
         sharded.rollback(1)  # v1 serving, the a-rows only
         sharded.rollback(3)  # v2 serving, every row
         sharded.delete([f"b{len(seen) % 100}"])
+        assert reader.query(vectors=q, model="v1", k=1)[0].snapshot == sharded.snapshot.snapshot  # acknowledged: seen by every reader
     stop.set()
     t.join()
     snaps = {s.snapshot: s for s in sharded.log.all()}

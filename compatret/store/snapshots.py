@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pyarrow as pa
 from compatret.core.errors import CompatretError
 
 LOG_DIR = "snapshots.lance"
+RACY_NS = 50_000_000  # a log changed this recently may change again within the same mtime tick: read it again
 HASH = "blake2b-64"  # the first 8 bytes of BLAKE2b of the id's UTF-8, big-endian, modulo the shard count
 SCHEMA = pa.schema(
     [
@@ -92,6 +94,7 @@ class SnapshotLog:
 
     def __init__(self, root: Path) -> None:
         self.uri = str(root / LOG_DIR)
+        self._latest: tuple[tuple[int, int], Snapshot] | None = None  # the newest, and the log's change mark it was read at
 
     @staticmethod
     def exists(root: str | Path) -> bool:
@@ -107,8 +110,22 @@ class SnapshotLog:
         return sorted((_snapshot(r) for r in rows), key=lambda s: s.snapshot)
 
     def latest(self) -> Snapshot:
-        """The newest snapshot: what every reader answers from."""
-        return self.all()[-1]
+        """The newest snapshot: what every reader answers from. Read again only when the log changed
+        (every append adds a manifest to `_versions/`, which moves the folder's mtime); a mark younger
+        than the file system's timestamp granularity is not trusted (two appends in one tick)."""
+        import time
+
+        try:
+            st = os.stat(Path(self.uri) / "_versions")
+        except OSError:
+            return self.all()[-1]  # its own one-line error
+        mark = (st.st_mtime_ns, st.st_ino)
+        if self._latest is not None and self._latest[0] == mark:
+            return self._latest[1]
+        newest = self.all()[-1]
+        settled = time.time_ns() - st.st_mtime_ns > RACY_NS
+        self._latest = (mark, newest) if settled else None
+        return newest
 
     def get(self, number: int) -> Snapshot:
         found = [s for s in self.all() if s.snapshot == number]

@@ -266,3 +266,27 @@ def test_serve_on_ray_needs_a_sharded_gallery(tmp_path):
     ShardedService.create(tmp_path / "g", 2, model=v1)
     res = cli("serve", tmp_path / "g", "--engine", "ray", "--replicas", "0")
     assert res.exit_code == 2 and "--replicas must be >= 1" in res.stderr
+
+
+def test_an_upgrade_cut_between_shards_serves_the_old_model_until_its_rerun(tmp_path):
+    from compatret.engine.sharded import _key
+
+    v1, v2 = folders(tmp_path)
+    g = tmp_path / "g"
+    sharded = ShardedService.create(g, 3, model=v1)
+    sharded.add_vectors(vectors(60, 8, seed=3), ids=[f"r{i}" for i in range(60)])
+    before = sharded.snapshot
+    # the crash: the intent written and shard 0 upgraded, then the process died before shards 1 and 2
+    (g / INTENT_FILE).write_text(json.dumps({"command": "index upgrade", "key": _key(v2), "from": before.snapshot}))
+    sharded.shards[0].upgrade(v2)
+    reader = ShardedService.open(g)
+    assert reader.meta.serving.id == "v1" and reader.query(vectors=vectors(1, 8, seed=4), k=3)[0].snapshot == before.snapshot
+    refused = cli("index", "upgrade", g, "--model", v1)
+    assert refused.exit_code == 2 and "an interrupted `index upgrade` left shards ahead of snapshot" in refused.stderr
+    done = cli("index", "upgrade", g, "--model", v2, "--json")
+    assert done.exit_code == 0, done.stderr
+    after = ShardedService.open(g)
+    assert json.loads(done.stdout)["serving"] == "v2" and {s.meta.serving.id for s in after.shards} == {"v2"}
+    assert reader.snapshot.snapshot == before.snapshot + 1 and reader.meta.serving.id == "v2" and not (g / INTENT_FILE).exists()
+    upgrades = [e for e in after.shards[0].meta.history if e.get("event") == "upgrade"]
+    assert len(upgrades) == 1  # the shard done before the crash was not upgraded twice

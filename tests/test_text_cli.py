@@ -108,3 +108,21 @@ def test_a_flag_error_is_not_blamed_on_the_recipe(text_env, tmp_path):  # noqa: 
     args = ["--recipe", str(RECIPES[0]), "--gallery", str(text_env.gallery), "--epochs", "0"]
     assert _one_error_line(CliRunner().invoke(retriever, args, catch_exceptions=False)) == \
         "error: epochs: Input should be greater than or equal to 1"
+
+
+def test_eval_retrieval_on_a_sharded_gallery_scores_as_one_gallery(text_env, tmp_path):  # noqa: F811
+    import numpy as np
+
+    from compatret.engine.sharded import ShardedService
+    from compatret.store.gallery import Gallery
+
+    rows = Gallery.open(text_env.gallery).vectors_by_id()
+    ids = sorted(rows)
+    sharded = ShardedService.create(tmp_path / "sharded", 3, model="minilm-l6")
+    sharded.add_vectors(np.stack([rows[i][1] for i in ids]), ids=ids)
+    scores = []
+    for g in (text_env.gallery, tmp_path / "sharded"):
+        res = CliRunner().invoke(retrieval, ["--gallery", str(g), "--data", str(text_env.beir), "--json"], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        scores.append(json.loads(res.stdout))
+    assert scores[1] == scores[0] and scores[1]["gallery_rows"] == {"minilm-l6": len(ids)}

@@ -23,9 +23,9 @@ def retrieval(query_model: str | None, gallery: str, data: str, split: str, igno
     """Score queries of --query-model against the gallery's stored vectors, with ranx."""
     from compatret.data.beir import load_beir
     from compatret.engine.runs import evaluate_pair
-    from compatret.engine.service import Service
+    from compatret.engine.sharded import open_gallery
 
-    service = Service.open(gallery)  # fails early, before the data is read
+    service = open_gallery(gallery)  # fails early, before the data is read (one gallery or a sharded one)
     scores = evaluate_pair(query_model, gallery, load_beir(data, splits=(split,)), split, unchecked=ignore_lineage)
     rows = service.rows_by_version()  # the models whose vectors the gallery holds now (a backfill changes them)
     pair = {

@@ -87,6 +87,6 @@ def search_run(
     gallery's own space, skipping the lineage check: what a naive system does, kept only
     to measure how wrong an incompatible model is.
     """
-    from compatret.engine.service import Service
+    from compatret.engine.sharded import open_gallery
 
-    return service_run(Service.open(gallery_dir), query_model, queries, k, unchecked, batch_size)
+    return service_run(open_gallery(gallery_dir), query_model, queries, k, unchecked, batch_size)

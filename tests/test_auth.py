@@ -135,6 +135,60 @@ def test_the_key_check_says_which_scope_it_granted(gallery):
     assert seen == ["write", None, "read"]
 
 
+def test_refusals_say_what_to_send(gallery):
+    keys = ApiKeys.load(None, environ={"COMPATRET_API_KEY": WRITE, "COMPATRET_READ_API_KEY": READ})
+    r = client(gallery, keys, None).get("/gallery")
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"  # RFC 6750: the scheme to use
+    r = client(gallery, keys, READ).post("/upgrade", json={"model": "v1"})
+    assert r.json() == {"detail": "this key may read only: writes need a write key"}
+
+
+def _asgi(app, scope: dict, messages: list[dict]) -> list[dict]:
+    """Run one ASGI app on a request (its body as `messages`): what it sent back."""
+    import asyncio
+
+    sent: list[dict] = []
+    pending = list(messages)
+
+    async def receive() -> dict:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_the_body_limit_counts_declared_and_streamed_bodies_and_hands_on_the_whole_body():
+    from compatret.server.middleware import BodyLimit
+
+    got: list[dict] = []
+
+    async def downstream(scope, receive, send):
+        got.append(await receive())
+        got.append(await receive())
+
+    def request(length: bytes | None = None) -> dict:
+        return {"type": "http", "method": "POST", "path": "/items", "headers": [(b"content-length", length)] if length else []}
+
+    limit = BodyLimit(downstream, limit=10)
+    for length in (b"11", b"1e3", b"-1"):  # over the limit, or not a length at all: refused before any of it is read
+        sent = _asgi(limit, request(length), [])
+        assert sent[0]["status"] == 413 and b"request body over 10 bytes" in sent[1]["body"] and not got
+    parts = [{"type": "http.request", "body": b"12345", "more_body": True}, {"type": "http.request", "body": b"678901", "more_body": False}]
+    assert _asgi(limit, request(), parts)[0]["status"] == 413 and not got  # streamed: counted as it comes
+    parts = [{"type": "http.request", "body": b"12345", "more_body": True}, {"type": "http.request", "more_body": True},  # no body: b""
+             {"type": "http.request", "body": b"67890"}]
+    assert _asgi(limit, request(b"10"), parts) == []  # exactly the limit
+    assert got == [{"type": "http.request", "body": b"1234567890", "more_body": False}, {"type": "http.disconnect"}]
+    got.clear()
+    assert _asgi(limit, request(), [{"type": "http.request", "body": b"12", "more_body": True}, {"type": "http.disconnect"}]) == []
+    assert not got  # the client left mid-body: nothing to pass on, nobody to answer
+    websocket = {"type": "websocket", "path": "/ws", "headers": [(b"content-length", b"999")]}
+    assert _asgi(limit, websocket, []) == [] and len(got) == 2  # not an HTTP request: passed on untouched
+
+
 def test_no_keys_configured_lets_everything_through(gallery):
     open_ = client(gallery, ApiKeys(), None)
     assert open_.get("/gallery").json()["can_write"] is True

@@ -201,7 +201,7 @@ def table(r: dict[str, Any]) -> str:
     f = r["fanout"]
     return "\n".join(
         [
-            f"# Sharded gallery on Ray Serve (`python eval/sharded/run.py --rows {r['rows']} --shards {r['shards']}`)",
+            f"# Sharded gallery on Ray Serve (`python eval/sharded/run.py --rows {r['rows']} --shards {r['shards']} --queries {r['queries']}`)",
             "",
             f"{r['rows']:,} x {r['dim']} rows in {r['shards']} shards, {r['kernel']} with re-rank, {r['queries']} test queries, "
             f"{r['machine']}.",

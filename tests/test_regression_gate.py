@@ -227,3 +227,26 @@ def test_gated_backfill_checks_each_checkpoint_and_stops_resumably_when_rows_reg
     assert Service.open(g).rows_by_version() == {"l6-worse-items": 60}
     one_error_line(run("index", "backfill", str(g), "--gate", towers["queries"]), "needs both")
     one_error_line(run("index", "backfill", str(g), *gate, "--limit", "5"), "--fraction, not --limit")
+
+
+def test_the_gate_and_the_regression_report_on_a_sharded_gallery(text_env, judged, damaged, tmp_path):  # noqa: F811
+    from compatret.engine.sharded import ShardedService
+
+    rows = Service.open(text_env.gallery).gallery.vectors_by_id()
+    ids = sorted(rows)
+    sharded = ShardedService.create(tmp_path / "s", 3, model="minilm-l6")
+    sharded.add_vectors(np.stack([rows[i][1] for i in ids]), ids=ids)
+    before = sharded.snapshot.snapshot
+    queries, qrels = judged
+    refused = run("index", "upgrade", str(tmp_path / "s"), "--model", str(damaged), "--gate", queries, "--qrels", qrels)
+    one_error_line(refused, "gate: ")
+    assert ShardedService.open(tmp_path / "s").snapshot.snapshot == before  # nothing changed
+    reports = [json.loads(run("eval", "regression", "--gallery", str(g), "--candidate", str(damaged), "--queries", queries,
+                              "--qrels", qrels, "--json").stdout) for g in (text_env.gallery, tmp_path / "s")]  # fmt: skip
+    assert {k: reports[1][k] for k in ("serving_scores", "candidate_scores", "differences", "negative_flips")} == {
+        k: reports[0][k] for k in ("serving_scores", "candidate_scores", "differences", "negative_flips")}
+    passed = run("index", "upgrade", str(tmp_path / "s"), "--model", "minilm-l6", "--gate", queries, "--qrels", qrels, "--json")
+    assert passed.returncode == 0, passed.stderr
+    assert json.loads(passed.stdout)["gate"]["negative_flip_rate"] == 0.0
+    after = ShardedService.open(tmp_path / "s")
+    assert after.snapshot.snapshot == before + 1 and all(s.meta.history[-1]["gate"]["serving"] == "minilm-l6" for s in after.shards)

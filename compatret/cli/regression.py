@@ -44,9 +44,9 @@ def run_regression(gallery: str, candidate: str, queries: str, qrels: str | None
     """The comparison as a report (and, with `out`, its JSON and PNG)."""
     from compatret.data.beir import read_qrels, read_queries
     from compatret.engine.gate import compare
-    from compatret.engine.service import Service
+    from compatret.engine.sharded import open_gallery
 
-    Service.open(gallery)  # one clear error for a missing gallery, before any file is read
+    open_gallery(gallery)  # one clear error for a missing gallery, before any file is read
     result = compare(gallery, candidate, read_queries(queries), read_qrels(qrels) if qrels else None)
     report = result.to_dict()
     if out is not None:

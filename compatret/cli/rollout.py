@@ -84,9 +84,12 @@ def index_upgrade(
     from compatret.engine.service import Service
 
     if sharded.is_sharded(directory):
+        gate = None
         if gate_files(gate_queries, qrels):
-            raise CompatretError("--gate does not run on a sharded gallery yet: upgrade, then `compatret eval regression`")
-        sharded.upgrade(sharded.open_sharded(directory), model, as_json)
+            from compatret.engine.gate import gate_check
+
+            gate = gate_check(directory, model, gate_queries, qrels, max_drop, max_flips)  # type: ignore[arg-type]
+        sharded.upgrade(sharded.open_sharded(directory), model, as_json, gate)
         return
     service = Service.open(directory)
     before = service.meta.serving.id
@@ -185,7 +188,7 @@ def index_backfill(directory: str, engine: dict[str, Any], as_json: bool, **opts
     if sharded.is_sharded(directory):
         sharded.refuse_ray(engine, "index backfill")
         if gate_files(opts["gate_queries"], opts["qrels"]):
-            raise CompatretError("--gate does not run on a sharded gallery yet: backfill, then `compatret eval regression`")
+            raise CompatretError("backfill --gate does not run on a sharded gallery yet: backfill, then `compatret eval regression`")
         report = sharded.open_sharded(directory).backfill(opts["limit"], opts["fraction"], opts["order"], opts["batch_size"], not as_json)
         emit(report.to_dict(), as_json, _backfill_text(report))
         sys.exit(130 if report.stopped else 0)

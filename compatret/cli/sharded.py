@@ -126,15 +126,15 @@ def prune(service: ShardedService, older_than: dt.timedelta, as_json: bool) -> N
     emit({**total, "shards": outs}, as_json, f"versions (all shards): {total['versions_before']} -> {total['versions_after']}")
 
 
-def upgrade(service: ShardedService, model: str, as_json: bool) -> None:
+def upgrade(service: ShardedService, model: str, as_json: bool, gate: dict[str, Any] | None = None) -> None:
     import time
 
     before = service.meta.serving.id
     t0 = time.perf_counter()
-    meta = service.upgrade(model)
+    meta = service.upgrade(model, gate)
     took = time.perf_counter() - t0
     emit(
-        {"previous": before, "serving": meta.serving.id, "snapshot": service.snapshot.snapshot, "seconds": took},
+        {"previous": before, "serving": meta.serving.id, "snapshot": service.snapshot.snapshot, "seconds": took, "gate": gate},
         as_json,
         f"serving {meta.serving.id} (was {before}) on all {len(service.shards)} shards; nothing re-embedded; "
         f"snapshot {service.snapshot.snapshot}; {took * 1000:.1f} ms",

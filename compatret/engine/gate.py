@@ -29,7 +29,7 @@ def judged_queries(service: Any, queries: Mapping[str, str], qrels: Qrels | None
     if unknown:
         raise CompatretError(f"the qrels judge {len(unknown)} queries the query file lacks, e.g. {unknown[0]!r}")
     judged = {d for rel in qrels.values() for d in rel}
-    missing = sorted(judged - set(service.gallery.existing(sorted(judged))))
+    missing = sorted(judged - set(service.existing(sorted(judged))))
     if missing:
         raise CompatretError(f"the qrels name {len(missing)} documents the gallery lacks, e.g. {missing[0]!r}")
     return {q: queries[q] for q in qrels}
@@ -43,9 +43,9 @@ def compare(
     reads the stored vectors raw, past the lineage check: a benchmark's view of what an
     incompatible model would do, never a gate's."""
     from compatret.engine.runs import service_run
-    from compatret.engine.service import Service
+    from compatret.engine.sharded import open_gallery
 
-    service = Service.open(gallery_dir)  # one search view for both runs
+    service = open_gallery(gallery_dir)  # one search view (one snapshot) for both runs
     queries = judged_queries(service, queries, qrels)
     serving_id = service.meta.serving.id
     before = service_run(service, None, queries, k=k)

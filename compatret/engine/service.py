@@ -337,6 +337,10 @@ class Service:
             vectors = enc.encode_queries(list(texts if texts is not None else images))  # type: ignore[arg-type]
         return check_query_vectors(vectors, version)
 
+    def existing(self, ids: Sequence[str]) -> list[str]:
+        """Which of `ids` the table holds now."""
+        return self.gallery.existing(ids)
+
     def count(self) -> int:
         """Rows in the table's latest version."""
         return self.gallery.count()

@@ -267,6 +267,12 @@ class ShardedService:
         return BackfillReport(done, remaining, seconds, stopped, self.meta.serving.id, skipped)
 
     # ---- reads -----------------------------------------------------------------------
+    def existing(self, ids: Sequence[str]) -> list[str]:
+        """Which of `ids` the published snapshot holds."""
+        snap = self.snapshot
+        parts = [[ids[j] for j in where] for where in self._split(ids)]
+        return [i for s, part, v in zip(self.shards, parts, snap.versions) for i in s.gallery.addresses_of(part, version=v)]
+
     def count(self) -> int:
         """Rows in the published snapshot."""
         return self.snapshot.rows

@@ -118,3 +118,41 @@ def test_a_killed_replica_is_replaced_and_no_query_gets_a_wrong_or_partial_answe
     assert not wrong, wrong[:1]
     assert set(codes) <= {200, 503}, sorted(set(codes))  # a 503 names the shard; never a wrong or partial 200
     assert codes[killed_at:].count(200) >= 3 and codes[-1] == 200
+
+
+def test_add_and_backfill_with_the_ray_engine_go_shard_by_shard(tmp_path, digit_models):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    from compatret.cli.main import main
+
+    items = digit_models["items"][:60]
+    pq.write_table(pa.table({"id": [it["id"] for it in items], "image": [it["image"] for it in items],
+                             "metadata": [json.dumps(it["metadata"]) for it in items]}), tmp_path / "items.parquet")  # fmt: skip
+    g = tmp_path / "g"
+    ShardedService.create(g, 3, model=digit_models["v1"])
+
+    def cli(*args):
+        res = CliRunner().invoke(main, [str(a) for a in args])
+        assert res.exit_code == 0, res.stderr
+        return json.loads(res.stdout)
+
+    ray_engine = ("--engine", "ray", "--workers", "1")
+    assert cli("index", "add", g, "--items", tmp_path / "items.parquet", *ray_engine, "--json")["added"] == 60
+    assert cli("index", "add", g, "--items", tmp_path / "items.parquet", *ray_engine, "--json")["added"] == 0  # a rerun: stored
+    local = Service.create(tmp_path / "one", model=digit_models["v1"])
+    local.add_items(items, progress=False)
+    sharded = ShardedService.open(g)
+    assert sharded.count() == 60 and all(s.count() > 5 for s in sharded.shards)
+    want = local.gallery.vectors_by_id()
+    got = {i: r for s in sharded.shards for i, r in s.gallery.vectors_by_id().items()}
+    assert set(got) == set(want)
+    for i, (version, vec) in want.items():
+        assert got[i][0] == version and np.allclose(got[i][1], vec, atol=1e-5)
+    cli("index", "upgrade", g, "--model", digit_models["v2"], "--json")
+    report = cli("index", "backfill", g, *ray_engine, "--json")
+    assert report["done"] == 60 and report["remaining"] == 0
+    assert ShardedService.open(g).rows_by_version() == {"v2": 60}

@@ -189,12 +189,9 @@ def _sharded_add(
     directory: str, items: str | None, vectors: str | None, ids: str | None, model: str | None, batch_size: int,
     skip_empty: bool, engine: dict[str, Any], as_json: bool,
 ) -> None:  # fmt: skip
-    sharded.refuse_ray(engine, "index add")
-    if skip_empty:
-        raise CompatretError("--skip-empty does not run on a sharded gallery yet: leave out the empty items")
     service = sharded.open_sharded(directory)
     vec, id_list = _read_vectors(vectors, ids) if vectors is not None else (None, None)
-    sharded.add(service, items, vec, id_list, model, batch_size, as_json)
+    sharded.add(service, items, vec, id_list, model, batch_size, skip_empty, ray_options(engine, batch_size), as_json)
 
 
 def _empty_note(count: int, ids: list[str]) -> str:

@@ -186,10 +186,11 @@ def index_backfill(directory: str, engine: dict[str, Any], as_json: bool, **opts
 
     ray = ray_options(engine, opts["batch_size"])
     if sharded.is_sharded(directory):
-        sharded.refuse_ray(engine, "index backfill")
         if gate_files(opts["gate_queries"], opts["qrels"]):
             raise CompatretError("backfill --gate does not run on a sharded gallery yet: backfill, then `compatret eval regression`")
-        report = sharded.open_sharded(directory).backfill(opts["limit"], opts["fraction"], opts["order"], opts["batch_size"], not as_json)
+        report = sharded.open_sharded(directory).backfill(
+            opts["limit"], opts["fraction"], opts["order"], opts["batch_size"], not as_json, ray=ray
+        )
         emit(report.to_dict(), as_json, _backfill_text(report))
         sys.exit(130 if report.stopped else 0)
 

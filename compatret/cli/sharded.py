@@ -8,9 +8,9 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from compatret.cli.output import emit
-from compatret.core.errors import CompatretError
 
 if TYPE_CHECKING:
+    from compatret.engine.ray_cluster import RayOptions
     from compatret.engine.sharded import ShardedService
 
 
@@ -27,25 +27,39 @@ def open_sharded(directory: str) -> ShardedService:
     return ShardedService.open(directory)
 
 
-def refuse_ray(engine: dict[str, Any], command: str) -> None:
-    if engine.get("engine") == "ray":
-        raise CompatretError(f"`{command} --engine ray` does not run on a sharded gallery yet: leave out --engine ray")
-
-
-def add(service: ShardedService, items: str | None, vectors: Any, ids: Any, model: str | None, batch_size: int, as_json: bool) -> None:
+def add(
+    service: ShardedService,
+    items: str | None,
+    vectors: Any,
+    ids: Any,
+    model: str | None,
+    batch_size: int,
+    skip_empty: bool,
+    ray: RayOptions | None,
+    as_json: bool,
+) -> None:
     """`index add` on a sharded gallery: items or vectors go to their shards, published as one snapshot."""
-    if items is not None:
+    empty: list[str] = []
+    if items is not None and ray is not None:
+        report = service.add_items_on_ray(items, ray, progress=not as_json, skip_empty=skip_empty)
+        added, total, empty = report["added"], report["added"] + report["skipped"], report["skipped_empty_ids"]
+    elif items is not None:
         from compatret.data.items import read_items
 
-        todo = read_items(items, service.meta.modality, False).items
-        added, total = service.add_items(todo, batch_size=batch_size, progress=not as_json), len(todo)
+        read = read_items(items, service.meta.modality, skip_empty)
+        added, total, empty = (
+            service.add_items(read.items, batch_size=batch_size, progress=not as_json),
+            len(read.items),
+            read.skipped_empty,
+        )
     else:
-        added, total = service.add_vectors(vectors, ids=ids, model=model, progress=not as_json), len(vectors)
+        added, total = service.add_vectors(vectors, ids=ids, model=model, progress=not as_json, ray=ray), len(vectors)
     rows = service.count()
     emit(
-        {"added": added, "skipped": total - added, "rows": rows, "snapshot": service.snapshot.snapshot},
+        {"added": added, "skipped": total - added, "rows": rows, "snapshot": service.snapshot.snapshot, "skipped_empty_ids": empty},
         as_json,
-        f"added {added} rows ({total - added} already stored); {rows} in all; snapshot {service.snapshot.snapshot}",
+        f"added {added} rows ({total - added} already stored); {rows} in all; snapshot {service.snapshot.snapshot}"
+        + (f"\nleft out {len(empty)} empty items (--skip-empty)" if empty else ""),
     )
 
 

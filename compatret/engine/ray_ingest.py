@@ -32,6 +32,7 @@ from compatret.data.items import EMPTY_LISTED, duplicate_error, has_content, nor
 from compatret.engine.ray_cluster import RayOptions, _append, _write_fragments, _write_rows, actor_cpus, connect, ray_job
 from compatret.store.gallery import Gallery
 from compatret.store.rows import Payloads, rows_table, vector_array
+from compatret.store.snapshots import shard_of
 
 
 class _IngestWriter:
@@ -112,10 +113,13 @@ class _ItemScan:
     empty: list[str]
 
 
-def _read_items(path: str, modality: str, gallery: Gallery, check_alike: bool, skip_empty: bool = False) -> _ItemScan:
+def _read_items(
+    path: str, modality: str, gallery: Gallery, check_alike: bool, skip_empty: bool = False, shard: tuple[int, int] | None = None
+) -> _ItemScan:
     """The input file read block by block into Ray's object store. Items with nothing to embed
     are refused here, before any commit, as the local engine does (or left out, `skip_empty`);
-    with `check_alike`, a stored id must hold the same content (else an error naming it)."""
+    with `check_alike`, a stored id must hold the same content (else an error naming it).
+    `shard` (i, n): only the items whose id lands on shard i of n (every item is still checked)."""
     import ray
     import ray.data
 
@@ -136,8 +140,15 @@ def _read_items(path: str, modality: str, gallery: Gallery, check_alike: bool, s
             empty_all += [str(i) if i is not None else f"item {seen + n + 1}" for n, (i, ok) in enumerate(zip(ids, full)) if not ok]
             block = block.filter(pa.array(full))
             ids = block.column("id").to_pylist()
-        numbers += [seen + n + 1 for n, ok in enumerate(full) if ok]
+        kept = [seen + n + 1 for n, ok in enumerate(full) if ok]
         seen += len(full)
+        if shard is not None:
+            if any(i is None for i in ids):
+                raise CompatretError(f"{path}: items of a sharded gallery need ids (the id picks the shard)")
+            mine = [shard_of(str(i), shard[1]) == shard[0] for i in ids]
+            block = block.filter(pa.array(mine))
+            kept, ids = [k for k, m in zip(kept, mine) if m], [i for i, m in zip(ids, mine) if m]
+        numbers += kept
         ids_all += ids
         named = [i for i in ids if i is not None]
         stored = set(gallery.existing(named)) if named else set()
@@ -178,7 +189,13 @@ def _append_blocks(gallery: Gallery, pending: list[tuple[list[str], list[str]]])
 
 
 def ingest_items(
-    gallery: Gallery, spec: str, path: str, options: RayOptions, progress: bool = True, skip_empty: bool = False
+    gallery: Gallery,
+    spec: str,
+    path: str,
+    options: RayOptions,
+    progress: bool = True,
+    skip_empty: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """`index add --items F --engine ray`: returns the rows added, and those skipped as already stored.
 
@@ -203,7 +220,7 @@ def ingest_items(
         named: list[str] = []
         bar = tqdm(desc=f"ray ingest -> {version.id}", unit="row", disable=not progress)
         for n_pass in range(MAX_PASSES):
-            scan = _read_items(path, meta.modality, gallery, check_alike=n_pass == 0, skip_empty=skip_empty)
+            scan = _read_items(path, meta.modality, gallery, check_alike=n_pass == 0, skip_empty=skip_empty, shard=shard)
             items = scan.dataset
             if n_pass == 0:
                 named = [i for i in scan.ids if i is not None]

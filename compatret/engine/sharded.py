@@ -26,6 +26,7 @@ from compatret.core.errors import CompatretError
 from compatret.engine.backfill import BackfillReport, backfill
 from compatret.engine.models import lineage
 from compatret.engine.overview import disk_bytes, lineage_entries
+from compatret.engine.ray_cluster import RayOptions
 from compatret.engine.results import QueryResult
 from compatret.engine.service import Service
 from compatret.engine.upgrade import upgrade_gallery
@@ -195,6 +196,22 @@ class ShardedService:
             self._publish(snap, "add", rows=added)
         return added
 
+    def add_items_on_ray(self, path: str, options: RayOptions, progress: bool = True, skip_empty: bool = False) -> dict[str, Any]:
+        """`index add --items F --engine ray`: each shard takes the items its ids land on, encoded
+        by the cluster's workers; one snapshot publishes them all. Resumable as on one gallery."""
+        from compatret.engine.ray_ingest import ingest_items
+
+        n = len(self.shards)
+        with self._writing("index add", _key(str(Path(path).resolve()), "ray")) as snap:
+            reports = [
+                ingest_items(s.gallery, s.source_of_serving(), path, options, progress, skip_empty, shard=(i, n))
+                for i, s in enumerate(self.shards)
+            ]
+            added = sum(r["added"] for r in reports)
+            self._publish(snap, "add", rows=added)
+        empty = reports[0]["skipped_empty_ids"]  # every shard pass sees every item: the first says them all
+        return {**reports[0], "added": added, "skipped": sum(r["skipped"] for r in reports), "skipped_empty_ids": empty}
+
     def delete(self, ids: Sequence[str]) -> int:
         """Delete rows by id on their shards, then publish: once this returns, no reader serves them."""
         ids = list(dict.fromkeys(str(i) for i in ids))
@@ -247,6 +264,7 @@ class ShardedService:
         batch_size: int = 64,
         progress: bool = True,
         should_stop: Callable[[], bool] | None = None,
+        ray: RayOptions | None = None,
     ) -> BackfillReport:
         """Re-embed each shard's pending rows in turn, publishing a snapshot after each shard (rows of
         either model are right for the serving model, so a shard done is worth serving at once)."""
@@ -255,7 +273,7 @@ class ShardedService:
         with self._writing("index backfill", _key(self.meta.serving.id, limit, fraction)) as snap:
             for s in self.shards:
                 left = None if limit is None else max(limit - done, 0)
-                report = backfill(s, left, fraction, order, batch_size, progress, should_stop=should_stop) if left != 0 else None
+                report = backfill(s, left, fraction, order, batch_size, progress, ray=ray, should_stop=should_stop) if left != 0 else None
                 if report is not None:
                     done, seconds, skipped = done + report.done, seconds + report.seconds, skipped + report.skipped
                     remaining, stopped = remaining + report.remaining, report.stopped

@@ -388,3 +388,24 @@ def test_backfill_order_auto_puts_crowded_rows_first_behind_a_map(tmp_path):
     auto = plan_order(s, ids, "auto")
     assert auto == plan_order(s, ids, "uncertainty") != plan_order(s, ids, "random")
     assert len(set(auto[:60]) & set(ids[:60])) >= 55  # the crowded corner goes first
+
+
+def test_a_sharded_gallery_is_adapted_on_its_largest_shard_and_upgraded_as_one(scifact_subset, tmp_path):
+    from compatret.engine.sharded import ShardedService
+
+    g = tmp_path / "s"
+    sharded = ShardedService.create(g, 2, model="minilm-l3")
+    sharded.add_items(scifact_subset["docs"], progress=False)
+    largest = max(sharded.shards, key=lambda s: s.count())
+    done = in_process("adapt", str(g), "--model", "minilm-l6", "--out", str(tmp_path / "ad"), "--sample", "100", "--kind", "affine",
+                      "--force", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert json.loads((tmp_path / "ad" / "adapter.json").read_text())["gallery"] == str(largest.gallery.path.resolve())
+    up = in_process("index", "upgrade", str(g), "--model", str(tmp_path / "ad"), "--json")
+    assert up.returncode == 0, up.stderr
+    after = ShardedService.open(g)
+    assert {s.meta.serving.id for s in after.shards} == {report["model_id"]} and after.meta.serving.compat.kind == "transform"
+    assert all((s.gallery.path / "transforms").is_dir() for s in after.shards)  # each shard holds its copy of the map
+    doc = scifact_subset["docs"][3]
+    assert after.query(texts=[f"{doc['title']} {doc['text']}"], k=5)[0].ids[0] == doc["id"]

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from compatret.cli import sharded
 from compatret.cli.output import emit, friendly
 
 DEFAULT_BUDGET_S = 180.0  # compatret.adapt.build.DEFAULT_BUDGET_S, kept here so --help does not import the fitting code
@@ -57,7 +58,12 @@ def adapt(directory: str, new_model: str, out_dir: str, as_json: bool, **setting
     from compatret.adapt.build import adapt as run
 
     log = None if as_json else (lambda line: click.echo(line, err=True))
-    report = run(directory, new_model, out_dir, AdaptSettings(**settings), progress=not as_json, log=log)
+    fitted_on = directory
+    if sharded.is_sharded(directory):  # ids land on shards by hash: the largest shard is a uniform sample of the rows
+        fitted_on = sharded.largest_shard(directory)
+        if log is not None:
+            log(f"a sharded gallery: fitting and estimating on its largest shard, {fitted_on}")
+    report = run(fitted_on, new_model, out_dir, AdaptSettings(**settings), progress=not as_json, log=log)
     est = report["estimate"]
     verdict = (
         "no estimate against staying: written unchecked (--force)"

@@ -21,6 +21,16 @@ def is_sharded(directory: str) -> bool:
     return SnapshotLog.exists(directory)
 
 
+def largest_shard(directory: str) -> str:
+    """The folder of the shard holding the most published rows."""
+    from compatret.engine.sharded import shard_dir
+
+    service = open_sharded(directory)
+    snap = service.snapshot
+    rows = [s.gallery.dataset(v).count_rows() for s, v in zip(service.shards, snap.versions)]
+    return str(shard_dir(service.root, rows.index(max(rows))))
+
+
 def open_sharded(directory: str) -> ShardedService:
     from compatret.engine.sharded import ShardedService
 

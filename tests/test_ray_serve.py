@@ -156,3 +156,22 @@ def test_add_and_backfill_with_the_ray_engine_go_shard_by_shard(tmp_path, digit_
     report = cli("index", "backfill", g, *ray_engine, "--json")
     assert report["done"] == 60 and report["remaining"] == 0
     assert ShardedService.open(g).rows_by_version() == {"v2": 60}
+
+
+def test_a_shard_past_its_deadline_makes_the_query_a_503_naming_it(served):
+    from fastapi.testclient import TestClient
+    from ray import serve
+
+    from compatret.core.errors import Unavailable
+    from compatret.server.app import create_app
+    from compatret.server.ray_serve import FannedOut, ServeOptions, shard_app
+
+    root = served["root"] / "g"
+    handles = [serve.get_deployment_handle("shard", app_name=shard_app(i)) for i in range(3)]
+    hurried = FannedOut(ShardedService.open(root), handles, ServeOptions(deadline_s=1e-6))
+    with pytest.raises(Unavailable, match=r"^shard 0 did not answer within 1e-06 s: no partial answer is given$"):
+        hurried.query(vectors=vectors(1, 8, seed=5), k=3)
+    r = TestClient(create_app(root, service=hurried, fingerprint_minutes=0)).post("/query", json={"vectors": [[1.0] * 8], "k": 3})
+    assert r.status_code == 503 and r.json()["detail"].startswith("shard 0 did not answer within")
+    patient = FannedOut(ShardedService.open(root), handles, ServeOptions(deadline_s=30))
+    assert patient.query(vectors=vectors(1, 8, seed=5), k=3)[0].ids == served["one"].query(vectors=vectors(1, 8, seed=5), k=3)[0].ids

@@ -189,6 +189,19 @@ def test_the_body_limit_counts_declared_and_streamed_bodies_and_hands_on_the_who
     assert _asgi(limit, websocket, []) == [] and len(got) == 2  # not an HTTP request: passed on untouched
 
 
+def test_a_route_whose_dependencies_declare_no_scope_needs_none():
+    from fastapi import Depends, FastAPI
+
+    app = FastAPI()
+
+    @app.get("/plain", dependencies=[Depends(lambda: None)])
+    def plain() -> dict:
+        return {}
+
+    route = next(r for r in app.router.routes if getattr(r, "path", "") == "/plain")
+    assert route_scope(route) is None
+
+
 def test_no_keys_configured_lets_everything_through(gallery):
     open_ = client(gallery, ApiKeys(), None)
     assert open_.get("/gallery").json()["can_write"] is True

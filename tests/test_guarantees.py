@@ -158,6 +158,53 @@ def test_a_prune_that_keeps_losing_commit_races_fails_with_one_line(tmp_path, mo
     assert len(refreshed) >= 5  # each retry reads the latest version first
 
 
+def test_crowding_is_the_mean_cosine_to_the_nearest_other_rows_and_orders_the_uncertain_first(tmp_path):
+    """With every row a landmark the proxy is exact: brute force over all pairs, the row itself left out."""
+    from compatret.core.transforms import normalize
+    from compatret.engine.backfill import crowding, plan_order
+
+    rng = np.random.default_rng(3)
+    crowded = normalize(np.ones((40, 8)) + 0.05 * rng.normal(size=(40, 8)))  # one tight cluster
+    spread = normalize(rng.normal(size=(60, 8)))
+    x = np.vstack([crowded, spread]).astype(np.float32)
+    ids = [f"c{i}" for i in range(40)] + [f"s{i}" for i in range(60)]
+    s = Service.create(tmp_path / "g", dim=8, version_id="v1")
+    s.add_vectors(x[:50], ids=ids[:50])
+    s.add_vectors(x[50:], ids=ids[50:])  # two fragments: every one is read
+    asked = ids[::3] + ["not-stored"]
+    got = crowding(s, asked, neighbours=5)
+    cos = x @ x.T
+    np.fill_diagonal(cos, -np.inf)
+    want = {ids[n]: float(np.sort(cos[n])[::-1][:5].mean()) for n in range(100)}
+    assert set(got) == set(ids[::3])  # rows the view lacks have no score
+    for i in got:
+        assert got[i] == pytest.approx(want[i], abs=1e-5), i
+    s.upgrade(str(model_folder(tmp_path, ModelVersion("v2", 8, parent=ModelVersion("v1", 8, "vector", method="external"),
+                                                      compat=Compat.identity(), method="external"))))
+    s.add_vectors(normalize(rng.normal(size=(20, 8))), ids=[f"n{i}" for i in range(20)], model="v2")
+    with s.gallery.writing("compact"):
+        s.gallery.compact()  # one fragment holds rows of both versions now: each version's rows are read apart
+    fragments = s.gallery.dataset(s.gallery.latest_version()).get_fragments()
+    assert any(len(set(f.to_table(columns=["model_version"]).column(0).to_pylist())) == 2 for f in fragments)
+    assert crowding(Service.open(tmp_path / "g"), asked, neighbours=5) == pytest.approx(got, abs=1e-5)
+    ten = crowding(s, asked)  # what the backfill order reads: 10 neighbours
+    order = plan_order(s, asked, "uncertainty")
+    assert order == sorted(ids[::3], key=lambda i: (-ten[i], i)) + ["not-stored"]
+    assert set(order[: len(ids[:40:3])]) == set(ids[:40:3])  # the crowded cluster first
+
+
+def test_history_read_through_a_handle_opened_before_the_last_writes_describes_them(tmp_path):
+    from compatret.store.history import history
+
+    s = Service.create(tmp_path / "g", dim=4, version_id="v1")
+    s.add_vectors(vectors(5, 4), ids=[str(i) for i in range(5)])
+    old = Gallery.open(tmp_path / "g")  # its table is checked out before the next two writes
+    Service.open(tmp_path / "g").add_vectors(vectors(3, 4, seed=1), ids=["a", "b", "c"])
+    Service.open(tmp_path / "g").delete(["0"])
+    entries = history(old)  # nothing cached yet: every entry read through this handle
+    assert [(e["rows"], e["change"]) for e in entries[-2:]] == [(8, "rows +3"), (7, "rows -1")]
+
+
 WRITER = """
 import sys, numpy as np
 from compatret.engine.service import Service

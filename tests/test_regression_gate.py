@@ -250,3 +250,23 @@ def test_the_gate_and_the_regression_report_on_a_sharded_gallery(text_env, judge
     assert json.loads(passed.stdout)["gate"]["negative_flip_rate"] == 0.0
     after = ShardedService.open(tmp_path / "s")
     assert after.snapshot.snapshot == before + 1 and all(s.meta.history[-1]["gate"]["serving"] == "minilm-l6" for s in after.shards)
+
+
+def test_a_gated_backfill_of_a_sharded_gallery_stops_where_its_rows_regress(towers, tmp_path):
+    from compatret.engine.sharded import ShardedService
+    from compatret.store.gallery import Gallery
+
+    items = Gallery.open(towers["gallery"]).scan(["id", "title", "text"]).to_pylist()
+    s = ShardedService.create(tmp_path / "s", 2, model=str(Path(towers["same"]).parent / "short"))
+    s.add_items(items, progress=False)
+    s.upgrade(towers["worse"])
+    began = s.snapshot.snapshot
+    stopped = run("index", "backfill", str(tmp_path / "s"), "--gate", towers["queries"], "--qrels", towers["qrels"], "--batch-size", "6",
+                  "--json")  # fmt: skip
+    one_error_line(stopped, "% of rows backfilled the gallery serves the gate queries worse")
+    assert f"index rollback {tmp_path / 's'} --to {began}` restores" in stopped.stderr
+    steps = json.loads(stopped.stdout)["steps"]
+    assert not steps[-1]["gate"]["passed"] and steps[-1]["fraction"] < 1.0
+    assert ShardedService.open(tmp_path / "s").rows_by_version()["l6-worse-items"] == sum(st["report"]["done"] for st in steps)
+    assert run("index", "rollback", str(tmp_path / "s"), "--to", str(began)).returncode == 0
+    assert ShardedService.open(tmp_path / "s").rows_by_version() == {"l6-short": 60}

@@ -185,17 +185,11 @@ def index_backfill(directory: str, engine: dict[str, Any], as_json: bool, **opts
     from compatret.engine.service import Service
 
     ray = ray_options(engine, opts["batch_size"])
-    if sharded.is_sharded(directory):
-        if gate_files(opts["gate_queries"], opts["qrels"]):
-            raise CompatretError("backfill --gate does not run on a sharded gallery yet: backfill, then `compatret eval regression`")
-        report = sharded.open_sharded(directory).backfill(
-            opts["limit"], opts["fraction"], opts["order"], opts["batch_size"], not as_json, ray=ray
-        )
-        emit(report.to_dict(), as_json, _backfill_text(report))
-        sys.exit(130 if report.stopped else 0)
+    is_sharded = sharded.is_sharded(directory)
 
     def run_to(fraction: float | None, limit: int | None = None) -> Any:
-        return backfill(Service.open(directory), limit, fraction, opts["order"], opts["batch_size"], progress=not as_json, ray=ray)
+        args = (limit, fraction, opts["order"], opts["batch_size"], not as_json)
+        return sharded.open_sharded(directory).backfill(*args, ray=ray) if is_sharded else backfill(Service.open(directory), *args, ray=ray)
 
     if gate_files(opts["gate_queries"], opts["qrels"]):
         _gated_backfill(directory, run_to, opts, as_json)

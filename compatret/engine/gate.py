@@ -136,7 +136,7 @@ class BackfillGate:
     max_drop: float
     max_flips: float
     start: Run
-    start_version: int  # the table version the run began from: what `index rollback --to` restores
+    start_version: int  # the table version (a sharded gallery: the snapshot) the run began from: what `index rollback --to` restores
 
     @classmethod
     def open(
@@ -144,21 +144,22 @@ class BackfillGate:
     ) -> BackfillGate:
         from compatret.data.beir import read_qrels, read_queries
         from compatret.engine.runs import service_run
-        from compatret.engine.service import Service
+        from compatret.engine.sharded import ShardedService, open_gallery
 
         check_limits(max_drop, max_flips)
-        service = Service.open(gallery_dir)
+        service = open_gallery(gallery_dir)
         judged = read_qrels(qrels)
         chosen = judged_queries(service, read_queries(queries), judged)
         start = service_run(service, None, chosen)
-        return cls(Path(gallery_dir), chosen, judged, max_drop, max_flips, start, service.index.table_version)
+        began = service.snapshot.snapshot if isinstance(service, ShardedService) else service.index.table_version
+        return cls(Path(gallery_dir), chosen, judged, max_drop, max_flips, start, began)
 
     def check(self) -> dict[str, Any]:
         """The gallery now against the gallery at the start: nDCG@10 change with its interval, flips, and whether it passes."""
         from compatret.engine.runs import service_run
-        from compatret.engine.service import Service
+        from compatret.engine.sharded import open_gallery
 
-        now = service_run(Service.open(self.gallery_dir), None, self.queries)
+        now = service_run(open_gallery(self.gallery_dir), None, self.queries)
         before, after, changes, flips = judged_change(self.qrels, self.start, now)
         d, flip_rate = changes["ndcg_at_10"], len(flips) / len(self.qrels)
         outcome, why = verdict(d, len(self.qrels), self.max_drop)

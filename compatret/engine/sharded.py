@@ -270,7 +270,7 @@ class ShardedService:
         either model are right for the serving model, so a shard done is worth serving at once)."""
         done = remaining = skipped = 0
         seconds, stopped = 0.0, False
-        with self._writing("index backfill", _key(self.meta.serving.id, limit, fraction)) as snap:
+        with self._writing("index backfill", _key(self.meta.serving.id)) as snap:  # any backfill to this model resumes another
             for s in self.shards:
                 left = None if limit is None else max(limit - done, 0)
                 report = backfill(s, left, fraction, order, batch_size, progress, ray=ray, should_stop=should_stop) if left != 0 else None

@@ -9,7 +9,8 @@ import pytest
 
 from compatret import Compat, CompatretError, ModelVersion
 from compatret.engine.service import Service
-from compatret.engine.sharded import INTENT_FILE, ShardedService, open_gallery, shard_dir
+from compatret.engine.sharded import ShardedService, open_gallery, shard_dir
+from compatret.store.intent import INTENT_FILE
 from compatret.store.snapshots import shard_of
 from test_service import model_folder, vectors
 
@@ -84,7 +85,8 @@ def test_an_interrupted_write_is_finished_by_running_it_again(tmp_path):
     (tmp_path / "sharded" / INTENT_FILE).write_text(json.dumps({"command": "index add", "key": _add_key(ids), "from": before.snapshot}))
     first = [j for j, i in enumerate(ids) if shard_of(i, 3) == 0]
     sharded.shards[0].add_vectors(more[first], ids=[ids[j] for j in first], model="v2")
-    assert sharded.rows_by_version()["v2"] == 100 + len(first) and sharded.snapshot == before
+    assert sharded.shards[0].gallery.rows_by_version()["v2"] > sharded.shards[0].view_at(before.versions[0]).counts()["v2"]
+    assert sharded.rows_by_version()["v2"] == 100 and sharded.snapshot == before  # committed on a shard, not published
     with pytest.raises(CompatretError, match="an interrupted `index add` left shards ahead of snapshot"):
         sharded.delete(["a0"])
     assert sharded.add_vectors(more, ids=ids, model="v2") == 30 - len(first)
@@ -290,3 +292,66 @@ def test_an_upgrade_cut_between_shards_serves_the_old_model_until_its_rerun(tmp_
     assert reader.snapshot.snapshot == before.snapshot + 1 and reader.meta.serving.id == "v2" and not (g / INTENT_FILE).exists()
     upgrades = [e for e in after.shards[0].meta.history if e.get("event") == "upgrade"]
     assert len(upgrades) == 1  # the shard done before the crash was not upgraded twice
+
+
+def test_a_refused_write_leaves_no_intent_and_no_row_changed(tmp_path):
+    _, sharded, base = twin_galleries(tmp_path)
+    with pytest.raises(CompatretError, match="1 ids not in the gallery"):
+        sharded.delete(["nope"])
+    assert not (tmp_path / "sharded" / INTENT_FILE).exists()
+    before, rows = sharded.snapshot, sharded.rows_by_version()
+    # an add whose refusal is found on a later shard only: an id stored there with another vector
+    late = next(i for i in range(100) if shard_of(f"b{i}", 3) == 2)
+    ids = [f"new{i}" for i in range(12)] + [f"b{late}"]
+    fresh = vectors(13, 12, seed=19)
+    assert any(shard_of(i, 3) < 2 for i in ids[:12])  # some rows land on shards written before the refusal
+    with pytest.raises(CompatretError, match="already"):
+        sharded.add_vectors(fresh, ids=ids, model="v2")
+    assert not (tmp_path / "sharded" / INTENT_FILE).exists() and sharded.rows_by_version() == rows
+    assert sharded.snapshot.event == "undone" and sharded.existing(ids[:12]) == []
+    assert sharded.add_vectors(fresh[:12], ids=ids[:12], model="v2") == 12  # nothing in the way of the next write
+    assert sharded.snapshot.snapshot == before.snapshot + 2
+
+
+def test_vectors_without_ids_are_named_so_a_rerun_finishes_the_add(tmp_path):
+    v1, _ = folders(tmp_path)
+    sharded = ShardedService.create(tmp_path / "g", 2, model=v1)
+    x = vectors(20, 8, seed=8)
+    assert sharded.add_vectors(x) == 20
+    assert sharded.add_vectors(x) == 0 and sharded.count() == 20  # the same vectors: the same names, nothing new
+    assert sharded.add_vectors(vectors(5, 8, seed=9)) == 5
+
+
+def test_a_crash_after_the_snapshot_but_before_the_intent_went_is_seen_as_finished(tmp_path):
+    _, sharded, _ = twin_galleries(tmp_path)
+    left = {"command": "index delete", "key": sharded.snapshot.details["intent"], "from": sharded.snapshot.snapshot - 1}
+    (tmp_path / "sharded" / INTENT_FILE).write_text(json.dumps(left))  # its snapshot is published: nothing to finish
+    assert sharded.delete(["a1"]) == 1
+    (tmp_path / "sharded" / INTENT_FILE).write_text("{not json")
+    with pytest.raises(CompatretError, match="cannot be read .*index rollback"):
+        sharded.delete(["a2"])
+
+
+def test_a_failed_create_leaves_nothing_behind(tmp_path):
+    with pytest.raises(CompatretError):
+        ShardedService.create(tmp_path / "g", 3, model=str(tmp_path / "no-such-model"))
+    assert not (tmp_path / "g").exists()
+    v1, _ = folders(tmp_path)
+    assert ShardedService.create(tmp_path / "g", 3, model=v1).snapshot.snapshot == 0
+
+
+def test_prune_publishes_its_compaction_and_keeps_the_published_versions(tmp_path):
+    import datetime as dt
+
+    v1, _ = folders(tmp_path)
+    sharded = ShardedService.create(tmp_path / "g", 2, model=v1)
+    x = vectors(60, 8, seed=12)
+    for n in range(3):
+        sharded.add_vectors(x[20 * n : 20 * (n + 1)], ids=[f"r{i}" for i in range(20 * n, 20 * (n + 1))])
+    out = sharded.prune(dt.timedelta(0))
+    assert out["versions_after"] < out["versions_before"] and sharded.snapshot.event == "prune"
+    reader = ShardedService.open(tmp_path / "g")
+    assert reader.query(vectors=x[:1], k=1)[0].ids == ["r0"] and reader.count() == 60
+    assert sharded.delete(["r5"]) == 1  # writes go on
+    with pytest.raises(CompatretError, match="which was pruned: nothing changed"):
+        sharded.rollback(1)

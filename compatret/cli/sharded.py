@@ -142,12 +142,9 @@ def verify(service: ShardedService, repair: bool, as_json: bool) -> None:
 
 
 def prune(service: ShardedService, older_than: dt.timedelta, as_json: bool) -> None:
-    """Prune every shard; snapshots that name a pruned version can no longer be rolled back to."""
-    from compatret.store.history import prune as prune_shard
-
-    outs = [prune_shard(s.gallery, older_than) for s in service.shards]
-    total = {k: sum(o[k] for o in outs) for k in ("versions_before", "versions_after")}
-    emit({**total, "shards": outs}, as_json, f"versions (all shards): {total['versions_before']} -> {total['versions_after']}")
+    """Compact every shard, publish that, then forget old versions (see ShardedService.prune)."""
+    out = service.prune(older_than)
+    emit(out, as_json, f"versions (all shards): {out['versions_before']} -> {out['versions_after']}")
 
 
 def upgrade(service: ShardedService, model: str, as_json: bool, gate: dict[str, Any] | None = None) -> None:

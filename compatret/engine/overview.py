@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compatret.engine.service import Service
 from compatret.search.kernels import backend_name
 from compatret.store.meta import GalleryMeta
+
+if TYPE_CHECKING:
+    from compatret.engine.sharded import ShardedService
 from compatret.store.pending import pending_rows
 
 
@@ -99,4 +102,25 @@ def info(service: Service) -> dict[str, Any]:
         "unembeddable_examples": bare[:5],
         "kernel": backend_name(service.kernel_name),
         "history": list(meta.history),
+    }
+
+
+def sharded_overview(service: ShardedService) -> dict[str, Any]:
+    """What `overview` says of one gallery, for a sharded gallery's published snapshot
+    (`table_version` is the snapshot number)."""
+    snap, meta = service.snapshot, service.meta
+    counts = service.rows_by_version()
+    return {
+        "rows": snap.rows,
+        "rows_by_version": counts,
+        "dim": meta.dim,
+        "metric": meta.metric,
+        "modality": meta.modality,
+        "serving": meta.serving.id,
+        "lineage": lineage_entries(meta, counts),
+        "query_models": sorted(service.lineage(meta)),
+        "kernel": backend_name(service.shards[0].kernel_name),
+        "ann": meta.ann,
+        "table_version": snap.snapshot,
+        "disk_bytes": disk_bytes(service.root),
     }

@@ -1,8 +1,9 @@
-"""What a query returns, and the refusal that names `compatret adapt`."""
+"""What a query returns (and how shards' answers merge into one), and the refusal that names `compatret adapt`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from compatret.core.lineage import IncompatibleLineage
@@ -52,3 +53,14 @@ def _public_payload(row: dict[str, Any]) -> dict[str, Any]:
     if row.get("image") is not None:
         out["image_bytes"] = len(row["image"])
     return out
+
+
+def merge_top_k(results: Sequence[QueryResult], k: int, snapshot: int) -> QueryResult:
+    """One query's answers from every shard, as one top-k by score (ties: the lower shard first)."""
+    hits = [(score, n, i, pos) for n, r in enumerate(results) for pos, (i, score) in enumerate(zip(r.ids, r.scores))]
+    hits.sort(key=lambda h: (-h[0], h[1], h[3]))
+    best = hits[:k]
+    payloads = None
+    if results and results[0].payloads is not None:
+        payloads = [results[n].payloads[pos] for _, n, _, pos in best]  # type: ignore[index]
+    return replace(QueryResult([h[2] for h in best], [h[0] for h in best], payloads), snapshot=snapshot)

@@ -130,7 +130,7 @@ class Service:
             with self._views.write():
                 self._index = self._index.moved_to(fresh, version)
 
-    def _view_at(self, version: int) -> SearchIndex:
+    def view_at(self, version: int) -> SearchIndex:
         """The view moved to table `version` (forward or back), reading only what differs."""
         with self._lock:
             if self._index is None:
@@ -281,7 +281,7 @@ class Service:
         """One query against one view (see query)."""
         encoded: tuple[str, np.ndarray] | None = None
         while True:  # one view for the whole query; again if it moved on before the search began
-            index = self.index if at_version is None else self._view_at(at_version)
+            index = self.index if at_version is None else self.view_at(at_version)
             meta = self.gallery.meta_at(index.table_version)
             version = self._version(model, meta)
             if vectors is not None:

@@ -11,12 +11,13 @@ until `rollback` puts every shard back at a snapshot).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
+import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +26,17 @@ import numpy as np
 from compatret.core.errors import CompatretError
 from compatret.engine.backfill import BackfillReport, backfill
 from compatret.engine.models import lineage
-from compatret.engine.overview import disk_bytes, lineage_entries
 from compatret.engine.ray_cluster import RayOptions
-from compatret.engine.results import QueryResult
+from compatret.engine.results import QueryResult, merge_top_k
 from compatret.engine.service import Service
 from compatret.engine.upgrade import upgrade_gallery
-from compatret.search.kernels import backend_name
 from compatret.store.gallery import Gallery
+from compatret.store.history import forget_versions
 from compatret.store.history import rollback as rollback_shard
+from compatret.store.intent import Intent
 from compatret.store.meta import GalleryMeta
 from compatret.store.snapshots import HASH, Snapshot, SnapshotLog, shard_of
 from compatret.store.writer_lock import writer_lock
-
-INTENT_FILE = ".intent.json"
 
 
 def shard_dir(root: Path, i: int) -> Path:
@@ -70,6 +69,8 @@ class ShardedService:
         self.root = root
         self.shards = shards
         self.log = log
+        self.intent = Intent(root)
+        self._key = ""  # the running write's intent key (see _writing)
 
     # ---- lifecycle -------------------------------------------------------------------
     @staticmethod
@@ -80,19 +81,27 @@ class ShardedService:
             raise CompatretError(f"--shards must be at least 1, got {shards}")
         if is_sharded(root) or Gallery.exists(root) or (root.exists() and any(root.iterdir())):
             raise CompatretError(f"{root} is not empty: a sharded gallery needs a folder of its own")
+        existed = root.exists()
         root.mkdir(parents=True, exist_ok=True)
         gallery_id = uuid.uuid4().hex
-        with writer_lock(root, "index create"):
-            made = []
-            for i in range(shards):
-                s = Service.create(shard_dir(root, i), **create)
-                with s.gallery.writing("index create"):  # the shard says whose shard it is: a folder from elsewhere is refused
-                    s.gallery.set_meta(s.gallery.with_event("shard", gallery=gallery_id, index=i, of=shards))
-                made.append(s)
-            log = SnapshotLog(root)
-            versions = [s.gallery.latest_version() for s in made]
-            fields = dict(gallery=gallery_id, shards=shards, hash=HASH, versions=versions, rows=0, serving=made[0].meta.serving.id)
-            log.append(None, None, event="create", details={}, **fields)
+        try:
+            with writer_lock(root, "index create"):
+                made = []
+                for i in range(shards):
+                    s = Service.create(shard_dir(root, i), **create)
+                    with s.gallery.writing("index create"):  # the shard says whose shard it is: a folder from elsewhere is refused
+                        s.gallery.set_meta(s.gallery.with_event("shard", gallery=gallery_id, index=i, of=shards))
+                    made.append(s)
+                log = SnapshotLog(root)
+                versions = [s.gallery.latest_version() for s in made]
+                fields = dict(gallery=gallery_id, shards=shards, hash=HASH, versions=versions, rows=0, serving=made[0].meta.serving.id)
+                log.append(None, None, event="create", details={}, **fields)
+        except BaseException:  # bad arguments, or a failure midway: no half-made gallery is left behind
+            for p in list(root.iterdir()) if root.exists() else []:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            if not existed:
+                root.rmdir()
+            raise
         return ShardedService(root, made, log)
 
     @staticmethod
@@ -122,43 +131,66 @@ class ShardedService:
         """The published metadata (every shard serves the same model at a snapshot)."""
         return self.shards[0].gallery.meta_at(self.snapshot.versions[0])
 
-    @property
-    def path(self) -> Path:
-        return self.root
-
-    def _intent(self) -> dict[str, Any] | None:
-        try:
-            return json.loads((self.root / INTENT_FILE).read_text())
-        except FileNotFoundError:
-            return None
+    def _ahead(self, snap: Snapshot) -> list[int]:
+        """The shards whose table moved past the version `snap` names."""
+        return [i for i, s in enumerate(self.shards) if s.gallery.latest_version() != snap.versions[i]]
 
     @contextmanager
     def _writing(self, command: str, key: str) -> Iterator[Snapshot]:
-        """The frame of every write: the root's lock, the intent, and the snapshot that publishes it."""
+        """The frame of every write: the root's lock, the intent, and the snapshots that publish it.
+
+        A CompatretError raised after some shard committed (bad input found on a later shard) puts
+        those shards back and publishes that, so a refused write changes no row; an interruption
+        (Ctrl-C, a kill) leaves the intent for the same command to finish."""
         with writer_lock(self.root, command):
-            snap = self.snapshot
-            intent = self._intent()
+            snap = self.log.all()[-1]  # read afresh under the lock, never from a reader's cache
+            intent = self.intent.read()
+            if intent is not None and snap.details.get("intent") == intent["key"] and not self._ahead(snap):
+                self.intent.clear()  # that write was published; only its intent was left behind
+                intent = None
             if intent is not None and (intent["command"], intent["key"]) != (command, key):
                 raise CompatretError(
                     f"an interrupted `{intent['command']}` left shards ahead of snapshot {snap.snapshot}: run it again to "
                     f"finish it, or `compatret index rollback {self.root} --to {snap.snapshot}`"
                 )
-            if intent is None:
-                ahead = [i for i, s in enumerate(self.shards) if s.gallery.latest_version() != snap.versions[i]]
+            resumed = intent is not None
+            if not resumed:
+                ahead = self._ahead(snap)
                 if ahead:
                     raise CompatretError(
                         f"shard {ahead[0]} changed outside this sharded gallery (its table is past snapshot {snap.snapshot}): "
                         f"`compatret index rollback {self.root} --to {snap.snapshot}` restores it"
                     )
-                (self.root / INTENT_FILE).write_text(json.dumps({"command": command, "key": key, "from": snap.snapshot}))
-            yield snap
-            (self.root / INTENT_FILE).unlink()
+                self.intent.write(command, key, snap.snapshot)
+            self._key = key
+            try:
+                yield snap
+            except BaseException as exc:
+                published = self.log.all()[-1]
+                moved = self._ahead(published)
+                if moved and isinstance(exc, CompatretError) and not resumed:
+                    for i in moved:
+                        rollback_shard(self.shards[i].gallery, published.versions[i])
+                    self._publish(published, "undone", command=command, error=str(exc).splitlines()[0])
+                    moved = []
+                if not moved:  # nothing half-done: nothing for a rerun to finish
+                    self.intent.clear()
+                raise
+            self.intent.clear()
 
     def _publish(self, snap: Snapshot, event: str, **details: Any) -> Snapshot:
+        """Append the snapshot naming every shard's latest version; it carries the write's intent key,
+        so a crash between this append and the intent's removal is seen as finished."""
         versions = [s.gallery.latest_version() for s in self.shards]
         rows = sum(s.gallery.count() for s in self.shards)
         return self.log.append(
-            snap, snap, event=event, versions=versions, rows=rows, serving=self.shards[0].meta.serving.id, details=details
+            snap,
+            snap,
+            event=event,
+            versions=versions,
+            rows=rows,
+            serving=self.shards[0].meta.serving.id,
+            details={**details, "intent": self._key},
         )
 
     def _split(self, ids: Sequence[str]) -> list[np.ndarray]:
@@ -183,9 +215,15 @@ class ShardedService:
     def add_vectors(
         self, vectors: np.ndarray, ids: Sequence[str] | np.ndarray | None = None, model: str | None = None, **options: Any
     ) -> int:
-        """Store precomputed vectors on their shards (fresh ids when none are given), then publish."""
+        """Store precomputed vectors on their shards, then publish. Rows without ids are named by a
+        digest of all the vectors and their place (`<digest>-<n>`), so a rerun of an interrupted add
+        names them alike and finishes it (adding the same vectors again stores nothing new)."""
         vectors = np.asarray(vectors)
-        id_list = [uuid.uuid4().hex for _ in range(len(vectors))] if ids is None else [str(i) for i in ids]
+        if ids is None:
+            named = _key(np.ascontiguousarray(vectors), model)
+            id_list = [f"{named}-{n}" for n in range(len(vectors))]
+        else:
+            id_list = [str(i) for i in ids]
         if len(id_list) != len(vectors):
             raise CompatretError(f"{len(id_list)} ids for {len(vectors)} vectors")
         added = 0
@@ -244,8 +282,9 @@ class ShardedService:
         """Put every shard back at the versions snapshot `to` names, as a new snapshot (an
         unfinished write's leftovers go with it)."""
         with writer_lock(self.root, "index rollback"):
+            self._key = ""
             target = self.log.get(to)
-            snap = self.snapshot
+            snap = self.log.all()[-1]
             for i, (s, v) in enumerate(zip(self.shards, target.versions)):
                 have = {int(x["version"]) for x in s.gallery.table.list_versions()}
                 if v not in have:
@@ -253,8 +292,23 @@ class ShardedService:
             for s, v in zip(self.shards, target.versions):
                 rollback_shard(s.gallery, v)
             new = self._publish(snap, "rollback", to=to, from_snapshot=snap.snapshot)
-            (self.root / INTENT_FILE).unlink(missing_ok=True)
+            self.intent.clear()
         return new
+
+    def prune(self, older_than: dt.timedelta) -> dict[str, Any]:
+        """Compact every shard and publish that, then forget each shard's versions older than
+        `older_than` (never one the newest snapshot names); older snapshots naming forgotten
+        versions can no longer be rolled back to."""
+        before = [len(s.gallery.table.list_versions()) for s in self.shards]
+        with self._writing("index prune", _key("prune", older_than.total_seconds())) as snap:
+            for s in self.shards:
+                with s.gallery.writing("prune"):
+                    s.gallery.compact()
+            self._publish(snap, "prune")
+            for s in self.shards:
+                forget_versions(s.gallery, older_than)
+        after = [len(s.gallery.table.list_versions()) for s in self.shards]
+        return {"versions_before": sum(before), "versions_after": sum(after), "shards": [list(p) for p in zip(before, after)]}
 
     def backfill(
         self,
@@ -279,7 +333,8 @@ class ShardedService:
                     remaining, stopped = remaining + report.remaining, report.stopped
                 else:
                     remaining += sum(n for v, n in s.rows_by_version().items() if v != s.meta.serving.id)
-                snap = self._publish(snap, "backfill", rows=done)
+                if s.gallery.latest_version() != snap.versions[self.shards.index(s)]:
+                    snap = self._publish(snap, "backfill", rows=done)
                 if stopped:
                     break
         return BackfillReport(done, remaining, seconds, stopped, self.meta.serving.id, skipped)
@@ -308,10 +363,16 @@ class ShardedService:
         version the snapshot names, the hits merged by score."""
         if k < 1:
             raise CompatretError(f"k must be >= 1, got {k}")
-        snap = self.snapshot
-        q = self.shards[0].embed_queries(texts, images, vectors, model, at_version=snap.versions[0])
-        parts = self.search_shards(q, model, k, include_payload, snap)
-        return [merge_top_k([p[n] for p in parts], k, snap.snapshot) for n in range(len(q))]
+        for attempt in range(2):
+            snap = self.snapshot
+            try:
+                q = self.shards[0].embed_queries(texts, images, vectors, model, at_version=snap.versions[0])
+                parts = self.search_shards(q, model, k, include_payload, snap)
+                return [merge_top_k([p[n] for p in parts], k, snap.snapshot) for n in range(len(q))]
+            except (OSError, ValueError):  # a version of this snapshot was pruned under the query: a newer one names others
+                if attempt or self.log.all()[-1].snapshot == snap.snapshot:
+                    raise
+        raise AssertionError("unreachable")
 
     def search_shards(self, q: np.ndarray, model: str | None, k: int, include_payload: bool, snap: Snapshot) -> list[list[QueryResult]]:
         """Each shard's top-k at its snapshot version (in this process; Ray Serve fans out instead)."""
@@ -321,46 +382,16 @@ class ShardedService:
 
     lineage = staticmethod(lineage)
 
-    def overview(self) -> dict[str, Any]:
-        """What `engine.overview.overview` says of one gallery, for the published snapshot
-        (`table_version` is the snapshot number)."""
-        snap, meta = self.snapshot, self.meta
-        counts = self.rows_by_version()
-        return {
-            "rows": snap.rows,
-            "rows_by_version": counts,
-            "dim": meta.dim,
-            "metric": meta.metric,
-            "modality": meta.modality,
-            "serving": meta.serving.id,
-            "lineage": lineage_entries(meta, counts),
-            "query_models": sorted(lineage(meta)),
-            "kernel": backend_name(self.shards[0].kernel_name),
-            "ann": meta.ann,
-            "table_version": snap.snapshot,
-            "disk_bytes": disk_bytes(self.root),
-        }
-
     def rows_by_version(self) -> dict[str, int]:
+        """Rows per model version in the published snapshot (each shard's view at its version)."""
         out: dict[str, int] = {}
-        for s in self.shards:
-            for v, n in s.rows_by_version().items():
+        for s, version in zip(self.shards, self.snapshot.versions):
+            for v, n in s.view_at(version).counts().items():
                 out[v] = out.get(v, 0) + n
-        return out
+        return dict(sorted(out.items()))
 
     def history(self) -> list[dict[str, Any]]:
         return [s.to_dict() for s in self.log.all()]
 
     def each_shard(self, work: Callable[[Service], Any]) -> list[Any]:
         return [work(s) for s in self.shards]
-
-
-def merge_top_k(results: Sequence[QueryResult], k: int, snapshot: int) -> QueryResult:
-    """One query's answers from every shard, as one top-k by score (ties: the lower shard first)."""
-    hits = [(score, n, i, pos) for n, r in enumerate(results) for pos, (i, score) in enumerate(zip(r.ids, r.scores))]
-    hits.sort(key=lambda h: (-h[0], h[1], h[3]))
-    best = hits[:k]
-    payloads = None
-    if results and results[0].payloads is not None:
-        payloads = [results[n].payloads[pos] for _, n, _, pos in best]  # type: ignore[index]
-    return replace(QueryResult([h[2] for h in best], [h[0] for h in best], payloads), snapshot=snapshot)

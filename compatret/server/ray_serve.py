@@ -71,13 +71,13 @@ class FannedOut(ShardedService):
 
     def search_shards(self, q: np.ndarray, model: str | None, k: int, include_payload: bool, snap: Snapshot) -> list[list[QueryResult]]:
         asks = [(q, model, k, include_payload, v) for v in snap.versions]
+        deadline = time.monotonic() + self.options.deadline_s  # one for the whole query, every shard within it
         calls = [h.search.remote(*a) for h, a in zip(self.handles, asks)]  # all in flight at once
-        return [self._answer(i, call, asks[i]) for i, call in enumerate(calls)]
+        return [self._answer(i, call, asks[i], deadline) for i, call in enumerate(calls)]
 
-    def _answer(self, i: int, call: Any, ask: tuple[Any, ...]) -> list[QueryResult]:
+    def _answer(self, i: int, call: Any, ask: tuple[Any, ...], deadline: float) -> list[QueryResult]:
         from ray.exceptions import ActorUnavailableError, RayActorError
 
-        deadline = time.monotonic() + self.options.deadline_s
         for attempt in range(self.options.retries + 1):
             try:
                 return list(call.result(timeout_s=max(deadline - time.monotonic(), 0.001)))

@@ -226,6 +226,15 @@ def rollback(gallery: Gallery, to: int) -> GalleryMeta:
     return meta
 
 
+def forget_versions(gallery: Gallery, older_than: dt.timedelta) -> None:
+    """Delete versions older than `older_than`, nothing else (no compaction, so no new version:
+    the latest, which a sharded gallery's snapshot names, stays). Files of an unfinished write
+    by another process are kept (delete_unverified=False)."""
+    with gallery.writing("prune"):
+        gallery.dataset(gallery.latest_version()).cleanup_old_versions(older_than=older_than, delete_unverified=False)
+        HistoryCache(gallery.path).file.unlink(missing_ok=True)  # its forgotten versions' lines would only grow it
+
+
 def prune(gallery: Gallery, older_than: dt.timedelta) -> dict[str, int]:
     """Compact the table and delete versions older than `older_than` (the current one stays).
 

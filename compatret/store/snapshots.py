@@ -24,7 +24,7 @@ import pyarrow as pa
 from compatret.core.errors import CompatretError
 
 LOG_DIR = "snapshots.lance"
-RACY_NS = 50_000_000  # a log changed this recently may change again within the same mtime tick: read it again
+RACY_NS = 2_000_000_000  # a log changed this recently may change again within one mtime tick (2 s on coarse file systems): read it again
 HASH = "blake2b-64"  # the first 8 bytes of BLAKE2b of the id's UTF-8, big-endian, modulo the shard count
 SCHEMA = pa.schema(
     [

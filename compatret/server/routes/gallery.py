@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
 
-from compatret.engine.overview import overview
+from compatret.engine.overview import overview, sharded_overview
 from compatret.engine.sharded import ShardedService
 from compatret.search.fragments import cache_problem
 from compatret.server.context import RouteContext, refused
@@ -46,7 +46,7 @@ def add_routes(app: FastAPI, r: RouteContext) -> None:
 
     @app.get("/gallery", response_model=GalleryView, responses=ERRORS, dependencies=[r.access("read")])
     def gallery(request: Request) -> dict[str, Any]:
-        seen = service.overview() if isinstance(service, ShardedService) else overview(service)
+        seen = sharded_overview(service) if isinstance(service, ShardedService) else overview(service)
         return {**seen, "can_write": getattr(request.state, "key_scope", None) == "write"}
 
     @app.get("/history", response_model=list[HistoryEntry], responses=ERRORS, dependencies=[r.access("read")])

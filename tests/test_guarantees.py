@@ -205,6 +205,27 @@ def test_history_read_through_a_handle_opened_before_the_last_writes_describes_t
     assert [(e["rows"], e["change"]) for e in entries[-2:]] == [(8, "rows +3"), (7, "rows -1")]
 
 
+def test_history_names_every_version_as_a_person_reads_it(tmp_path):
+    from compatret.store.history import HISTORY_CACHE, describe_event, history
+
+    v1 = ModelVersion("v1", 4)
+    v2 = ModelVersion("v2", 6, parent=v1, compat=Compat.prefix(4), method="bt2")
+    s = Service.create(tmp_path / "g", model=str(model_folder(tmp_path, v1)))
+    s.add_vectors(vectors(5, 4), ids=[str(i) for i in range(5)])
+    s.upgrade(str(model_folder(tmp_path, v2)))
+    s.add_vectors(vectors(3, 6, seed=1), ids=["a", "b", "c"], model="v2")
+    want = [(1, 0, "v1", "table created"), (2, 0, "v1", "created with v1"), (3, 5, "v1", "rows +5"), (4, 5, "v1", "index built"),
+            (5, 5, "v2", "upgrade from v1 to v2"), (6, 5, "v2", "column added"), (7, 5, "v2", "v2 registered for the rows it writes"),
+            (8, 8, "v2", "rows +3")]  # fmt: skip
+    assert [(e["version"], e["rows"], e["serving"], e["change"]) for e in history(Gallery.open(tmp_path / "g"))] == want
+    with open(tmp_path / "g" / HISTORY_CACHE, "ab") as f:  # a torn line, not even UTF-8: skipped, the rest still used
+        f.write(b'{"version": 9, "format": \xff\xfe\n')
+    assert [(e["version"], e["rows"], e["serving"], e["change"]) for e in history(Gallery.open(tmp_path / "g"))] == want
+    assert describe_event({"event": "upgrade", "previous": "a", "model": "b", "gate": {"queries": 3}}) == "upgrade from a to b (gate passed)"
+    assert describe_event({"event": "rollback", "to": 4}) == "rollback to version 4"
+    assert describe_event({"event": "shard", "index": 0}) == "shard"
+
+
 WRITER = """
 import sys, numpy as np
 from compatret.engine.service import Service

@@ -187,7 +187,22 @@ def test_crowding_is_the_mean_cosine_to_the_nearest_other_rows_and_orders_the_un
     fragments = s.gallery.dataset(s.gallery.latest_version()).get_fragments()
     assert any(len(set(f.to_table(columns=["model_version"]).column(0).to_pylist())) == 2 for f in fragments)
     assert crowding(Service.open(tmp_path / "g"), asked, neighbours=5) == pytest.approx(got, abs=1e-5)
+    one = crowding(s, asked, neighbours=1)
+    assert all(one[i] == pytest.approx(float(np.max(cos[ids.index(i)])), abs=1e-5) for i in one)  # the nearest other row
+    later = crowding(s, ids[60:70], neighbours=5)  # rows of the second fragment only: the first has none of them
+    assert set(later) == set(ids[60:70])
+    sampled = crowding(s, ids[:40], landmarks=20)  # fewer landmarks than rows: the same sample on every call
+    assert sampled == crowding(s, ids[:40], landmarks=20)
+    from compatret.search.kernels import sample_parts
+
+    marks = sample_parts([(lab, vec) for _, lab, vec in s.index.rows("v1")], 20, np.random.default_rng(0))
+    for n, i in enumerate(ids[:40]):  # brute force over that sample: the row itself, when drawn, left out
+        near = np.sort(marks @ x[n])[::-1]
+        near = near[1:11] if near[0] > 1 - 1e-5 else near[:10]  # 10 neighbours by default
+        assert sampled[i] == pytest.approx(float(near.mean()), abs=1e-5), i
     ten = crowding(s, asked)  # what the backfill order reads: 10 neighbours
+    ten_by_hand = {ids[n]: float(np.sort(cos[n])[::-1][:10].mean()) for n in range(100)}
+    assert all(ten[i] == pytest.approx(ten_by_hand[i], abs=1e-5) for i in ten)
     order = plan_order(s, asked, "uncertainty")
     assert order == sorted(ids[::3], key=lambda i: (-ten[i], i)) + ["not-stored"]
     assert set(order[: len(ids[:40:3])]) == set(ids[:40:3])  # the crowded cluster first
@@ -224,6 +239,15 @@ def test_history_names_every_version_as_a_person_reads_it(tmp_path):
     assert describe_event({"event": "upgrade", "previous": "a", "model": "b", "gate": {"queries": 3}}) == "upgrade from a to b (gate passed)"
     assert describe_event({"event": "rollback", "to": 4}) == "rollback to version 4"
     assert describe_event({"event": "shard", "index": 0}) == "shard"
+
+
+def test_text_items_stored_alike_are_skipped(tmp_path):
+    s = Service.create(tmp_path / "g", model="minilm-l3")
+    items = [{"id": "t1", "title": "Aspirin", "text": "reduces fever"}, {"id": "t2", "text": "no title here"}]
+    assert s.add_items(items, progress=False) == 2
+    assert s.add_items(items, progress=False) == 0  # no image: compared on title, text and metadata
+    with pytest.raises(CompatretError, match="other content"):
+        s.add_items([{"id": "t2", "text": "changed"}], progress=False)
 
 
 WRITER = """

@@ -355,3 +355,25 @@ def test_prune_publishes_its_compaction_and_keeps_the_published_versions(tmp_pat
     assert sharded.delete(["r5"]) == 1  # writes go on
     with pytest.raises(CompatretError, match="which was pruned: nothing changed"):
         sharded.rollback(1)
+
+
+def test_the_http_api_on_a_sharded_gallery_reads_its_snapshots(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from compatret.server.app import create_app
+
+    _, sharded, base = twin_galleries(tmp_path)
+    c = TestClient(create_app(tmp_path / "sharded", refresh_seconds=0.0, fingerprint_minutes=0))
+    seen = c.get("/gallery").json()
+    assert seen["rows"] == 300 and seen["rows_by_version"] == {"v1": 200, "v2": 100} and seen["table_version"] == 3
+    assert seen["lineage"][-1]["id"] == "v2" and seen["serving"] == "v2"
+    assert c.get("/health").json()["table_version"] == 3
+    hit = c.post("/query", json={"vectors": [base[250].tolist()], "k": 1}).json()["results"][0]
+    assert hit["ids"] == ["b50"] and hit["snapshot"] == 3
+    assert c.post("/items/delete", json={"ids": ["b50"]}).json() == {"deleted": 1}
+    assert c.post("/query", json={"vectors": [base[250].tolist()], "k": 1}).json()["results"][0]["ids"] != ["b50"]
+    history = c.get("/history").json()
+    assert [h["change"] for h in history][:2] == ["delete", "add"] and history[0]["version"] == 4 and history[0]["rows"] == 299
+    assert c.post("/rollback", json={"version": 3}).json()["table_version"] == 5
+    assert c.get("/backfill").json()["pending"] == 0  # bare vectors: nothing to re-embed
+    assert c.get("/health").json()["rows"] == 300

@@ -50,8 +50,11 @@ def overview(service: Service) -> dict[str, Any]:
     """The gallery as searched now: serving model, lineage oldest first with each model's rule and
     rows, the models a query may name, and the table version this view derives from."""
     index = service.index
-    meta = service.gallery.meta_at(index.table_version)
     counts = index.counts()
+    return _described(service.gallery.meta_at(index.table_version), counts, service, index.table_version, service.gallery.path)
+
+
+def _described(meta: GalleryMeta, counts: dict[str, int], service: Any, version: int, folder: Path) -> dict[str, Any]:
     return {
         "rows": int(sum(counts.values())),
         "rows_by_version": counts,
@@ -63,8 +66,8 @@ def overview(service: Service) -> dict[str, Any]:
         "query_models": sorted(service.lineage(meta)),
         "kernel": backend_name(service.kernel_name),
         "ann": meta.ann,
-        "table_version": index.table_version,
-        "disk_bytes": disk_bytes(service.gallery.path),
+        "table_version": version,
+        "disk_bytes": disk_bytes(folder),
     }
 
 
@@ -108,19 +111,5 @@ def info(service: Service) -> dict[str, Any]:
 def sharded_overview(service: ShardedService) -> dict[str, Any]:
     """What `overview` says of one gallery, for a sharded gallery's published snapshot
     (`table_version` is the snapshot number)."""
-    snap, meta = service.snapshot, service.meta
-    counts = service.rows_by_version()
-    return {
-        "rows": snap.rows,
-        "rows_by_version": counts,
-        "dim": meta.dim,
-        "metric": meta.metric,
-        "modality": meta.modality,
-        "serving": meta.serving.id,
-        "lineage": lineage_entries(meta, counts),
-        "query_models": sorted(service.lineage(meta)),
-        "kernel": backend_name(service.shards[0].kernel_name),
-        "ann": meta.ann,
-        "table_version": snap.snapshot,
-        "disk_bytes": disk_bytes(service.root),
-    }
+    snap = service.snapshot
+    return _described(service.meta, service.rows_by_version(), service.shards[0], snap.snapshot, service.root)

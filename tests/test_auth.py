@@ -177,7 +177,8 @@ def test_the_body_limit_counts_declared_and_streamed_bodies_and_hands_on_the_who
         sent = _asgi(limit, request(length), [])
         assert sent[0]["status"] == 413 and b"request body over 10 bytes" in sent[1]["body"] and not got
     parts = [{"type": "http.request", "body": b"12345", "more_body": True}, {"type": "http.request", "body": b"678901", "more_body": False}]
-    assert _asgi(limit, request(), parts)[0]["status"] == 413 and not got  # streamed: counted as it comes
+    sent = _asgi(limit, request(), parts)
+    assert sent[0]["status"] == 413 and b"request body over 10 bytes" in sent[1]["body"] and not got  # streamed: counted as it comes
     parts = [{"type": "http.request", "body": b"12345", "more_body": True}, {"type": "http.request", "more_body": True},  # no body: b""
              {"type": "http.request", "body": b"67890"}]
     assert _asgi(limit, request(b"10"), parts) == []  # exactly the limit
@@ -185,8 +186,11 @@ def test_the_body_limit_counts_declared_and_streamed_bodies_and_hands_on_the_who
     got.clear()
     assert _asgi(limit, request(), [{"type": "http.request", "body": b"12", "more_body": True}, {"type": "http.disconnect"}]) == []
     assert not got  # the client left mid-body: nothing to pass on, nobody to answer
+    async def echo(scope, receive, send):
+        await send({"type": "websocket.accept", "path": scope["path"]})
+
     websocket = {"type": "websocket", "path": "/ws", "headers": [(b"content-length", b"999")]}
-    assert _asgi(limit, websocket, []) == [] and len(got) == 2  # not an HTTP request: passed on untouched
+    assert _asgi(BodyLimit(echo, limit=10), websocket, []) == [{"type": "websocket.accept", "path": "/ws"}]  # passed on untouched
 
 
 def test_a_route_whose_dependencies_declare_no_scope_needs_none():

@@ -250,6 +250,28 @@ def test_text_items_stored_alike_are_skipped(tmp_path):
         s.add_items([{"id": "t2", "text": "changed"}], progress=False)
 
 
+def test_the_rerank_reads_live_rows_by_label_in_order_through_the_plan_and_refuses_any_other(tmp_path):
+    s = Service.create(tmp_path / "g", dim=4, version_id="v1")
+    x = vectors(30, 4)
+    s.add_vectors(x[:20], ids=[str(i) for i in range(20)])
+    s.add_vectors(x[20:], ids=[str(i) for i in range(20, 30)])
+    index = s.index
+    labels = np.concatenate([lab for _, lab, _ in index.rows("v1")])
+    order = np.random.default_rng(0).permutation(len(labels))  # labels of both fragments, mixed
+    stored = {int(lab): vec for _, labs, vecs in index.rows("v1") for lab, vec in zip(labs, np.asarray(vecs))}
+    np.testing.assert_array_equal(index.vectors_of("v1", labels[order]), np.stack([stored[int(lab)] for lab in labels[order]]))
+    np.testing.assert_allclose(index.vectors_of("v1", labels[:3], mapper=lambda v: 2 * v), 2 * np.stack([stored[int(lab)] for lab in labels[:3]]))
+    for bad in (labels[:1] + (1 << 40), labels[-1:] + 1000):  # a fragment the view lacks; an offset past its rows
+        with pytest.raises(RuntimeError, match="stale kernel"):
+            index.vectors_of("v1", bad)
+    with pytest.raises(RuntimeError, match="stale kernel"):
+        index.vectors_of("v2", labels[5:6])  # no rows of that version there
+    gone = index.ids_of(labels[:2])[0].tolist()
+    s.delete(gone)  # rows that were live: not any more
+    with pytest.raises(RuntimeError, match="stale kernel"):
+        s.index.vectors_of("v1", labels[:2])
+
+
 WRITER = """
 import sys, numpy as np
 from compatret.engine.service import Service

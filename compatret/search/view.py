@@ -149,7 +149,7 @@ class SearchIndex:
             where.append(m)
         if not found:
             return np.zeros((0, 0), np.float32)
-        vectors = np.concatenate(found)[np.argsort(np.concatenate(where), kind="stable")]
+        vectors = np.concatenate(found)[np.argsort(np.concatenate(where))]  # positions are distinct: any sort gives one order
         return mapper(vectors) if mapper else vectors
 
     # ---- kernels -------------------------------------------------------------------------

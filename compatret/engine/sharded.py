@@ -254,12 +254,11 @@ class ShardedService:
         """Delete rows by id on their shards, then publish: once this returns, no reader serves them."""
         ids = list(dict.fromkeys(str(i) for i in ids))
         with self._writing("index delete", _key(ids)) as snap:
-            parts = [[ids[j] for j in where] for where in self._split(ids)]
-            published = {i for s, part, v in zip(self.shards, parts, snap.versions) for i in s.gallery.addresses_of(part, version=v)}
+            published = set(self.existing(ids, snap))
             unknown = [i for i in ids if i not in published]
             if unknown:
                 raise CompatretError(f"{len(unknown)} ids not in the gallery, e.g. {unknown[0]!r}")
-            for s, part in zip(self.shards, parts):
+            for s, part in zip(self.shards, ([ids[j] for j in where] for where in self._split(ids))):
                 s.gallery.latest_version()
                 still = s.gallery.existing(part)  # a rerun: what the interrupted run deleted is gone already
                 if still:
@@ -340,9 +339,9 @@ class ShardedService:
         return BackfillReport(done, remaining, seconds, stopped, self.meta.serving.id, skipped)
 
     # ---- reads -----------------------------------------------------------------------
-    def existing(self, ids: Sequence[str]) -> list[str]:
-        """Which of `ids` the published snapshot holds."""
-        snap = self.snapshot
+    def existing(self, ids: Sequence[str], snap: Snapshot | None = None) -> list[str]:
+        """Which of `ids` the published snapshot (or `snap`) holds."""
+        snap = snap or self.snapshot
         parts = [[ids[j] for j in where] for where in self._split(ids)]
         return [i for s, part, v in zip(self.shards, parts, snap.versions) for i in s.gallery.addresses_of(part, version=v)]
 
@@ -392,6 +391,3 @@ class ShardedService:
 
     def history(self) -> list[dict[str, Any]]:
         return [s.to_dict() for s in self.log.all()]
-
-    def each_shard(self, work: Callable[[Service], Any]) -> list[Any]:
-        return [work(s) for s in self.shards]

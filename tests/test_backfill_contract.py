@@ -1,0 +1,182 @@
+"""What one backfill run promises beyond the rows it re-embeds: its bounds, its batches, its
+compactions, its progress bar, its report, the rows it must leave alone, and the crowding order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_backfill import upgraded_gallery
+from test_backfill_rollback import rollback_before_batch
+
+import compatret.engine.backfill as backfill_module
+from compatret import CompatretError
+from compatret.engine.backfill import backfill, crowding
+from compatret.engine.service import Service
+from compatret.search.kernels import sample_labelled
+from compatret.store.history import INDEX_BUILT, MAINTENANCE, history, rollback
+
+
+def with_bare_rows(tmp_path, digit_models, n: int) -> Service:
+    """n digit rows and 20 bare v1 vectors (stored by `index add --vectors`), upgraded to v2."""
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    s.add_items(digit_models["items"][:n], progress=False)
+    s.add_vectors(np.random.default_rng(1).normal(size=(20, s.meta.serving.dim)).astype(np.float32), ids=[f"bare{i}" for i in range(20)])
+    s.upgrade(digit_models["v2"])
+    return Service.open(tmp_path / "g")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"limit": -1}, "--limit must be >= 0"),
+    ({"fraction": 1.5}, r"--fraction must be within \[0, 1\]"),
+    ({"fraction": -0.1}, r"--fraction must be within \[0, 1\]"),
+    ({"batch_size": 0}, "--batch-size must be >= 1"),
+    ({"limit": 3, "fraction": 0.5}, "not both"),
+])
+def test_a_backfill_out_of_bounds_is_refused_before_it_writes(tmp_path, digit_models, kwargs, message):
+    s = upgraded_gallery(tmp_path, digit_models, n=8)
+    version = s.gallery.version
+    with pytest.raises(CompatretError, match=message):
+        backfill(s, progress=False, **kwargs)
+    assert Service.open(tmp_path / "g").gallery.version == version
+
+
+@pytest.mark.parametrize("kwargs, done", [({"limit": 0}, 0), ({"fraction": 0.0}, 0), ({"fraction": 1.0}, 8), ({"batch_size": 1}, 8)])
+def test_a_backfill_at_its_bounds_runs(tmp_path, digit_models, kwargs, done):
+    s = upgraded_gallery(tmp_path, digit_models, n=8)
+    assert backfill(s, progress=False, **kwargs).done == done
+
+
+@pytest.mark.parametrize("every, expected", [("1", ["R", "M"] * 4), ("2", ["R", "R", "M"] * 2)])
+def test_a_backfill_compacts_every_n_batches(tmp_path, digit_models, monkeypatch, every, expected):
+    """$COMPATRET_COMPACT_EVERY batches between compactions: 64 rows in batches of 16 commit 4 times."""
+    monkeypatch.setenv("COMPATRET_COMPACT_EVERY", every)
+    s = upgraded_gallery(tmp_path, digit_models, n=64)
+    start = s.gallery.version
+    backfill(s, batch_size=16, progress=False)
+    changes = [h["change"] for h in history(Service.open(tmp_path / "g").gallery) if h["version"] > start]
+    marks = [{"vectors rewritten": "R", MAINTENANCE: "M"}[c] for c in changes if c not in (INDEX_BUILT, "v2 registered for the rows it writes")]
+    assert [m for i, m in enumerate(marks) if not (m == "M" and marks[i - 1] == "M")] == expected  # a compaction may commit more than one version
+
+
+def test_a_default_backfill_sends_batches_of_64_shows_its_bar_and_reports_the_run(tmp_path, digit_models, monkeypatch, capsys):
+    """150 embeddable rows and 20 bare old vectors (nothing to embed them from): the model gets
+    batches of 64, the bar counts rows to 150/150, and the report names the model, the time it
+    took and the rows it had to skip."""
+    s = with_bare_rows(tmp_path, digit_models, n=150)
+    encoder = s.encoder()
+    batches: list[tuple[int, int]] = []
+    real = encoder.encode_items
+
+    def recording(items, batch_size=32):
+        batches.append((len(items), batch_size))
+        return real(items, batch_size=batch_size)
+
+    monkeypatch.setattr(encoder, "encode_items", recording)
+    capsys.readouterr()
+    report = backfill(s)
+    assert batches == [(64, 64), (64, 64), (22, 64)]
+    bar = capsys.readouterr().err
+    assert "backfill -> v2: 100%" in bar and "150/150" in bar and "row/s" in bar
+    assert (report.done, report.remaining, report.serving, report.stopped) == (150, 0, "v2", False)
+    assert report.skipped == 20 and report.skipped_examples == tuple(f"bare{i}" for i in range(5))
+    assert report.seconds > 0 and report.rows_per_s > 0 and report.endpoint is None
+
+
+def test_no_bar_without_progress_and_a_second_pass_grows_the_bar(tmp_path, digit_models, capsys):
+    """A rollback to the upgrade's own version after 3 batches of 16 makes 48 rows old again: the run
+    goes round once more and its bar grows to the 96 + 48 rows it re-embedded."""
+    s = upgraded_gallery(tmp_path, digit_models, n=96)
+    capsys.readouterr()
+    assert backfill(s, limit=16, batch_size=16, progress=False).done == 16
+    assert capsys.readouterr().err == ""
+    upgraded = Service.open(tmp_path / "g").gallery.version
+    report = backfill(Service.open(tmp_path / "g"), batch_size=16, should_stop=rollback_before_batch(tmp_path / "g", upgraded, 4))
+    assert report.done == 80 + 48 and "128/128" in capsys.readouterr().err
+
+
+def test_a_row_deleted_during_the_backfill_is_left_alone(tmp_path, digit_models):
+    s = upgraded_gallery(tmp_path, digit_models, n=48)
+    gone = digit_models["items"][40]["id"]
+
+    def delete_once() -> bool:
+        if gone not in deleted:
+            Service.open(tmp_path / "g").delete([gone])
+            deleted.add(gone)
+        return False
+
+    deleted: set[str] = set()
+    report = backfill(s, batch_size=16, progress=False, should_stop=delete_once)
+    assert (report.done, report.remaining) == (47, 0)
+    assert Service.open(tmp_path / "g").rows_by_version() == {"v2": 47}
+
+
+def test_a_fraction_counts_rows_that_cannot_be_reembedded_as_not_done(tmp_path, digit_models):
+    """60 embeddable rows and 20 bare old vectors: half of the 80 rows on v2 means 40 re-embedded."""
+    assert backfill(with_bare_rows(tmp_path, digit_models, n=60), fraction=0.5, progress=False).done == 40
+
+
+def test_a_random_order_backfill_re_embeds_whole_blocks_of_a_batch(tmp_path, digit_models):
+    """`--limit 16 --batch-size 16` in random order re-embeds one run of 16 consecutive table rows."""
+    s = upgraded_gallery(tmp_path, digit_models, n=96)
+    backfill(s, limit=16, batch_size=16, order="random", progress=False)
+    table = [it["id"] for it in digit_models["items"][:96]]
+    rows = Service.open(tmp_path / "g").gallery.vectors_by_id()
+    done = sorted(table.index(i) for i, (v, _) in rows.items() if v == "v2")
+    assert len(done) == 16 and done[0] % 16 == 0 and done == list(range(done[0], done[0] + 16))
+
+
+def test_a_serving_model_changed_after_the_last_batch_fails_the_run_with_its_count(tmp_path, digit_models, monkeypatch):
+    """The rollback lands after the last commit, before the run reads the pending rows again."""
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    s.add_items(digit_models["items"][:32], progress=False)
+    point = s.gallery.version
+    s.upgrade(digit_models["v2"])
+    real, calls = backfill_module.pending_rows, []
+
+    def rolled_back_at_the_reread(gallery):
+        calls.append(1)
+        if len(calls) == 2:  # the first read plans the run; the second is the reread after its batches
+            rollback(Service.open(tmp_path / "g").gallery, point)
+        return real(gallery)
+
+    monkeypatch.setattr(backfill_module, "pending_rows", rolled_back_at_the_reread)
+    with pytest.raises(CompatretError, match=r"changed from v2 to v1 during the backfill.*: 32 rows re-embedded with v2"):
+        backfill(s, batch_size=16, progress=False)
+
+
+def test_crowding_is_the_mean_cosine_to_the_nearest_landmarks_other_than_the_row(tmp_path):
+    """2,100 rows in two fragments, more than the 2,048 landmarks: each row's score is the mean of
+    its `neighbours` best cosines to sampled rows other than itself (landmarks drawn with seed 0)."""
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(2100, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    s = Service.create(tmp_path / "g", dim=8, version_id="v1")
+    s.add_vectors(vectors[:1000], ids=[f"r{i}" for i in range(1000)])
+    s.add_vectors(vectors[1000:], ids=[f"r{i}" for i in range(1000, 2100)])
+    s = Service.open(tmp_path / "g")
+    parts = list(s.index.rows("v1"))
+    assert len(parts) == 2
+    landmark_labels, landmarks = sample_labelled([(labels, v) for _, labels, v in parts], 2048, np.random.default_rng(0))
+    assert len(landmarks) < 2100
+    label_of = {i: lab for ids, labels, _ in parts for i, lab in zip(ids.tolist(), labels.tolist())}
+    wanted = [f"r{i}" for i in range(1000, 2100, 7)]  # rows of the second fragment only
+    for neighbours in (10, 1):
+        scores = crowding(s, wanted) if neighbours == 10 else crowding(s, wanted, neighbours=1)
+        assert sorted(scores) == sorted(wanted)
+        for row in wanted:
+            cos = landmarks @ vectors[int(row[1:])]
+            others = np.sort(cos[landmark_labels != label_of[row]])[::-1]
+            assert scores[row] == pytest.approx(float(others[:neighbours].mean()), abs=1e-5), (row, neighbours)
+
+
+def test_rows_of_a_version_are_the_rows_it_made_with_their_stored_vectors(tmp_path, digit_models):
+    """What adapters train on: half backfilled, each version's rows and vectors as the table holds them."""
+    s = upgraded_gallery(tmp_path, digit_models, n=64)
+    backfill(s, limit=24, batch_size=8, progress=False)
+    g = Service.open(tmp_path / "g").gallery
+    stored = g.vectors_by_id()
+    for version, count in (("v1", 40), ("v2", 24)):
+        ids, vectors = g.rows_of(version)
+        assert len(ids) == len(set(ids)) == count and vectors.dtype == np.float32 and vectors.shape[0] == count
+        for i, vec in zip(ids, vectors):
+            assert stored[i][0] == version and np.array_equal(stored[i][1], vec)

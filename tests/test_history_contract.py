@@ -1,0 +1,69 @@
+"""The history a person reads (`index history`, `index info`) and the cache that spares re-reading
+every version: the words of each event, a cache file that stays one entry per line, and item
+identity for a rerun ingest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import warnings
+
+import pytest
+from test_backfill import upgraded_gallery
+
+from compatret.engine.backfill import backfill
+from compatret.engine.service import Service
+from compatret.store.history import HistoryCache, describe_event, history, prune
+from compatret.store.rows import _content
+
+
+@pytest.mark.parametrize("event, words", [
+    ({"event": "create", "model": "v1"}, "created with v1"),
+    ({"event": "upgrade", "previous": "v1", "model": "v2"}, "upgrade from v1 to v2"),
+    ({"event": "upgrade", "previous": "v1", "model": "v2", "gate": {"passed": True}}, "upgrade from v1 to v2 (gate passed)"),
+    ({"event": "rollback", "to": 7}, "rollback to version 7"),
+    ({"event": "retrain"}, "retrain"),
+])
+def test_each_gallery_event_reads_as_words(event, words):
+    assert describe_event(event) == words
+
+
+def test_the_history_cache_is_one_entry_per_line_readable_by_all_and_survives_foreign_bytes(tmp_path, digit_models):
+    """Entries appended by several reads, after a torn line and after bytes that are not UTF-8:
+    every line is an entry (a torn one excepted), never an empty line, and the history read
+    through it equals the one worked out afresh."""
+    old = os.umask(0o022)
+    try:
+        s = upgraded_gallery(tmp_path, digit_models, n=32)
+        history(s.gallery)
+        cache = HistoryCache(tmp_path / "g").file
+        assert cache.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+    backfill(s, batch_size=16, progress=False)
+    history(Service.open(tmp_path / "g").gallery)
+    with cache.open("ab") as f:
+        f.write(b'{"version": 9, "ti\xff\xfe')  # a torn line with foreign bytes
+    backfill(Service.open(tmp_path / "g"), progress=False)  # nothing left: no new version
+    Service.open(tmp_path / "g").delete([digit_models["items"][0]["id"]])
+    read = history(Service.open(tmp_path / "g").gallery)
+    lines = cache.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and b"" not in lines[:-1]
+    assert sum(b"\xff" in line for line in lines) == 1
+    cache.unlink()
+    assert history(Service.open(tmp_path / "g").gallery) == read  # worked out afresh from the table
+    assert read[-1]["change"] == "rows -1"
+
+
+def test_prune_to_the_latest_version_does_not_warn(tmp_path, digit_models):
+    s = upgraded_gallery(tmp_path, digit_models, n=16)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        prune(s.gallery, dt.timedelta(0))
+    assert [str(w.message) for w in seen if "optimize" in str(w.message)] == []
+
+
+def test_an_item_without_an_image_is_the_same_item_as_one_whose_image_is_none():
+    """What a rerun ingest compares: text items (no image key) against their stored rows (image None)."""
+    assert _content({"id": "a", "text": "t", "title": "x"}) == _content({"id": "a", "text": "t", "title": "x", "image": None})
+    assert _content({"text": "t", "image": b"\x01"}) != _content({"text": "t", "image": None})

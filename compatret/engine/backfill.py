@@ -203,7 +203,7 @@ def backfill(
     pending = pending_rows(service.gallery)
     meta = gallery.meta
     serving = meta.serving
-    if pending.ids and (meta.modality == "vector" or serving.id not in meta.sources):
+    if pending.ids and serving.id not in meta.sources:
         raise CompatretError(f"serving model {serving.id!r} has no weights recorded here: nothing can re-embed rows")
     if pending.ids:
         check_endpoint(meta.serving_source, "backfill with it")  # a model behind an endpoint must still be the one registered

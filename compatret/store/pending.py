@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from compatret.store.gallery import Gallery
 from compatret.store.meta import GalleryMeta
 from compatret.store.rows import sql_quote
-
-if TYPE_CHECKING:
-    pass
 
 
 def _payload_filter(modality: str) -> str:

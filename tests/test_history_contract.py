@@ -1,19 +1,23 @@
 """The history a person reads (`index history`, `index info`) and the cache that spares re-reading
-every version: the words of each event, a cache file that stays one entry per line, and item
-identity for a rerun ingest."""
+every version: the words of each event, a cache file that stays one entry per line, rollback's
+errors and record; with them the records history is made of (a model's lineage file, item identity)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import warnings
 
 import pytest
 from test_backfill import upgraded_gallery
 
+from compatret import CompatretError
+from compatret.core.digests import weights_digest
+from compatret.core.lineage import Compat, ModelVersion
 from compatret.engine.backfill import backfill
 from compatret.engine.service import Service
-from compatret.store.history import HistoryCache, describe_event, history, prune
+from compatret.store.history import HistoryCache, describe_event, history, prune, rollback
 from compatret.store.rows import _content
 
 
@@ -67,3 +71,43 @@ def test_an_item_without_an_image_is_the_same_item_as_one_whose_image_is_none():
     """What a rerun ingest compares: text items (no image key) against their stored rows (image None)."""
     assert _content({"id": "a", "text": "t", "title": "x"}) == _content({"id": "a", "text": "t", "title": "x", "image": None})
     assert _content({"text": "t", "image": b"\x01"}) != _content({"text": "t", "image": None})
+
+
+def test_a_rollback_to_a_missing_version_says_which_exist_and_whether_pruning_took_it(tmp_path, digit_models):
+    s = upgraded_gallery(tmp_path, digit_models, n=16)
+    latest = s.gallery.version
+    with pytest.raises(CompatretError) as err:
+        rollback(s.gallery, 10_000)
+    assert str(err.value) == f"no version 10000 (have 1..{latest})"
+    prune(s.gallery, dt.timedelta(0))
+    g = Service.open(tmp_path / "g").gallery
+    oldest = min(int(v["version"]) for v in g.table.list_versions())
+    assert oldest > 1
+    with pytest.raises(CompatretError) as err:
+        rollback(g, 1)
+    assert str(err.value) == f"no version 1 (have {oldest}..{g.version}; pruned versions are gone)"
+
+
+def test_a_rollback_records_the_version_it_came_from(tmp_path, digit_models):
+    s = upgraded_gallery(tmp_path, digit_models, n=16)
+    before = s.gallery.version
+    meta = rollback(s.gallery, 2)
+    assert meta.history[-1] == {**meta.history[-1], "event": "rollback", "to": 2, "from_version": before}
+    assert Service.open(tmp_path / "g").meta.history[-1]["from_version"] == before
+
+
+def test_a_one_dimension_prefix_is_a_rule_and_zero_is_refused():
+    assert Compat.prefix(1).dims == 1
+    with pytest.raises(CompatretError, match="prefix dims must be >= 1, got 0"):
+        Compat.prefix(0)
+
+
+def test_a_saved_model_record_carries_its_weights_digest_in_readable_json(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    path = ModelVersion("m1", 8).save(folder)
+    raw = path.read_text()
+    record = json.loads(raw)
+    assert record["digest"] == weights_digest(folder) is not None
+    assert raw == json.dumps(record, indent=2)

@@ -1,0 +1,89 @@
+"""What an ingest promises besides the rows it stores: ids made for items without one, a rerun
+that recognises items given by path, items with nothing to embed refused, batches of 256, a
+progress bar, and a lock file that names the command that last wrote the gallery."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_service import vectors
+
+from compatret import CompatretError
+from compatret.engine.backfill import backfill
+from compatret.engine.service import Service
+from compatret.store.history import history, rollback
+from compatret.store.writer_lock import holder
+
+
+def test_items_without_ids_get_ids_of_their_own(tmp_path, digit_models):
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    items = digit_models["items"][:6]
+    assert s.add_items([{"image": it["image"]} for it in items[:4]] + items[4:6], progress=False) == 6
+    ids = list(Service.open(tmp_path / "g").gallery.vectors_by_id())
+    assert len(ids) == len(set(ids)) == 6 and all(ids) and {items[4]["id"], items[5]["id"]} <= set(ids)
+
+
+def test_a_rerun_of_items_given_by_path_adds_nothing(tmp_path, digit_models):
+    """Items naming an image file (`image_path`), added again after a run that stored them:
+    recognised as the same items (their stored bytes are the file's), not refused as other content."""
+    items = []
+    for it in digit_models["items"][:5]:
+        path = tmp_path / f"{it['id']}.png"
+        path.write_bytes(it["image"])
+        items.append({"id": it["id"], "image_path": str(path)})
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    assert s.add_items(items, progress=False) == 5
+    version = s.gallery.version
+    assert Service.open(tmp_path / "g").add_items(items, progress=False) == 0
+    assert Service.open(tmp_path / "g").gallery.version == version
+
+
+def test_an_item_with_nothing_to_embed_is_refused_and_nothing_is_written(tmp_path, digit_models):
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    version = s.gallery.version
+    with pytest.raises(CompatretError, match="1 items have no image, e.g. id 'blank'"):
+        s.add_items([digit_models["items"][0], {"id": "blank", "title": "no image"}], progress=False)
+    assert Service.open(tmp_path / "g").gallery.version == version
+
+
+def test_a_default_ingest_commits_every_256_items_and_shows_its_bar(tmp_path, digit_models, capsys):
+    """A killed ingest loses at most the 256 items in hand; the bar counts items."""
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    start = s.gallery.version
+    items = [{**it, "id": f"{it['id']}-{c}"} for c in range(2) for it in digit_models["items"][:150]]
+    capsys.readouterr()
+    assert s.add_items(items) == 300
+    assert [h["change"] for h in history(Service.open(tmp_path / "g").gallery) if h["version"] > start][:2] == ["rows +256", "rows +44"]
+    bar = capsys.readouterr().err
+    assert "embed+add: 100%" in bar and "300/300" in bar and "item/s" in bar
+    s.add_items([{**digit_models["items"][0], "id": "quiet"}], progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_the_writer_lock_names_the_command_that_last_wrote(tmp_path, digit_models):
+    """What a writer that has to wait is told: `pid N (COMMAND) since ...`."""
+    g = tmp_path / "g"
+    s = Service.create(g, model=digit_models["v1"])
+    s.add_items(digit_models["items"][:8], progress=False)
+    assert holder(g)["command"] == "add items"
+    start = s.gallery.version
+    s.upgrade(digit_models["v2"])
+    assert holder(g)["command"] == "upgrade"
+    backfill(Service.open(g), progress=False)
+    assert holder(g)["command"] == "backfill"
+    Service.open(g).delete([digit_models["items"][0]["id"]])
+    assert holder(g)["command"] == "delete"
+    rollback(Service.open(g).gallery, start)
+    assert holder(g)["command"] == "rollback"
+
+
+def test_vectors_with_ids_already_stored_are_refused_and_numeric_ids_are_text(tmp_path):
+    s = Service.create(tmp_path / "g", dim=8, version_id="v1")
+    s.add_vectors(vectors(5, 8), ids=np.arange(5))
+    assert sorted(Service.open(tmp_path / "g").gallery.vectors_by_id()) == ["0", "1", "2", "3", "4"]
+    version = Service.open(tmp_path / "g").gallery.version
+    with pytest.raises(CompatretError, match="already in the gallery"):
+        Service.open(tmp_path / "g").add_vectors(vectors(2, 8, seed=1), ids=np.arange(3, 5))
+    with pytest.raises(CompatretError, match="already in the gallery"):
+        Service.open(tmp_path / "g").add_vectors(vectors(2, 8, seed=1), ids=["4", "9"])
+    assert Service.open(tmp_path / "g").gallery.version == version

@@ -239,3 +239,11 @@ def test_keys_come_from_the_process_environment_by_default(monkeypatch):
     monkeypatch.setenv("COMPATRET_API_KEY", WRITE)
     monkeypatch.delenv("COMPATRET_READ_API_KEY", raising=False)
     assert ApiKeys.load().scope_of(WRITE) == "write"
+
+
+def test_the_app_starts_and_stops_through_both_middlewares(gallery):
+    """The lifespan (start-up and shut-down) passes the key check and the body limit untouched:
+    it is not an HTTP request and has no path, route or body."""
+    keys = ApiKeys.load(environ={"COMPATRET_API_KEY": "w-key-0123456789"})
+    with TestClient(create_app(gallery, refresh_seconds=0.0, keys=keys, fingerprint_minutes=0)) as c:
+        assert c.get("/health").status_code == 200

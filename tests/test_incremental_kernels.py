@@ -181,3 +181,44 @@ def test_ivfpq_gallery_scores_are_exact_on_the_stored_vectors(tmp_path):
     exact = np.argsort(-(q @ x.T), axis=1)[:, :10]
     recall = np.mean([len({int(i) for i in r.ids} & set(e.tolist())) / 10 for r, e in zip(res, exact)])
     assert recall >= 0.95
+
+
+def test_a_kernel_follows_compaction_and_deletes_from_another_handle_as_a_rebuild_would(tmp_path):
+    """Fragments compacted away (their label ranges removed) and fragments whose deletions this
+    handle never read (removed by range, live rows added again): the kernel kept in place answers
+    as one built afresh, every row ranked."""
+    x, ids = vectors(900, 8, 3), [f"r{i}" for i in range(900)]
+    s = Service.create(tmp_path / "g", dim=8, version_id="v1")
+    for b in range(3):
+        s.add_vectors(x[b * 300 : (b + 1) * 300], ids=ids[b * 300 : (b + 1) * 300])
+    q = vectors(5, 8, 4)
+    s.query(vectors=q, k=900)
+    kernel = s.index.kernel("v1", "auto", "flat")
+    Service.open(tmp_path / "g").delete(ids[10:20] + ids[310:320])
+    after_delete = s.query(vectors=q, k=900)
+    with s.gallery.writing("test compaction"):
+        s.gallery.compact()
+    s.delete(ids[600:610])
+    after_compaction = s.query(vectors=q, k=900)
+    assert s.index.kernel("v1", "auto", "flat") is kernel  # followed, not rebuilt
+    FragmentCache(tmp_path / "g").clear()
+    fresh = Service.open(tmp_path / "g").query(vectors=q, k=900)
+    assert [len(r.ids) for r in after_compaction] == [870] * 5
+    assert [r.ids for r in after_compaction] == [r.ids for r in fresh]
+    assert [set(r.ids) for r in after_delete] == [set(r.ids) | set(ids[600:610]) for r in fresh]
+
+
+def test_an_ivf_kernel_is_retrained_once_its_rows_grow_past_four_times_its_training_rows(tmp_path):
+    x, ids = vectors(5000, 8, 5), [f"r{i}" for i in range(5000)]
+    s = Service.create(tmp_path / "g", dim=8, version_id="v1", ann="ivf")
+    s.add_vectors(x[:1000], ids=ids[:1000])
+    s.query(vectors=x[:1], k=1)
+    kernel = s.index.kernel("v1", "auto", "ivf")
+    assert kernel.trained_on == 1000  # type: ignore[attr-defined]
+    s.add_vectors(x[1000:4000], ids=ids[1000:4000])  # 4 times: kept
+    s.query(vectors=x[:1], k=1)
+    assert s.index.kernel("v1", "auto", "ivf") is kernel
+    s.add_vectors(x[4000:4001], ids=ids[4000:4001])  # past 4 times: trained again on all its rows
+    assert s.query(vectors=x[4000:4001], k=1)[0].ids == ["r4000"]
+    again = s.index.kernel("v1", "auto", "ivf")
+    assert again is not kernel and again.trained_on == 4001  # type: ignore[attr-defined]

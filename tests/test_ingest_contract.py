@@ -87,3 +87,14 @@ def test_vectors_with_ids_already_stored_are_refused_and_numeric_ids_are_text(tm
     with pytest.raises(CompatretError, match="already in the gallery"):
         Service.open(tmp_path / "g").add_vectors(vectors(2, 8, seed=1), ids=["4", "9"])
     assert Service.open(tmp_path / "g").gallery.version == version
+
+
+def test_a_text_gallery_takes_title_only_items_knows_items_by_their_beir_id_and_refuses_images(tmp_path):
+    s = Service.create(tmp_path / "g", model="minilm-l3")
+    items = [{"_id": "t1", "title": "Aspirin, and nothing more"}, {"_id": "t2", "text": "reduces fever"}]
+    assert s.add_items(items, progress=False) == 2
+    assert s.add_items(items, progress=False) == 0  # a rerun: the same items, named by `_id` as a BEIR corpus names them
+    version = s.gallery.version
+    with pytest.raises(CompatretError, match=r"^this gallery holds text: 1 items carry an image, e\.g\. id 'img'$"):
+        s.add_items([{"id": "ok", "text": "fine"}, {"id": "img", "text": "a caption", "image": b"\x89PNG"}], progress=False)
+    assert Service.open(tmp_path / "g").gallery.version == version

@@ -163,11 +163,7 @@ def add_items(
     duplicate_error(given)
     with gallery.writing("add items"):
         # under the lock: an identical add that committed while this one waited is found here, as a retry's is
-        done = (
-            gallery.stored_alike([{**it, "id": i, "image": im} for it, i, im in zip(items, given, images_all) if i is not None])
-            if named
-            else set()
-        )
+        done = gallery.stored_alike([it for it in items if it["id"] is not None]) if named else set()
         keep = [n for n, i in enumerate(given) if i is None or i not in done]
         items = [items[n] for n in keep]
         if not items:

@@ -11,11 +11,12 @@ import sys
 
 import numpy as np
 import pytest
+from test_service import model_folder, vectors
 
 from compatret import Compat, CompatretError, ModelVersion
 from compatret.engine.service import Service
 from compatret.store.gallery import Gallery
-from test_service import model_folder, vectors
+from compatret.store.history import rollback
 
 
 def stored_ids(path) -> list[str]:
@@ -155,6 +156,31 @@ def test_a_prune_that_keeps_losing_commit_races_fails_with_one_line(tmp_path, mo
     monkeypatch.setattr(table, "checkout_latest", lambda: refreshed.append(1))
     with pytest.raises(CompatretError, match=r"^prune: commit conflict with another writer after 5 tries \(lost the race\)$"):
         prune(s.gallery, dt.timedelta(0))
+    assert len(refreshed) >= 5  # each retry reads the latest version first
+
+
+def _set_meta_again(s: Service) -> None:
+    with s.gallery.writing("test"):
+        s.gallery.set_meta(s.gallery.meta)
+
+
+@pytest.mark.parametrize("what, method, write", [
+    ("add", "add", lambda s: s.add_vectors(vectors(1, 4), ids=["c"])),
+    ("delete", "delete", lambda s: s.delete(["a"])),
+    ("rollback", "restore", lambda s: rollback(s.gallery, 1)),
+    ("metadata update", "update_field_metadata", _set_meta_again),
+])
+def test_every_commit_that_keeps_losing_races_names_itself_and_rereads_before_each_retry(tmp_path, monkeypatch, what, method, write):
+    from lance.commit import CommitConflictError
+
+    s = Service.create(tmp_path / "g", dim=4, version_id="v1")
+    s.add_vectors(vectors(2, 4), ids=["a", "b"])
+    table = s.gallery.table
+    refreshed = []
+    monkeypatch.setattr(table, method, lambda *_, **__: (_ for _ in ()).throw(CommitConflictError("lost the race")))
+    monkeypatch.setattr(table, "checkout_latest", lambda: refreshed.append(1))
+    with pytest.raises(CompatretError, match=rf"^{what}: commit conflict with another writer after 5 tries \(lost the race\)$"):
+        write(s)
     assert len(refreshed) >= 5  # each retry reads the latest version first
 
 

@@ -31,7 +31,7 @@ def with_bare_rows(tmp_path, digit_models, n: int) -> Service:
     ({"fraction": -0.1}, r"--fraction must be within \[0, 1\]"),
     ({"batch_size": 0}, "--batch-size must be >= 1"),
     ({"limit": 3, "fraction": 0.5}, "not both"),
-])
+], ids=["negative-limit", "fraction-over-1", "negative-fraction", "batch-0", "limit-and-fraction"])
 def test_a_backfill_out_of_bounds_is_refused_before_it_writes(tmp_path, digit_models, kwargs, message):
     s = upgraded_gallery(tmp_path, digit_models, n=8)
     version = s.gallery.version
@@ -40,7 +40,8 @@ def test_a_backfill_out_of_bounds_is_refused_before_it_writes(tmp_path, digit_mo
     assert Service.open(tmp_path / "g").gallery.version == version
 
 
-@pytest.mark.parametrize("kwargs, done", [({"limit": 0}, 0), ({"fraction": 0.0}, 0), ({"fraction": 1.0}, 8), ({"batch_size": 1}, 8)])
+@pytest.mark.parametrize("kwargs, done", [({"limit": 0}, 0), ({"fraction": 0.0}, 0), ({"fraction": 1.0}, 8), ({"batch_size": 1}, 8)],
+                         ids=["limit-0", "fraction-0", "fraction-1", "batch-1"])
 def test_a_backfill_at_its_bounds_runs(tmp_path, digit_models, kwargs, done):
     s = upgraded_gallery(tmp_path, digit_models, n=8)
     assert backfill(s, progress=False, **kwargs).done == done

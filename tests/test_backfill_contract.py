@@ -10,10 +10,11 @@ from test_backfill_rollback import rollback_before_batch
 
 import compatret.engine.backfill as backfill_module
 from compatret import CompatretError
-from compatret.engine.backfill import backfill, crowding
+from compatret.engine.backfill import backfill, crowding, plan_order
 from compatret.engine.service import Service
 from compatret.search.kernels import sample_labelled
 from compatret.store.history import INDEX_BUILT, MAINTENANCE, history, rollback
+from compatret.store.pending import pending_rows
 
 
 def with_bare_rows(tmp_path, digit_models, n: int) -> Service:
@@ -181,3 +182,67 @@ def test_rows_of_a_version_are_the_rows_it_made_with_their_stored_vectors(tmp_pa
         assert len(ids) == len(set(ids)) == count and vectors.dtype == np.float32 and vectors.shape[0] == count
         for i, vec in zip(ids, vectors):
             assert stored[i][0] == version and np.array_equal(stored[i][1], vec)
+
+
+def _mapped_gallery(tmp_path) -> Service:
+    """300 v1 rows served by v2 through a fitted linear map (a transform rule): every row is mapped."""
+    from test_incremental_kernels import folder, vectors
+
+    from compatret import Compat, ModelVersion
+
+    v1 = ModelVersion("v1", 6)
+    s = Service.create(tmp_path / "m", model=folder(tmp_path, v1))
+    s.add_vectors(vectors(300, 6, 0), ids=[f"r{i:03d}" for i in range(300)])
+    v2 = ModelVersion("v2", 6, parent=v1, compat=Compat.transform("transforms/v2.npy"), method="fct")
+    d = tmp_path / "v2"
+    (d / "transforms").mkdir(parents=True)
+    v2.save(d)
+    w = np.random.default_rng(1).normal(size=(6, 6)).astype(np.float32)
+    np.save(d / "transforms" / "v2.npy", np.vstack([w, np.zeros((1, 6), np.float32)]))
+    s.upgrade(str(d))
+    return Service.open(tmp_path / "m")
+
+
+def test_auto_order_is_uncertainty_through_a_fitted_map_and_random_otherwise(tmp_path, digit_models):
+    mapped = _mapped_gallery(tmp_path)
+    ids = list(mapped.gallery.vectors_by_id())
+    assert "mapped" in mapped.rows_by_plan()
+    assert plan_order(mapped, ids, "auto") == plan_order(mapped, ids, "uncertainty") != plan_order(mapped, ids, "random")
+    plain = upgraded_gallery(tmp_path, digit_models, n=100)
+    table = pending_rows(plain.gallery).ids
+    assert plan_order(plain, table, "auto") == plan_order(plain, table, "random") != table
+
+
+def test_a_random_order_is_seeded_by_the_serving_model_and_keeps_every_row(tmp_path, digit_models):
+    s = upgraded_gallery(tmp_path, digit_models, n=100)
+    table = pending_rows(s.gallery).ids
+    single = plan_order(s, table, "random")
+    assert sorted(single) == sorted(table) and single != table and single != sorted(table)
+    assert single == plan_order(s, table, "random", seed="v2") != plan_order(s, table, "random", seed="another")
+    with pytest.raises(CompatretError, match=r"unknown order 'fastest'; choose from \('auto', 'random', 'uncertainty'\)"):
+        plan_order(s, table, "fastest")
+
+
+def test_a_stopped_backfill_reports_what_it_did(tmp_path, digit_models):
+    """Stopped after its first batch (a server's stop request): a report, stopped, with that batch done."""
+    s = upgraded_gallery(tmp_path, digit_models, n=64)
+    asked = []
+    report = backfill(s, batch_size=16, progress=False, should_stop=lambda: asked.append(1) or len(asked) > 1)
+    assert (report.done, report.remaining, report.stopped) == (16, 48, True)
+    assert set(report.to_dict()) == {"done", "remaining", "seconds", "rows_per_s", "stopped", "serving", "skipped", "skipped_examples"}
+    assert report.to_dict()["done"] == 16 and report.to_dict()["serving"] == "v2"
+
+
+def test_a_serving_model_without_weights_cannot_backfill(tmp_path, digit_models):
+    """A model registered by its lineage alone (no encoder in its folder): queries take vectors, a
+    backfill has nothing to embed rows with, and says so before it plans anything."""
+    from compatret import Compat, ModelVersion
+
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    s.add_items(digit_models["items"][:8], progress=False)
+    bare = tmp_path / "v3"
+    bare.mkdir()
+    ModelVersion("v3", s.meta.serving.dim, modality="image", parent=s.meta.serving, compat=Compat.identity(), method="bct").save(bare)
+    s.upgrade(str(bare))
+    with pytest.raises(CompatretError, match=r"^serving model 'v3' has no weights recorded here: nothing can re-embed rows$"):
+        backfill(Service.open(tmp_path / "g"), progress=False)

@@ -222,3 +222,43 @@ def test_an_ivf_kernel_is_retrained_once_its_rows_grow_past_four_times_its_train
     assert s.query(vectors=x[4000:4001], k=1)[0].ids == ["r4000"]
     again = s.index.kernel("v1", "auto", "ivf")
     assert again is not kernel and again.trained_on == 4001  # type: ignore[attr-defined]
+
+
+def test_a_new_handle_loads_the_saved_ann_kernel_and_adds_only_the_rows_written_since(tmp_path):
+    """The in-process twin of the test above: a rebuild would train on all 3,005 rows."""
+    x = vectors(3005, 16, 0)
+    s = Service.create(tmp_path / "g", dim=16, version_id="v1", ann="ivf")
+    s.add_vectors(x[:3000], ids=[f"r{i}" for i in range(3000)])
+    s.query(vectors=x[:1], k=1)
+    Service.open(tmp_path / "g").add_vectors(x[3000:], ids=[f"late{i}" for i in range(5)])
+    reader = Service.open(tmp_path / "g")
+    assert found_by_own_vector(reader, [f"late{i}" for i in range(5)], x[3000:]) == 1.0
+    loaded = reader.index.kernel("v1", "auto", "ivf")
+    assert loaded.trained_on == 3000 and loaded.ntotal == 3005  # type: ignore[attr-defined]
+
+
+def test_an_ivfpq_rerank_scores_rows_through_the_fitted_map(tmp_path):
+    """v1 rows read by v2 through a linear map: the re-rank scores each candidate on its mapped
+    stored vector, as an exact kernel over the mapped rows scores it."""
+    v1 = ModelVersion("v1", 16)
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(30, 16))
+    x = normalize(centers[rng.integers(0, 30, 4000)] + 0.4 * rng.normal(size=(4000, 16)))
+    w = rng.normal(size=(16, 16)).astype(np.float32)
+    v2 = ModelVersion("v2", 16, parent=v1, compat=Compat.transform("transforms/v2.npy"), method="fct")
+    d = tmp_path / "v2"
+    (d / "transforms").mkdir(parents=True)
+    v2.save(d)
+    np.save(d / "transforms" / "v2.npy", np.vstack([w, np.zeros((1, 16), np.float32)]))
+    answers = {}
+    for ann in ("flat", "ivfpq"):
+        root = tmp_path / ann
+        root.mkdir()
+        s = Service.create(root / "g", model=folder(root, v1), ann=ann)
+        s.add_vectors(x, ids=[str(i) for i in range(4000)], batch_size=2000)
+        s.upgrade(str(d))
+        answers[ann] = Service.open(root / "g").query(vectors=normalize(x[:20] @ w), k=5)
+    for approx, exact in zip(answers["ivfpq"], answers["flat"]):
+        by_id = dict(zip(exact.ids, exact.scores))
+        assert approx.ids[0] == exact.ids[0]
+        np.testing.assert_allclose(approx.scores[0], by_id[approx.ids[0]], atol=1e-5)

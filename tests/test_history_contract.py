@@ -9,6 +9,7 @@ import json
 import os
 import warnings
 
+import numpy as np
 import pytest
 from test_backfill import upgraded_gallery
 
@@ -111,3 +112,18 @@ def test_a_saved_model_record_carries_its_weights_digest_in_readable_json(tmp_pa
     record = json.loads(raw)
     assert record["digest"] == weights_digest(folder) is not None
     assert raw == json.dumps(record, indent=2)
+
+
+def test_a_broken_transform_outside_any_gallery_is_named_by_its_file_name_alone(tmp_path, monkeypatch):
+    """Errors may reach an HTTP client: a plan with no gallery folder names the file, not its path."""
+    from compatret.core.contract import apply_plan, resolve
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "transforms").mkdir()
+    (tmp_path / "transforms" / "t.npy").write_bytes(b"not an array")
+    v1 = ModelVersion("v1", 4)
+    v2 = ModelVersion("v2", 4, parent=v1, compat=Compat.transform("transforms/t.npy"), method="fct")
+    plan = resolve(v2, v1)
+    assert plan.base_dir is None
+    with pytest.raises(CompatretError, match=r"^cannot read transform t\.npy: "):
+        apply_plan(plan, None, np.ones((1, 4), np.float32))

@@ -1,7 +1,8 @@
 """Mutation testing of the modules that carry compatret's promises: do the tests catch a one-line bug?
 
-    python eval/mutation/run.py            # mutmut run (about an hour on 2 cores), then the tally
-    python eval/mutation/run.py --tally    # only the tally of the last run (mutants/ is kept)
+    python eval/mutation/run.py                      # mutmut run (hours on 2 cores; resumable), then the tally
+    python eval/mutation/run.py --rerun-survivors    # then each survivor again, by name (tests added since)
+    python eval/mutation/run.py --tally              # only the tally of the last run (mutants/ is kept)
 
 mutmut (configured in pyproject.toml's [tool.mutmut]: the modules and the in-process tests)
 changes one thing at a time in a function (an operator, a constant, a condition, an argument)
@@ -10,6 +11,12 @@ test can tell from the original is *equivalent*: each is listed with its reason 
 `equivalent.toml` beside this file and left out of the score. Timeouts (a mutant that loops) are
 kills. A mutant in a function no selected test calls counts as *survived*; one a run cut short
 never reached is *not run*, and its module does not meet the bar.
+
+mutmut keeps every verdict in mutants/ and reruns only mutants of changed functions, so a run cut
+short goes on where it stopped. A survivor stays one until it is run again by name: after tests
+are added, `--rerun-survivors` does that, once the plain run has taken in every source change (a
+named run rewrites a changed file's results with the named mutants only). Changing the test
+selection in pyproject.toml resets every verdict: add tests to the selected files instead.
 
 Writes results.json and results.md: totals and per module, the bar being
 killed / (killed + survived) >= 0.9 on every module.
@@ -107,18 +114,28 @@ def write(result: dict) -> None:
     (HERE / "results.md").write_text("\n".join(md) + "\n")
 
 
+def mutmut_run(names: list[str], max_children: int = 2) -> None:
+    """`mutmut run` over everything not yet run (no names), or again over the named mutants."""
+    # each mutant's tests run in a fresh fork: the digit models they share are trained once, here
+    env = {**os.environ, "COMPATRET_TEST_MODELS": str(ROOT / "mutants" / "digit_models")}
+    done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *names], cwd=ROOT, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"mutmut run failed (exit {done.returncode}): nothing tallied")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tally", action="store_true", help="only count the results of the last run")
+    ap.add_argument("--rerun-survivors", action="store_true", help="after the run, run every survivor again by name")
     ap.add_argument("--max-children", type=int, default=2)
     args = ap.parse_args()
     if not args.tally:
         t0 = time.time()
-        # each mutant's tests run in a fresh fork: the digit models they share are trained once, here
-        env = {**os.environ, "COMPATRET_TEST_MODELS": str(ROOT / "mutants" / "digit_models")}
-        done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)], cwd=ROOT, env=env)
-        if done.returncode != 0:
-            raise SystemExit(f"mutmut run failed (exit {done.returncode}): nothing tallied")
+        mutmut_run([], args.max_children)
+        if args.rerun_survivors:
+            names = [n for names in tally()["survivors"].values() for n in names]
+            for s in range(0, len(names), 50):  # a bounded command line
+                mutmut_run(names[s : s + 50], args.max_children)
         print(f"mutmut ran for {time.time() - t0:.0f} s", file=sys.stderr)
     result = tally()
     write(result)

@@ -361,3 +361,45 @@ def test_items_are_parsed_one_way_for_every_add_path(tmp_path):
         normal_item({"id": "x", "text": "t", "metadata": [1]})
     with pytest.raises(CompatretError, match="cannot read image"):
         normal_item({"id": "y", "image_path": str(tmp_path / "missing.png")})
+
+
+def test_a_writer_that_waits_too_long_says_who_holds_the_lock_and_gives_up(tmp_path):
+    """Another thread holds the lock (a new lock object per write, so threads of one process exclude
+    each other too): the second writer gives up after its timeout with one line naming the holder,
+    or 'another writer' when the holder left no note; once the lock is free it gets it at once."""
+    import os
+    import re
+    import threading
+    import time
+
+    from compatret.store.writer_lock import HOLDER_FILE, writer_lock
+
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with writer_lock(tmp_path, "index backfill"):
+            taken.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert taken.wait(30)
+        t0 = time.monotonic()
+        with pytest.raises(CompatretError) as err:
+            with writer_lock(tmp_path, "index add", timeout=0.3):
+                pass
+        assert 0.3 <= time.monotonic() - t0 < 5
+        pattern = (rf"gallery {re.escape(str(tmp_path))} is being written by pid {os.getpid()} \(index backfill\) since \S+; "
+                   r"gave up after 0\.3 s \(set COMPATRET_LOCK_TIMEOUT to wait longer\)")
+        assert re.fullmatch(pattern, str(err.value)), str(err.value)
+        (tmp_path / HOLDER_FILE).unlink()
+        with pytest.raises(CompatretError, match=r"is being written by another writer; gave up after 0\.2 s"):
+            with writer_lock(tmp_path, "index add", timeout=0.2):
+                pass
+    finally:
+        release.set()
+        t.join()
+    t0 = time.monotonic()
+    with writer_lock(tmp_path, "index add", timeout=0.3):
+        assert time.monotonic() - t0 < 0.3

@@ -85,8 +85,9 @@ def test_a_default_backfill_sends_batches_of_64_shows_its_bar_and_reports_the_ru
 
 
 def test_no_bar_without_progress_and_a_second_pass_grows_the_bar(tmp_path, digit_models, capsys):
-    """A rollback to the upgrade's own version after 3 batches of 16 makes 48 rows old again: the run
-    goes round once more and its bar grows to the 96 + 48 rows it re-embedded."""
+    """A first run of 16 rows with progress off writes nothing to stderr. A second run is rolled back,
+    after 3 batches of 16, to the version the first run left: its 48 rows are old again, the run
+    goes round once more, and its bar grows to the 80 + 48 rows it re-embedded."""
     s = upgraded_gallery(tmp_path, digit_models, n=96)
     capsys.readouterr()
     assert backfill(s, limit=16, batch_size=16, progress=False).done == 16

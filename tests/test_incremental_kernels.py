@@ -225,7 +225,8 @@ def test_an_ivf_kernel_is_retrained_once_its_rows_grow_past_four_times_its_train
 
 
 def test_a_new_handle_loads_the_saved_ann_kernel_and_adds_only_the_rows_written_since(tmp_path):
-    """The in-process twin of the test above: a rebuild would train on all 3,005 rows."""
+    """The in-process twin of test_ann_kernel_is_persisted_and_follows_another_process: a rebuild
+    would train on all 3,005 rows."""
     x = vectors(3005, 16, 0)
     s = Service.create(tmp_path / "g", dim=16, version_id="v1", ann="ivf")
     s.add_vectors(x[:3000], ids=[f"r{i}" for i in range(3000)])

@@ -16,7 +16,8 @@ mutmut keeps every verdict in mutants/ and reruns only mutants of changed functi
 short goes on where it stopped. A survivor stays one until it is run again by name: after tests
 are added, `--rerun-survivors` does that, once the plain run has taken in every source change (a
 named run rewrites a changed file's results with the named mutants only). Changing the test
-selection in pyproject.toml resets every verdict: add tests to the selected files instead.
+selection in pyproject.toml resets every verdict (mutmut compares its fingerprint): a new test
+file costs a full run, a test added to a selected file does not. Run one of these at a time.
 
 Writes results.json and results.md: totals and per module, the bar being
 killed / (killed + survived) >= 0.9 on every module.
@@ -126,8 +127,11 @@ def fresh_copies_of_changed_sources() -> None:
         if copy.exists() and (ROOT / module).stat().st_mtime > copy.stat().st_mtime:
             copy.unlink()
             refreshed = True
-    if refreshed:  # which tests reach which function was recorded on the old copies: record it again
-        (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+    stats = ROOT / "mutants" / "mutmut-stats.json"
+    if refreshed and stats.exists():  # which tests reach which function was recorded on the old copies: record it again
+        data = json.loads(stats.read_text())  # (the file stays: mutmut compares its config fingerprint with the new one)
+        data["tests_by_mangled_function_name"], data["duration_by_test"] = {}, {}
+        stats.write_text(json.dumps(data))
 
 
 def retest_untested() -> None:
@@ -145,8 +149,6 @@ def retest_untested() -> None:
 
 def mutmut_run(names: list[str], max_children: int = 2) -> None:
     """`mutmut run` over everything not yet run (no names), or again over the named mutants."""
-    fresh_copies_of_changed_sources()
-    retest_untested()
     # each mutant's tests run in a fresh fork: the digit models they share are trained once, here
     env = {**os.environ, "COMPATRET_TEST_MODELS": str(ROOT / "mutants" / "digit_models")}
     done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *names], cwd=ROOT, env=env)
@@ -162,11 +164,11 @@ def main() -> None:
     args = ap.parse_args()
     if not args.tally:
         t0 = time.time()
+        fresh_copies_of_changed_sources()
+        retest_untested()
         mutmut_run([], args.max_children)
         if args.rerun_survivors:
-            names = [n for names in tally()["survivors"].values() for n in names]
-            for s in range(0, len(names), 50):  # a bounded command line
-                mutmut_run(names[s : s + 50], args.max_children)
+            mutmut_run([n for names in tally()["survivors"].values() for n in names], args.max_children)
         print(f"mutmut ran for {time.time() - t0:.0f} s", file=sys.stderr)
     result = tally()
     write(result)

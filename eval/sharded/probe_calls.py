@@ -50,14 +50,14 @@ def main() -> None:
             [c.result() for c in calls]
         print(f"{n} shard call(s) in flight: {(time.perf_counter() - t) / len(q) * 1000:.2f} ms per query", flush=True)
     c = httpx.Client(base_url=url, timeout=60)
-    c.get("/health")
+    c.get("/health").raise_for_status()
     t = time.perf_counter()
     for _ in range(len(q)):
-        c.get("/health")
+        c.get("/health").raise_for_status()
     print(f"GET /health through the proxy and ingress: {(time.perf_counter() - t) / len(q) * 1000:.2f} ms", flush=True)
     t = time.perf_counter()
     for i in range(len(q)):
-        c.post("/query", json={"vectors": q[i : i + 1].tolist(), "k": 10})
+        c.post("/query", json={"vectors": q[i : i + 1].tolist(), "k": 10}).raise_for_status()
     print(f"POST /query, fanned out: {(time.perf_counter() - t) / len(q) * 1000:.2f} ms", flush=True)
     serve.shutdown()
 

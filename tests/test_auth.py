@@ -3,6 +3,8 @@ format, what each scope may do, and that the scope a route needs is the one it d
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -175,10 +177,10 @@ def test_the_body_limit_counts_declared_and_streamed_bodies_and_hands_on_the_who
     limit = BodyLimit(downstream, limit=10)
     for length in (b"11", b"1e3", b"-1"):  # over the limit, or not a length at all: refused before any of it is read
         sent = _asgi(limit, request(length), [])
-        assert sent[0]["status"] == 413 and b"request body over 10 bytes" in sent[1]["body"] and not got
+        assert sent[0]["status"] == 413 and json.loads(sent[1]["body"]) == {"detail": "request body over 10 bytes"} and not got
     parts = [{"type": "http.request", "body": b"12345", "more_body": True}, {"type": "http.request", "body": b"678901", "more_body": False}]
     sent = _asgi(limit, request(), parts)
-    assert sent[0]["status"] == 413 and b"request body over 10 bytes" in sent[1]["body"] and not got  # streamed: counted as it comes
+    assert sent[0]["status"] == 413 and json.loads(sent[1]["body"]) == {"detail": "request body over 10 bytes"} and not got  # streamed
     parts = [{"type": "http.request", "body": b"12345", "more_body": True}, {"type": "http.request", "more_body": True},  # no body: b""
              {"type": "http.request", "body": b"67890"}]
     assert _asgi(limit, request(b"10"), parts) == []  # exactly the limit

@@ -247,3 +247,12 @@ def test_a_serving_model_without_weights_cannot_backfill(tmp_path, digit_models)
     s.upgrade(str(bare))
     with pytest.raises(CompatretError, match=r"^serving model 'v3' has no weights recorded here: nothing can re-embed rows$"):
         backfill(Service.open(tmp_path / "g"), progress=False)
+
+
+def test_a_report_names_what_the_endpoint_cost_only_when_there_was_one():
+    from compatret.engine.backfill import BackfillReport
+
+    plain = BackfillReport(3, 0, 1.5, False, "v2")
+    assert "endpoint" not in plain.to_dict() and plain.to_dict()["rows_per_s"] == 2.0
+    costly = BackfillReport(3, 0, 1.5, False, "v2", endpoint={"requests": 2.0, "retries": 1.0})
+    assert costly.to_dict()["endpoint"] == {"requests": 2.0, "retries": 1.0}

@@ -258,7 +258,7 @@ class ShardedService:
             unknown = [i for i in ids if i not in published]
             if unknown:
                 raise CompatretError(f"{len(unknown)} ids not in the gallery, e.g. {unknown[0]!r}")
-            for s, part in zip(self.shards, ([ids[j] for j in where] for where in self._split(ids))):
+            for s, part in zip(self.shards, self._parts(ids)):
                 s.gallery.latest_version()
                 still = s.gallery.existing(part)  # a rerun: what the interrupted run deleted is gone already
                 if still:
@@ -342,8 +342,11 @@ class ShardedService:
     def existing(self, ids: Sequence[str], snap: Snapshot | None = None) -> list[str]:
         """Which of `ids` the published snapshot (or `snap`) holds."""
         snap = snap or self.snapshot
-        parts = [[ids[j] for j in where] for where in self._split(ids)]
-        return [i for s, part, v in zip(self.shards, parts, snap.versions) for i in s.gallery.addresses_of(part, version=v)]
+        return [i for s, part, v in zip(self.shards, self._parts(ids), snap.versions) for i in s.gallery.addresses_of(part, version=v)]
+
+    def _parts(self, ids: Sequence[str]) -> list[list[str]]:
+        """`ids` split by the shard that holds them."""
+        return [[ids[j] for j in where] for where in self._split(ids)]
 
     def count(self) -> int:
         """Rows in the published snapshot."""

@@ -1,7 +1,8 @@
 """compatret: retrieval with backward-compatible embeddings (upgrade the model, keep the index).
 
-The names users import: `from compatret import Service`. The engine's names load on first use,
-so `import compatret` (and every command's start) stays cheap.
+The names users import: `compatret.open(path)` / `compatret.create(path, model=...)` give an
+`Index` (see `compatret.api`); `load_model`, `train_image`, `train_text`. They load on first
+use, so `import compatret` (and every command's start) stays cheap.
 """
 
 from __future__ import annotations
@@ -13,19 +14,42 @@ from compatret.core.errors import CompatretError
 from compatret.core.lineage import Compat, ModelVersion
 
 if TYPE_CHECKING:
+    from compatret.api import Index, create, load_model, open  # noqa: A004 (compatret.open is the API's verb)
     from compatret.engine.results import NeedsAdapter, QueryResult
     from compatret.engine.service import Service
     from compatret.store.gallery import Gallery
     from compatret.store.meta import GalleryMeta
+    from compatret.trainers import train_image, train_text
 
 _LAZY = {
+    "open": "compatret.api",
+    "create": "compatret.api",
+    "load_model": "compatret.api",
+    "Index": "compatret.api",
+    "train_image": "compatret.trainers",
+    "train_text": "compatret.trainers",
     "Service": "compatret.engine.service",
     "QueryResult": "compatret.engine.results",
     "NeedsAdapter": "compatret.engine.results",
     "Gallery": "compatret.store.gallery",
     "GalleryMeta": "compatret.store.meta",
 }
-__all__ = ["Compat", "CompatretError", "Gallery", "GalleryMeta", "ModelVersion", "NeedsAdapter", "QueryResult", "Service"]
+__all__ = [
+    "Compat",
+    "CompatretError",
+    "Gallery",
+    "GalleryMeta",
+    "Index",
+    "ModelVersion",
+    "NeedsAdapter",
+    "QueryResult",
+    "Service",
+    "create",
+    "load_model",
+    "open",
+    "train_image",
+    "train_text",
+]
 __version__ = "0.1.0"
 
 

@@ -6,7 +6,6 @@ from typing import Any
 
 import click
 
-from compatret.cli import sharded
 from compatret.cli.output import emit, friendly
 
 DEFAULT_BUDGET_S = 180.0  # compatret.adapt.build.DEFAULT_BUDGET_S, kept here so --help does not import the fitting code
@@ -54,16 +53,10 @@ DEFAULT_BUDGET_S = 180.0  # compatret.adapt.build.DEFAULT_BUDGET_S, kept here so
 def adapt(directory: str, new_model: str, out_dir: str, as_json: bool, **settings: Any) -> None:
     """Fit a map between the gallery's model and --model on the gallery's own rows; write a model
     folder that `index upgrade` accepts."""
-    from compatret.adapt.build import AdaptSettings
-    from compatret.adapt.build import adapt as run
+    import compatret
 
     log = None if as_json else (lambda line: click.echo(line, err=True))
-    fitted_on = directory
-    if sharded.is_sharded(directory):  # ids land on shards by hash: the largest shard is a uniform sample of the rows
-        fitted_on = sharded.largest_shard(directory)
-        if log is not None:
-            log(f"a sharded gallery: fitting and estimating on its largest shard, {fitted_on}")
-    report = run(fitted_on, new_model, out_dir, AdaptSettings(**settings), progress=not as_json, log=log)
+    report = compatret.open(directory).adapt(new_model, out_dir, progress=not as_json, log=log, **settings)
     est = report["estimate"]
     verdict = (
         "no estimate against staying: written unchecked (--force)"

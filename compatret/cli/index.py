@@ -52,22 +52,12 @@ def index_create(
     directory: str, model: str | None, dim: int | None, version_id: str | None, ann: str, merge: str, shards: int | None, as_json: bool
 ) -> None:
     """Create an empty gallery served by MODEL (or by a bare version for --vectors)."""
-    from compatret.engine.service import Service
+    import compatret
 
     if model is not None and (dim is not None or version_id is not None):
         raise CompatretError("give either --model or --dim with --version-id, not both")
-    from compatret.engine.overview import info as gallery_info
-
-    if shards is not None:
-        from compatret.engine.sharded import ShardedService
-
-        made = ShardedService.create(directory, shards, model=model, dim=dim, version_id=version_id, ann=ann, merge=merge)
-        out = sharded.info(made)
-        emit(out, as_json, f"created {directory}: {out['dim']}-d, serving {out['serving_model']}, {shards} shards")
-        return
-
-    info = gallery_info(Service.create(directory, model=model, dim=dim, version_id=version_id, ann=ann, merge=merge))
-    emit(info, as_json, f"created {directory}: {info['dim']}-d, serving {info['serving_model']}")
+    info = compatret.create(directory, model, dim=dim, version_id=version_id, shards=shards, ann=ann, merge=merge).info()
+    emit(info, as_json, f"created {directory}: {info['dim']}-d, serving {info['serving_model']}" + (f", {shards} shards" if shards else ""))
 
 
 @index.command("add")
@@ -206,14 +196,12 @@ def _empty_note(count: int, ids: list[str]) -> str:
 @friendly
 def index_delete(directory: str, ids: tuple[str, ...], as_json: bool) -> None:
     """Delete rows by id (all or nothing: an unknown id deletes none)."""
-    from compatret.engine.service import Service
+    import compatret
 
-    if sharded.is_sharded(directory):
-        sharded.delete(sharded.open_sharded(directory), list(ids), as_json)
-        return
-    service = Service.open(directory)
-    n = service.delete(list(ids))
-    emit({"deleted": n, "rows": service.gallery.count()}, as_json, f"deleted {n} rows; {service.gallery.count()} left")
+    gallery = compatret.open(directory)
+    n = gallery.delete(list(ids))
+    out = {"deleted": n, "rows": len(gallery)} | ({"snapshot": gallery.info()["snapshot"]} if gallery.sharded else {})
+    emit(out, as_json, f"deleted {n} rows; {out['rows']} left" + (f"; snapshot {out['snapshot']}" if gallery.sharded else ""))
 
 
 @index.command("info")
@@ -222,15 +210,14 @@ def index_delete(directory: str, ids: tuple[str, ...], as_json: bool) -> None:
 @friendly
 def index_info(directory: str, as_json: bool) -> None:
     """Rows, dims, serving model and its lineage, search kernel, history."""
-    from compatret.engine.overview import info as gallery_info
-    from compatret.engine.service import Service
+    import compatret
     from compatret.store.history import describe_event
 
-    if sharded.is_sharded(directory):
-        out = sharded.info(sharded.open_sharded(directory))
-        emit(out, as_json, sharded.info_text(out))
+    gallery = compatret.open(directory)
+    info = gallery.info()
+    if gallery.sharded:
+        emit(info, as_json, sharded.info_text(info))
         return
-    info = gallery_info(Service.open(directory))
     lineage = " -> ".join(f"{v['id']}[{v['rule']}]" for v in info["lineage"])
     text = "\n".join(
         [
@@ -267,20 +254,18 @@ def index_info(directory: str, as_json: bool) -> None:
 @friendly
 def index_verify(directory: str, repair: bool, as_json: bool) -> None:
     """Compare the search cache with the table (ids, row versions, vector hashes, lineage); exit 1 on a mismatch."""
-    from compatret.search.verify import verify
-    from compatret.store.gallery import Gallery
+    import compatret
 
-    if sharded.is_sharded(directory):
-        sharded.verify(sharded.open_sharded(directory), repair, as_json)
-        return
-    report = verify(Gallery.open(directory), repair=repair)
-    head = f"table version {report.table_version}: {report.rows} rows in {report.fragments} fragments, {report.cached_fragments} cached" + (
-        " (cache rebuilt)" if report.repaired else ""
-    )
-    body = "ok: the cache matches the table" if report.ok else "\n".join(f"MISMATCH {m}" for m in report.mismatches)
-    emit(report.to_dict(), as_json, f"{head}\n{body}")
-    if not report.ok:
+    report = compatret.open(directory).verify(repair=repair)
+    emit(report, as_json, sharded.verify_text(report) if "shards" in report else _verify_text(report))
+    if not report["ok"]:
         sys.exit(1)
+
+
+def _verify_text(r: dict[str, Any]) -> str:
+    head = f"table version {r['table_version']}: {r['rows']} rows in {r['fragments']} fragments, {r['cached_fragments']} cached"
+    body = "ok: the cache matches the table" if r["ok"] else "\n".join(f"MISMATCH {m}" for m in r["mismatches"])
+    return head + (" (cache rebuilt)" if r["repaired"] else "") + "\n" + body
 
 
 @index.command("history")
@@ -290,15 +275,13 @@ def index_verify(directory: str, repair: bool, as_json: bool) -> None:
 @friendly
 def index_history(directory: str, every_version: bool, as_json: bool) -> None:
     """Table versions: time, rows, serving model, what changed (a backfill's batches as one entry)."""
-    from compatret.store.gallery import Gallery
-    from compatret.store.history import grouped, history
+    import compatret
 
-    if sharded.is_sharded(directory):
-        snaps = sharded.open_sharded(directory).history()
-        emit(snaps, as_json, sharded.history_text(snaps))
+    gallery = compatret.open(directory)
+    rows = gallery.history(every_version)
+    if gallery.sharded:
+        emit(rows, as_json, sharded.history_text(rows))
         return
-    rows = history(Gallery.open(directory))
-    rows = rows if every_version else grouped(rows)
     spans = [str(r["version"]) + (f"..{r['to_version']}" if r.get("to_version", r["version"]) != r["version"] else "") for r in rows]
     served = [r["serving"] or "-" for r in rows]
     wide = (max(map(len, spans), default=1), max(map(len, served), default=1), max((len(str(r["rows"])) for r in rows), default=1))
@@ -316,19 +299,11 @@ def index_history(directory: str, every_version: bool, as_json: bool) -> None:
 @friendly
 def index_rollback(directory: str, to: int, as_json: bool) -> None:
     """Restore rows, vectors and serving model of an earlier version (as a new version; nothing is lost)."""
-    from compatret.store.gallery import Gallery
-    from compatret.store.history import rollback
+    import compatret
 
-    if sharded.is_sharded(directory):
-        sharded.rollback(sharded.open_sharded(directory), to, as_json)
-        return
-    gallery = Gallery.open(directory)
-    meta = rollback(gallery, to)
-    emit(
-        {"restored": to, "serving": meta.serving.id, "table_version": gallery.version},
-        as_json,
-        f"restored version {to}: serving {meta.serving.id}, now table version {gallery.version}",
-    )
+    out = compatret.open(directory).rollback(to)
+    now = f"now snapshot {out['snapshot']}" if "snapshot" in out else f"now table version {out['table_version']}"
+    emit(out, as_json, f"restored {'snapshot' if 'snapshot' in out else 'version'} {to}: serving {out['serving']}, {now}")
 
 
 @index.command("prune")
@@ -340,16 +315,12 @@ def index_prune(directory: str, older_than_days: float, as_json: bool) -> None:
     """Compact the table and delete old versions (the only command that forgets history)."""
     import datetime as dt
 
-    from compatret.store.gallery import Gallery
-    from compatret.store.history import prune
+    import compatret
 
     if not (math.isfinite(older_than_days) and 0 <= older_than_days <= 365_000):
         raise CompatretError("--older-than-days must be a number of days from 0 to 365000")
-    if sharded.is_sharded(directory):
-        sharded.prune(sharded.open_sharded(directory), dt.timedelta(days=older_than_days), as_json)
-        return
-    out = prune(Gallery.open(directory), dt.timedelta(days=older_than_days))
-    emit(out, as_json, f"versions: {out['versions_before']} -> {out['versions_after']}")
+    out = compatret.open(directory).prune(dt.timedelta(days=older_than_days))
+    emit(out, as_json, f"versions{' (all shards)' if 'shards' in out else ''}: {out['versions_before']} -> {out['versions_after']}")
 
 
 for command in (index_gate, index_upgrade, index_backfill):

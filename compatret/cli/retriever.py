@@ -58,11 +58,10 @@ def _default(name: str) -> str:
 def retriever(recipe: str | None, as_json: bool, **settings: Any) -> None:
     """Fine-tune a text retriever on hard negatives; rerun the same command to resume after an interruption."""
     from compatret.core.lineage import ModelVersion
-    from compatret.train.text.config import config_from
-    from compatret.train.text.trainer import LOG_FILE, train_retriever
+    from compatret.train.text.trainer import LOG_FILE
+    from compatret.trainers import train_text
 
-    cfg = config_from(recipe, settings)
-    folder = train_retriever(cfg, progress=not as_json)
+    folder = train_text(recipe, progress=not as_json, **settings)
     version = ModelVersion.load(folder)
     log = json.loads((folder / LOG_FILE).read_text())
     result = {

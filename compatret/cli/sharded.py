@@ -3,8 +3,6 @@ what differs is that every change is published as one snapshot (see `engine.shar
 
 from __future__ import annotations
 
-import datetime as dt
-import sys
 from typing import TYPE_CHECKING, Any
 
 from compatret.cli.output import emit
@@ -19,16 +17,6 @@ def is_sharded(directory: str) -> bool:
     from compatret.store.snapshots import SnapshotLog
 
     return SnapshotLog.exists(directory)
-
-
-def largest_shard(directory: str) -> str:
-    """The folder of the shard holding the most published rows."""
-    from compatret.engine.sharded import shard_dir
-
-    service = open_sharded(directory)
-    snap = service.snapshot
-    rows = [s.gallery.dataset(v).count_rows() for s, v in zip(service.shards, snap.versions)]
-    return str(shard_dir(service.root, rows.index(max(rows))))
 
 
 def open_sharded(directory: str) -> ShardedService:
@@ -73,33 +61,6 @@ def add(
     )
 
 
-def delete(service: ShardedService, ids: list[str], as_json: bool) -> None:
-    n = service.delete(ids)
-    snap = service.snapshot.snapshot
-    emit({"deleted": n, "rows": service.count(), "snapshot": snap}, as_json, f"deleted {n} rows; {service.count()} left; snapshot {snap}")
-
-
-def info(service: ShardedService) -> dict[str, Any]:
-    """What `index info` says of a sharded gallery: the published snapshot, and each shard."""
-    snap, meta = service.snapshot, service.meta
-    per_shard = [s.gallery.dataset(v).count_rows() for s, v in zip(service.shards, snap.versions)]
-    return {
-        "path": str(service.root),
-        "shards": snap.shards,
-        "hash": snap.hash,
-        "snapshot": snap.snapshot,
-        "rows": sum(per_shard),
-        "rows_by_version": service.rows_by_version(),
-        "dim": meta.dim,
-        "vector_model": meta.vector_model.id,
-        "serving_model": meta.serving.id,
-        "lineage": [v.id for v in reversed(meta.serving.lineage())],
-        "shard_rows": per_shard,
-        "shard_versions": list(snap.versions),
-        "history": service.history()[-5:],
-    }
-
-
 def info_text(out: dict[str, Any]) -> str:
     return "\n".join(
         [
@@ -118,35 +79,6 @@ def history_text(rows: list[dict[str, Any]]) -> str:
     return "\n".join(f"{r['snapshot']:>4}  {r['time']}  serving {r['serving']}  {r['event']}  versions {r['versions']}" for r in rows)
 
 
-def rollback(service: ShardedService, to: int, as_json: bool) -> None:
-    new = service.rollback(to)
-    emit(
-        {"restored": to, "serving": new.serving, "snapshot": new.snapshot},
-        as_json,
-        f"restored snapshot {to}: serving {new.serving}, now snapshot {new.snapshot}",
-    )
-
-
-def verify(service: ShardedService, repair: bool, as_json: bool) -> None:
-    from compatret.search.verify import verify as verify_shard
-
-    reports = [verify_shard(s.gallery, repair=repair) for s in service.shards]
-    ok = all(r.ok for r in reports)
-    lines = [
-        f"shard {i}: table version {r.table_version}, {r.rows} rows" + (" ok" if r.ok else "".join(f"\nMISMATCH {m}" for m in r.mismatches))
-        for i, r in enumerate(reports)
-    ]
-    emit({"ok": ok, "shards": [r.to_dict() for r in reports]}, as_json, "\n".join(lines))
-    if not ok:
-        sys.exit(1)
-
-
-def prune(service: ShardedService, older_than: dt.timedelta, as_json: bool) -> None:
-    """Compact every shard, publish that, then forget old versions (see ShardedService.prune)."""
-    out = service.prune(older_than)
-    emit(out, as_json, f"versions (all shards): {out['versions_before']} -> {out['versions_after']}")
-
-
 def upgrade(service: ShardedService, model: str, as_json: bool, gate: dict[str, Any] | None = None) -> None:
     import time
 
@@ -159,4 +91,12 @@ def upgrade(service: ShardedService, model: str, as_json: bool, gate: dict[str, 
         as_json,
         f"serving {meta.serving.id} (was {before}) on all {len(service.shards)} shards; nothing re-embedded; "
         f"snapshot {service.snapshot.snapshot}; {took * 1000:.1f} ms",
+    )
+
+
+def verify_text(report: dict[str, Any]) -> str:
+    return "\n".join(
+        f"shard {i}: table version {r['table_version']}, {r['rows']} rows"
+        + (" ok" if r["ok"] else "".join(f"\nMISMATCH {m}" for m in r["mismatches"]))
+        for i, r in enumerate(report["shards"])
     )

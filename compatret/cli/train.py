@@ -30,19 +30,12 @@ def train() -> None:
 @friendly
 def train_image(recipe_files: tuple[str, ...], out: str | None, device: str | None, epochs: int | None, jobs: int, as_json: bool) -> None:
     """Train image models from recipes; rerun the same command to resume after an interruption."""
-    import torch
-
-    from compatret.train.image.parallel import train_recipes
-    from compatret.train.image.recipe import load_recipe
+    from compatret.trainers import train_image as run
 
     if out is not None and len(recipe_files) > 1:
         raise CompatretError("--out names one model folder: give it with a single --recipe")
-    jobs_by_file = {f: load_recipe(f).with_overrides(out=out, epochs=epochs) for f in recipe_files}
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CompatretError("--device cuda, but no CUDA device is available")
-    outcomes = train_recipes(jobs_by_file, jobs=jobs, device=device, progress=not as_json)
     records, lines = [], []
-    for outcome in outcomes.values():
+    for outcome in run(recipe_files, out, epochs, device, jobs, progress=not as_json):
         v = outcome.version
         rule = str(v.compat)
         verb = "already trained, nothing to do:" if outcome.skipped else "trained"

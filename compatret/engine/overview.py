@@ -113,3 +113,24 @@ def sharded_overview(service: ShardedService) -> dict[str, Any]:
     (`table_version` is the snapshot number)."""
     snap = service.snapshot
     return _described(service.meta, service.rows_by_version(), service.shards[0], snap.snapshot, service.root)
+
+
+def sharded_info(service: ShardedService) -> dict[str, Any]:
+    """What `index info` says of a sharded gallery: the published snapshot, and each shard."""
+    snap, meta = service.snapshot, service.meta
+    per_shard = [s.gallery.dataset(v).count_rows() for s, v in zip(service.shards, snap.versions)]
+    return {
+        "path": str(service.root),
+        "shards": snap.shards,
+        "hash": snap.hash,
+        "snapshot": snap.snapshot,
+        "rows": sum(per_shard),
+        "rows_by_version": service.rows_by_version(),
+        "dim": meta.dim,
+        "vector_model": meta.vector_model.id,
+        "serving_model": meta.serving.id,
+        "lineage": [v.id for v in reversed(meta.serving.lineage())],
+        "shard_rows": per_shard,
+        "shard_versions": list(snap.versions),
+        "history": service.history()[-5:],
+    }

@@ -52,6 +52,7 @@ class Service:
         self._views = ReadWriteLock()  # queries search a view under read; moving it forward is a write
         self._index: SearchIndex | None = None
         self._encoders: OrderedDict[str, Encoder] = OrderedDict()
+        self._bound: dict[str, Encoder] = {}  # model id -> an encoder object of this process (see bind_encoder)
         self._encoder_lock = threading.Lock()
         self.inference = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))  # concurrent query encodings
         self._plans: dict[tuple[ModelVersion, ModelVersion], CompatPlan] = {}
@@ -165,6 +166,8 @@ class Service:
         loaded once; the last few used stay loaded."""
         meta = meta or self.meta
         version = self._version(model, meta)
+        if version.id in self._bound:
+            return self._bound[version.id]
         spec = meta.sources.get(version.id) if model is None or model in self.lineage(meta) else model
         if spec is None:
             raise CompatretError(f"model {version.id!r} has no weights recorded in this gallery: query with --vectors")
@@ -175,6 +178,14 @@ class Service:
                     self._encoders.popitem(last=False)
             self._encoders.move_to_end(spec)
             return self._encoders[spec]
+
+    def bind_encoder(self, encoder: Encoder) -> None:
+        """Embed for the model `encoder.version.id` with this object (an application's own model,
+        e.g. a LangChain `Embeddings`): a gallery records no weights for an external model, so only
+        the process that holds it can embed. Its id must be one of the gallery's models."""
+        if encoder.version.id not in self.lineage(self.meta):
+            raise CompatretError(f"model {encoder.version.id!r} is not one of this gallery's models")
+        self._bound[encoder.version.id] = encoder
 
     def source_of_serving(self) -> str:
         """What loads the serving model (an alias or a folder): Ray workers load it by this spec."""

@@ -1,0 +1,353 @@
+"""The Python API: `compatret.open` / `compatret.create` give one `Index` for a gallery, single or
+sharded, with every job the CLI and the HTTP server run (they call these same methods).
+
+    import compatret
+    index = compatret.create("gallery", model="minilm-l6")
+    index.add(["a first text", "a second text"], ids=["a", "b"], metadatas=[{"lang": "en"}, {"lang": "en"}])
+    hits = index.query(["which text comes first?"], k=1)[0]
+    index.upgrade("models/v2")          # O(1): old vectors keep serving
+    index.backfill(fraction=0.5)        # optional, resumable
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from compatret.core.errors import CompatretError
+
+if TYPE_CHECKING:
+    from compatret.encoders import Encoder
+    from compatret.engine.backfill import BackfillReport
+    from compatret.engine.ray_cluster import RayOptions
+    from compatret.engine.results import QueryResult
+    from compatret.engine.service import Service
+    from compatret.engine.sharded import ShardedService
+    from compatret.store.meta import GalleryMeta
+
+Where = Mapping[str, Any] | Callable[[dict[str, Any]], bool]  # metadata equal to every pair, or a predicate on it
+ROW_COLUMNS = ["id", "title", "text", "metadata", "model_version"]
+
+
+def open(path: str | Path, kernel: str = "auto", refresh_seconds: float = 0.0) -> Index:  # noqa: A001 (the verb users expect)
+    """The gallery in `path`, single or sharded; refresh_seconds > 0 lets queries read a view up to
+    that old (servers), 0 reads the latest version on every query."""
+    from compatret.engine.sharded import open_gallery
+
+    return Index(open_gallery(path, kernel, refresh_seconds))
+
+
+def create(
+    path: str | Path,
+    model: str | None = None,
+    *,
+    dim: int | None = None,
+    version_id: str | None = None,
+    modality: str | None = None,
+    shards: int | None = None,
+    ann: str = "auto",
+    merge: str = "raw",
+) -> Index:
+    """A new, empty gallery served by `model` (an alias such as minilm-l6, or a model folder), or,
+    for vectors made elsewhere, by an external model named `version_id` of `dim` dimensions."""
+    from compatret.engine.service import Service
+    from compatret.engine.sharded import ShardedService
+
+    options: dict[str, Any] = {"model": model, "dim": dim, "version_id": version_id, "modality": modality, "ann": ann, "merge": merge}
+    if shards is None:
+        return Index(Service.create(path, **options))
+    return Index(ShardedService.create(path, shards, **options))
+
+
+def load_model(spec: str, device: str | None = None) -> Encoder:
+    """An encoder (`encode_queries`, `encode_items`, `version`) from an alias, model folder or endpoint spec."""
+    from compatret.encoders.registry import load_encoder
+
+    return load_encoder(spec, device)
+
+
+class Index:
+    """One gallery: add, get, delete and query rows; upgrade the serving model without re-embedding;
+    backfill, roll back, prune; read its history, info and integrity. A sharded gallery behaves
+    the same (every change is published as one snapshot)."""
+
+    def __init__(self, engine: Service | ShardedService) -> None:
+        self.engine = engine
+
+    # ---- what it is ------------------------------------------------------------------
+    @property
+    def sharded(self) -> bool:
+        return hasattr(self.engine, "shards")
+
+    @property
+    def path(self) -> Path:
+        return self._sharded.root if self.sharded else self._single.gallery.path
+
+    @property
+    def meta(self) -> GalleryMeta:
+        return self.engine.meta
+
+    @property
+    def serving(self) -> str:
+        """The id of the model that embeds queries and new rows."""
+        return self.meta.serving.id
+
+    def __len__(self) -> int:
+        return self.engine.count()
+
+    @property
+    def _single(self) -> Service:
+        return self.engine  # type: ignore[return-value]
+
+    @property
+    def _sharded(self) -> ShardedService:
+        return self.engine  # type: ignore[return-value]
+
+    def _services(self) -> list[tuple[Service, int | None]]:
+        """Each gallery to read, at the version a read must use (a sharded gallery's published snapshot)."""
+        if not self.sharded:
+            return [(self._single, None)]
+        return list(zip(self._sharded.shards, self._sharded.snapshot.versions))
+
+    def bind_encoder(self, encoder: Encoder) -> None:
+        """Let this process embed for an external model (one whose weights the gallery cannot load)."""
+        for service, _ in self._services():
+            service.bind_encoder(encoder)
+
+    # ---- writes ----------------------------------------------------------------------
+    def add(
+        self,
+        texts: Sequence[str] | None = None,
+        *,
+        items: Sequence[dict[str, Any]] | None = None,
+        vectors: np.ndarray | None = None,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[dict[str, Any] | None] | None = None,
+        model: str | None = None,
+        batch_size: int = 256,
+        progress: bool = False,
+        ray: RayOptions | None = None,
+    ) -> int:
+        """Store texts (with ids and metadata), item dicts (id, text|title|image, metadata) embedded
+        by the serving model, or precomputed `vectors` of `model`; returns the rows added. A rerun
+        skips what is stored already with the same content; other content under a stored id is refused."""
+        if sum(x is not None for x in (texts, items, vectors)) != 1:
+            raise CompatretError("give exactly one of texts, items or vectors")
+        if vectors is not None:
+            return self.engine.add_vectors(vectors, ids=ids, model=model, progress=progress, ray=ray)
+        if texts is not None:
+            items = _text_items(texts, ids, metadatas)
+        return self.engine.add_items(list(items or []), batch_size=batch_size, progress=progress)
+
+    def upsert(self, texts: Sequence[str], ids: Sequence[str], metadatas: Sequence[dict[str, Any] | None] | None = None) -> int:
+        """Add texts, replacing the rows stored under these ids with other content (a delete, then an
+        add: a reader between the two commits misses those ids; `rollback` restores either side)."""
+        items = _text_items(texts, ids, metadatas)
+        stored = {r["id"]: r for r in self.get(ids)}
+        stale = [it["id"] for it in items if it["id"] in stored and _differs(stored[it["id"]], it)]
+        if stale:
+            self.delete(stale)
+        return self.add(items=items)
+
+    def delete(self, ids: Sequence[str], missing_ok: bool = False) -> int:
+        """Delete rows by id; an unknown id is an error that deletes nothing, unless `missing_ok`."""
+        ids = list(dict.fromkeys(str(i) for i in ids))
+        if missing_ok:
+            ids = self.existing(ids)
+            if not ids:
+                return 0
+        return self.engine.delete(ids)
+
+    def upgrade(self, model: str, gate: dict[str, Any] | None = None) -> GalleryMeta:
+        """Serve a compatible `model` (an O(1) commit; nothing re-embedded); `gate` names a stored gate to pass first."""
+        return self.engine.upgrade(model, gate)
+
+    def backfill(
+        self,
+        limit: int | None = None,
+        fraction: float | None = None,
+        order: str = "auto",
+        batch_size: int = 64,
+        progress: bool = False,
+        ray: RayOptions | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> BackfillReport:
+        """Re-embed rows of older models with the serving model (all, `limit` rows, or up to `fraction`);
+        queries go on meanwhile; a rerun resumes."""
+        if self.sharded:
+            return self._sharded.backfill(limit, fraction, order, batch_size, progress, should_stop, ray)
+        from compatret.engine.backfill import backfill
+
+        return backfill(self._single, limit, fraction, order, batch_size, progress, ray=ray, should_stop=should_stop)
+
+    def rollback(self, to: int) -> dict[str, Any]:
+        """Restore the rows and serving model of table version `to` (a sharded gallery: snapshot `to`) as a new version."""
+        if self.sharded:
+            snap = self._sharded.rollback(to)
+            return {"restored": to, "serving": snap.serving, "snapshot": snap.snapshot}
+        from compatret.store.history import rollback
+
+        gallery = self._single.gallery
+        meta = rollback(gallery, to)
+        return {"restored": to, "serving": meta.serving.id, "table_version": gallery.version}
+
+    def prune(self, older_than: dt.timedelta = dt.timedelta(days=7)) -> dict[str, Any]:
+        """Compact, then forget versions older than `older_than` (the one call that forgets history)."""
+        if self.sharded:
+            return self._sharded.prune(older_than)
+        from compatret.store.history import prune
+
+        return prune(self._single.gallery, older_than)
+
+    def adapt(
+        self, model: str, out: str | Path, progress: bool = False, log: Callable[[str], None] | None = None, **settings: Any
+    ) -> dict[str, Any]:
+        """Fit a map from a model nobody trained for compatibility to this gallery's, write it to
+        `out` (a model folder `upgrade` accepts) unless staying is estimated better; see AdaptSettings."""
+        from compatret.adapt.build import AdaptSettings
+        from compatret.adapt.build import adapt as run
+
+        fitted_on = self.path
+        if self.sharded:  # rows land on shards by a hash of the id: the largest shard is a uniform sample
+            fitted_on = self.largest_shard()
+            if log is not None:
+                log(f"a sharded gallery: fitting and estimating on its largest shard, {fitted_on}")
+        return run(fitted_on, model, out, AdaptSettings(**settings), progress=progress, log=log)
+
+    def largest_shard(self) -> Path:
+        """The folder of the shard holding the most published rows (a sharded gallery)."""
+        from compatret.engine.sharded import shard_dir
+
+        rows = [s.gallery.dataset(v).count_rows() for s, v in self._services()]
+        return shard_dir(self._sharded.root, rows.index(max(rows)))
+
+    # ---- reads -----------------------------------------------------------------------
+    def query(
+        self,
+        texts: Sequence[str] | None = None,
+        *,
+        vectors: np.ndarray | None = None,
+        images: Sequence[Any] | None = None,
+        k: int = 10,
+        model: str | None = None,
+        where: Where | None = None,
+        include_payload: bool = False,
+    ) -> list[QueryResult]:
+        """Top-k per query by score, embedded by the serving model (or `model`), or given as vectors.
+        `where` keeps rows whose metadata matches (equal values, or a predicate): the search widens
+        until k rows match or every row was seen, so filtered answers are exact, not sampled."""
+        if where is None:
+            return self.engine.query(texts=texts, images=images, vectors=vectors, model=model, k=k, include_payload=include_payload)
+        keep = where if callable(where) else _equal_to(where)
+        out = []
+        given = {"texts": texts, "images": images, "vectors": vectors}
+        for n in range(len(next(x for x in given.values() if x is not None))):
+            one = {name: x[n : n + 1] if x is not None else None for name, x in given.items()}
+            out.append(self._filtered(one, keep, k, model, include_payload))
+        return out
+
+    def _filtered(
+        self, one: dict[str, Any], keep: Callable[[dict[str, Any]], bool], k: int, model: str | None, payload: bool
+    ) -> QueryResult:
+        from dataclasses import replace
+
+        total, wide = len(self), max(4 * k, 32)
+        while True:
+            r = self.engine.query(**one, model=model, k=min(wide, max(total, 1)), include_payload=True)[0]
+            assert r.payloads is not None
+            hits = [n for n, p in enumerate(r.payloads) if keep(p.get("metadata") or {})][:k]
+            if len(hits) == k or wide >= total:
+                picked = [r.payloads[n] for n in hits] if payload else None
+                return replace(r, ids=[r.ids[n] for n in hits], scores=[r.scores[n] for n in hits], payloads=picked)
+            wide *= 4
+
+    def get(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The stored rows of `ids` that exist (id, title, text, metadata, model_version), in the order given."""
+        from compatret.store.rows import ID_FILTER_MAX, id_filter
+
+        found: dict[str, dict[str, Any]] = {}
+        wanted = list(dict.fromkeys(str(i) for i in ids))
+        for service, version in self._services():
+            for s in range(0, len(wanted), ID_FILTER_MAX):
+                table = service.gallery.scan(ROW_COLUMNS, where=id_filter(wanted[s : s + ID_FILTER_MAX]), version=version)
+                found.update((r["id"], _row(r)) for r in table.to_pylist())
+        return [found[i] for i in wanted if i in found]
+
+    def ids_where(self, where: Where) -> list[str]:
+        """Ids of the rows whose metadata matches (a scan of the metadata column: O(rows))."""
+        import json
+
+        keep = where if callable(where) else _equal_to(where)
+        out: list[str] = []
+        for service, version in self._services():
+            for batch in service.gallery.dataset(version).to_batches(columns=["id", "metadata"]):
+                out += [
+                    i
+                    for i, m in zip(batch.column("id").to_pylist(), batch.column("metadata").to_pylist())
+                    if keep(json.loads(m) if m else {})
+                ]
+        return out
+
+    def existing(self, ids: Sequence[str]) -> list[str]:
+        """Which of `ids` are stored."""
+        return list(self.engine.existing(list(ids)))
+
+    def history(self, every_version: bool = False) -> list[dict[str, Any]]:
+        """Table versions (a sharded gallery: snapshots): time, rows, serving model, what changed;
+        a backfill's batches as one entry unless `every_version`."""
+        if self.sharded:
+            return self._sharded.history()
+        from compatret.store.history import grouped, history
+
+        rows = history(self._single.gallery)
+        return rows if every_version else grouped(rows)
+
+    def info(self) -> dict[str, Any]:
+        """Rows, dims, serving model and lineage, kernel, recent history (what `index info` prints)."""
+        if self.sharded:
+            from compatret.engine.overview import sharded_info
+
+            return sharded_info(self._sharded)
+        from compatret.engine.overview import info
+
+        return info(self._single)
+
+    def verify(self, repair: bool = False) -> dict[str, Any]:
+        """Compare the search cache with the table (ids, row versions, vector digests, lineage);
+        `ok` is false on any mismatch; `repair` rebuilds the cache from the table."""
+        from compatret.search.verify import verify
+
+        reports = [verify(service.gallery, repair=repair) for service, _ in self._services()]
+        if not self.sharded:
+            return reports[0].to_dict()
+        return {"ok": all(r.ok for r in reports), "shards": [r.to_dict() for r in reports]}
+
+
+def _text_items(texts: Sequence[str], ids: Sequence[str] | None, metadatas: Sequence[dict[str, Any] | None] | None) -> list[dict[str, Any]]:
+    if ids is not None and len(ids) != len(texts):
+        raise CompatretError(f"{len(ids)} ids for {len(texts)} texts")
+    if metadatas is not None and len(metadatas) != len(texts):
+        raise CompatretError(f"{len(metadatas)} metadatas for {len(texts)} texts")
+    return [
+        {"id": None if ids is None else str(ids[n]), "text": t, "metadata": None if metadatas is None else metadatas[n]}
+        for n, t in enumerate(texts)
+    ]
+
+
+def _row(r: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    return {**r, "metadata": json.loads(r["metadata"]) if r["metadata"] else None}
+
+
+def _differs(stored: dict[str, Any], item: dict[str, Any]) -> bool:
+    return (stored.get("text"), stored.get("metadata") or None) != (item.get("text"), item.get("metadata") or None)
+
+
+def _equal_to(where: Mapping[str, Any]) -> Callable[[dict[str, Any]], bool]:
+    pairs = dict(where)
+    return lambda metadata: all(k in metadata and metadata[k] == v for k, v in pairs.items())

@@ -113,6 +113,10 @@ class Index:
             return [(self._single, None)]
         return list(zip(self._sharded.shards, self._sharded.snapshot.versions))
 
+    def encoder(self, model: str | None = None) -> Encoder:
+        """The encoder of `model` (default: the serving model now), loaded once."""
+        return self._services()[0][0].encoder(model)
+
     def bind_encoder(self, encoder: Encoder) -> None:
         """Let this process embed for an external model (one whose weights the gallery cannot load)."""
         for service, _ in self._services():
@@ -276,6 +280,40 @@ class Index:
                 table = service.gallery.scan(ROW_COLUMNS, where=id_filter(wanted[s : s + ID_FILTER_MAX]), version=version)
                 found.update((r["id"], _row(r)) for r in table.to_pylist())
         return [found[i] for i in wanted if i in found]
+
+    def vectors(self, ids: Sequence[str], model: str | None = None) -> np.ndarray:
+        """Rows of `ids` in `model`'s space (default: serving), in the order given: stored vectors of
+        that model as they are, rows of other models embedded again from their text or image."""
+        from compatret.core.transforms import normalize
+        from compatret.engine.models import named_version
+        from compatret.store.rows import ID_FILTER_MAX, id_filter
+
+        meta = self.meta
+        version = named_version(model, meta)
+        column = meta.column(version)
+        wanted = list(dict.fromkeys(str(i) for i in ids))
+        got: dict[str, np.ndarray] = {}
+        other: dict[str, dict[str, Any]] = {}
+        for service, at in self._services():
+            have = service.gallery.dataset(at).schema.names
+            columns = ["id", "model_version", "title", "text", "image"] + ([column] if column in have else [])
+            for s in range(0, len(wanted), ID_FILTER_MAX):
+                for r in service.gallery.scan(columns, where=id_filter(wanted[s : s + ID_FILTER_MAX]), version=at).to_pylist():
+                    if r["model_version"] == version.id and r.get(column) is not None:
+                        got[r["id"]] = np.asarray(r[column], dtype=np.float32)
+                    else:
+                        other[r["id"]] = r
+        missing = [i for i in wanted if i not in got and i not in other]
+        if missing:
+            raise CompatretError(f"{len(missing)} ids not in the gallery, e.g. {missing[0]!r}")
+        if other:
+            image = meta.modality == "image"
+            items = [r["image"] if image else {"title": r["title"], "text": r["text"]} for r in other.values()]
+            bare = [i for i, it in zip(other, items) if not (it if image else (it["title"] or it["text"]))]
+            if bare:
+                raise CompatretError(f"row {bare[0]!r} holds a vector of another model and nothing to embed again")
+            got.update(zip(other, normalize(np.asarray(self.encoder(model).encode_items(items), dtype=np.float32))))
+        return np.stack([got[i] for i in wanted]) if wanted else np.zeros((0, version.dim), np.float32)
 
     def ids_where(self, where: Where) -> list[str]:
         """Ids of the rows whose metadata matches (a scan of the metadata column: O(rows))."""

@@ -13,6 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from compatret.core.config import data_dir
 
+# the framework suites run apart, from their own root (tests/integrations/pytest.ini; see the README)
+collect_ignore = ["integrations"]
+
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:

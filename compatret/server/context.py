@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from compatret.api import Index
 from compatret.core.errors import CompatretError, Unavailable
 from compatret.core.lineage import VERSION_FILE
 from compatret.core.paths import confined
@@ -44,6 +45,11 @@ class RouteContext:
     models_dir: str | Path | None
     bearer: HTTPBearer
     watch: FingerprintWatch
+
+    @property
+    def gallery(self) -> Index:
+        """The same gallery through the public API, the one path the CLI and Python users take too."""
+        return Index(self.service)
 
     def access(self, needed: Scope) -> Any:
         """The key a route needs: KeyCheck reads it from this dependency (`scope`), and the

@@ -18,7 +18,6 @@ from compatret.server.schemas import (
     HistoryEntry,
     RollbackRequest,
 )
-from compatret.store.history import grouped, history, rollback
 
 
 def add_routes(app: FastAPI, r: RouteContext) -> None:
@@ -53,20 +52,18 @@ def add_routes(app: FastAPI, r: RouteContext) -> None:
     def table_history(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
         """The newest `limit` entries, newest first; a backfill's batches are one entry (a sharded
         gallery: its snapshots, `version` being the snapshot)."""
+        entries = r.gallery.history()[::-1][:limit]
         if isinstance(service, ShardedService):
             return [
                 {"version": s["snapshot"], "time": s["time"], "rows": s["rows"], "serving": s["serving"], "change": s["event"]}
-                for s in service.history()[::-1][:limit]
-            ]  # fmt: skip
-        return grouped(history(service.gallery))[::-1][:limit]
+                for s in entries
+            ]
+        return entries
 
     @app.post("/rollback", responses=ERRORS, dependencies=[r.access("write")])
     def restore(req: RollbackRequest) -> dict[str, Any]:
         """Restore the rows, vectors and serving model of an earlier table version, as a new version."""
         if r.job.running(wait=PROBE_WAIT_S):
             raise HTTPException(status_code=409, detail="a backfill is running: stop it before rolling back")
-        if isinstance(service, ShardedService):
-            snap = refused(service.rollback, req.version)
-            return {"restored": req.version, "serving": snap.serving, "table_version": snap.snapshot}
-        meta = refused(rollback, service.gallery, req.version)
-        return {"restored": req.version, "serving": meta.serving.id, "table_version": service.gallery.version}
+        out = refused(r.gallery.rollback, req.version)
+        return {"restored": req.version, "serving": out["serving"], "table_version": out.get("table_version", out.get("snapshot"))}

@@ -14,8 +14,6 @@ from compatret.server.schemas import (
 
 
 def add_routes(app: FastAPI, r: RouteContext) -> None:
-    service = r.service
-
     @app.post("/items", responses=ERRORS, dependencies=[r.access("write")])
     def add(req: AddRequest) -> dict[str, int]:
         items = []
@@ -26,8 +24,8 @@ def add_routes(app: FastAPI, r: RouteContext) -> None:
             items.append(d)
         if r.watch.drift:  # rows embedded by a model other than the registered one would sit in another space
             raise HTTPException(status_code=503, detail=r.watch.drift)
-        return {"added": refused(service.add_items, items, progress=False)}
+        return {"added": refused(r.gallery.add, items=items)}
 
     @app.post("/items/delete", responses=ERRORS, dependencies=[r.access("write")])
     def delete(req: DeleteRequest) -> dict[str, int]:
-        return {"deleted": refused(service.delete, req.ids)}
+        return {"deleted": refused(r.gallery.delete, req.ids)}

@@ -34,5 +34,5 @@ def add_routes(app: FastAPI, r: RouteContext) -> None:
             req.vectors is None and req.model in (None, service.meta.serving.id) and r.watch.drift
         ):  # the endpoint's model changed: its queries would be wrong
             raise HTTPException(status_code=503, detail=r.watch.drift)
-        results = refused(service.query, **kwargs)
+        results = refused(r.gallery.query, **kwargs)
         return JSONResponse({"results": [res.to_dict() for res in results]})  # already the documented shape: no re-validation

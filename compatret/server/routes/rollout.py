@@ -6,9 +6,8 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException
 
-from compatret.engine.backfill import backfill
+import compatret
 from compatret.engine.gate import gate_check, stored_gate
-from compatret.engine.service import Service
 from compatret.engine.sharded import ShardedService
 from compatret.server.context import RouteContext, refused
 from compatret.server.schemas import (
@@ -30,7 +29,7 @@ def add_routes(app: FastAPI, r: RouteContext) -> None:
         if req.gate:
             queries, qrels = refused(stored_gate, r.directory)
             gate = refused(gate_check, r.directory, spec, queries, qrels, req.max_drop, req.max_flips)
-        meta = refused(service.upgrade, spec, gate=gate)
+        meta = refused(r.gallery.upgrade, spec, gate=gate)
         r.watch.ensure()
         return {"serving": meta.serving.id, "gate": gate}
 
@@ -61,16 +60,8 @@ def add_routes(app: FastAPI, r: RouteContext) -> None:
             raise HTTPException(400, "give limit or fraction, not both")
 
         def run() -> dict[str, Any]:
-            if isinstance(service, ShardedService):
-                return (
-                    ShardedService.open(r.directory)
-                    .backfill(req.limit, req.fraction, req.order, req.batch_size, progress=False, should_stop=r.job.stop_requested)
-                    .to_dict()
-                )
-            worker = Service.open(r.directory)  # its own handle: queries keep the shared one
-            return backfill(
-                worker, req.limit, req.fraction, req.order, req.batch_size, progress=False, should_stop=r.job.stop_requested
-            ).to_dict()
+            worker = compatret.open(r.directory)  # its own handle: queries keep the shared one
+            return worker.backfill(req.limit, req.fraction, req.order, req.batch_size, should_stop=r.job.stop_requested).to_dict()
 
         if not r.job.start(run):
             raise HTTPException(status_code=409, detail="a backfill is already running")

@@ -38,11 +38,17 @@ RUN_BY: dict[tuple[str, int], tuple[str, str]] = {
         "tests/test_quickstart.py::test_quickstart_upgrades_without_backfill_and_prints_the_readme_table",
         "compatret quickstart",
     ),
-    ("README.md", 4): ("tests/test_docs.py::test_the_site_builds_strict", "mkdocs build --strict"),
+    ("README.md", 2): ("tests/test_docs.py::test_the_readme_python_api_prints_what_its_comments_say", "import compatret"),
+    ("README.md", 5): ("tests/test_docs.py::test_the_site_builds_strict", "mkdocs build --strict"),
     ("docs/own-data.md", 0): (OWN_DATA, "compatret index create indexes/docs"),
     ("docs/own-data.md", 1): (OWN_DATA, "# a model you did not train"),
-    ("docs/api.md", 0): (OWN_DATA, "from compatret import Service"),
+    ("docs/api.md", 0): (OWN_DATA, "import compatret"),
     ("docs/http.md", 0): (OWN_DATA, "WRITE_KEY=$(openssl rand -hex 24)"),
+    ("docs/frameworks.md", 2): (
+        "tests/integrations/test_langchain_app.py::test_the_rag_example_moves_a_running_app_to_an_adapted_model_then_backfills",
+        "python examples/langchain_rag.py",
+    ),
+    ("docs/frameworks.md", 4): (".ci/run", "pytest tests/integrations"),
     ("docs/benchmarks.md", 2): (
         "tests/test_benchmark_smoke.py::test_compat_image_benchmark_smoke_writes_the_issue_schema",
         "python eval/compat_image/run.py --smoke",
@@ -150,7 +156,7 @@ def test_the_site_builds_strict(tmp_path):
     for module in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed: the dev extra brings mkdocs-material and mkdocstrings[python]")
-    command = shlex.split(block("README.md", 4, "test_the_site_builds_strict").split("#", 1)[0])
+    command = shlex.split(block("README.md", 5, "test_the_site_builds_strict").split("#", 1)[0])
     assert command == ["mkdocs", "build", "--strict"]
     site = tmp_path / "site"
     proc = subprocess.run(
@@ -191,6 +197,15 @@ def replace_once(text: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
+def test_the_readme_python_api_prints_what_its_comments_say(tmp_path, monkeypatch, capsys):
+    """The README's Python API block, run as written: each print's output is the start of its comment."""
+    code = block("README.md", 2, "test_the_readme_python_api_prints_what_its_comments_say")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md (Python API)", "exec"), {})  # noqa: S102  the README's own example
+    said = [line.split("#", 1)[1].strip().split(": ")[0] for line in code.splitlines() if line.startswith("print(")]
+    assert capsys.readouterr().out.splitlines() == said
+
+
 def test_own_data_commands_python_api_and_http_run_as_written(tmp_path, monkeypatch, data_root):
     from click.testing import CliRunner
 
@@ -224,9 +239,9 @@ def test_own_data_commands_python_api_and_http_run_as_written(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(python, "docs/api.md (Python API)", "exec"), scope)  # noqa: S102  the docs' own example
-    svc = scope["svc"]
     assert scope["hits"][0].ids[0] == "d1"  # the document it added answers its question
-    assert svc.meta.serving.id == json.loads(Path("models/docs-l6/compatret_version.json").read_text())["id"]
+    assert scope["index"].serving == json.loads(Path("models/docs-l6/compatret_version.json").read_text())["id"]
+    assert scope["report"].done == 20
 
     # docs/http.md, the keys + serve + curl block, as written but for the port (a free one, not 8080),
     # a wait for the server to answer before the curl, and stopping the server at the end

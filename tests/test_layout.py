@@ -16,7 +16,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("search",),  # kernels and the per-fragment view of a gallery
     ("adapt", "engine"),  # fitting maps from a gallery's rows; the gallery object users hold
     ("train",),  # image and text training (text mines negatives through the engine)
-    ("server",),  # FastAPI over the engine
+    ("api", "trainers"),  # the public API: one Index over a gallery or a sharded one; training as functions
+    ("server", "integrations"),  # FastAPI over the API; LangChain and LlamaIndex stores over it
     ("cli",),  # click, and the quickstart
     ("testing",),  # helpers for tests and benchmarks, never imported by the package
 ]

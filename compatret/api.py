@@ -12,6 +12,7 @@ sharded, with every job the CLI and the HTTP server run (they call these same me
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,23 +130,25 @@ class Index:
         *,
         items: Sequence[dict[str, Any]] | None = None,
         vectors: np.ndarray | None = None,
-        ids: Sequence[str] | None = None,
+        ids: Sequence[str] | np.ndarray | None = None,
         metadatas: Sequence[dict[str, Any] | None] | None = None,
         model: str | None = None,
         batch_size: int = 256,
         progress: bool = False,
         ray: RayOptions | None = None,
+        stop: threading.Event | None = None,
     ) -> int:
         """Store texts (with ids and metadata), item dicts (id, text|title|image, metadata) embedded
         by the serving model, or precomputed `vectors` of `model`; returns the rows added. A rerun
-        skips what is stored already with the same content; other content under a stored id is refused."""
+        skips what is stored already with the same content; other content under a stored id is refused.
+        `stop` set (Ctrl-C) ends an add of items after the batch in hand."""
         if sum(x is not None for x in (texts, items, vectors)) != 1:
             raise CompatretError("give exactly one of texts, items or vectors")
         if vectors is not None:
             return self.engine.add_vectors(vectors, ids=ids, model=model, progress=progress, ray=ray)
         if texts is not None:
             items = _text_items(texts, ids, metadatas)
-        return self.engine.add_items(list(items or []), batch_size=batch_size, progress=progress)
+        return self.engine.add_items(list(items or []), batch_size=batch_size, progress=progress, stop=stop)
 
     def upsert(self, texts: Sequence[str], ids: Sequence[str], metadatas: Sequence[dict[str, Any] | None] | None = None) -> int:
         """Add texts, replacing the rows stored under these ids with other content (a delete, then an
@@ -365,7 +368,9 @@ class Index:
         return {"ok": all(r.ok for r in reports), "shards": [r.to_dict() for r in reports]}
 
 
-def _text_items(texts: Sequence[str], ids: Sequence[str] | None, metadatas: Sequence[dict[str, Any] | None] | None) -> list[dict[str, Any]]:
+def _text_items(
+    texts: Sequence[str], ids: Sequence[str] | np.ndarray | None, metadatas: Sequence[dict[str, Any] | None] | None
+) -> list[dict[str, Any]]:
     if ids is not None and len(ids) != len(texts):
         raise CompatretError(f"{len(ids)} ids for {len(texts)} texts")
     if metadatas is not None and len(metadatas) != len(texts):

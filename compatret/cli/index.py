@@ -89,8 +89,8 @@ def index_add(
     as_json: bool,
 ) -> None:
     """Add items (embedded with the serving model) or precomputed vectors; one commit per batch."""
+    import compatret
     from compatret.data.items import read_items
-    from compatret.engine.service import Service
     from compatret.store.gallery import Gallery
 
     if (items is None) == (vectors is None):
@@ -104,24 +104,24 @@ def index_add(
     if sharded.is_sharded(directory):
         _sharded_add(directory, items, vectors, ids, model, batch_size, skip_empty, engine, as_json)
         return
-    service = Service.open(directory)
+    gallery = compatret.open(directory)
     ray = ray_options(engine, batch_size)
     if items is not None and Path(items).is_file():  # (a missing file is the error to give first)
         from compatret.encoders.registry import check_endpoint
 
-        check_endpoint(service.meta.serving_source, "add rows with it")  # a model behind an endpoint must still be the one registered
+        check_endpoint(gallery.meta.serving_source, "add rows with it")  # a model behind an endpoint must still be the one registered
     if ray is not None and items is not None:
         from compatret.engine.ray_ingest import ingest_items
 
         ray_report = ingest_items(
-            service.gallery,
-            service.source_of_serving(),
+            gallery.engine.gallery,  # type: ignore[union-attr]  # a single gallery here (sharded ones went above)
+            gallery.engine.source_of_serving(),  # type: ignore[union-attr]
             items,
             ray,
             progress=not as_json,
             skip_empty=skip_empty,
         )
-        rows = service.gallery.count()
+        rows = len(gallery)
         emit(
             {**ray_report, "rows": rows},
             as_json,
@@ -132,11 +132,11 @@ def index_add(
     if items is not None:
         from compatret.core.interrupt import stop_on_sigint
 
-        read = read_items(items, service.meta.modality, skip_empty)
-        todo, before = read.items, service.gallery.count()
+        read = read_items(items, gallery.meta.modality, skip_empty)
+        todo, before = read.items, len(gallery)
         try:
             with stop_on_sigint() as stop:  # the first Ctrl-C finishes the batch in hand
-                added = service.add_items(todo, batch_size=batch_size, progress=not as_json, stop=stop)
+                added = gallery.add(items=todo, batch_size=batch_size, progress=not as_json, stop=stop)
         except KeyboardInterrupt:  # a second Ctrl-C: at once
             stop.set()
         if stop.is_set():
@@ -146,15 +146,15 @@ def index_add(
         total = len(todo)
     else:
         vec, id_list = _read_vectors(vectors, ids)  # type: ignore[arg-type]
-        added, total = service.add_vectors(vec, ids=id_list, model=model, progress=not as_json, ray=ray), len(vec)
-    rows = service.gallery.count()
+        added, total = gallery.add(vectors=vec, ids=id_list, model=model, progress=not as_json, ray=ray), len(vec)
+    rows = len(gallery)
     report: dict[str, Any] = {"added": added, "skipped": total - added, "rows": rows}
     if items is not None:
         from compatret.data.items import EMPTY_LISTED
         from compatret.encoders.remote import endpoint_stats
 
         report.update(skipped_empty=len(read.skipped_empty), skipped_empty_ids=read.skipped_empty[:EMPTY_LISTED])
-        calls = endpoint_stats(service.encoder()) if added else None
+        calls = endpoint_stats(gallery.encoder()) if added else None
         if calls is not None:  # a serving model behind an endpoint: what the add cost in calls
             report["endpoint"] = calls.to_dict()
     emit(

@@ -188,14 +188,14 @@ def query(
     as_json: bool,
 ) -> None:
     """Search a gallery: queries are embedded with the query model and mapped into the gallery's space."""
+    import compatret
     from compatret.data.items import read_array, read_query_rows
-    from compatret.engine.sharded import open_gallery
 
     given = sum(bool(x) for x in (texts, queries, vectors))
     if given != 1:
         raise CompatretError("give exactly one of --text, --queries or --vectors")
-    service = open_gallery(directory)
-    if service.count() == 0:
+    service = compatret.open(directory)
+    if len(service) == 0:
         raise CompatretError(
             f"the gallery {directory} is empty: nothing to search yet; add rows with `compatret index add {directory} --items FILE`"
         )
@@ -210,7 +210,7 @@ def query(
         results = (
             service.query(images=qs, model=model, k=k, include_payload=payload)
             if is_image
-            else service.query(texts=qs, model=model, k=k, include_payload=payload)
+            else service.query(qs, model=model, k=k, include_payload=payload)
         )
         labels = [q if isinstance(q, str) else f"image {i}" for i, q in enumerate(qs)]
     if as_json:  # each line says which query it answers: its place in the input, its id and text when known

@@ -14,7 +14,8 @@ from compatret.core.errors import CompatretError
 from compatret.core.lineage import Compat, ModelVersion
 
 if TYPE_CHECKING:
-    from compatret.api import Index, create, load_model, open  # noqa: A004 (compatret.open is the API's verb)
+    from compatret.api import Index, create, load_model
+    from compatret.api import open as open  # noqa: A004 (compatret.open is the API verb; re-exported)
     from compatret.engine.results import NeedsAdapter, QueryResult
     from compatret.engine.service import Service
     from compatret.store.gallery import Gallery
@@ -34,6 +35,7 @@ _LAZY = {
     "Gallery": "compatret.store.gallery",
     "GalleryMeta": "compatret.store.meta",
 }
+# `open` is public (compatret.open) but left out of __all__: a star import would shadow the builtin
 __all__ = [
     "Compat",
     "CompatretError",
@@ -46,7 +48,6 @@ __all__ = [
     "Service",
     "create",
     "load_model",
-    "open",
     "train_image",
     "train_text",
 ]

@@ -145,23 +145,72 @@ class Index:
         if sum(x is not None for x in (texts, items, vectors)) != 1:
             raise CompatretError("give exactly one of texts, items or vectors")
         if vectors is not None:
+            if metadatas is not None or stop is not None:
+                raise CompatretError("vectors are stored bare: metadatas and stop go with texts or items")
             return self.engine.add_vectors(vectors, ids=ids, model=model, progress=progress, ray=ray)
+        if model is not None or ray is not None:
+            raise CompatretError("texts and items are embedded by the serving model, here: model and ray go with vectors")
         if texts is not None:
             items = _text_items(texts, ids, metadatas)
+        elif ids is not None or metadatas is not None:
+            raise CompatretError("items carry their own id and metadata: ids and metadatas go with texts")
+        _not_one_string(items, "items")
         return self.engine.add_items(list(items or []), batch_size=batch_size, progress=progress, stop=stop)
 
     def upsert(self, texts: Sequence[str], ids: Sequence[str], metadatas: Sequence[dict[str, Any] | None] | None = None) -> int:
-        """Add texts, replacing the rows stored under these ids with other content (a delete, then an
-        add: a reader between the two commits misses those ids; `rollback` restores either side)."""
-        items = _text_items(texts, ids, metadatas)
-        stored = {r["id"]: r for r in self.get(ids)}
-        stale = [it["id"] for it in items if it["id"] in stored and _differs(stored[it["id"]], it)]
+        """Add texts, replacing the rows stored under these ids with other content; rows stored with
+        the same content are left alone. Returns the rows written.
+
+        Everything is checked and embedded before the first commit, so bad input or a failing model
+        changes nothing. The replacement is a delete and an add under one writer lock: a reader
+        between the two commits misses those ids, and a crash between them is undone by
+        `rollback` to the version before (a sharded gallery undoes a failed add itself)."""
+        items = _text_items(texts, ids, metadatas, needs_ids=True)
+        stored = {r["id"]: r for r in self.get([it["id"] for it in items])}
+        todo = [it for it in items if it["id"] not in stored or _differs(stored[it["id"]], it)]
+        if not todo:
+            return 0
+        stale = [it["id"] for it in todo if it["id"] in stored]
+        if not self.sharded:
+            return self._replace(todo, stale)
+        before = self._sharded.snapshot.snapshot
         if stale:
             self.delete(stale)
-        return self.add(items=items)
+        try:
+            return self.add(items=todo)
+        except BaseException:
+            if stale and self._sharded.log.all()[-1].snapshot == before + 1:  # only our delete since: put it back
+                self._sharded.rollback(before)
+            raise
+
+    def _replace(self, items: list[dict[str, Any]], stale: list[str]) -> int:
+        """One gallery: embed with the serving model, then delete the stale rows and add the new ones
+        under one writer lock (see upsert)."""
+        from compatret.core.transforms import normalize
+        from compatret.engine.ingest import check_writer
+
+        service = self._single
+        gallery = service.gallery
+        texts = [it["text"] for it in items]
+        with gallery.writing("upsert"):
+            meta = gallery.meta
+            if meta.modality != "text":
+                raise CompatretError(f"upsert takes texts; this gallery holds {meta.modality}")
+            vectors = np.asarray(service.encoder(None, meta).encode_items([{"title": None, "text": t} for t in texts]), dtype=np.float32)
+            check_writer(vectors, meta.serving, meta, gallery.path)
+            if stale:
+                gallery.delete(stale)
+            n = len(items)
+            gallery.add_rows(
+                [it["id"] for it in items], normalize(vectors), meta.serving, texts=texts, images=[None] * n,
+                metadata=[it["metadata"] for it in items], titles=[None] * n,
+            )  # fmt: skip
+            gallery.ensure_id_index()
+        return len(items)
 
     def delete(self, ids: Sequence[str], missing_ok: bool = False) -> int:
         """Delete rows by id; an unknown id is an error that deletes nothing, unless `missing_ok`."""
+        _not_one_string(ids, "ids")
         ids = list(dict.fromkeys(str(i) for i in ids))
         if missing_ok:
             ids = self.existing(ids)
@@ -170,7 +219,8 @@ class Index:
         return self.engine.delete(ids)
 
     def upgrade(self, model: str, gate: dict[str, Any] | None = None) -> GalleryMeta:
-        """Serve a compatible `model` (an O(1) commit; nothing re-embedded); `gate` names a stored gate to pass first."""
+        """Serve a compatible `model` (an O(1) commit; nothing re-embedded). `gate` is the verdict of
+        `engine.gate.gate_check` to record with the upgrade (a failed one refuses it)."""
         return self.engine.upgrade(model, gate)
 
     def backfill(
@@ -195,7 +245,7 @@ class Index:
         """Restore the rows and serving model of table version `to` (a sharded gallery: snapshot `to`) as a new version."""
         if self.sharded:
             snap = self._sharded.rollback(to)
-            return {"restored": to, "serving": snap.serving, "snapshot": snap.snapshot}
+            return {"restored": to, "serving": snap.serving, "table_version": snap.snapshot, "snapshot": snap.snapshot}
         from compatret.store.history import rollback
 
         gallery = self._single.gallery
@@ -220,12 +270,12 @@ class Index:
 
         fitted_on = self.path
         if self.sharded:  # rows land on shards by a hash of the id: the largest shard is a uniform sample
-            fitted_on = self.largest_shard()
+            fitted_on = self._largest_shard()
             if log is not None:
                 log(f"a sharded gallery: fitting and estimating on its largest shard, {fitted_on}")
         return run(fitted_on, model, out, AdaptSettings(**settings), progress=progress, log=log)
 
-    def largest_shard(self) -> Path:
+    def _largest_shard(self) -> Path:
         """The folder of the shard holding the most published rows (a sharded gallery)."""
         from compatret.engine.sharded import shard_dir
 
@@ -245,26 +295,28 @@ class Index:
         include_payload: bool = False,
     ) -> list[QueryResult]:
         """Top-k per query by score, embedded by the serving model (or `model`), or given as vectors.
-        `where` keeps rows whose metadata matches (equal values, or a predicate): the search widens
-        until k rows match or every row was seen, so filtered answers are exact, not sampled."""
+
+        `where` keeps rows whose metadata matches (equal values, or a predicate on the metadata
+        dict): the search widens until k rows match or every row the kernel returns was seen. On
+        an exact kernel (flat, the default below 200,000 rows) filtered answers are exact; on an
+        approximate one (ivf, ivfpq, hnsw) they are as approximate as unfiltered ones."""
+        if sum(x is not None for x in (texts, images, vectors)) != 1:
+            raise CompatretError("give exactly one of texts, images or vectors")
+        _not_one_string(texts, "texts")
+        if k < 1:
+            raise CompatretError(f"k must be >= 1, got {k}")
         if where is None:
             return self.engine.query(texts=texts, images=images, vectors=vectors, model=model, k=k, include_payload=include_payload)
         keep = where if callable(where) else _equal_to(where)
-        out = []
-        given = {"texts": texts, "images": images, "vectors": vectors}
-        for n in range(len(next(x for x in given.values() if x is not None))):
-            one = {name: x[n : n + 1] if x is not None else None for name, x in given.items()}
-            out.append(self._filtered(one, keep, k, model, include_payload))
-        return out
+        q = self._services()[0][0].embed_queries(texts, images, vectors, model)  # embedded once, however far the search widens
+        return [self._filtered(q[n : n + 1], keep, k, model, include_payload) for n in range(len(q))]
 
-    def _filtered(
-        self, one: dict[str, Any], keep: Callable[[dict[str, Any]], bool], k: int, model: str | None, payload: bool
-    ) -> QueryResult:
+    def _filtered(self, q: np.ndarray, keep: Callable[[dict[str, Any]], bool], k: int, model: str | None, payload: bool) -> QueryResult:
         from dataclasses import replace
 
         total, wide = len(self), max(4 * k, 32)
         while True:
-            r = self.engine.query(**one, model=model, k=min(wide, max(total, 1)), include_payload=True)[0]
+            r = self.engine.query(vectors=q, model=model, k=min(wide, max(total, 1)), include_payload=True)[0]
             assert r.payloads is not None
             hits = [n for n, p in enumerate(r.payloads) if keep(p.get("metadata") or {})][:k]
             if len(hits) == k or wide >= total:
@@ -276,6 +328,7 @@ class Index:
         """The stored rows of `ids` that exist (id, title, text, metadata, model_version), in the order given."""
         from compatret.store.rows import ID_FILTER_MAX, id_filter
 
+        _not_one_string(ids, "ids")
         found: dict[str, dict[str, Any]] = {}
         wanted = list(dict.fromkeys(str(i) for i in ids))
         for service, version in self._services():
@@ -291,6 +344,7 @@ class Index:
         from compatret.engine.models import named_version
         from compatret.store.rows import ID_FILTER_MAX, id_filter
 
+        _not_one_string(ids, "ids")
         meta = self.meta
         version = named_version(model, meta)
         column = meta.column(version)
@@ -315,8 +369,9 @@ class Index:
             bare = [i for i, it in zip(other, items) if not (it if image else (it["title"] or it["text"]))]
             if bare:
                 raise CompatretError(f"row {bare[0]!r} holds a vector of another model and nothing to embed again")
-            got.update(zip(other, normalize(np.asarray(self.encoder(model).encode_items(items), dtype=np.float32))))
-        return np.stack([got[i] for i in wanted]) if wanted else np.zeros((0, version.dim), np.float32)
+            got.update(zip(other, normalize(np.asarray(self.encoder(version.id).encode_items(items), dtype=np.float32))))
+        asked = [str(i) for i in ids]
+        return np.stack([got[i] for i in asked]) if asked else np.zeros((0, version.dim), np.float32)
 
     def ids_where(self, where: Where) -> list[str]:
         """Ids of the rows whose metadata matches (a scan of the metadata column: O(rows))."""
@@ -369,8 +424,20 @@ class Index:
 
 
 def _text_items(
-    texts: Sequence[str], ids: Sequence[str] | np.ndarray | None, metadatas: Sequence[dict[str, Any] | None] | None
+    texts: Sequence[str], ids: Sequence[str] | np.ndarray | None, metadatas: Sequence[dict[str, Any] | None] | None, needs_ids: bool = False
 ) -> list[dict[str, Any]]:
+    """Items from parallel lists, checked: a list of non-empty texts, ids once each (required by upsert)."""
+    _not_one_string(texts, "texts")
+    if needs_ids and ids is None:
+        raise CompatretError("upsert needs an id for every text")
+    bad = [n for n, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise CompatretError(f"text {bad[0]} is empty or not a string: nothing to embed")
+    if ids is not None:
+        _not_one_string(ids, "ids")
+        seen = [str(i) for i in ids]
+        if len(set(seen)) != len(seen):
+            raise CompatretError(f"id {next(i for i in seen if seen.count(i) > 1)!r} is given twice")
     if ids is not None and len(ids) != len(texts):
         raise CompatretError(f"{len(ids)} ids for {len(texts)} texts")
     if metadatas is not None and len(metadatas) != len(texts):
@@ -379,6 +446,12 @@ def _text_items(
         {"id": None if ids is None else str(ids[n]), "text": t, "metadata": None if metadatas is None else metadatas[n]}
         for n, t in enumerate(texts)
     ]
+
+
+def _not_one_string(values: Any, what: str) -> None:
+    """A str is a sequence of characters: one given where a list belongs is a mistake, said as one."""
+    if isinstance(values, str | bytes):
+        raise CompatretError(f"{what} must be a list, not one string: wrap it as [{values!r}]")
 
 
 def _row(r: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """A small retrieval app over SciFact abstracts, built with LangChain on a compatret gallery:
 build it, ask it, upgrade its model from another process (no backfill, no restart of the app),
-ask again, then backfill while it keeps answering.
+ask again, then backfill (queries may go on meanwhile; this script asks once more after it).
 
     pip install -e ".[cpu,langchain]"
     python examples/langchain_rag.py --work /tmp/rag            # SciFact from $COMPATRET_DATA
@@ -89,7 +89,7 @@ def main() -> None:
     for a in report["after"]:
         say(f"  {a['question']} -> {a['ids']}")
 
-    done = store.index.backfill()  # re-embeds the old rows with the new model; queries go on meanwhile
+    done = store.index.backfill()  # re-embeds the old rows with the new model (a server keeps answering meanwhile)
     report["backfill"] = done.to_dict()
     report["after_backfill"] = ask(store, args.k)
     say(f"backfill: {done.done} rows re-embedded in {done.seconds:.1f} s; {done.remaining} left")

@@ -93,3 +93,53 @@ def test_upsert_replaces_only_what_changed(tmp_path):
     assert [(r["text"], r["metadata"]) for r in index.get(["a", "b"])] == [("alpha", {"k": 1}), ("beta, again", {"k": 2})]
     with pytest.raises(CompatretError, match="2 ids for 1 texts"):
         index.add(["x"], ids=["x", "y"])
+
+
+def test_a_failed_upsert_changes_nothing(tmp_path, monkeypatch):
+    """The replacement is embedded before anything is deleted: a model that fails, or bad input,
+    leaves the stored rows as they were (a delete-then-add would have lost them)."""
+    from compatret.engine.service import Service
+
+    index = compatret.create(tmp_path / "g", model="minilm-l3")
+    index.add(["alpha", "beta"], ids=["a", "b"])
+    version = index.engine.gallery.version
+
+    class Broken:
+        def encode_items(self, items, **_):
+            raise RuntimeError("the embedding service is down")
+
+    with monkeypatch.context() as m:
+        m.setattr(Service, "encoder", lambda self, *a, **k: Broken())
+        with pytest.raises(RuntimeError, match="down"):
+            index.upsert(["alpha, edited"], ids=["a"])
+    for texts, ids, message in ((["x", "y"], ["a", "a"], "given twice"), ([""], ["b"], "empty"), (["x"], None, "needs an id")):
+        with pytest.raises(CompatretError, match=message):
+            index.upsert(texts, ids=ids)
+    assert index.engine.gallery.version == version
+    assert [r["text"] for r in index.get(["a", "b"])] == ["alpha", "beta"]
+
+
+def test_one_string_where_a_list_belongs_is_one_clear_error(index):
+    for call in (lambda: index.get("r1"), lambda: index.delete("r1"), lambda: index.vectors("r1"), lambda: index.query("r1")):
+        with pytest.raises(CompatretError, match="not one string"):
+            call()
+    assert len(index) == 60
+
+
+def test_query_and_add_refuse_what_they_would_otherwise_ignore(index):
+    q = rows(1)
+    with pytest.raises(CompatretError, match="k must be >= 1"):
+        index.query(vectors=q, k=0, where={"a": 1})
+    with pytest.raises(CompatretError, match="exactly one"):
+        index.query(k=3, where={"a": 1})
+    with pytest.raises(CompatretError, match="metadatas"):
+        index.add(vectors=rows(1), ids=["z"], metadatas=[{"a": 1}])
+    with pytest.raises(CompatretError, match="ids and metadatas go with texts"):
+        index.add(items=[{"id": "z", "text": "t"}], ids=["z"])
+    assert len(index) == 60
+
+
+def test_vectors_keep_a_repeated_id_in_place(index):
+    v = index.vectors(["r2", "r1", "r2"])
+    assert v.shape == (3, 8)
+    np.testing.assert_allclose(v[0], v[2])

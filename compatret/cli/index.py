@@ -200,7 +200,7 @@ def index_delete(directory: str, ids: tuple[str, ...], as_json: bool) -> None:
 
     gallery = compatret.open(directory)
     n = gallery.delete(list(ids))
-    out = {"deleted": n, "rows": len(gallery)} | ({"snapshot": gallery.info()["snapshot"]} if gallery.sharded else {})
+    out = {"deleted": n, "rows": len(gallery)} | ({"snapshot": gallery.engine.snapshot.snapshot} if gallery.sharded else {})  # type: ignore[union-attr]
     emit(out, as_json, f"deleted {n} rows; {out['rows']} left" + (f"; snapshot {out['snapshot']}" if gallery.sharded else ""))
 
 

@@ -181,15 +181,12 @@ def adapter_estimate(model: str, directory: str) -> tuple[dict[str, Any], str] |
 @friendly
 def index_backfill(directory: str, engine: dict[str, Any], as_json: bool, **opts: Any) -> None:
     """Re-embed rows with the serving model, one atomic commit per batch; stop any time, rerun to resume."""
-    from compatret.engine.backfill import backfill
-    from compatret.engine.service import Service
+    import compatret
 
     ray = ray_options(engine, opts["batch_size"])
-    is_sharded = sharded.is_sharded(directory)
 
     def run_to(fraction: float | None, limit: int | None = None) -> Any:
-        args = (limit, fraction, opts["order"], opts["batch_size"], not as_json)
-        return sharded.open_sharded(directory).backfill(*args, ray=ray) if is_sharded else backfill(Service.open(directory), *args, ray=ray)
+        return compatret.open(directory).backfill(limit, fraction, opts["order"], opts["batch_size"], not as_json, ray=ray)
 
     if gate_files(opts["gate_queries"], opts["qrels"]):
         _gated_backfill(directory, run_to, opts, as_json)

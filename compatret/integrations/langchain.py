@@ -30,7 +30,8 @@ from compatret.core.lineage import ModelVersion
 from compatret.encoders.base import item_text
 
 PROBES = ("compatret probe: a short sentence about retrieval.", "Ein zweiter Satz, mit Zahlen: 1, 2, 3.")
-FINGERPRINT_DIMS = 16  # compared at 2 decimals: a changed model differs there; float noise of one API call does not
+FINGERPRINT_DIMS = 16  # hashed at 2 decimals: a changed model differs there; a value of an API's noisy floats that
+# straddles a rounding boundary would differ too (rare; comparing stored probe vectors by cosine would remove it)
 
 
 def fingerprint(embedding: Embeddings) -> tuple[str, int]:

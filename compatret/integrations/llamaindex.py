@@ -29,6 +29,7 @@ from llama_index.core.vector_stores.types import (
     MetadataFilter,
     MetadataFilters,
     VectorStoreQuery,
+    VectorStoreQueryMode,
     VectorStoreQueryResult,
 )
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
@@ -106,6 +107,8 @@ class CompatretVectorStore(BasePydanticVectorStore):
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Top-k by cosine similarity, the query text embedded by the serving model (or the given
         embedding, read as the serving model's); filters, doc_ids and node_ids narrow it exactly."""
+        if query.mode != VectorStoreQueryMode.DEFAULT:
+            raise CompatretError(f"query mode {query.mode.value!r} is not supported: compatret ranks by dense similarity (mode 'default')")
         if len(self._index) == 0:
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
         asked: dict[str, Any] = {"texts": [query.query_str]} if query.query_str is not None else {}

@@ -39,7 +39,7 @@ RUN_BY: dict[tuple[str, int], tuple[str, str]] = {
         "compatret quickstart",
     ),
     ("README.md", 2): ("tests/test_docs.py::test_the_readme_python_api_prints_what_its_comments_say", "import compatret"),
-    ("README.md", 5): ("tests/test_docs.py::test_the_site_builds_strict", "mkdocs build --strict"),
+    ("README.md", 6): ("tests/test_docs.py::test_the_site_builds_strict", "mkdocs build --strict"),
     ("docs/own-data.md", 0): (OWN_DATA, "compatret index create indexes/docs"),
     ("docs/own-data.md", 1): (OWN_DATA, "# a model you did not train"),
     ("docs/api.md", 0): (OWN_DATA, "import compatret"),
@@ -156,7 +156,7 @@ def test_the_site_builds_strict(tmp_path):
     for module in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed: the dev extra brings mkdocs-material and mkdocstrings[python]")
-    command = shlex.split(block("README.md", 5, "test_the_site_builds_strict").split("#", 1)[0])
+    command = shlex.split(block("README.md", 6, "test_the_site_builds_strict").split("#", 1)[0])
     assert command == ["mkdocs", "build", "--strict"]
     site = tmp_path / "site"
     proc = subprocess.run(

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from compatret.cli.main import main
 from compatret.core.errors import CompatretError
-from compatret.train.image import trainer as image_trainer
+from compatret.train.image.data import Augment
 from compatret.train.image.parallel import train_recipes
 from compatret.train.image.recipe import CHECKPOINT_DIR, RECIPE_RECORD, load_recipe, parse_recipe
 from compatret.core.lineage import ModelVersion
@@ -89,19 +89,19 @@ def test_train_cli_trains_resumes_and_skips(tmp_path, data_root, monkeypatch):
 
     # the same job, killed during its third epoch, then rerun: it resumes and ends identical
     interrupted = write_recipe(tmp_path, "resumed")
-    real_augment, calls = image_trainer.augment, {"n": 0}
+    real_augment, calls = Augment.__call__, {"n": 0}
 
     def dying_augment(*a, **k):
         calls["n"] += 1
-        if calls["n"] > 5:  # 32 images / batch 16 = 2 batches per epoch
+        if calls["n"] > 2 * 32 + 5:  # augmented image by image, 32 per epoch: dies in the third
             raise KeyboardInterrupt
         return real_augment(*a, **k)
 
-    monkeypatch.setattr(image_trainer, "augment", dying_augment)
+    monkeypatch.setattr(Augment, "__call__", dying_augment)
     assert run("train", "image", "--recipe", str(interrupted), "--device", "cpu").exit_code != 0
     ckpt = torch.load(tmp_path / "resumed" / CHECKPOINT_DIR / "last.pt", weights_only=False)
     assert ckpt["epoch"] == 2 and (tmp_path / "resumed" / RECIPE_RECORD).exists()
-    monkeypatch.setattr(image_trainer, "augment", real_augment)
+    monkeypatch.setattr(Augment, "__call__", real_augment)
     again = run("train", "image", "--recipe", str(interrupted), "--device", "cpu")
     assert again.exit_code == 0, again.output
     assert "trained c10-resumed" in again.stdout

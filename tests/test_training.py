@@ -9,6 +9,8 @@ from compatret.data.images import load_digits_splits
 from compatret.encoders.image import ImageEmbedder, ImageModelSpec, to_batch
 from compatret.models.heads.cosine import CosineClassifier
 from compatret.models.losses.bct import BCTLoss, influence_weights
+from compatret.models.losses.oca import class_means
+from compatret.train.image.data import DecodedImages
 from compatret.train.image.trainer import TrainConfig, train_image_model
 
 SPEC = ImageModelSpec(width=0.125, in_channels=1, image_size=8, embed_dim=16, mean=(0.3,), std=(0.4,))
@@ -18,12 +20,12 @@ def test_influence_weights_use_class_means_for_new_classes():
     old_w = torch.randn(2, 4)
     feats = torch.randn(30, 4)
     labels = torch.arange(30) % 3
-    w = influence_weights(old_w, feats, labels, 3)
+    w = influence_weights(old_w, class_means(feats, labels, 3), torch.bincount(labels, minlength=3))
     assert w.shape == (3, 4)
     expect = torch.nn.functional.normalize(feats[labels == 2].mean(0), dim=0)
     torch.testing.assert_close(w[2], expect)
     with pytest.raises(ValueError, match="no samples"):
-        influence_weights(old_w, feats, labels, 4)
+        influence_weights(old_w, class_means(feats, labels, 4), torch.bincount(labels, minlength=4))
 
 
 def test_bct_loss_prefers_features_aligned_with_the_old_classifier():
@@ -36,10 +38,9 @@ def test_bct_loss_prefers_features_aligned_with_the_old_classifier():
     assert not any(p.requires_grad for p in loss.parameters())
 
 
-def _setup():
+def _setup() -> DecodedImages:
     train, _ = load_digits_splits()
-    sub = train.head_per_class(20)
-    return to_batch(sub.images, SPEC), torch.from_numpy(sub.labels)
+    return DecodedImages.of(train.head_per_class(20), SPEC)
 
 
 class Interrupt(Exception):
@@ -47,9 +48,9 @@ class Interrupt(Exception):
 
 
 def test_resume_after_interruption_matches_a_straight_run(tmp_path):
-    x, y = _setup()
+    data = _setup()
     cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, crop_padding=1, flip=False, progress=False)
-    steps_per_epoch = (len(x) + 31) // 32
+    steps_per_epoch = (len(data.labels) + 31) // 32
 
     def run(ckpt: str | None, stop_at_step: int | None = None) -> ImageEmbedder:
         torch.manual_seed(0)
@@ -62,7 +63,7 @@ def test_resume_after_interruption_matches_a_straight_run(tmp_path):
                 raise Interrupt
             return {"total": feats.sum() * 0.0}
 
-        train_image_model(model, clf, x, y, TrainConfig(**{**cfg.__dict__, "checkpoint_dir": ckpt}), compat_loss=interrupting)
+        train_image_model(model, clf, data, SPEC, TrainConfig(**{**cfg.__dict__, "checkpoint_dir": ckpt}), compat_loss=interrupting)
         return model
 
     straight = run(None)
@@ -77,10 +78,9 @@ def test_resume_after_interruption_matches_a_straight_run(tmp_path):
 def test_training_learns_digits():
     train, test = load_digits_splits()
     spec = ImageModelSpec(width=0.25, in_channels=1, image_size=16, embed_dim=32, mean=(0.3,), std=(0.4,))
-    x, y = to_batch(train.images, spec), torch.from_numpy(train.labels)
     torch.manual_seed(0)
     model, clf = ImageEmbedder(spec), CosineClassifier(32, 10)
-    hist = train_image_model(model, clf, x, y, TrainConfig(epochs=15, batch_size=64, lr=0.1, crop_padding=2, flip=False, progress=False))
+    hist = train_image_model(model, clf, DecodedImages.of(train, spec), spec, TrainConfig(epochs=15, batch_size=64, lr=0.1, crop_padding=2, flip=False, progress=False))
     assert hist[-1]["ce"] < hist[0]["ce"] * 0.5
     with torch.no_grad():
         acc = (clf(model(to_batch(test.images, spec))).argmax(1) == torch.from_numpy(test.labels)).float().mean().item()

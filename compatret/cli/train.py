@@ -42,4 +42,7 @@ def train_image(recipe_files: tuple[str, ...], out: str | None, device: str | No
         parent = f", parent {v.parent.id} [{rule}]" if v.parent else ""
         records.append({"version": v.to_dict(), "out": str(outcome.out), "skipped": outcome.skipped})
         lines.append(f"{verb} {v.id} ({v.method}, {v.dim}-d{parent}) in {outcome.out}")
-    emit(records[0] if len(records) == 1 else records, as_json, "\n".join(lines))
+    from compatret.train.image import distributed
+
+    if distributed.ranks().main:  # under torchrun: one report, from the process that wrote the folders
+        emit(records[0] if len(records) == 1 else records, as_json, "\n".join(lines))

@@ -6,21 +6,23 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from compatret.models.losses.oca import class_means
 from compatret.models.losses.terms import influence, old_prefix
 
 
-def influence_weights(old_weight: torch.Tensor, old_features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def influence_weights(old_weight: torch.Tensor, old_means: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Old classifier rows for the classes it knew, old-feature class means for the new ones.
 
     Classes the old model never saw get a pseudo-classifier (as BT² and OCA do), so the
-    influence loss covers every training sample. Returns [num_classes, d_old], rows L2-normalised.
+    influence loss covers every training sample. `old_means` [num_classes, d_old] are the old
+    model's mean features per class, `counts` the images per class (see `class_means`).
+    Returns [num_classes, d_old], rows L2-normalised.
     """
     c_old, d_old = old_weight.shape
-    seen = torch.bincount(labels, minlength=num_classes)[c_old:num_classes]
+    num_classes = len(counts)
+    seen = counts[c_old:num_classes]
     if len(seen) and not bool((seen > 0).all()):
         raise ValueError(f"no samples of new class {c_old + int(torch.nonzero(seen == 0)[0])} to build its pseudo-classifier")
-    means = class_means(old_features.float(), labels, num_classes)[c_old:]
+    means = old_means.float()[c_old:num_classes]
     weight = torch.cat([F.normalize(old_weight.detach().float(), dim=1), F.normalize(means, dim=1)])
     if weight.shape != (num_classes, d_old):
         raise ValueError(f"influence weights have shape {tuple(weight.shape)}, expected ({num_classes}, {d_old})")

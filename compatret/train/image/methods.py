@@ -8,25 +8,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from compatret.core.device import torch_device
 from compatret.core.errors import CompatretError
 from compatret.core.lineage import Compat, ModelVersion
 from compatret.data.images import ImageSplit
-from compatret.encoders.image import ImageEmbedder, ImageModelSpec, load_image_model, save_image_model, to_batch
+from compatret.encoders.image import ImageEmbedder, ImageModelSpec, load_image_model, save_image_model
 from compatret.models.heads.cosine import CosineClassifier
 from compatret.models.losses.bct import BCTLoss, influence_weights
 from compatret.models.losses.bt2 import BT2Loss
 from compatret.models.losses.hoc import DSimplexLoss
-from compatret.models.losses.oca import OCALoss, class_means
-from compatret.train.image.trainer import CompatLoss, TrainConfig, embed, train_image_model
+from compatret.models.losses.oca import OCALoss
+from compatret.train.image import distributed
+from compatret.train.image.data import DecodedImages, ImageSource
+from compatret.train.image.trainer import CompatLoss, TrainConfig, class_means, train_image_model
 from compatret.train.seeding import seed_everything
 
 METHODS = ("independent", "bct", "dsimplex", "bt2", "oca")
@@ -70,13 +70,15 @@ class _Parent:
     version: ModelVersion
     model: ImageEmbedder
     state: dict[str, Any]
-    images: torch.Tensor
+    source: ImageSource
+    spec: ImageModelSpec
     device: str
+    workers: int = 0
 
-    @cached_property
-    def feats(self) -> torch.Tensor:
-        """Its features of the un-augmented training images (for class means), on the CPU."""
-        return embed(self.model, self.images, device=self.device)
+    def means(self, num_classes: int, normalized: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Its per-class mean features of the un-augmented training images, and the images per class
+        (one streaming pass: the old model's features are never all held)."""
+        return class_means(self.model, self.source, self.spec, num_classes, self.device, normalized, self.workers)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -94,7 +96,6 @@ class _Context:
     method: MethodSpec
     spec: ImageModelSpec
     parent: _Parent | None
-    labels: torch.Tensor
     num_classes: int
     device: str
 
@@ -127,7 +128,7 @@ def _bct(c: _Context) -> _Built:
     if c.spec.embed_dim < p.version.dim:
         raise CompatretError(f"new embed_dim {c.spec.embed_dim} is smaller than the old {p.version.dim}")
     classifier = CosineClassifier(c.spec.embed_dim, c.num_classes)
-    weights = influence_weights(p.classifier_rows(), p.feats, c.labels, c.num_classes)
+    weights = influence_weights(p.classifier_rows(), *p.means(c.num_classes))
     compat = Compat.identity() if c.spec.embed_dim == p.version.dim else Compat.prefix(p.version.dim)
     align = c.method.align()
     if align == 0:
@@ -160,7 +161,7 @@ def _dsimplex(c: _Context) -> _Built:
 def _bt2(c: _Context) -> _Built:
     p = c.parent
     assert p is not None
-    weights = influence_weights(p.classifier_rows(), p.feats, c.labels, c.num_classes)
+    weights = influence_weights(p.classifier_rows(), *p.means(c.num_classes))
     crit = BT2Loss(weights, cosine_weight=c.method.align(), influence_weight=c.method.compat_weight).to(c.device)
     classifier = CosineClassifier(c.spec.embed_dim, c.num_classes)
     return _Built(classifier, lambda f, y, x: crit(f, p.features(x), y), Compat.prefix(p.version.dim), {})
@@ -170,7 +171,7 @@ def _oca(c: _Context) -> _Built:
     p = c.parent
     assert p is not None
     old_classes = min(int(p.state.get("num_classes", c.num_classes)), c.num_classes)
-    prototypes = class_means(F.normalize(p.feats, dim=1), c.labels, c.num_classes)[:old_classes]
+    prototypes = p.means(c.num_classes, normalized=True)[0][:old_classes]
     w = c.method.compat_weight
     crit = OCALoss(prototypes, ce_weight=w, l2_weight=0.5 * w).to(c.device)
     classifier = CosineClassifier(c.spec.embed_dim, c.num_classes)
@@ -186,7 +187,7 @@ _BUILDERS: dict[str, Callable[[_Context], _Built]] = {
 }
 
 
-def _load_parent(parent_dir: str | Path, spec: ImageModelSpec, images: torch.Tensor, device: str) -> _Parent:
+def _load_parent(parent_dir: str | Path, spec: ImageModelSpec, source: ImageSource, device: str, workers: int) -> _Parent:
     """Load the frozen parent; it must read images exactly as the new model does."""
     version = ModelVersion.load(parent_dir)
     model, state = load_image_model(parent_dir)
@@ -194,13 +195,13 @@ def _load_parent(parent_dir: str | Path, spec: ImageModelSpec, images: torch.Ten
     if (old.in_channels, old.image_size, old.mean, old.std) != (spec.in_channels, spec.image_size, spec.mean, spec.std):
         raise CompatretError(f"parent {version.id!r} preprocesses images differently (size, channels, mean, std) from the new spec")
     model.to(device).eval().requires_grad_(False)
-    return _Parent(version, model, state, images, device)
+    return _Parent(version, model, state, source, spec, device, workers)
 
 
 def fit_image_version(
     version_id: str,
     method: MethodSpec,
-    train: ImageSplit,
+    train: ImageSplit | ImageSource,
     spec: ImageModelSpec,
     cfg: TrainConfig,
     out_dir: str | Path,
@@ -208,8 +209,10 @@ def fit_image_version(
 ) -> ModelVersion:
     """Train `method` on `train` against the frozen model in `parent_dir` and save a model folder.
 
-    The folder holds the weights (neck included), encoder.json and the ModelVersion with its
-    parent and Compat rule, so `load_encoder` and `index upgrade` take it as it is.
+    `train` streams (an ImageSource: a parquet file, an image folder tree) or is a small set held
+    in memory (an ImageSplit, decoded once). The folder holds the weights (neck included),
+    encoder.json and the ModelVersion with its parent and Compat rule, so `load_encoder` and
+    `index upgrade` take it as it is. Under torchrun only the first process writes it.
     """
     if method.name not in _BUILDERS:
         raise CompatretError(f"unknown method {method.name!r}; choose from {METHODS}")
@@ -217,21 +220,22 @@ def fit_image_version(
         raise CompatretError(f"{method.name} needs the old model (parent)")
     if method.name == "independent" and parent_dir is not None:
         raise CompatretError("independent training takes no parent")
-    num_classes = method.num_classes or int(train.labels.max()) + 1
-    x = to_batch(train.images, spec)
-    y = torch.from_numpy(train.labels)
-    device = torch_device(cfg.device)
-    parent = _load_parent(parent_dir, spec, x, device) if parent_dir is not None else None
+    source = DecodedImages.of(train, spec) if isinstance(train, ImageSplit) else train
+    num_classes = method.num_classes or int(source.labels.max()) + 1
+    device = distributed.join(torch_device(cfg.device), distributed.ranks())
+    parent = _load_parent(parent_dir, spec, source, device, cfg.workers) if parent_dir is not None else None
     spec = _embedder_spec(method, spec, parent.version if parent else None)
     seed_everything(cfg.seed)  # weights are initialised here, before the trainer seeds again
     model = ImageEmbedder(spec)
-    built = _BUILDERS[method.name](_Context(method, spec, parent, y, num_classes, device))
-    history = train_image_model(model, built.classifier, x, y, cfg, compat_loss=built.loss, desc=f"train {version_id}")
+    built = _BUILDERS[method.name](_Context(method, spec, parent, num_classes, device))
+    history = train_image_model(model, built.classifier, source, spec, cfg, compat_loss=built.loss, desc=f"train {version_id}")
     version = ModelVersion(
         version_id, spec.embed_dim, "image", parent=parent.version if parent else None, compat=built.compat, method=method.label()
     )
     state: dict[str, Any] = {"num_classes": num_classes, "history": history, **built.state}
     if built.classifier is not None:
         state["classifier"] = built.classifier.cpu().state_dict()
-    save_image_model(model.cpu(), version, out_dir, extra_state=state)
+    if distributed.ranks().main:
+        save_image_model(model.cpu(), version, out_dir, extra_state=state)
+    distributed.barrier()
     return version

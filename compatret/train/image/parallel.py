@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from compatret.core.errors import CompatretError
+from compatret.train.image import distributed
 from compatret.train.image.recipe import ImageRecipe, TrainOutcome, is_trained, train_recipe
 
 
@@ -75,6 +76,8 @@ def train_recipes(
     """
     if jobs < 1:
         raise CompatretError(f"jobs must be >= 1, got {jobs}")
+    if jobs > 1 and distributed.ranks().world > 1:
+        raise CompatretError("under torchrun every process trains the same recipe: leave --jobs at 1")
     parent_of = _producers(recipes)
     done: dict[str, TrainOutcome] = {}
 

@@ -13,19 +13,23 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
+import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
 from compatret.core.config import dataset, read_toml
+from compatret.core.device import torch_device
 from compatret.core.errors import CompatretError
 from compatret.core.lineage import VERSION_FILE, ModelVersion
-from compatret.data.images import ImageSplit, load_parquet_split
 from compatret.encoders.image import ImageModelSpec
+from compatret.train.image import distributed
+from compatret.train.image.data import FolderImages, ParquetImages
 from compatret.train.image.methods import METHODS, MethodSpec, fit_image_version
 from compatret.train.image.trainer import TrainConfig
 
 RECIPE_RECORD = "recipe.json"
 CHECKPOINT_DIR = "checkpoint"
 _RUNTIME_FIELDS = ("seed", "device", "checkpoint_dir", "progress")
+_NOT_IN_RECORD = ("device", "checkpoint_dir", "progress", "workers")  # how a run reads, not what it trains
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class ImageRecipe:
         d = asdict(self)
         d["classes"] = list(self.classes)
         d["model"] = {**d["model"], "mean": list(self.model.mean), "std": list(self.model.std)}
-        for key in ("device", "checkpoint_dir", "progress"):
+        for key in _NOT_IN_RECORD:
             d["train"].pop(key)
         return d
 
@@ -119,6 +123,7 @@ def parse_recipe(doc: dict[str, Any], source: str = "recipe") -> ImageRecipe:
         raise CompatretError(f"{source}: method.name {method.name!r} is not one of {', '.join(METHODS)}")
     seed = _check(doc.get("seed", 0), int, "seed")
     train = replace(_build(TrainConfig, doc.get("train", {}), "train", skip=_RUNTIME_FIELDS), seed=seed)
+    train.check("cuda")  # every setting but where it runs (half precision on a CPU is refused when the run starts)
     if train.epochs < 1 or train.batch_size < 1 or train.lr <= 0:
         raise CompatretError(f"{source}: train.epochs, train.batch_size and train.lr must be positive")
     model = _build(ImageModelSpec, doc.get("model", {}), "model")
@@ -144,15 +149,28 @@ def load_recipe(path: str | Path) -> ImageRecipe:
     return parse_recipe(read_toml(path), str(path))
 
 
-def load_train_split(recipe: ImageRecipe) -> ImageSplit:
-    """The recipe's training images: its class range, optionally the first N per class."""
+def load_train_source(recipe: ImageRecipe) -> ParquetImages | FolderImages:
+    """The recipe's training images, streamed: `train.parquet` (image bytes + label) or a folder of
+    class folders (`train/<class>/...`, or the data folder itself); its class range, optionally
+    the first N images of each class."""
     folder = Path(recipe.data) if Path(recipe.data).is_absolute() else dataset(recipe.data)
-    split = load_parquet_split(folder, "train")
+    if (folder / "train.parquet").is_file():
+        source: ParquetImages | FolderImages = ParquetImages(folder / "train.parquet")
+    elif folder.is_dir():
+        source = FolderImages(folder / "train" if (folder / "train").is_dir() else folder)
+    else:
+        raise CompatretError(f"no training images at {folder}: expected train.parquet or class folders")
     first, last = recipe.classes
-    split = split.subset((split.labels >= first) & (split.labels <= last))
-    if len(split.labels) == 0:
+    keep = (source.labels >= first) & (source.labels <= last)
+    if recipe.per_class:
+        rank = np.zeros(len(keep), dtype=np.int64)
+        for c in np.unique(source.labels[keep]):
+            where = np.flatnonzero(keep & (source.labels == c))
+            rank[where] = np.arange(len(where))
+        keep &= rank < recipe.per_class
+    if not keep.any():
         raise CompatretError(f"no training images of classes {first}-{last} in {folder}")
-    return split.head_per_class(recipe.per_class) if recipe.per_class else split
+    return source.subset(keep)
 
 
 def is_trained(folder: str | Path) -> bool:
@@ -168,10 +186,23 @@ class TrainOutcome:
 
 
 def train_recipe(recipe: ImageRecipe, device: str | None = None, progress: bool = True) -> TrainOutcome:
-    """Run a recipe into recipe.out, resuming its checkpoint; a finished folder is left as it is."""
+    """Run a recipe into recipe.out, resuming its checkpoint; a finished folder is left as it is.
+    Under torchrun the first process checks and writes the folder, and every process learns its verdict."""
     out = Path(recipe.out)
-    if is_trained(out):
+    r = distributed.ranks()
+    distributed.join(torch_device(device), r)
+    if distributed.agreed(lambda: is_trained(out)):
         return TrainOutcome(ModelVersion.load(out), out, skipped=True)
+    distributed.agreed(lambda: _prepare(recipe, out))
+    cfg = replace(recipe.train, device=device, checkpoint_dir=str(out / CHECKPOINT_DIR), progress=progress)
+    version = fit_image_version(recipe.id, recipe.method, load_train_source(recipe), recipe.model, cfg, out, recipe.parent)
+    if r.main:
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    return TrainOutcome(version, out, skipped=False)
+
+
+def _prepare(recipe: ImageRecipe, out: Path) -> None:
+    """Check the parent and the output folder (a rerun of the same recipe resumes), then record the job."""
     if recipe.parent is not None and not is_trained(recipe.parent):
         raise CompatretError(f"parent model {recipe.parent} is not a trained model folder: train it first")
     record = recipe.to_dict()
@@ -183,7 +214,3 @@ def train_recipe(recipe: ImageRecipe, device: str | None = None, progress: bool 
         raise CompatretError(f"{out} is not empty and holds no compatret training run")
     out.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record, indent=2))
-    cfg = replace(recipe.train, device=device, checkpoint_dir=str(out / CHECKPOINT_DIR), progress=progress)
-    version = fit_image_version(recipe.id, recipe.method, load_train_split(recipe), recipe.model, cfg, out, recipe.parent)
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    return TrainOutcome(version, out, skipped=False)

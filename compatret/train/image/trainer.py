@@ -1,11 +1,15 @@
 """Classification-style training of image embedders, with an optional compatibility loss.
 
-Seeds, per-epoch checkpoints with resume, a progress bar, CPU or GPU chosen at run time.
+Images stream from an ImageSource through a DataLoader (loader workers, pinned memory on GPUs),
+augmented per image; seeds, per-epoch checkpoints with resume, a progress bar, CPU or GPU chosen
+at run time, mixed precision on CUDA, and data-parallel processes under torchrun (`distributed`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,15 +20,28 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from compatret.core.device import torch_device
+from compatret.core.errors import CompatretError
+from compatret.encoders.image import ImageModelSpec
 from compatret.train.checkpoint import load_checkpoint, save_checkpoint
+from compatret.train.image import distributed
+from compatret.train.image.data import Augment, ImageSource, RankBatches, TrainImages, in_order
 from compatret.train.seeding import seed_everything
 
 CompatLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 CHECKPOINT = "last.pt"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUGMENTS = ("crop", "resized_crop", "none")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Optimiser (`optimizer`: sgd, Nesterov | adam, as BT² and d-Simplex train) and schedule
+    (`schedule`: onecycle | cosine, after `warmup_epochs` of linear warm-up, down to `min_lr`),
+    `label_smoothing` of the cross-entropy, per-image augmentation (`augment`: crop |
+    resized_crop | none, with crop_padding and flip), loader `workers` (0: read in the training
+    process), `precision` (fp32 | bf16 | fp16; half precision on CUDA only) and, in a
+    data-parallel run, `sync_batchnorm` (batch statistics over the global batch)."""
+
     epochs: int = 30
     batch_size: int = 128
     lr: float = 0.05
@@ -32,57 +49,121 @@ class TrainConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     device: str | None = None
+    optimizer: str = "sgd"
+    schedule: str = "onecycle"
+    warmup_epochs: int = 0
+    min_lr: float = 0.0
+    label_smoothing: float = 0.0
     crop_padding: int = 4
     flip: bool = True
+    augment: str = "crop"
+    workers: int = 0
+    precision: str = "fp32"
+    sync_batchnorm: bool = True
     checkpoint_dir: str | None = None
     progress: bool = True
 
+    def check(self, device: str) -> None:
+        if self.augment not in AUGMENTS:
+            raise CompatretError(f"train.augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
+        if self.precision not in PRECISIONS:
+            raise CompatretError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision != "fp32" and not device.startswith("cuda"):
+            raise CompatretError(f"train.precision {self.precision} needs a CUDA device (this run is on {device})")
+        if self.workers < 0:
+            raise CompatretError("train.workers must be >= 0")
+        if self.optimizer not in ("sgd", "adam") or self.schedule not in ("onecycle", "cosine"):
+            raise CompatretError(
+                f"train.optimizer is sgd or adam and train.schedule onecycle or cosine, got {self.optimizer!r}, {self.schedule!r}"
+            )
+        if not (0 <= self.warmup_epochs < self.epochs and 0 <= self.min_lr <= self.lr and 0 <= self.label_smoothing < 1):
+            raise CompatretError("train.warmup_epochs must be below epochs, min_lr at most lr, label_smoothing in [0, 1)")
 
-def augment(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding (one offset per batch) and random horizontal flips."""
-    if padding > 0:
-        h, w = x.shape[-2:]
-        dy, dx = (int(v) for v in torch.randint(0, 2 * padding + 1, (2,), generator=gen))
-        x = F.pad(x, (padding,) * 4)[..., dy : dy + h, dx : dx + w]
-    if flip:
-        mask = torch.rand(x.shape[0], generator=gen) < 0.5
-        x = torch.where(mask.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
-    return x
+    def optimiser(
+        self, params: list[nn.Parameter], steps_per_epoch: int
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """The optimiser and its per-step schedule."""
+        if self.optimizer == "adam":
+            opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, nesterov=True)
+        total = self.epochs * steps_per_epoch
+        if self.schedule == "onecycle":
+            return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=total, pct_start=0.15)
+        warm = self.warmup_epochs * steps_per_epoch
+        floor = self.min_lr / self.lr
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = (step - warm) / max(1, total - warm)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class _Net(nn.Module):
+    """Embedder and classifier as one module: what DDP wraps, so both are kept in step."""
+
+    def __init__(self, model: nn.Module, classifier: nn.Module | None) -> None:
+        super().__init__()
+        self.model, self.classifier = model, classifier
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        feats = self.model(x)
+        return feats, self.classifier(feats) if self.classifier is not None else None
+
+
+def loader(data: torch.utils.data.Dataset[Any], batches: Any, workers: int, pin: bool) -> torch.utils.data.DataLoader[Any]:
+    """Batches read by `workers` processes (started by forkserver: torch and friends are not fork-safe)."""
+    return torch.utils.data.DataLoader(
+        data, batch_sampler=batches, num_workers=workers, pin_memory=pin, multiprocessing_context="forkserver" if workers else None
+    )
 
 
 @torch.no_grad()
-def embed(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: str | None = None) -> torch.Tensor:
-    """Features of a whole tensor of images (eval mode), on the CPU."""
-    device = torch_device(device)
-    was_training = model.training
-    model.eval().to(device)
-    out = [model(x[s : s + batch_size].to(device)).cpu() for s in range(0, len(x), batch_size)]
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+def class_means(
+    model: nn.Module, source: ImageSource, spec: ImageModelSpec, num_classes: int, device: str, normalized: bool = False, workers: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-class mean feature [num_classes, D], images per class) of un-augmented images, one
+    streaming pass (each process takes its share; the sums are added up across processes)."""
+    r = distributed.ranks()
+    model.eval()
+    sums: torch.Tensor | None = None
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    for x, y, _ in loader(TrainImages(source, spec, None, 0), list(in_order(source, 256, r.rank, r.world)), workers, False):
+        f = model(x.to(device)).double().cpu()
+        f = F.normalize(f, dim=1) if normalized else f
+        sums = torch.zeros(num_classes, f.shape[1], dtype=torch.float64) if sums is None else sums
+        sums.index_add_(0, y, f)
+        counts += torch.bincount(y, minlength=num_classes).double()
+    if sums is None:
+        raise CompatretError("no training images to compute class means from")
+    sums, counts = distributed.all_sum(sums), distributed.all_sum(counts)
+    return (sums / counts.clamp(min=1)[:, None]).float(), counts
 
 
 def _objective(
-    model: nn.Module, classifier: nn.Module | None, compat_loss: CompatLoss | None, x: torch.Tensor, y: torch.Tensor
+    net: nn.Module, compat_loss: CompatLoss | None, x: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss of one batch and its named parts: cross-entropy (with a classifier) + the compat loss."""
-    feats = model(x)
-    parts = {"ce": F.cross_entropy(classifier(feats), y)} if classifier is not None else {}
-    loss = parts.get("ce", feats.new_zeros(()))
+    feats, logits = net(x)
+    parts = {"ce": F.cross_entropy(logits.float(), y, label_smoothing=smoothing)} if logits is not None else {}
+    loss = parts.get("ce", feats.new_zeros((), dtype=torch.float32))
     if compat_loss is not None:
-        extra = compat_loss(feats, y, x)
+        extra = compat_loss(feats.float(), y, x)
         parts.update({k: v for k, v in extra.items() if k != "total"})
         loss = loss + extra["total"]
     return loss, parts
 
 
-def _resume(ckpt: Path | None, device: str, stateful: dict[str, Any], gen: torch.Generator) -> tuple[int, list[dict[str, float]]]:
+def _resume(ckpt: Path | None, device: str, stateful: dict[str, Any]) -> tuple[int, list[dict[str, float]]]:
     """(first epoch to run, history so far): from the checkpoint if there is one, else (0, [])."""
     if ckpt is None or not ckpt.exists():
         return 0, []
     state = load_checkpoint(ckpt, device)
     for key, module in stateful.items():
         module.load_state_dict(state[key])
-    gen.set_state(state["gen"])
     torch.set_rng_state(state["torch_rng"])
     return state["epoch"], state["history"]
 
@@ -90,8 +171,8 @@ def _resume(ckpt: Path | None, device: str, stateful: dict[str, Any], gen: torch
 def train_image_model(
     model: nn.Module,
     classifier: nn.Module | None,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    source: ImageSource,
+    spec: ImageModelSpec,
     cfg: TrainConfig,
     compat_loss: CompatLoss | None = None,
     desc: str = "train",
@@ -101,53 +182,68 @@ def train_image_model(
     With classifier None the compat_loss is the whole objective (d-Simplex: its loss holds
     the fixed classifier and weighs CE against HOC itself). Returns the per-epoch mean of
     each loss part. With cfg.checkpoint_dir set, each epoch ends with a checkpoint and a
-    rerun resumes after the last finished epoch.
+    rerun resumes after the last finished epoch. Under torchrun, each process trains on its
+    part of every global batch; its loss is weighed by its share, so the averaged gradient is
+    the global batch's, as in one process.
     """
     if classifier is None and compat_loss is None:
         raise ValueError("train_image_model needs a classifier, a compat_loss or both")
+    r = distributed.ranks()
+    device = distributed.join(torch_device(cfg.device), r)
+    cfg.check(device)
     seed_everything(cfg.seed)
-    device = torch_device(cfg.device)
-    heads = nn.ModuleList([classifier] if classifier is not None else [])
+    net = _Net(model, classifier)
+    if r.world > 1 and cfg.sync_batchnorm:
+        distributed.sync_batchnorm(net, device)
     # ~1.3-1.45x faster convolutions on CPU
-    model.to(device, memory_format=torch.channels_last).train()  # type: ignore[call-overload]  # Module.to takes memory_format; torch's overloads omit it
-    heads.to(device).train()
-    params = [p for p in list(model.parameters()) + list(heads.parameters()) if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
-    steps_per_epoch = max(1, (len(images) + cfg.batch_size - 1) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    stateful: dict[str, Any] = {"model": model, "heads": heads, "opt": opt, "sched": sched}
+    net.to(device, memory_format=torch.channels_last).train()  # type: ignore[call-overload]  # Module.to takes memory_format; torch's overloads omit it
+    heads = nn.ModuleList([classifier] if classifier is not None else [])
+    params = [p for p in net.parameters() if p.requires_grad]
+    steps = RankBatches(source, cfg.batch_size, cfg.seed, 0, cfg.epochs, r.rank, r.world).steps_per_epoch()
+    opt, sched = cfg.optimiser(params, steps)
     ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT if cfg.checkpoint_dir else None
-    start, history = _resume(ckpt, device, stateful, gen)
-    bar = tqdm(desc=desc, unit="batch", disable=not cfg.progress, initial=start * steps_per_epoch, total=cfg.epochs * steps_per_epoch)
+    start, history = _resume(ckpt, device, {"model": model, "heads": heads, "opt": opt, "sched": sched})
+    wrapped = nn.parallel.DistributedDataParallel(net, device_ids=[r.local] if device.startswith("cuda") else None) if r.world > 1 else net
+    cuda = device.startswith("cuda")
+    augment = Augment(cfg.augment, cfg.crop_padding, cfg.flip) if cfg.augment != "none" or cfg.flip else None
+    batches = iter(
+        loader(
+            TrainImages(source, spec, augment, cfg.seed),
+            RankBatches(source, cfg.batch_size, cfg.seed, start, cfg.epochs, r.rank, r.world),
+            cfg.workers,
+            cuda,
+        )
+    )
+    half = PRECISIONS[cfg.precision]
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+    bar = tqdm(desc=desc, unit="batch", disable=not (cfg.progress and r.main), initial=start * steps, total=cfg.epochs * steps)
     for epoch in range(start, cfg.epochs):
-        sums: dict[str, float] = {}
-        order = torch.randperm(len(images), generator=gen)
-        for s in range(0, len(images), cfg.batch_size):
-            idx = order[s : s + cfg.batch_size]
-            x = augment(images[idx], cfg.crop_padding, cfg.flip, gen).to(device, memory_format=torch.channels_last)
-            y = labels[idx].to(device)
-            loss, parts = _objective(model, classifier, compat_loss, x, y)
+        sums: torch.Tensor | None = None  # images seen, then each part's sum over them
+        names: list[str] = []
+        for _ in range(steps):
+            x, y, n_global = next(batches)
+            x, y = x.to(device, memory_format=torch.channels_last, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=half) if half is not None else nullcontext():
+                loss, parts = _objective(wrapped, compat_loss, x, y, cfg.label_smoothing)
+            share = len(y) * r.world / int(n_global[0])  # this process's images over the global batch's, times W: DDP averages
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss * share).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             bar.update(1)
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
-        history.append({k: v / len(images) for k, v in sums.items()})
+            names = names or list(parts)
+            row = torch.tensor([len(y)] + [float(parts[k].detach()) * len(y) for k in names], dtype=torch.float64)
+            sums = row if sums is None else sums + row
+        if sums is None:
+            raise CompatretError(f"no batch to train on: {len(source.labels)} images, batch size {cfg.batch_size}")
+        totals = distributed.all_sum(sums)
+        history.append({k: float(totals[n + 1] / totals[0]) for n, k in enumerate(names)})
         bar.set_postfix({"epoch": epoch + 1, **{k: f"{v:.3f}" for k, v in history[-1].items()}})
-        if ckpt is not None:
-            save_checkpoint(
-                ckpt,
-                {
-                    **{k: m.state_dict() for k, m in stateful.items()},
-                    "gen": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "epoch": epoch + 1,
-                    "history": history,
-                },
-            )
+        if ckpt is not None and r.main:
+            state = {"model": model.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}
+            save_checkpoint(ckpt, {**state, "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history})
+        distributed.barrier()
     bar.close()
     model.eval()
     return history

@@ -1,24 +1,17 @@
-"""The Python API: `compatret.open` / `compatret.create` give one `Index` for a gallery, single or
-sharded, with every job the CLI and the HTTP server run (they call these same methods).
-
-    import compatret
-    index = compatret.create("gallery", model="minilm-l6")
-    index.add(["a first text", "a second text"], ids=["a", "b"], metadatas=[{"lang": "en"}, {"lang": "en"}])
-    hits = index.query(["which text comes first?"], k=1)[0]
-    index.upgrade("models/v2")          # O(1): old vectors keep serving
-    index.backfill(fraction=0.5)        # optional, resumable
-"""
+"""The Index: one gallery, single or sharded, behind the methods the CLI, the HTTP server and Python
+users call (see `compatret.api`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from compatret.api.rows import ROW_COLUMNS, Where, differs, equal_to, not_one_string, replace_rows, row_of, text_items, vectors_in
 from compatret.core.errors import CompatretError
 
 if TYPE_CHECKING:
@@ -29,46 +22,6 @@ if TYPE_CHECKING:
     from compatret.engine.service import Service
     from compatret.engine.sharded import ShardedService
     from compatret.store.meta import GalleryMeta
-
-Where = Mapping[str, Any] | Callable[[dict[str, Any]], bool]  # metadata equal to every pair, or a predicate on it
-ROW_COLUMNS = ["id", "title", "text", "metadata", "model_version"]
-
-
-def open(path: str | Path, kernel: str = "auto", refresh_seconds: float = 0.0) -> Index:  # noqa: A001 (the verb users expect)
-    """The gallery in `path`, single or sharded; refresh_seconds > 0 lets queries read a view up to
-    that old (servers), 0 reads the latest version on every query."""
-    from compatret.engine.sharded import open_gallery
-
-    return Index(open_gallery(path, kernel, refresh_seconds))
-
-
-def create(
-    path: str | Path,
-    model: str | None = None,
-    *,
-    dim: int | None = None,
-    version_id: str | None = None,
-    modality: str | None = None,
-    shards: int | None = None,
-    ann: str = "auto",
-    merge: str = "raw",
-) -> Index:
-    """A new, empty gallery served by `model` (an alias such as minilm-l6, or a model folder), or,
-    for vectors made elsewhere, by an external model named `version_id` of `dim` dimensions."""
-    from compatret.engine.service import Service
-    from compatret.engine.sharded import ShardedService
-
-    options: dict[str, Any] = {"model": model, "dim": dim, "version_id": version_id, "modality": modality, "ann": ann, "merge": merge}
-    if shards is None:
-        return Index(Service.create(path, **options))
-    return Index(ShardedService.create(path, shards, **options))
-
-
-def load_model(spec: str, device: str | None = None) -> Encoder:
-    """An encoder (`encode_queries`, `encode_items`, `version`) from an alias, model folder or endpoint spec."""
-    from compatret.encoders.registry import load_encoder
-
-    return load_encoder(spec, device)
 
 
 class Index:
@@ -151,10 +104,10 @@ class Index:
         if model is not None or ray is not None:
             raise CompatretError("texts and items are embedded by the serving model, here: model and ray go with vectors")
         if texts is not None:
-            items = _text_items(texts, ids, metadatas)
+            items = text_items(texts, ids, metadatas)
         elif ids is not None or metadatas is not None:
             raise CompatretError("items carry their own id and metadata: ids and metadatas go with texts")
-        _not_one_string(items, "items")
+        not_one_string(items, "items")
         return self.engine.add_items(list(items or []), batch_size=batch_size, progress=progress, stop=stop)
 
     def upsert(self, texts: Sequence[str], ids: Sequence[str], metadatas: Sequence[dict[str, Any] | None] | None = None) -> int:
@@ -165,14 +118,14 @@ class Index:
         changes nothing. The replacement is a delete and an add under one writer lock: a reader
         between the two commits misses those ids, and a crash between them is undone by
         `rollback` to the version before (a sharded gallery undoes a failed add itself)."""
-        items = _text_items(texts, ids, metadatas, needs_ids=True)
+        items = text_items(texts, ids, metadatas, needs_ids=True)
         stored = {r["id"]: r for r in self.get([it["id"] for it in items])}
-        todo = [it for it in items if it["id"] not in stored or _differs(stored[it["id"]], it)]
+        todo = [it for it in items if it["id"] not in stored or differs(stored[it["id"]], it)]
         if not todo:
             return 0
         stale = [it["id"] for it in todo if it["id"] in stored]
         if not self.sharded:
-            return self._replace(todo, stale)
+            return replace_rows(self._single, todo, stale)
         before = self._sharded.snapshot.snapshot
         if stale:
             self.delete(stale)
@@ -183,34 +136,9 @@ class Index:
                 self._sharded.rollback(before)
             raise
 
-    def _replace(self, items: list[dict[str, Any]], stale: list[str]) -> int:
-        """One gallery: embed with the serving model, then delete the stale rows and add the new ones
-        under one writer lock (see upsert)."""
-        from compatret.core.transforms import normalize
-        from compatret.engine.ingest import check_writer
-
-        service = self._single
-        gallery = service.gallery
-        texts = [it["text"] for it in items]
-        with gallery.writing("upsert"):
-            meta = gallery.meta
-            if meta.modality != "text":
-                raise CompatretError(f"upsert takes texts; this gallery holds {meta.modality}")
-            vectors = np.asarray(service.encoder(None, meta).encode_items([{"title": None, "text": t} for t in texts]), dtype=np.float32)
-            check_writer(vectors, meta.serving, meta, gallery.path)
-            if stale:
-                gallery.delete(stale)
-            n = len(items)
-            gallery.add_rows(
-                [it["id"] for it in items], normalize(vectors), meta.serving, texts=texts, images=[None] * n,
-                metadata=[it["metadata"] for it in items], titles=[None] * n,
-            )  # fmt: skip
-            gallery.ensure_id_index()
-        return len(items)
-
     def delete(self, ids: Sequence[str], missing_ok: bool = False) -> int:
         """Delete rows by id; an unknown id is an error that deletes nothing, unless `missing_ok`."""
-        _not_one_string(ids, "ids")
+        not_one_string(ids, "ids")
         ids = list(dict.fromkeys(str(i) for i in ids))
         if missing_ok:
             ids = self.existing(ids)
@@ -302,12 +230,12 @@ class Index:
         approximate one (ivf, ivfpq, hnsw) they are as approximate as unfiltered ones."""
         if sum(x is not None for x in (texts, images, vectors)) != 1:
             raise CompatretError("give exactly one of texts, images or vectors")
-        _not_one_string(texts, "texts")
+        not_one_string(texts, "texts")
         if k < 1:
             raise CompatretError(f"k must be >= 1, got {k}")
         if where is None:
             return self.engine.query(texts=texts, images=images, vectors=vectors, model=model, k=k, include_payload=include_payload)
-        keep = where if callable(where) else _equal_to(where)
+        keep = where if callable(where) else equal_to(where)
         q = self._services()[0][0].embed_queries(texts, images, vectors, model)  # embedded once, however far the search widens
         return [self._filtered(q[n : n + 1], keep, k, model, include_payload) for n in range(len(q))]
 
@@ -328,56 +256,25 @@ class Index:
         """The stored rows of `ids` that exist (id, title, text, metadata, model_version), in the order given."""
         from compatret.store.rows import ID_FILTER_MAX, id_filter
 
-        _not_one_string(ids, "ids")
+        not_one_string(ids, "ids")
         found: dict[str, dict[str, Any]] = {}
         wanted = list(dict.fromkeys(str(i) for i in ids))
         for service, version in self._services():
             for s in range(0, len(wanted), ID_FILTER_MAX):
                 table = service.gallery.scan(ROW_COLUMNS, where=id_filter(wanted[s : s + ID_FILTER_MAX]), version=version)
-                found.update((r["id"], _row(r)) for r in table.to_pylist())
+                found.update((r["id"], row_of(r)) for r in table.to_pylist())
         return [found[i] for i in wanted if i in found]
 
     def vectors(self, ids: Sequence[str], model: str | None = None) -> np.ndarray:
         """Rows of `ids` in `model`'s space (default: serving), in the order given: stored vectors of
         that model as they are, rows of other models embedded again from their text or image."""
-        from compatret.core.transforms import normalize
-        from compatret.engine.models import named_version
-        from compatret.store.rows import ID_FILTER_MAX, id_filter
-
-        _not_one_string(ids, "ids")
-        meta = self.meta
-        version = named_version(model, meta)
-        column = meta.column(version)
-        wanted = list(dict.fromkeys(str(i) for i in ids))
-        got: dict[str, np.ndarray] = {}
-        other: dict[str, dict[str, Any]] = {}
-        for service, at in self._services():
-            have = service.gallery.dataset(at).schema.names
-            columns = ["id", "model_version", "title", "text", "image"] + ([column] if column in have else [])
-            for s in range(0, len(wanted), ID_FILTER_MAX):
-                for r in service.gallery.scan(columns, where=id_filter(wanted[s : s + ID_FILTER_MAX]), version=at).to_pylist():
-                    if r["model_version"] == version.id and r.get(column) is not None:
-                        got[r["id"]] = np.asarray(r[column], dtype=np.float32)
-                    else:
-                        other[r["id"]] = r
-        missing = [i for i in wanted if i not in got and i not in other]
-        if missing:
-            raise CompatretError(f"{len(missing)} ids not in the gallery, e.g. {missing[0]!r}")
-        if other:
-            image = meta.modality == "image"
-            items = [r["image"] if image else {"title": r["title"], "text": r["text"]} for r in other.values()]
-            bare = [i for i, it in zip(other, items) if not (it if image else (it["title"] or it["text"]))]
-            if bare:
-                raise CompatretError(f"row {bare[0]!r} holds a vector of another model and nothing to embed again")
-            got.update(zip(other, normalize(np.asarray(self.encoder(version.id).encode_items(items), dtype=np.float32))))
-        asked = [str(i) for i in ids]
-        return np.stack([got[i] for i in asked]) if asked else np.zeros((0, version.dim), np.float32)
+        return vectors_in(self._services(), self.meta, ids, model, self.encoder)
 
     def ids_where(self, where: Where) -> list[str]:
         """Ids of the rows whose metadata matches (a scan of the metadata column: O(rows))."""
         import json
 
-        keep = where if callable(where) else _equal_to(where)
+        keep = where if callable(where) else equal_to(where)
         out: list[str] = []
         for service, version in self._services():
             for batch in service.gallery.dataset(version).to_batches(columns=["id", "metadata"]):
@@ -421,49 +318,3 @@ class Index:
         if not self.sharded:
             return reports[0].to_dict()
         return {"ok": all(r.ok for r in reports), "shards": [r.to_dict() for r in reports]}
-
-
-def _text_items(
-    texts: Sequence[str], ids: Sequence[str] | np.ndarray | None, metadatas: Sequence[dict[str, Any] | None] | None, needs_ids: bool = False
-) -> list[dict[str, Any]]:
-    """Items from parallel lists, checked: a list of non-empty texts, ids once each (required by upsert)."""
-    _not_one_string(texts, "texts")
-    if needs_ids and ids is None:
-        raise CompatretError("upsert needs an id for every text")
-    bad = [n for n, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-    if bad:
-        raise CompatretError(f"text {bad[0]} is empty or not a string: nothing to embed")
-    if ids is not None:
-        _not_one_string(ids, "ids")
-        seen = [str(i) for i in ids]
-        if len(set(seen)) != len(seen):
-            raise CompatretError(f"id {next(i for i in seen if seen.count(i) > 1)!r} is given twice")
-    if ids is not None and len(ids) != len(texts):
-        raise CompatretError(f"{len(ids)} ids for {len(texts)} texts")
-    if metadatas is not None and len(metadatas) != len(texts):
-        raise CompatretError(f"{len(metadatas)} metadatas for {len(texts)} texts")
-    return [
-        {"id": None if ids is None else str(ids[n]), "text": t, "metadata": None if metadatas is None else metadatas[n]}
-        for n, t in enumerate(texts)
-    ]
-
-
-def _not_one_string(values: Any, what: str) -> None:
-    """A str is a sequence of characters: one given where a list belongs is a mistake, said as one."""
-    if isinstance(values, str | bytes):
-        raise CompatretError(f"{what} must be a list, not one string: wrap it as [{values!r}]")
-
-
-def _row(r: dict[str, Any]) -> dict[str, Any]:
-    import json
-
-    return {**r, "metadata": json.loads(r["metadata"]) if r["metadata"] else None}
-
-
-def _differs(stored: dict[str, Any], item: dict[str, Any]) -> bool:
-    return (stored.get("text"), stored.get("metadata") or None) != (item.get("text"), item.get("metadata") or None)
-
-
-def _equal_to(where: Mapping[str, Any]) -> Callable[[dict[str, Any]], bool]:
-    pairs = dict(where)
-    return lambda metadata: all(k in metadata and metadata[k] == v for k, v in pairs.items())

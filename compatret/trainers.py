@@ -32,7 +32,12 @@ def train_image(
     loaded = {str(f): load_recipe(f).with_overrides(out=None if out is None else str(out), epochs=epochs) for f in files}
     if device == "cuda" and not torch.cuda.is_available():
         raise CompatretError("device cuda, but no CUDA device is available")
-    return list(train_recipes(loaded, jobs=jobs, device=device, progress=progress).values())
+    from compatret.train.image import distributed
+
+    try:
+        return list(train_recipes(loaded, jobs=jobs, device=device, progress=progress).values())
+    finally:
+        distributed.leave()
 
 
 def train_text(recipe: str | Path | None = None, progress: bool = False, **settings: Any) -> Path:

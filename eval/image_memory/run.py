@@ -1,7 +1,7 @@
 """Image training streams: its peak memory does not grow with the data set.
 
     python eval/image_memory/run.py                  # 10,000 and 100,000 generated images (minutes on 2 cores)
-    python eval/image_memory/run.py --sizes 2000 16000 --out /tmp/mem   # the quick version tests/ runs
+    python eval/image_memory/run.py --sizes 1000 8000 --out /tmp/mem    # the quick version tests/ runs
 
 Generates N 32x32 JPEGs (10 classes) as a parquet file in row groups of 5,000, then trains one
 epoch of a small CIFAR-style ResNet-18 on each set with `compatret train image` (2 loader workers,

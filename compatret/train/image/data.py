@@ -11,7 +11,7 @@ run on W processes splits each global batch W ways (see `RankBatches`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +25,7 @@ from compatret.data.images import ImageSplit
 from compatret.encoders.image import ImageModelSpec, to_batch
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
-GROUPS_CACHED = 2  # parquet row groups a loader worker keeps decoded-from-disk at once
+GROUPS_CACHED = 2  # parquet row groups a loader worker keeps read from disk at once (write files in groups of ~5,000 images)
 SHUFFLE_WINDOW = 2  # row groups whose images are shuffled together (with the groups' own order shuffled)
 
 
@@ -220,7 +220,3 @@ def in_order(source: ImageSource, batch_size: int, rank: int = 0, world: int = 1
     mine = np.arange(len(source.labels))[rank::world]
     for s in range(0, len(mine), batch_size):
         yield [(int(i), 0, 0) for i in mine[s : s + batch_size]]
-
-
-def class_counts(labels: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
-    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)

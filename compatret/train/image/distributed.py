@@ -54,15 +54,18 @@ def agreed(decide: Callable[[], T]) -> T:
     if not dist.is_initialized():
         return decide()
     said: list[Any] = [None]
+    failure: BaseException | None = None
     if dist.get_rank() == 0:
         try:
             said[0] = ("ok", decide())
-        except CompatretError as exc:
-            said[0] = ("error", str(exc))
+        except Exception as exc:  # any failure: the others must hear of it, not wait for it
+            said[0], failure = ("error", str(exc) if isinstance(exc, CompatretError) else f"{type(exc).__name__}: {exc}"), exc
     dist.broadcast_object_list(said, src=0)
     kind, value = said[0]
+    if failure is not None:
+        raise failure
     if kind == "error":
-        raise CompatretError(value)
+        raise CompatretError(f"the first process refused the run: {value}")
     return value
 
 
@@ -72,10 +75,21 @@ def barrier() -> None:
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:
-    """The sum over processes (the tensor itself in a one-process run)."""
-    if dist.is_initialized():
-        dist.all_reduce(t)
+    """The sum over processes (the tensor itself in a one-process run); NCCL reduces on the GPU."""
+    if not dist.is_initialized():
+        return t
+    if dist.get_backend() == "nccl":
+        on_gpu = t.cuda()
+        dist.all_reduce(on_gpu)
+        return on_gpu.to(t.device)
+    dist.all_reduce(t)
     return t
+
+
+def leave() -> None:
+    """Leave the process group at the end of a run (NCCL warns, or hangs at exit, otherwise)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class CpuSyncBatchNorm(nn.BatchNorm2d):

@@ -67,7 +67,8 @@ class ImageRecipe:
         if epochs is not None:
             if epochs < 1:
                 raise CompatretError(f"epochs must be >= 1, got {epochs}")
-            recipe = replace(recipe, train=replace(recipe.train, epochs=epochs))
+            warmup = min(recipe.train.warmup_epochs, epochs - 1)  # a short run keeps a warm-up that fits it
+            recipe = replace(recipe, train=replace(recipe.train, epochs=epochs, warmup_epochs=warmup))
         return recipe
 
 
@@ -123,7 +124,10 @@ def parse_recipe(doc: dict[str, Any], source: str = "recipe") -> ImageRecipe:
         raise CompatretError(f"{source}: method.name {method.name!r} is not one of {', '.join(METHODS)}")
     seed = _check(doc.get("seed", 0), int, "seed")
     train = replace(_build(TrainConfig, doc.get("train", {}), "train", skip=_RUNTIME_FIELDS), seed=seed)
-    train.check("cuda")  # every setting but where it runs (half precision on a CPU is refused when the run starts)
+    try:
+        train.check("cuda")  # every setting but where it runs (half precision on a CPU is refused before the run starts)
+    except CompatretError as exc:
+        raise CompatretError(f"{source}: {exc}") from None
     if train.epochs < 1 or train.batch_size < 1 or train.lr <= 0:
         raise CompatretError(f"{source}: train.epochs, train.batch_size and train.lr must be positive")
     model = _build(ImageModelSpec, doc.get("model", {}), "model")
@@ -190,7 +194,7 @@ def train_recipe(recipe: ImageRecipe, device: str | None = None, progress: bool 
     Under torchrun the first process checks and writes the folder, and every process learns its verdict."""
     out = Path(recipe.out)
     r = distributed.ranks()
-    distributed.join(torch_device(device), r)
+    recipe.train.check(distributed.join(torch_device(device), r))  # before anything is written: bf16 on a CPU, say
     if distributed.agreed(lambda: is_trained(out)):
         return TrainOutcome(ModelVersion.load(out), out, skipped=True)
     distributed.agreed(lambda: _prepare(recipe, out))

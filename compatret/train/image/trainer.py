@@ -157,13 +157,25 @@ def _objective(
     return loss, parts
 
 
-def _resume(ckpt: Path | None, device: str, stateful: dict[str, Any]) -> tuple[int, list[dict[str, float]]]:
-    """(first epoch to run, history so far): from the checkpoint if there is one, else (0, [])."""
+def _next(batches: Any) -> Any:
+    """The next batch; an image a loader worker could not read is its one-line error, not the worker's traceback."""
+    try:
+        return next(batches)
+    except CompatretError as exc:
+        raise CompatretError(str(exc).strip().splitlines()[-1].removeprefix("compatret.core.errors.CompatretError: ")) from None
+
+
+def _resume(ckpt: Path | None, device: str, stateful: dict[str, Any], world: int) -> tuple[int, list[dict[str, float]]]:
+    """(first epoch to run, history so far): from the checkpoint if there is one, else (0, []). Every
+    process reads it: under torchrun on several machines the output folder must be shared storage."""
     if ckpt is None or not ckpt.exists():
         return 0, []
     state = load_checkpoint(ckpt, device)
+    if state.get("world", 1) != world:
+        raise CompatretError(f"{ckpt} was written by a run of {state.get('world', 1)} processes: resume it with as many (this is {world})")
     for key, module in stateful.items():
-        module.load_state_dict(state[key])
+        if key in state:  # (a checkpoint from before mixed precision has no scaler: it starts fresh)
+            module.load_state_dict(state[key])
     torch.set_rng_state(state["torch_rng"])
     return state["epoch"], state["history"]
 
@@ -202,7 +214,8 @@ def train_image_model(
     steps = RankBatches(source, cfg.batch_size, cfg.seed, 0, cfg.epochs, r.rank, r.world).steps_per_epoch()
     opt, sched = cfg.optimiser(params, steps)
     ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT if cfg.checkpoint_dir else None
-    start, history = _resume(ckpt, device, {"model": model, "heads": heads, "opt": opt, "sched": sched})
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+    start, history = _resume(ckpt, device, {"model": model, "heads": heads, "opt": opt, "sched": sched, "scaler": scaler}, r.world)
     wrapped = nn.parallel.DistributedDataParallel(net, device_ids=[r.local] if device.startswith("cuda") else None) if r.world > 1 else net
     cuda = device.startswith("cuda")
     augment = Augment(cfg.augment, cfg.crop_padding, cfg.flip) if cfg.augment != "none" or cfg.flip else None
@@ -215,13 +228,12 @@ def train_image_model(
         )
     )
     half = PRECISIONS[cfg.precision]
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
     bar = tqdm(desc=desc, unit="batch", disable=not (cfg.progress and r.main), initial=start * steps, total=cfg.epochs * steps)
     for epoch in range(start, cfg.epochs):
         sums: torch.Tensor | None = None  # images seen, then each part's sum over them
         names: list[str] = []
         for _ in range(steps):
-            x, y, n_global = next(batches)
+            x, y, n_global = _next(batches)
             x, y = x.to(device, memory_format=torch.channels_last, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast("cuda", dtype=half) if half is not None else nullcontext():
                 loss, parts = _objective(wrapped, compat_loss, x, y, cfg.label_smoothing)
@@ -241,8 +253,9 @@ def train_image_model(
         history.append({k: float(totals[n + 1] / totals[0]) for n, k in enumerate(names)})
         bar.set_postfix({"epoch": epoch + 1, **{k: f"{v:.3f}" for k, v in history[-1].items()}})
         if ckpt is not None and r.main:
-            state = {"model": model.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}
-            save_checkpoint(ckpt, {**state, "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history})
+            stateful: dict[str, Any] = {"model": model, "heads": heads, "opt": opt, "sched": sched, "scaler": scaler}
+            state = {k: m.state_dict() for k, m in stateful.items()}
+            save_checkpoint(ckpt, {**state, "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history, "world": r.world})
         distributed.barrier()
     bar.close()
     model.eval()

@@ -5,7 +5,8 @@
 
 Generates N 32x32 JPEGs (10 classes) as a parquet file in row groups of 5,000, then trains one
 epoch of a small CIFAR-style ResNet-18 on each set with `compatret train image` (2 loader workers,
-batch 128) in a fresh process whose data segment is capped below what the set would take decoded
+batch 128; images shuffled within 16 MB of row groups, so the larger set spans several windows)
+in a fresh process whose data segment is capped below what the set would take decoded
 in memory (N x 3 x 32 x 32 float32). Memory is the whole job's: the resident set of the trainer,
 its forkserver and its loader workers, summed, sampled every 0.1 s; the trainer's own peak too.
 Bar: peak(largest set) / peak(smallest) <= 1.2. Writes results.json / results.md.
@@ -45,6 +46,7 @@ epochs = 1
 batch_size = 128
 lr = 0.05
 workers = 2
+shuffle_mb = 16
 """
 # run in the child: train, then report this process's own peak RSS
 CHILD = """

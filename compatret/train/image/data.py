@@ -2,10 +2,13 @@
 class folders, or images already in memory), per-image augmentation, and one global batch order.
 
 Memory does not grow with the data set: a source keeps only its labels (one integer per image)
-and, while a batch is read, the parquet row groups it touches (a bounded cache per worker). The
-order of an epoch and every image's augmentation are drawn from (seed, epoch, image) alone, so a
-run gives the same batches whatever its number of loader workers or processes: a data-parallel
-run on W processes splits each global batch W ways (see `RankBatches`).
+and, of a parquet file, the row groups one shuffle window spans (encoded bytes, per loader
+worker): images are shuffled within windows of row groups holding at most `shuffle_mb`, with the
+windows' order shuffled too. A set smaller than that is shuffled whole; a larger one whose file is
+sorted by class should be written shuffled (a window of few classes makes poor batches). The order
+of an epoch and every image's augmentation are drawn from (seed, epoch, image) alone, so a run
+gives the same batches whatever its number of loader workers or processes: a data-parallel run on
+W processes splits each global batch W ways (see `RankBatches`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ from compatret.data.images import ImageSplit
 from compatret.encoders.image import ImageModelSpec, to_batch
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
-GROUPS_CACHED = 2  # parquet row groups a loader worker keeps read from disk at once (write files in groups of ~5,000 images)
-SHUFFLE_WINDOW = 2  # row groups whose images are shuffled together (with the groups' own order shuffled)
 
 
 class ImageSource(Protocol):
@@ -49,6 +50,8 @@ class ParquetImages:
         self.path = Path(path)
         meta = pq.ParquetFile(self.path).metadata
         sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        self._group_bytes = [meta.row_group(g).total_byte_size for g in range(meta.num_row_groups)]
+        self.window = 1  # row groups shuffled together, and cached by each worker (training sets it: shuffled_in)
         self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         labels = pq.read_table(self.path, columns=["label"]).column("label").to_numpy().astype(np.int64)
         self.rows = np.arange(len(labels), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -63,7 +66,7 @@ class ParquetImages:
             import pyarrow.parquet as pq
 
             handle = pq.ParquetFile(self.path)
-            self._group_cache = functools.lru_cache(maxsize=GROUPS_CACHED)(
+            self._group_cache = functools.lru_cache(maxsize=self.window)(
                 lambda n: handle.read_row_group(n, columns=["image"]).column("image").to_pylist()
             )
         return self._group_cache(g)
@@ -81,6 +84,13 @@ class ParquetImages:
         out = ParquetImages.__new__(ParquetImages)
         out.__dict__.update(self.__getstate__())
         out.rows, out.labels = self.rows[keep], self.labels[keep]
+        return out
+
+    def shuffled_in(self, shuffle_mb: float) -> ParquetImages:
+        """A copy that shuffles within windows of row groups holding at most `shuffle_mb` (at least one group)."""
+        out = self.subset(np.ones(len(self.rows), dtype=bool))
+        mean = float(np.mean(self._group_bytes)) if self._group_bytes else 1.0
+        out.window = int(max(1, min(len(self._group_bytes), shuffle_mb * 2**20 // max(mean, 1.0))))
         return out
 
 
@@ -182,11 +192,12 @@ class TrainImages(torch.utils.data.Dataset[tuple[torch.Tensor, int, int]]):
 
 def epoch_order(source: ImageSource, seed: int, epoch: int) -> np.ndarray:
     """The images of one epoch in order: blocks (row groups) shuffled, then images shuffled within
-    windows of SHUFFLE_WINDOW blocks; a single block (a folder, memory) is one full shuffle."""
+    windows of the source's `window` blocks (all of them by default; a folder or memory is one block)."""
     rng = np.random.default_rng([seed, epoch, 7])
     blocks = source.blocks()
     blocks = [blocks[j] for j in rng.permutation(len(blocks))]
-    parts = [np.concatenate(blocks[s : s + SHUFFLE_WINDOW]) for s in range(0, len(blocks), SHUFFLE_WINDOW)]
+    window = max(1, int(getattr(source, "window", len(blocks)) or 1))
+    parts = [np.concatenate(blocks[s : s + window]) for s in range(0, len(blocks), window)]
     return np.concatenate([p[rng.permutation(len(p))] for p in parts]) if parts else np.zeros(0, np.int64)
 
 

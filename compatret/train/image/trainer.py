@@ -24,7 +24,7 @@ from compatret.core.errors import CompatretError
 from compatret.encoders.image import ImageModelSpec
 from compatret.train.checkpoint import load_checkpoint, save_checkpoint
 from compatret.train.image import distributed
-from compatret.train.image.data import Augment, ImageSource, RankBatches, TrainImages, in_order
+from compatret.train.image.data import Augment, ImageSource, ParquetImages, RankBatches, TrainImages, in_order
 from compatret.train.seeding import seed_everything
 
 CompatLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
@@ -39,7 +39,8 @@ class TrainConfig:
     (`schedule`: onecycle | cosine, after `warmup_epochs` of linear warm-up, down to `min_lr`),
     `label_smoothing` of the cross-entropy, per-image augmentation (`augment`: crop |
     resized_crop | none, with crop_padding and flip), loader `workers` (0: read in the training
-    process), `precision` (fp32 | bf16 | fp16; half precision on CUDA only) and, in a
+    process), `shuffle_mb` (a parquet file's images are shuffled within row groups holding this
+    much, each loader worker keeping them in memory), `precision` (fp32 | bf16 | fp16; half precision on CUDA only) and, in a
     data-parallel run, `sync_batchnorm` (batch statistics over the global batch)."""
 
     epochs: int = 30
@@ -58,6 +59,7 @@ class TrainConfig:
     flip: bool = True
     augment: str = "crop"
     workers: int = 0
+    shuffle_mb: float = 256.0
     precision: str = "fp32"
     sync_batchnorm: bool = True
     checkpoint_dir: str | None = None
@@ -70,8 +72,8 @@ class TrainConfig:
             raise CompatretError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.precision != "fp32" and not device.startswith("cuda"):
             raise CompatretError(f"train.precision {self.precision} needs a CUDA device (this run is on {device})")
-        if self.workers < 0:
-            raise CompatretError("train.workers must be >= 0")
+        if self.workers < 0 or self.shuffle_mb <= 0:
+            raise CompatretError("train.workers must be >= 0 and train.shuffle_mb > 0")
         if self.optimizer not in ("sgd", "adam") or self.schedule not in ("onecycle", "cosine"):
             raise CompatretError(
                 f"train.optimizer is sgd or adam and train.schedule onecycle or cosine, got {self.optimizer!r}, {self.schedule!r}"
@@ -203,6 +205,8 @@ def train_image_model(
     r = distributed.ranks()
     device = distributed.join(torch_device(cfg.device), r)
     cfg.check(device)
+    if isinstance(source, ParquetImages):
+        source = source.shuffled_in(cfg.shuffle_mb)
     seed_everything(cfg.seed)
     net = _Net(model, classifier)
     if r.world > 1 and cfg.sync_batchnorm:

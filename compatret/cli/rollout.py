@@ -80,6 +80,7 @@ def index_upgrade(
     """Make a compatible model the serving model in O(1): nothing is re-embedded."""
     import time
 
+    import compatret
     from compatret.engine.results import NeedsAdapter
     from compatret.engine.service import Service
 
@@ -91,8 +92,9 @@ def index_upgrade(
             gate = gate_check(directory, model, gate_queries, qrels, max_drop, max_flips)  # type: ignore[arg-type]
         sharded.upgrade(sharded.open_sharded(directory), model, as_json, gate)
         return
-    service = Service.open(directory)
-    before = service.meta.serving.id
+    gallery = compatret.open(directory)
+    service: Service = gallery.engine  # type: ignore[assignment]  # one gallery here: its plan is reported below
+    before = gallery.serving
     gate = None
     if gate_files(gate_queries, qrels):
         from compatret.engine.gate import gate_check
@@ -100,7 +102,7 @@ def index_upgrade(
         gate = gate_check(directory, model, gate_queries, qrels, max_drop, max_flips)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     try:
-        meta = service.upgrade(model, gate=gate)
+        meta = gallery.upgrade(model, gate=gate)
     except NeedsAdapter as exc:
         raise exc.for_command(directory, model) from None
     dt = time.perf_counter() - t0

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from compatret.core.errors import CompatretError
 from compatret.data.images import ImageSplit
-from compatret.encoders.image import ImageModelSpec, to_batch
+from compatret.encoders.image import ImageModelSpec, decode_image, to_batch
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 
@@ -177,6 +177,8 @@ class TrainImages(torch.utils.data.Dataset[tuple[torch.Tensor, int, int]]):
 
     def __init__(self, source: ImageSource, spec: ImageModelSpec, augment: Augment | None, seed: int) -> None:
         self.source, self.spec, self.augment, self.seed = source, spec, augment, seed
+        self._mean = torch.tensor(spec.mean[: spec.in_channels]).view(-1, 1, 1)  # as to_batch normalises, without its stack
+        self._std = torch.tensor(spec.std[: spec.in_channels]).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.source.labels)
@@ -184,7 +186,7 @@ class TrainImages(torch.utils.data.Dataset[tuple[torch.Tensor, int, int]]):
     def __getitem__(self, item: tuple[int, int, int]) -> tuple[torch.Tensor, int, int]:
         i, epoch, batch = item
         raw = self.source.read(i)
-        x = raw if isinstance(raw, torch.Tensor) else to_batch([raw], self.spec)[0]
+        x = raw if isinstance(raw, torch.Tensor) else (torch.from_numpy(decode_image(raw, self.spec)) - self._mean) / self._std
         if self.augment is not None:
             x = self.augment(x, np.random.default_rng([self.seed, epoch, i]))
         return x, int(self.source.labels[i]), batch

@@ -66,7 +66,7 @@ def _top1_raw(queries: np.ndarray, gallery: np.ndarray, labels: np.ndarray) -> f
     return retrieval_scores(queries, gallery, labels, labels, leave_one_out=True)["top1"]
 
 
-# Epochs per model on the bundled digits, for a run under a minute on 2 idle cores (about 45 s):
+# Epochs per model on the bundled digits, for a run of about a minute on 2 idle cores (61 s with per-image augmentation):
 # v2-bct needs its 30 (at 15 its new/old top-1 fell below old/old for seeds 0 and 1); v1 at 15
 # and the independent contrast at 10 keep the story for seeds 0, 1, 2 (new/old - old/old:
 # +7.4, +3.7, +4.3 top-1 with per-image augmentation; independent new/old 10, 1, 31 %, chance 10 %).

@@ -176,7 +176,7 @@ def test_toy_old_model_is_a_good_retriever(toy: dict) -> None:
 
 
 def test_bt2_training_makes_prefix_compatible(toy: dict, independent_top1: float) -> None:
-    pseudo = influence_weights(toy["old_clf"], toy["old_train"], toy["y"], NUM_CLASSES)
+    pseudo = influence_weights(toy["old_clf"], class_means(toy["old_train"], toy["y"], NUM_CLASSES), torch.bincount(toy["y"], minlength=NUM_CLASSES))
     crit = BT2Loss(pseudo)
     top1 = _train_new(
         toy, BasisTransform(OLD_DIM, EXTRA_DIM), lambda f: crit(f, toy["old_train"], toy["y"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import faiss
 import numpy as np
 import pytest
 
@@ -13,6 +14,7 @@ from compatret.store.gallery import Gallery
 from compatret.store.history import rollback
 from compatret.search.fragments import CACHE_DIR
 from compatret.search.fragments import FragmentCache
+from compatret.search.kernels import RERANK_MAX
 from compatret.engine.service import Service
 from compatret.core.transforms import normalize
 
@@ -258,8 +260,179 @@ def test_an_ivfpq_rerank_scores_rows_through_the_fitted_map(tmp_path):
         s = Service.create(root / "g", model=folder(root, v1), ann=ann)
         s.add_vectors(x, ids=[str(i) for i in range(4000)], batch_size=2000)
         s.upgrade(str(d))
-        answers[ann] = Service.open(root / "g").query(vectors=normalize(x[:20] @ w), k=5)
+        reader = Service.open(root / "g")
+        answers[ann] = reader.query(vectors=normalize(x[:20] @ w), k=5)
+    (mapped,) = [st.kernel for key, st in reader.index._kernels.items() if key[3]]
+    ivf = faiss.extract_index_ivf(mapped.index)  # type: ignore[attr-defined]
+    # calibrated on the mapped rows (clustered: far from the limits); on unmapped ones it would hit both
+    assert mapped.rerank < RERANK_MAX and ivf.nprobe < ivf.nlist  # type: ignore[attr-defined]
     for approx, exact in zip(answers["ivfpq"], answers["flat"]):
         by_id = dict(zip(exact.ids, exact.scores))
         assert approx.ids[0] == exact.ids[0]
         np.testing.assert_allclose(approx.scores[0], by_id[approx.ids[0]], atol=1e-5)
+
+
+# ---- the view's own promises, one test each (found by mutation testing of search/view.py) ----
+
+
+def batches(tmp_path, sizes: list[int], ann: str = "flat", seed: int = 3, **create) -> tuple[Service, np.ndarray, list[str]]:
+    """A gallery written in one add per size (one fragment each)."""
+    x = vectors(sum(sizes), 8, seed)
+    ids = [f"r{i}" for i in range(len(x))]
+    s = Service.create(tmp_path / "g", ann=ann, **(create or {"dim": 8, "version_id": "v1"}))
+    start = 0
+    for n in sizes:
+        s.add_vectors(x[start : start + n], ids=ids[start : start + n])
+        start += n
+    return s, x, ids
+
+
+def transform_upgraded(tmp_path, sizes: list[int], ann: str = "flat") -> tuple[Service, np.ndarray, list[str], np.ndarray]:
+    """v1 rows read by the serving model v2 through a linear map w (a mapped kernel)."""
+    v1 = ModelVersion("v1", 8)
+    s, x, ids = batches(tmp_path, sizes, ann, model=folder(tmp_path, v1))
+    w = np.random.default_rng(1).normal(size=(8, 8)).astype(np.float32)
+    v2 = ModelVersion("v2", 8, parent=v1, compat=Compat.transform("transforms/v2.npy"), method="fct")
+    d = tmp_path / "v2"
+    (d / "transforms").mkdir(parents=True)
+    v2.save(d)
+    np.save(d / "transforms" / "v2.npy", np.vstack([w, np.zeros((1, 8), np.float32)]))
+    s.upgrade(str(d))
+    return s, x, ids, w
+
+
+def test_a_view_is_exactly_the_table_version_it_was_loaded_at(tmp_path):
+    """Every table version, read cold: its rows, and each fragment's deletion state as the table has it."""
+    from compatret.search.fragments import deletion_of, fragment_key
+    from compatret.search.view import SearchIndex
+
+    s, _, ids = batches(tmp_path, [30, 40, 50])
+    s.delete(ids[:3] + ids[35:37])
+    g = Gallery.open(tmp_path / "g")
+    assert SearchIndex.load(g).table_version == g.version == g.latest_version()
+    for v in range(1, g.latest_version() + 1):
+        FragmentCache(tmp_path / "g").clear()
+        view = SearchIndex.load(g, v)
+        fragments = g.dataset(v).get_fragments()
+        assert view.table_version == v and view.size == g.dataset(v).count_rows()
+        assert {k: f.deletion for k, f in view.fragments.items()} == {fragment_key(f): deletion_of(f) for f in fragments}
+    assert SearchIndex.load(g, 4).size == 30 and SearchIndex.load(g).size == 115
+
+
+def test_a_view_moved_forward_reuses_unchanged_fragments_and_reads_no_rows_for_a_delete(tmp_path):
+    from compatret.search.view import SearchIndex
+
+    batches(tmp_path, [30, 40])
+    old = SearchIndex.load(Gallery.open(tmp_path / "g"))
+    Service.open(tmp_path / "g").delete(["r0"])
+    g = Gallery.open(tmp_path / "g")
+    new = old.advanced(g, g.version)
+    changed = [k for k in new.fragments if new.fragments[k].deletion != old.fragments[k].deletion]
+    assert len(changed) == 1 and new.size == 69
+    for k, f in new.fragments.items():
+        if k in changed:  # the same rows read, fewer alive: followed from the deletion file
+            assert f.read is old.fragments[k].read and f is not old.fragments[k]
+        else:
+            assert f is old.fragments[k]
+    assert old.retired and not new.retired  # a query holding the old view looks again
+
+
+@pytest.mark.parametrize("ann", ["flat", "ivf"])
+def test_two_queries_racing_for_a_missing_kernel_build_it_once(tmp_path, ann):
+    import threading
+    import time
+
+    s, _, _ = batches(tmp_path, [400], ann=ann)
+    view, got = s.index, []
+    with view._building:  # both threads find no kernel and wait for the lock
+        threads = [threading.Thread(target=lambda: got.append(view.kernel("v1", "auto", ann))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+    for t in threads:
+        t.join()
+    assert len(got) == 2 and got[0] is got[1] and len(view._kernels) == 1
+
+
+def test_flat_kernels_are_never_written_to_disk(tmp_path):
+    """A flat kernel costs as much to read as to build: only ANN kernels are saved."""
+    s, x, ids = batches(tmp_path, [100])
+    s.query(vectors=x[:1], k=1)
+    s.add_vectors(vectors(200, 8, 9), ids=[f"n{i}" for i in range(200)])  # two thirds of the rows changed
+    s.delete(ids[:50])
+    assert s.query(vectors=x[60:61], k=1)[0].ids == ["r60"]
+    assert s.index.kernel("v1", "auto", "flat").ntotal == 250
+    assert not list((tmp_path / "g" / CACHE_DIR).glob("kernel-*"))
+
+
+def test_a_saved_ann_kernel_is_rewritten_once_more_than_a_tenth_of_its_rows_changed(tmp_path):
+    from compatret.search.kernel_files import _load_kernel
+
+    s, x, _ = batches(tmp_path, [2700], ann="ivf")
+    s.query(vectors=x[:1], k=1)
+    (key,) = s.index._kernels
+
+    def saved() -> int:
+        return _load_kernel(tmp_path / "g", key).kernel.ntotal  # type: ignore[union-attr]
+
+    more = vectors(310, 8, 11)
+    steps = [(250, 2700), (50, 2700), (10, 3010)]  # dirty 250 of 2,950; exactly 300 of 3,000 (not more); 310 of 3,010
+    start = 0
+    for n, expected in steps:
+        s.add_vectors(more[start : start + n], ids=[f"m{i}" for i in range(start, start + n)])
+        start += n
+        s.query(vectors=x[:1], k=1)
+        assert saved() == expected
+    assert s.index.kernel("v1", "auto", "ivf").ntotal == 3010
+
+
+def test_a_kernel_counts_only_the_rows_a_write_changed_and_keeps_its_map(tmp_path):
+    """Delete 3, bring them back by a rollback, add 4: the mapped kernel took 10 row changes
+    (not a fragment re-read), and every row it took in was mapped into the serving space."""
+    s, x, ids, w = transform_upgraded(tmp_path, [100, 100, 100])
+
+    def mapped_query(rows: np.ndarray) -> list:
+        return s.query(vectors=normalize(rows @ w), k=1)
+
+    mapped_query(x[:1])
+    (key,) = [k for k in s.index._kernels if k[3]]
+    state = s.index._kernels[key]
+    before_delete = s.gallery.latest_version()
+    s.delete(ids[10:13])
+    mapped_query(x[:1])
+    assert state.dirty == 3
+    rollback(s.gallery, before_delete)
+    back = mapped_query(x[10:13])
+    assert [r.ids for r in back] == [["r10"], ["r11"], ["r12"]] and state.dirty == 6
+    extra = vectors(4, 8, 12)
+    s.add_vectors(extra, ids=[f"e{i}" for i in range(4)])
+    found = mapped_query(extra)
+    assert [r.ids for r in found] == [[f"e{i}"] for i in range(4)] and state.dirty == 10
+    assert all(r.scores[0] == pytest.approx(1.0, abs=1e-5) for r in back + found)
+    assert s.index._kernels[key] is state
+
+
+def test_a_loaded_kernel_re_reads_a_fragment_deleted_from_elsewhere_mapped_and_only_that_one(tmp_path):
+    """A saved IVF kernel over mapped rows, loaded by a new handle after another deleted from
+    fragment 0: fragment 0's label range is removed and its live rows added again through the
+    map; fragment 1's rows stay."""
+    s, x, ids, w = transform_upgraded(tmp_path, [1500, 1500], ann="ivf")
+    s.query(vectors=normalize(x[:1] @ w), k=1)
+    Service.open(tmp_path / "g").delete(ids[:5])
+    reader = Service.open(tmp_path / "g")
+    for rows in (range(5, 1500, 30), range(1500, 3000, 30)):  # fragment 0, fragment 1
+        picked = list(rows)
+        assert found_by_own_vector(reader, [ids[i] for i in picked], normalize(x[picked] @ w)) >= 0.95
+    (key,) = [k for k in reader.index._kernels if k[3]]
+    assert reader.index._kernels[key].kernel.ntotal == 2995
+
+
+def test_a_numpy_kernel_follows_writes_in_place(tmp_path):
+    batches(tmp_path, [40])
+    s = Service.open(tmp_path / "g", kernel="numpy")
+    s.query(vectors=vectors(1, 8, 0), k=1)
+    kernel = s.index.kernel("v1", "numpy", "flat")
+    extra = vectors(3, 8, 13)
+    s.add_vectors(extra, ids=["a", "b", "c"])
+    assert [r.ids for r in s.query(vectors=extra, k=1)] == [["a"], ["b"], ["c"]]
+    assert s.index.kernel("v1", "numpy", "flat") is kernel and kernel.ntotal == 43

@@ -154,3 +154,162 @@ def test_mixed_version_gallery_ranks_both_versions(tmp_path):
              [(n, f"a{n}" if n < 20 else f"b{n - 20}") for n in range(40)]}
     assert res.ids[0] == "b5" and res.scores[0] == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_allclose(res.scores, [exact[i] for i in res.ids], atol=1e-5)
+
+
+# ---- what an upgrade checks before its one commit (found by mutation testing of engine/upgrade.py) ----
+
+
+def with_transforms(tmp_path, version: ModelVersion, files: dict[str, np.ndarray]):
+    """A model folder holding `files` (name -> weight matrix, saved with a zero bias row)."""
+    d = model_folder(tmp_path, version)
+    for name, w in files.items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        np.save(d / name, np.vstack([w, np.zeros((1, w.shape[1]), np.float32)]))
+    return d
+
+
+def unchanged(path, before) -> None:
+    after = Service.open(path)
+    assert after.meta == before.meta and after.gallery.latest_version() == before.gallery.latest_version()
+
+
+def test_a_refused_upgrade_names_the_rows_it_cannot_read_and_the_serving_model(tmp_path):
+    v1 = ModelVersion("v1", 8)
+    s = Service.create(tmp_path / "g", model=str(model_folder(tmp_path, v1)))
+    with pytest.raises(CompatretError) as refused:
+        s.upgrade(str(model_folder(tmp_path, ModelVersion("stranger", 8))))
+    first = "model 'stranger' cannot read this gallery's rows ('v1' vectors): its lineage stranger does not reach 'v1'"
+    assert str(refused.value).split(";")[0] == first  # then how to adapt
+    s.upgrade(str(model_folder(tmp_path, ModelVersion("v2", 8, parent=v1, compat=Compat.prefix(4), method="bt2"))))
+    other = ModelVersion("x", 8, parent=ModelVersion("v2", 8), method="bt2")  # another v2, not v1's child
+    with pytest.raises(CompatretError) as refused:
+        s.upgrade(str(model_folder(tmp_path, other)))
+    assert str(refused.value).split(";")[0] == (
+        "model 'x' cannot read this gallery's rows ('v1' vectors, serving 'v2'): its lineage x -> v2 does not reach 'v1'"
+    )
+
+
+def test_an_upgrade_gate_must_have_measured_the_model_now_serving_and_is_recorded(tmp_path):
+    v1 = ModelVersion("v1", 8)
+    v2 = ModelVersion("v2", 8, parent=v1, compat=Compat.prefix(4), method="bt2")
+    v3 = ModelVersion("v3", 8, parent=v2, compat=Compat.prefix(4), method="bt2")
+    s = Service.create(tmp_path / "g", model=str(model_folder(tmp_path, v1)))
+    before = Service.open(tmp_path / "g")
+    with pytest.raises(CompatretError, match="^the gate compared against 'v0', but the gallery now serves 'v1': run it again$"):
+        s.upgrade(str(model_folder(tmp_path, v2)), gate={"serving": "v0", "queries": 3})
+    unchanged(tmp_path / "g", before)
+    gate = {"serving": "v1", "queries": 3}
+    s.upgrade(str(tmp_path / "v2"), gate=gate)
+    s.upgrade(str(model_folder(tmp_path, v3)))  # no gate: none recorded
+    upgrades = [e for e in Service.open(tmp_path / "g").meta.history if e["event"] == "upgrade"]
+    assert [{k: v for k, v in e.items() if k != "time"} for e in upgrades] == [
+        {"event": "upgrade", "model": "v2", "previous": "v1", "gate": gate},
+        {"event": "upgrade", "model": "v3", "previous": "v2"},
+    ]
+
+
+def test_an_upgrade_checks_its_transform_files_before_it_copies_any(tmp_path):
+    """Outside transforms/, missing, or a link out of the model folder or onto one in the gallery:
+    refused with one line, nothing copied, nothing committed; valid ones upgrade twice in a row."""
+    w = np.random.default_rng(2).normal(size=(8, 8)).astype(np.float32)
+    v1 = ModelVersion("v1", 8)
+    s = Service.create(tmp_path / "g", model=str(model_folder(tmp_path, v1)))
+    x = vectors(20, 8)
+    s.add_vectors(x, ids=[str(i) for i in range(20)])
+    before = Service.open(tmp_path / "g")
+    outside = tmp_path / "outside.npy"
+    np.save(outside, np.ones((9, 8), np.float32))
+
+    def child(name: str, path: str, parent: ModelVersion = v1) -> ModelVersion:
+        return ModelVersion(name, 8, parent=parent, compat=Compat.transform(path), method="fct")
+
+    cases = {
+        "stray": (child("stray", "maps/v2.npy"), {"maps/v2.npy": w}, "model 'stray': transform files live in transforms/, not 'maps/v2.npy'"),
+        "missing": (child("missing", "transforms/v2.npy"), {}, "model 'missing' lacks its transform file "),
+        "linked": (child("linked", "transforms/v2.npy"), {}, "transform file 'transforms/v2.npy' leads out of its folder"),
+    }
+    for name, (version, files, message) in cases.items():
+        (tmp_path / name).mkdir()
+        folder = with_transforms(tmp_path / name, version, files)
+        if name == "linked":
+            (folder / "transforms").mkdir()
+            (folder / "transforms" / "v2.npy").symlink_to(outside)
+        with pytest.raises(CompatretError) as refused:
+            s.upgrade(str(folder))
+        assert str(refused.value).startswith(message), refused.value
+        unchanged(tmp_path / "g", before)
+        assert sorted(p.name for p in (tmp_path / "g").iterdir()) == sorted(p.name for p in before.gallery.path.iterdir())
+
+    v2 = child("v2", "transforms/v2.npy")
+    s.upgrade(str(with_transforms(tmp_path, v2, {"transforms/v2.npy": w})))
+    v3 = child("v3", "transforms/v3.npy", parent=v2)
+    s.upgrade(str(with_transforms(tmp_path, v3, {"transforms/v2.npy": w, "transforms/v3.npy": w.T.copy()})))  # transforms/ exists now
+    assert Service.open(tmp_path / "g").query(vectors=x[4:5] @ w @ w.T, k=1)[0].ids == ["4"]
+
+    g2 = Service.create(tmp_path / "g2", model=str(tmp_path / "v2"))  # v2's own transform is a link out of this gallery
+    (tmp_path / "g2" / "transforms").mkdir(exist_ok=True)
+    (tmp_path / "g2" / "transforms" / "v2.npy").unlink(missing_ok=True)
+    (tmp_path / "g2" / "transforms" / "v2.npy").symlink_to(outside)
+    with pytest.raises(CompatretError, match="^transform file 'transforms/v2.npy' leads out of its folder$"):
+        g2.upgrade(str(tmp_path / "v3"))
+    assert np.array_equal(np.load(outside), np.ones((9, 8), np.float32)) and Service.open(tmp_path / "g2").meta.serving.id == "v2"
+
+
+class ToyEndpoint:
+    """An OpenAI-compatible embeddings server on loopback: each text's vector drawn from a seed
+    made of the text (and of `model`, which a test changes to play a provider swapping models)."""
+
+    def __init__(self) -> None:
+        import hashlib
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.model = "toy-1"
+        toy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802  (the http.server name)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                rows = [
+                    {"object": "embedding", "index": i,
+                     "embedding": np.random.default_rng(int(hashlib.sha256(f"{toy.model}|{t}".encode()).hexdigest()[:8], 16)).normal(size=8).tolist()}
+                    for i, t in enumerate(body["input"])
+                ]  # fmt: skip
+                out = json.dumps({"object": "list", "data": rows, "model": body["model"], "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out.encode())
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_upgrade_to_a_model_behind_an_endpoint_is_refused_once_the_endpoint_serves_another(tmp_path):
+    from compatret.encoders.remote import EndpointSettings, register
+
+    toy = ToyEndpoint()
+    try:
+        register(tmp_path / "toy", "toy", EndpointSettings(endpoint=toy.url, model="toy", dim=8, max_retries=0))
+        s = Service.create(tmp_path / "g", model=str(tmp_path / "toy"))
+        s.add_items([{"id": "a", "text": "a first text"}], progress=False)
+        s.upgrade(str(tmp_path / "toy"))  # the registered model: allowed
+        toy.model = "toy-2"
+        before = Service.open(tmp_path / "g")
+        with pytest.raises(CompatretError) as refused:
+            s.upgrade(str(tmp_path / "toy"))
+        assert "no longer returns the registered model's vectors" in str(refused.value)
+        assert "refusing to upgrade to it;" in str(refused.value)
+        unchanged(tmp_path / "g", before)
+    finally:
+        toy.close()

@@ -27,11 +27,11 @@ def with_bare_rows(tmp_path, digit_models, n: int) -> Service:
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"limit": -1}, "--limit must be >= 0"),
-    ({"fraction": 1.5}, r"--fraction must be within \[0, 1\]"),
-    ({"fraction": -0.1}, r"--fraction must be within \[0, 1\]"),
-    ({"batch_size": 0}, "--batch-size must be >= 1"),
-    ({"limit": 3, "fraction": 0.5}, "not both"),
+    ({"limit": -1}, "^--limit must be >= 0, got -1$"),
+    ({"fraction": 1.5}, r"^--fraction must be within \[0, 1\], got 1.5$"),
+    ({"fraction": -0.1}, r"^--fraction must be within \[0, 1\], got -0.1$"),
+    ({"batch_size": 0}, "^--batch-size must be >= 1$"),
+    ({"limit": 3, "fraction": 0.5}, "^give --limit or --fraction, not both$"),
 ], ids=["negative-limit", "fraction-over-1", "negative-fraction", "batch-0", "limit-and-fraction"])
 def test_a_backfill_out_of_bounds_is_refused_before_it_writes(tmp_path, digit_models, kwargs, message):
     s = upgraded_gallery(tmp_path, digit_models, n=8)
@@ -256,3 +256,31 @@ def test_a_report_names_what_the_endpoint_cost_only_when_there_was_one():
     assert "endpoint" not in plain.to_dict() and plain.to_dict()["rows_per_s"] == 2.0
     costly = BackfillReport(3, 0, 1.5, False, "v2", endpoint={"requests": 2.0, "retries": 1.0})
     assert costly.to_dict()["endpoint"] == {"requests": 2.0, "retries": 1.0}
+
+
+def test_a_backfill_keeps_each_rows_title_text_image_and_metadata(tmp_path, digit_models):
+    from compatret.store.gallery import Gallery
+
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    items = [{**it, "title": f"digit {n}", "text": f"caption {n}", "metadata": {"n": n}} for n, it in enumerate(digit_models["items"][:12])]
+    s.add_items(items, progress=False)
+    s.upgrade(digit_models["v2"])
+    columns = ["id", "title", "text", "image", "metadata"]
+    before = Gallery.open(tmp_path / "g")._rows([it["id"] for it in items], columns)
+    assert backfill(Service.open(tmp_path / "g"), batch_size=5, progress=False).done == 12
+    g = Gallery.open(tmp_path / "g")
+    assert g._rows([it["id"] for it in items], columns) == before and g.rows_by_version() == {"v2": 12}
+
+
+def test_a_backfill_batch_that_keeps_losing_races_names_itself_and_rereads_before_each_retry(tmp_path, digit_models, monkeypatch):
+    from lance.commit import CommitConflictError
+
+    import compatret.store.gallery as gallery_module
+
+    s = upgraded_gallery(tmp_path, digit_models, n=4)
+    refreshed = []
+    monkeypatch.setattr(gallery_module, "commit_replacement", lambda *_: (_ for _ in ()).throw(CommitConflictError("lost the race")))
+    monkeypatch.setattr(s.gallery.table, "checkout_latest", lambda: refreshed.append(1))
+    with pytest.raises(CompatretError, match=r"^backfill batch: commit conflict with another writer after 5 tries \(lost the race\)$"):
+        backfill(s, progress=False)
+    assert len(refreshed) >= 5 and Service.open(tmp_path / "g").rows_by_version() == {"v1": 4}  # no row re-embedded

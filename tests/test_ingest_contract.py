@@ -129,3 +129,48 @@ def test_a_query_with_one_all_zero_row_among_others_is_refused_by_its_index(tmp_
     q[1] = 0.0
     with pytest.raises(CompatretError, match=r"^query vector 1 is all zeros: it has no direction to rank by$"):
         s.query(vectors=q, k=2)
+
+
+def test_a_rerun_of_add_vectors_skips_rows_stored_alike_in_any_block_within_a_millionth(tmp_path):
+    """Blocks of 5: the first two are new, the last two stored already (read back after a round
+    trip that moved one value by 5e-7, where a relative tolerance cannot help: it was 0)."""
+    from compatret.core.transforms import normalize
+
+    s = Service.create(tmp_path / "g", dim=8, version_id="v1")
+    x = vectors(20, 8)
+    x[:, 0] = 0.0
+    x = normalize(x)
+    ids = [f"r{i}" for i in range(20)]
+    s.add_vectors(x[10:], ids=ids[10:])
+    again = x.copy()
+    again[:, 0] = 5e-7
+    assert s.add_vectors(again, ids=ids, batch_size=5) == 10
+    stored = Service.open(tmp_path / "g").gallery.scan(["id"]).column("id").to_pylist()
+    assert sorted(stored) == sorted(ids)
+
+
+@pytest.mark.parametrize("dim", [8, 12], ids=["same-width-same-column", "wider-no-column-yet"])
+def test_an_id_stored_by_another_model_is_not_stored_alike(tmp_path, dim):
+    from test_service import model_folder
+
+    from compatret import Compat, ModelVersion
+
+    v1 = ModelVersion("v1", 8)
+    s = Service.create(tmp_path / "g", model=str(model_folder(tmp_path, v1)))
+    x = vectors(1, dim)
+    s.add_vectors(x[:, :8], ids=["a"])
+    s.upgrade(str(model_folder(tmp_path, ModelVersion("v2", dim, parent=v1, compat=Compat.prefix(8), method="bt2"))))
+    with pytest.raises(CompatretError, match=r"^ids are already in the gallery with other content, e.g. 'a'$"):
+        s.add_vectors(x, ids=["a"], model="v2")
+    assert Service.open(tmp_path / "g").rows_by_version() == {"v1": 1}
+
+
+def test_a_rerun_of_add_items_finds_every_stored_item_however_many_filters_it_takes(tmp_path, digit_models, monkeypatch):
+    import compatret.store.gallery as gallery_module
+
+    monkeypatch.setattr(gallery_module, "ID_FILTER_MAX", 3)  # ids per `id IN (...)` filter: 10 items take 4
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    items = digit_models["items"][:12]
+    assert s.add_items(items[:10], progress=False) == 10
+    assert s.add_items(items, progress=False) == 2
+    assert len(Service.open(tmp_path / "g").gallery.scan(["id"]).column("id").to_pylist()) == 12

@@ -112,3 +112,17 @@ def test_apply_plan_gives_float32_on_the_sides_asked_and_names_a_bad_transform_b
     (tmp_path / "transforms" / "v2.npy").write_bytes(b"not a numpy file")
     with pytest.raises(CompatretError, match=r"cannot read transform transforms/v2\.npy"):
         apply_plan(resolve(v2, v1, tmp_path), None, rows)
+
+
+def test_the_same_id_with_other_weights_is_refused_naming_both_digests_shortly():
+    from compatret.core.lineage import check_same_weights
+
+    stored = ModelVersion("v1", 8, digest="sha256:" + "a" * 64)
+    other = ModelVersion("v1", 8, digest="sha256:" + "b" * 64)
+    child = ModelVersion("v2", 8, parent=other, compat=Compat.prefix(4), method="bt2")
+    with pytest.raises(CompatretError) as refused:
+        check_same_weights([stored], child)
+    assert str(refused.value) == (
+        "model 'v2': same id 'v1' as this gallery's model, different weights (sha256:bbbbbbbbbbbb vs sha256:aaaaaaaaaaaa)"
+    )
+    check_same_weights([stored], ModelVersion("v2", 8, parent=ModelVersion("v1", 8), compat=Compat.prefix(4), method="bt2"))  # no digest: passes

@@ -402,3 +402,42 @@ def test_a_writer_that_waits_too_long_says_who_holds_the_lock_and_gives_up(tmp_p
         t.join()
     with writer_lock(tmp_path, "index add", timeout=5):  # the holder is gone: its lock is free
         pass
+
+
+@pytest.mark.parametrize("raised, shown", [("", "CommitConflictError"), ("first line\nsecond line", "first line"), ("  padded  \n", "padded")],
+                         ids=["empty", "two-lines", "padded"])
+def test_a_commit_that_keeps_losing_races_backs_off_and_shows_the_first_line_of_its_error(monkeypatch, raised, shown):
+    from lance.commit import CommitConflictError
+
+    import compatret.store.writer_lock as writer_lock
+
+    waits: list[float] = []
+    monkeypatch.setattr(writer_lock.time, "sleep", waits.append)
+    calls = []
+
+    def losing() -> None:
+        calls.append(1)
+        raise CommitConflictError(raised)
+
+    with pytest.raises(CompatretError) as refused:
+        writer_lock.retry_commit(losing, "add")
+    assert str(refused.value) == f"add: commit conflict with another writer after 5 tries ({shown})"
+    assert len(calls) == 5 and waits == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8])
+
+
+def test_a_commit_that_wins_after_lost_races_returns_its_result_having_reread_before_each_retry(monkeypatch):
+    from lance.commit import CommitConflictError
+
+    import compatret.store.writer_lock as writer_lock
+
+    monkeypatch.setattr(writer_lock.time, "sleep", lambda _: None)
+    outcomes, rereads = [CommitConflictError("lost"), CommitConflictError("lost"), 7], []
+
+    def commit() -> int:
+        out = outcomes.pop(0)
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    assert writer_lock.retry_commit(commit, "add", lambda: rereads.append(1)) == 7
+    assert rereads == [1, 1] and not outcomes

@@ -3,6 +3,7 @@
     python eval/mutation/run.py                      # mutmut run (hours on 2 cores; resumable), then the tally
     python eval/mutation/run.py --rerun-survivors    # then each survivor again, by name (tests added since)
     python eval/mutation/run.py --tally              # only the tally of the last run (mutants/ is kept)
+    python eval/mutation/run.py --survivors-only compatret/engine/upgrade.py ...   # those modules' survivors by name, no plain run
 
 mutmut (configured in pyproject.toml's [tool.mutmut]: the modules and the in-process tests)
 changes one thing at a time in a function (an operator, a constant, a condition, an argument)
@@ -160,9 +161,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tally", action="store_true", help="only count the results of the last run")
     ap.add_argument("--rerun-survivors", action="store_true", help="after the run, run every survivor again by name")
+    ap.add_argument("--survivors-only", nargs="*", metavar="MODULE",
+                    help="run only the survivors again by name (of these modules; all when none is named), no plain run: "
+                    "for a plain run cut short when no source changed since")
     ap.add_argument("--max-children", type=int, default=2)
     args = ap.parse_args()
-    if not args.tally:
+    if args.survivors_only is not None:
+        survivors = tally()["survivors"]
+        wanted = args.survivors_only or list(survivors)
+        unknown = sorted(set(wanted) - set(configured_modules()))
+        if unknown:
+            raise SystemExit(f"not a mutated module: {unknown[0]}")
+        fresh_copies_of_changed_sources()
+        mutmut_run([n for m in wanted for n in survivors.get(m, [])], args.max_children)
+    elif not args.tally:
         t0 = time.time()
         fresh_copies_of_changed_sources()
         retest_untested()

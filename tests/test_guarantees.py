@@ -441,3 +441,22 @@ def test_a_commit_that_wins_after_lost_races_returns_its_result_having_reread_be
 
     assert writer_lock.retry_commit(commit, "add", lambda: rereads.append(1)) == 7
     assert rereads == [1, 1] and not outcomes
+
+
+@pytest.mark.parametrize("what, method", [("new vector column", "add_columns"), ("id index", "create_index")])
+def test_a_schema_or_index_commit_that_keeps_losing_races_names_itself_and_rereads_before_each_retry(tmp_path, monkeypatch, what, method):
+    from lance.commit import CommitConflictError
+
+    import compatret.store.writer_lock as writer_lock
+
+    v1 = ModelVersion("v1", 4)
+    s = Service.create(tmp_path / "g", model=str(model_folder(tmp_path, v1)))
+    s.upgrade(str(model_folder(tmp_path, ModelVersion("v2", 6, parent=v1, compat=Compat.prefix(4), method="bt2"))))
+    table = s.gallery.table
+    refreshed = []
+    monkeypatch.setattr(writer_lock.time, "sleep", lambda _: None)
+    monkeypatch.setattr(table, method, lambda *_, **__: (_ for _ in ()).throw(CommitConflictError("lost the race")))
+    monkeypatch.setattr(table, "checkout_latest", lambda: refreshed.append(1))
+    with pytest.raises(CompatretError, match=rf"^{what}: commit conflict with another writer after 5 tries \(lost the race\)$"):
+        s.add_vectors(vectors(2, 6), ids=["a", "b"], model="v2")  # the first v2 rows: a new column, then the id index
+    assert len(refreshed) >= 5

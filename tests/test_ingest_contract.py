@@ -75,6 +75,8 @@ def test_the_writer_lock_names_the_command_that_last_wrote(tmp_path, digit_model
     assert holder(g)["command"] == "delete"
     rollback(Service.open(g).gallery, start)
     assert holder(g)["command"] == "rollback"
+    Service.open(g).add_vectors(vectors(1, 16), ids=["v"])
+    assert holder(g)["command"] == "add vectors"
 
 
 def test_vectors_with_ids_already_stored_are_refused_and_numeric_ids_are_text(tmp_path):
@@ -174,3 +176,65 @@ def test_a_rerun_of_add_items_finds_every_stored_item_however_many_filters_it_ta
     assert s.add_items(items[:10], progress=False) == 10
     assert s.add_items(items, progress=False) == 2
     assert len(Service.open(tmp_path / "g").gallery.scan(["id"]).column("id").to_pylist()) == 12
+
+
+def test_add_vectors_shows_a_bar_of_batches_only_when_asked_and_refuses_a_repeated_id_naming_its_rows(tmp_path, capsys):
+    s = Service.create(tmp_path / "g", dim=4, version_id="v1")
+    s.add_vectors(vectors(9, 4), ids=[f"a{i}" for i in range(9)], batch_size=3)
+    assert capsys.readouterr().err == ""
+    s.add_vectors(vectors(9, 4, seed=1), ids=[f"b{i}" for i in range(9)], batch_size=3, progress=True)
+    err = capsys.readouterr().err
+    assert "add: 100%" in err and "3/3" in err and "batch/s" in err
+    s.add_vectors(vectors(3, 4, seed=3), ids=["e0", "e1", "e2"], batch_size=3, progress=True)  # one batch: no bar
+    assert capsys.readouterr().err == ""
+    with pytest.raises(CompatretError, match=r"^duplicate id 'c' in the input: rows 1 and 3$"):
+        s.add_vectors(vectors(3, 4, seed=2), ids=["c", "d", "c"])
+
+
+def test_items_without_metadata_store_null_not_json_text(tmp_path, digit_models):
+    s = Service.create(tmp_path / "g", model=digit_models["v1"])
+    a, b, c = digit_models["items"][:3]
+    s.add_items([{**a, "metadata": {"label": 1}}, {**b, "metadata": {}}, {**c, "metadata": None}], progress=False)
+    stored = {r["id"]: r["metadata"] for r in s.gallery.scan(["id", "metadata"]).to_pylist()}
+    assert stored == {a["id"]: '{"label": 1}', b["id"]: None, c["id"]: None}
+
+
+def test_the_id_index_takes_waiting_rows_in_once_more_than_the_lag_and_a_tenth_of_it_wait(tmp_path):
+    from compatret.store.gallery import ID_INDEX
+
+    s = Service.create(tmp_path / "g", dim=4, version_id="v1")
+    g = s.gallery
+    added = iter(range(1000))
+
+    def add(n: int) -> None:
+        s.add_vectors(vectors(n, 4, seed=next(added)), ids=[f"r{next(added)}" for _ in range(n)])
+
+    def ensure(lag: int) -> tuple[int, int]:
+        with g.writing("test"):
+            g.ensure_id_index(lag)
+        stats = g.table.index_stats(ID_INDEX)
+        return stats.num_indexed_rows, stats.num_unindexed_rows
+
+    add(100)  # the first rows create the index
+    add(10)  # the default lag (100,000) leaves these waiting
+    assert ensure(5) == (100, 10)  # 10 wait, not more than max(5, a tenth of 100)
+    assert ensure(0) == (110, 0)  # no lag: any waiting row joins
+    add(1)
+    assert ensure(0) == (111, 0)
+    add(12)
+    assert ensure(12) == (111, 12)  # exactly max(12, 11): not more
+    assert ensure(11) == (123, 0)
+
+
+def test_vectors_added_for_a_named_model_are_stored_as_its_rows(tmp_path):
+    from test_service import model_folder
+
+    from compatret import Compat, ModelVersion
+
+    v1 = ModelVersion("v1", 8)
+    v2 = ModelVersion("v2", 8, parent=v1, compat=Compat.prefix(6), method="bt2")
+    s = Service.create(tmp_path / "g", model=str(model_folder(tmp_path, v1)))
+    s.upgrade(str(model_folder(tmp_path, v2)))
+    s.upgrade(str(model_folder(tmp_path, ModelVersion("v3", 8, parent=v2, compat=Compat.prefix(4), method="bt2"))))
+    s.add_vectors(vectors(3, 8), ids=["a", "b", "c"], model="v2")  # neither the first model nor the serving one
+    assert Service.open(tmp_path / "g").rows_by_version() == {"v2": 3}

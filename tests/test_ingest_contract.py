@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_service import vectors
+from test_service import toy_model, vectors  # noqa: F401  (toy_model: a fixture)
 
 from compatret import CompatretError
 from compatret.engine.backfill import backfill
@@ -102,26 +102,18 @@ def test_a_text_gallery_takes_title_only_items_knows_items_by_their_beir_id_and_
     assert Service.open(tmp_path / "g").gallery.version == version
 
 
-def test_text_items_are_embedded_from_title_and_text_and_one_with_neither_is_named(tmp_path):
+def test_text_items_are_embedded_from_title_and_text_and_one_with_neither_is_named(tmp_path, toy_model):
     """Through a text model behind a (loopback) endpoint, whose vectors change with every character."""
-    from test_service import ToyEndpoint
-
     from compatret.core.transforms import normalize
-    from compatret.encoders.remote import EndpointSettings, register
 
-    toy = ToyEndpoint()
-    try:
-        register(tmp_path / "toy", "toy", EndpointSettings(endpoint=toy.url, model="toy", dim=8, max_retries=0))
-        s = Service.create(tmp_path / "g", model=str(tmp_path / "toy"))
-        items = [{"id": "a", "title": "A title", "text": "its body"}, {"id": "b", "text": "a body alone"}, {"id": "c", "title": "a title alone"}]
-        assert s.add_items(items, progress=False) == 3
-        want = normalize(s.encoder().encode_items([{"title": it.get("title"), "text": it.get("text")} for it in items]))
-        found = s.query(vectors=want, k=1)
-        assert [r.ids for r in found] == [["a"], ["b"], ["c"]] and all(r.scores[0] == pytest.approx(1.0, abs=1e-5) for r in found)
-        with pytest.raises(CompatretError, match=r"^1 items have no text, e.g. id 'd'$"):
-            s.add_items([{"id": "d", "title": ""}], progress=False)
-    finally:
-        toy.close()
+    s = Service.create(tmp_path / "g", model=toy_model[1])
+    items = [{"id": "a", "title": "A title", "text": "its body"}, {"id": "b", "text": "a body alone"}, {"id": "c", "title": "a title alone"}]
+    assert s.add_items(items, progress=False) == 3
+    want = normalize(s.encoder().encode_items([{"title": it.get("title"), "text": it.get("text")} for it in items]))
+    found = s.query(vectors=want, k=1)
+    assert [r.ids for r in found] == [["a"], ["b"], ["c"]] and all(r.scores[0] == pytest.approx(1.0, abs=1e-5) for r in found)
+    with pytest.raises(CompatretError, match=r"^1 items have no text, e.g. id 'd'$"):
+        s.add_items([{"id": "d", "title": ""}], progress=False)
 
 
 def test_a_query_with_one_all_zero_row_among_others_is_refused_by_its_index(tmp_path):

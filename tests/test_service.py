@@ -295,21 +295,26 @@ class ToyEndpoint:
         self.server.server_close()
 
 
-def test_an_upgrade_to_a_model_behind_an_endpoint_is_refused_once_the_endpoint_serves_another(tmp_path):
+@pytest.fixture()
+def toy_model(tmp_path):
+    """(the toy endpoint, the folder of the text model registered on it as 'toy', dim 8)."""
     from compatret.encoders.remote import EndpointSettings, register
 
     toy = ToyEndpoint()
-    try:
-        register(tmp_path / "toy", "toy", EndpointSettings(endpoint=toy.url, model="toy", dim=8, max_retries=0))
-        s = Service.create(tmp_path / "g", model=str(tmp_path / "toy"))
-        s.add_items([{"id": "a", "text": "a first text"}], progress=False)
-        s.upgrade(str(tmp_path / "toy"))  # the registered model: allowed
-        toy.model = "toy-2"
-        before = Service.open(tmp_path / "g")
-        with pytest.raises(CompatretError) as refused:
-            s.upgrade(str(tmp_path / "toy"))
-        assert "no longer returns the registered model's vectors" in str(refused.value)
-        assert "refusing to upgrade to it;" in str(refused.value)
-        unchanged(tmp_path / "g", before)
-    finally:
-        toy.close()
+    register(tmp_path / "toy", "toy", EndpointSettings(endpoint=toy.url, model="toy", dim=8, max_retries=0))
+    yield toy, str(tmp_path / "toy")
+    toy.close()
+
+
+def test_an_upgrade_to_a_model_behind_an_endpoint_is_refused_once_the_endpoint_serves_another(tmp_path, toy_model):
+    toy, folder = toy_model
+    s = Service.create(tmp_path / "g", model=folder)
+    s.add_items([{"id": "a", "text": "a first text"}], progress=False)
+    s.upgrade(folder)  # the registered model: allowed
+    toy.model = "toy-2"
+    before = Service.open(tmp_path / "g")
+    with pytest.raises(CompatretError) as refused:
+        s.upgrade(folder)
+    assert "no longer returns the registered model's vectors" in str(refused.value)
+    assert "refusing to upgrade to it;" in str(refused.value)
+    unchanged(tmp_path / "g", before)

@@ -2,7 +2,7 @@
 
     python eval/mutation/run.py                      # mutmut run (hours on 2 cores; resumable), then the tally
     python eval/mutation/run.py --rerun-survivors    # then each survivor again, by name (tests added since)
-    python eval/mutation/run.py --tally              # only the tally of the last run (mutants/ is kept)
+    python eval/mutation/run.py --tally              # only the tally of the kept verdicts (verdicts/, from mutants/)
     python eval/mutation/run.py --survivors-only compatret/engine/upgrade.py ...   # those modules' survivors by name, no plain run
 
 mutmut (configured in pyproject.toml's [tool.mutmut]: the modules and the in-process tests)
@@ -14,7 +14,10 @@ kills. A mutant in a function no selected test calls counts as *survived*; one a
 never reached is *not run*, and its module does not meet the bar.
 
 mutmut keeps every verdict in mutants/ and reruns only mutants of changed functions, so a run cut
-short goes on where it stopped. A survivor stays one until it is run again by name: after tests
+short goes on where it stopped. mutants/ is a work folder git does not keep, so each run also
+copies the verdicts to verdicts/ beside this file (committed), and a run on a fresh clone starts
+from them: a verdict stands for as long as its function's source is unchanged (mutmut compares a
+hash of each function), and hours of mutants are not lost with the machine that ran them. A survivor stays one until it is run again by name: after tests
 are added, `--rerun-survivors` does that, once the plain run has taken in every source change (a
 named run rewrites a changed file's results with the named mutants only). Changing the test
 selection in pyproject.toml resets every verdict (mutmut compares its fingerprint): a new test
@@ -27,6 +30,9 @@ killed / (killed + survived) >= 0.9 on every module.
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
+import functools
 import json
 import os
 import subprocess
@@ -38,6 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+VERDICTS = HERE / "verdicts"
 BAR = 0.9
 KILLED = {1: "killed", 3: "killed", 36: "killed", -24: "killed", 24: "killed", 152: "killed", 255: "killed", 37: "killed"}
 SURVIVED = {0: "survived", 5: "survived", 33: "survived"}  # 5/33: no test ran it, so nothing would catch it
@@ -47,21 +54,48 @@ def configured_modules() -> list[str]:
     return list(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"])
 
 
-def equivalents() -> dict[str, str]:
-    """mutant name -> why no test can tell it from the original."""
+def equivalents() -> dict[str, dict[str, str]]:
+    """mutant name -> why no test can tell it from the original, and the line it changes."""
     path = HERE / "equivalent.toml"
-    return {k: v["why"] for k, v in tomllib.loads(path.read_text()).items()} if path.exists() else {}
+    return tomllib.loads(path.read_text()) if path.exists() else {}
+
+
+@functools.cache
+def _functions(copy: Path) -> tuple[str, dict[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    source = copy.read_text()
+    return source, {n.name: n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+
+def changed_lines(name: str) -> str | None:
+    """The lines the mutant `name` writes in place of the original's, stripped and joined by ' / '
+    (read from its function in mutants/; None without that copy). A mutant is named by its place
+    among its function's mutants, so the number can move to another change when the lines the
+    tests cover move: an equivalent is excused only while its recorded change is still this one."""
+    module, _, func = name.rpartition(".")
+    copy = ROOT / "mutants" / (module.replace(".", "/") + ".py")
+    if not copy.exists():
+        return None
+    source, defs = _functions(copy)
+    orig, mutant = defs.get(func.rpartition("__mutmut_")[0] + "__mutmut_orig"), defs.get(func)
+    if orig is None or mutant is None:
+        return None
+    body = [(ast.get_source_segment(source, d) or "").splitlines()[1:] for d in (orig, mutant)]  # the def line names the mutant
+    head = [(ast.get_source_segment(source, d) or "").splitlines()[0].replace(d.name, "f") for d in (orig, mutant)]
+    diff = difflib.ndiff([head[0], *body[0]], [head[1], *body[1]])
+    return " / ".join(line[2:].strip() for line in diff if line.startswith("+ "))
 
 
 def tally() -> dict:
-    equivalent = equivalents()
+    recorded = equivalents()
+    moved = sorted(n for n, e in recorded.items() if changed_lines(n) not in (None, e.get("change")))
+    equivalent = {n: e for n, e in recorded.items() if n not in moved}
     per_module: dict[str, Counter[str]] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
     for module in configured_modules():
-        meta = ROOT / "mutants" / f"{module}.meta"
-        if not meta.exists():
+        kept = VERDICTS / f"{module}.json"
+        if not kept.exists():
             raise SystemExit(f"no results for {module}: run without --tally first")
-        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        codes = json.loads(kept.read_text())["exit_code_by_key"]
         for name, code in codes.items():
             if name in equivalent:
                 state = "equivalent"
@@ -74,7 +108,7 @@ def tally() -> dict:
             per_module[module][state] += 1
             if state not in ("killed", "equivalent", "not_run"):
                 survivors[module].append(name)
-    stale = sorted(set(equivalent) - {n for m in configured_modules() for n in json.loads((ROOT / "mutants" / f"{m}.meta").read_text())["exit_code_by_key"]})
+    stale = sorted(set(equivalent) - {n for m in configured_modules() for n in json.loads((VERDICTS / f"{m}.json").read_text())["exit_code_by_key"]})
 
     def score(c: Counter[str]) -> float | None:
         """Over the mutants that were run (None: none was; a run cut short is never a pass)."""
@@ -94,6 +128,7 @@ def tally() -> dict:
         "modules": {m: {**dict(c), "score": score(c)} for m, c in per_module.items()},
         "survivors": dict(survivors),
         "stale_equivalents": stale,  # listed as equivalent, but no such mutant any more: update equivalent.toml
+        "moved_equivalents": moved,  # listed as equivalent, but the mutant of that name now makes another change: not excused
     }
 
 
@@ -110,6 +145,9 @@ def write(result: dict) -> None:
           "| module | killed | survived | equivalent | not run | score |", "|---|---:|---:|---:|---:|---:|", *rows,
           f"| **all** | {result['killed']} | {result['survived']} | {result['equivalent']} | {result['not_run']} | {shown(result['score'])} |",
           "", "Score: killed / (killed + survived) over the mutants that were run; a module with mutants not run does not meet the bar.", ""]
+    if result["moved_equivalents"]:
+        md += ["Listed as equivalent, but the mutant of that name now makes another change (not excused; update equivalent.toml):", ""]
+        md += [f"- `{n}`" for n in result["moved_equivalents"]] + [""]
     if any(result["survivors"].values()):
         md += ["Survivors (`mutmut show NAME` prints the change):", ""]
         md += [f"- `{n}`" for names in result["survivors"].values() for n in names]
@@ -133,6 +171,27 @@ def fresh_copies_of_changed_sources() -> None:
         data = json.loads(stats.read_text())  # (the file stays: mutmut compares its config fingerprint with the new one)
         data["tests_by_mangled_function_name"], data["duration_by_test"] = {}, {}
         stats.write_text(json.dumps(data))
+
+
+def restore_verdicts() -> None:
+    """A module with no verdicts in mutants/ (a fresh clone) gets the committed ones: mutmut, as it
+    writes that module's mutants, keeps each verdict whose function is unchanged and runs the rest."""
+    for module in configured_modules():
+        meta, kept = ROOT / "mutants" / f"{module}.meta", VERDICTS / f"{module}.json"
+        if not meta.exists() and kept.exists():
+            meta.parent.mkdir(parents=True, exist_ok=True)
+            meta.write_text(json.dumps({**json.loads(kept.read_text()), "durations_by_key": {}, "estimated_durations_by_key": {}}))
+
+
+def keep_verdicts() -> None:
+    """Each module's verdicts and function hashes, from mutants/ to verdicts/ (the committed copy)."""
+    for module in configured_modules():
+        meta = ROOT / "mutants" / f"{module}.meta"
+        if meta.exists():
+            data = json.loads(meta.read_text())
+            kept = VERDICTS / f"{module}.json"
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text(json.dumps({k: data[k] for k in ("exit_code_by_key", "hash_by_function_name")}, indent=0, sort_keys=True) + "\n")
 
 
 def retest_untested() -> None:
@@ -172,16 +231,20 @@ def main() -> None:
         unknown = sorted(set(wanted) - set(configured_modules()))
         if unknown:
             raise SystemExit(f"not a mutated module: {unknown[0]}")
+        restore_verdicts()
         fresh_copies_of_changed_sources()
         mutmut_run([n for m in wanted for n in survivors.get(m, [])], args.max_children)
     elif not args.tally:
         t0 = time.time()
+        restore_verdicts()
         fresh_copies_of_changed_sources()
         retest_untested()
         mutmut_run([], args.max_children)
         if args.rerun_survivors:
+            keep_verdicts()
             mutmut_run([n for names in tally()["survivors"].values() for n in names], args.max_children)
         print(f"mutmut ran for {time.time() - t0:.0f} s", file=sys.stderr)
+    keep_verdicts()
     result = tally()
     write(result)
     print(json.dumps({k: result[k] for k in ("killed", "survived", "equivalent", "not_run", "score", "bar_met")}))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from test_backfill import upgraded_gallery
 from test_backfill_rollback import rollback_before_batch
+from test_service import toy_model  # noqa: F401  (a fixture: a loopback embeddings endpoint and a model registered on it)
 
 import compatret.engine.backfill as backfill_module
 from compatret import CompatretError
@@ -219,6 +220,8 @@ def test_a_random_order_is_seeded_by_the_serving_model_and_keeps_every_row(tmp_p
     table = pending_rows(s.gallery).ids
     single = plan_order(s, table, "random")
     assert sorted(single) == sorted(table) and single != table and single != sorted(table)
+    pairs = [(single.index(table[k]), single.index(table[k + 1])) for k in range(0, len(table) - 1, 2)]
+    assert any(b != a + 1 for a, b in pairs)  # rows, not blocks of two, unless a block is asked for
     assert single == plan_order(s, table, "random", seed="v2") != plan_order(s, table, "random", seed="another")
     with pytest.raises(CompatretError, match=r"unknown order 'fastest'; choose from \('auto', 'random', 'uncertainty'\)"):
         plan_order(s, table, "fastest")
@@ -284,3 +287,53 @@ def test_a_backfill_batch_that_keeps_losing_races_names_itself_and_rereads_befor
     with pytest.raises(CompatretError, match=r"^backfill batch: commit conflict with another writer after 5 tries \(lost the race\)$"):
         backfill(s, progress=False)
     assert len(refreshed) >= 5 and Service.open(tmp_path / "g").rows_by_version() == {"v1": 4}  # no row re-embedded
+
+
+def test_a_backfill_through_an_endpoint_checks_it_first_and_reports_what_this_run_cost(tmp_path, toy_model, capsys):
+    """Rows written by one endpoint model, served through an adapter over another on the same
+    endpoint. While the endpoint serves another model, a backfill is refused before it writes, in
+    one line that says what was refused. Then the report counts the calls this run made (4
+    batches of 16 rows), not the query the same service embedded before, in the time the run took,
+    and its bar shows them; a rerun with nothing left loads no model."""
+    import time
+
+    import compatret
+    from compatret.encoders.remote import EndpointSettings, register
+
+    toy, folder = toy_model
+    register(tmp_path / "toyb", "toyb", EndpointSettings(endpoint=toy.url, model="toyb", dim=8, max_retries=0))
+    ix = compatret.create(tmp_path / "g", model=folder)
+    ix.add([f"text number {i}" for i in range(60)], ids=[f"t{i}" for i in range(60)])
+    ix.adapt(str(tmp_path / "toyb"), tmp_path / "ad", kind="procrustes", force=True)
+    ix.upgrade(str(tmp_path / "ad"))
+    toy.model = "toy-2"  # the provider serves another model under the same name
+    with pytest.raises(CompatretError) as refused:
+        backfill(Service.open(tmp_path / "g"), progress=False)
+    assert "no longer returns the registered model's vectors" in str(refused.value) and "refusing to backfill with it;" in str(refused.value)
+    assert Service.open(tmp_path / "g").rows_by_version() == {"toy": 60}
+    toy.model = "toy-1"
+    s = Service.open(tmp_path / "g")
+    s.query(texts=["a question first"], k=3)  # the serving encoder's first call, before the backfill
+    t0 = time.perf_counter()
+    report = backfill(s, batch_size=16, progress=True)
+    wall = time.perf_counter() - t0
+    assert (report.done, report.remaining) == (60, 0) and 0 < report.seconds <= wall
+    assert report.endpoint == {"requests": 4, "tokens": 4, "retries": 0, "retry_seconds": 0.0}
+    assert "requests=4" in capsys.readouterr().err
+    assert backfill(s, progress=False).endpoint is None  # nothing left: the model was not needed
+
+
+def test_a_pass_that_embeds_nothing_ends_the_run(tmp_path, digit_models):
+    """Another backfill re-embeds this run's whole list while it runs (here: before its first
+    batch), so its pass embeds nothing: the run ends there instead of taking a new list, so two
+    runs taking each other's rows cannot chase each other for ever."""
+    s = upgraded_gallery(tmp_path, digit_models, n=64)
+    other = []
+
+    def meanwhile() -> bool:
+        if not other:
+            other.append(backfill(Service.open(tmp_path / "g"), limit=16, batch_size=16, progress=False))
+        return False
+
+    report = backfill(s, limit=16, batch_size=16, progress=False, should_stop=meanwhile)
+    assert other[0].done == 16 and (report.done, report.remaining, report.stopped) == (0, 48, False)

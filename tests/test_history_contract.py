@@ -127,3 +127,27 @@ def test_a_broken_transform_outside_any_gallery_is_named_by_its_file_name_alone(
     assert plan.base_dir is None
     with pytest.raises(CompatretError, match=r"^cannot read transform t\.npy: "):
         apply_plan(plan, None, np.ones((1, 4), np.float32))
+
+
+def test_a_version_another_tool_wrote_is_named_by_its_lance_operation(tmp_path):
+    """A rewrite compatret has no words for (here another tool overwrote the table with the same
+    rows) reads as 'table rewritten (Overwrite)'; a version whose transaction Lance cannot give
+    (None: a table written by a release that kept none; a stand-in dataset here, as no release
+    this one can install writes such a version) as 'table rewritten (unknown)'."""
+    import lance
+
+    from compatret.store.gallery import Gallery
+    from compatret.store.history import _operation
+
+    s = Service.create(tmp_path / "g", dim=4, version_id="v1")
+    s.add_vectors(np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]] + 0.1, ids=[str(i) for i in range(5)])
+    ds = Gallery.open(tmp_path / "g").dataset()
+    lance.write_dataset(ds.to_table(), ds.uri, mode="overwrite", schema=ds.schema)
+    last = history(Gallery.open(tmp_path / "g"))[-1]
+    assert (last["rows"], last["change"]) == (5, "table rewritten (Overwrite)")
+
+    class NoTransactions:
+        def read_transaction(self, version: int) -> None:
+            return None
+
+    assert _operation(NoTransactions(), 3) == "table rewritten (unknown)"

@@ -242,12 +242,12 @@ def backfill(
                 vecs = encoder.encode_items(item_inputs(rows, ids, meta.modality), batch_size=batch_size)  # type: ignore[union-attr]
                 with gallery.writing("backfill"):
                     _same_serving(gallery.meta, serving, done)
-                    gallery.update_vectors(ids, vecs, serving)
+                    written = gallery.update_vectors(ids, vecs, serving)  # less any row another writer took meanwhile
                     commits += 1
                     if commits % every == 0:
                         gallery.compact()
-                done += len(ids)
-                bar.update(len(ids))
+                done += written
+                bar.update(written)
                 if calls is not None:
                     bar.set_postfix(stats_since(calls, calls_before))
             pending = _reread(service, serving, done)

@@ -208,33 +208,35 @@ class Gallery:
         was read stays deleted and a row another backfill wrote meanwhile is left as it is.
         Their new versions are written as one new fragment, the old ones are marked deleted in
         their fragments' deletion files, and one Lance `Update` commits both. (merge_insert does
-        the same, but its join grows with the table.) Returns the new table version.
+        the same, but its join grows with the table.) Returns how many rows it wrote: the rows
+        given, less those deleted or written by `version` meanwhile.
         """
         import lance
 
         self._writer()
         if not len(ids):
-            return self.version
+            return 0
         col = self.ensure_column(version)
         schema = self.table.schema
         row_of = {str(i): n for n, i in enumerate(ids)}
 
-        def commit() -> None:  # read and commit against one table version; a retry starts over
+        def commit() -> int:  # read and commit against one table version; a retry starts over
             ds = self.dataset()
             found = ds.to_table(
                 columns=["id", "title", "text", "image", "metadata", "model_version"], filter=id_filter(ids), with_row_address=True
             )
             found = found.filter(pc.not_equal(found.column("model_version"), version.id))
             if not found.num_rows:
-                return
+                return 0
             take = np.array([row_of[i] for i in found.column("id").to_pylist()], dtype=np.int64)
             rows = rows_table(schema, col, version.id, found.column("id").to_pylist(), np.asarray(vectors)[take], Payloads.of(found))
             new_fragments = lance.fragment.write_fragments(rows, ds, schema=ds.schema)
             commit_replacement(ds, new_fragments, found.column("_rowaddr").to_numpy().astype(np.int64))
+            return int(found.num_rows)
 
-        retry_commit(commit, "backfill batch", self.table.checkout_latest)
+        written = retry_commit(commit, "backfill batch", self.table.checkout_latest)
         self.table.checkout_latest()
-        return self.version
+        return written
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete rows by id in one commit; returns the new table version."""

@@ -390,7 +390,9 @@ def test_a_writer_that_waits_too_long_says_who_holds_the_lock_and_gives_up(tmp_p
             with writer_lock(tmp_path, "index add", timeout=0.3):
                 pass
         assert 0.3 <= time.monotonic() - t0 < 5
-        pattern = (rf"gallery {re.escape(str(tmp_path))} is being written by pid {os.getpid()} \(index backfill\) since \S+; "
+        since = json.loads((tmp_path / HOLDER_FILE).read_text())["since"]  # when the holder took it, in UTC
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", since), since
+        pattern = (rf"gallery {re.escape(str(tmp_path))} is being written by pid {os.getpid()} \(index backfill\) since {re.escape(since)}; "
                    r"gave up after 0\.3 s \(set COMPATRET_LOCK_TIMEOUT to wait longer\)")
         assert re.fullmatch(pattern, str(err.value)), str(err.value)
         (tmp_path / HOLDER_FILE).unlink()

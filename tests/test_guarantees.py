@@ -184,6 +184,23 @@ def test_every_commit_that_keeps_losing_races_names_itself_and_rereads_before_ea
     assert len(refreshed) >= 5  # each retry reads the latest version first
 
 
+def test_a_compaction_that_keeps_losing_races_names_itself_and_rereads_before_each_retry(tmp_path, monkeypatch):
+    import sys
+
+    from lance.commit import CommitConflictError
+
+    optimizer = sys.modules["lance.dataset"].DatasetOptimizer  # (`lance.dataset` is also the name of a function)
+    s = Service.create(tmp_path / "g", dim=4, version_id="v1")
+    s.add_vectors(vectors(2, 4), ids=["a", "b"])
+    refreshed = []
+    monkeypatch.setattr(optimizer, "compact_files", lambda *_, **__: (_ for _ in ()).throw(CommitConflictError("lost the race")))
+    monkeypatch.setattr(s.gallery.table, "checkout_latest", lambda: refreshed.append(1))
+    with s.gallery.writing("compact"):
+        with pytest.raises(CompatretError, match=r"^compaction: commit conflict with another writer after 5 tries \(lost the race\)$"):
+            s.gallery.compact()
+    assert len(refreshed) >= 5  # each retry reads the latest version first
+
+
 def test_crowding_is_the_mean_cosine_to_the_nearest_other_rows_and_orders_the_uncertain_first(tmp_path):
     """With every row a landmark the proxy is exact: brute force over all pairs, the row itself left out."""
     from compatret.core.transforms import normalize

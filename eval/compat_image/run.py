@@ -75,7 +75,8 @@ def _epochs_text(epochs: dict[str, int]) -> str:
 
 
 def _markdown(results: dict[str, Any], ecc: dict[str, dict[str, bool]]) -> str:
-    c = results["config"]
+    c = results.get("methods_config", results["config"])  # the five-method table's own run (`--only chain` keeps it)
+    chain_epochs = {k: v for k, v in results.get("chain_config", results["config"])["epochs"].items() if k.startswith("chain")}
     lines = [
         "# Compatibility benchmark: Tiny-ImageNet-100",
         "",
@@ -95,7 +96,8 @@ def _markdown(results: dict[str, Any], ecc: dict[str, dict[str, bool]]) -> str:
         cc = results["chain_config"]
         lines += ["", f"The chain below was measured before augmentation was drawn per image (one crop offset per batch), "
                   f"{_epochs_text({k: v for k, v in cc['epochs'].items() if k.startswith('chain')})}; not rerun since."]  # fmt: skip
-    lines += ["", "3-step chain (classes 0-32 -> 0-65 -> 0-99), top-1 matrix (rows: query model, columns: gallery model):", ""]
+    lines += ["", f"3-step chain (classes 0-32 -> 0-65 -> 0-99), {_epochs_text(chain_epochs)}, top-1 matrix (rows: query model, "
+              "columns: gallery model):", ""]  # fmt: skip
     for name, r in results["chain"].items():
         rows = ["/".join("-" if x is None else f"{x:.1f}" for x in row[: i + 1]) for i, row in enumerate(r["matrix"])]
         lines.append(f"- {name}: AC {r['ac']:.2f}, AM {r['am']:.1f}; rows {'; '.join(rows)} (![{name}](heatmap_chain_{name}.png))")

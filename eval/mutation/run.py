@@ -226,6 +226,7 @@ def main() -> None:
     ap.add_argument("--max-children", type=int, default=2)
     args = ap.parse_args()
     if args.survivors_only is not None:
+        keep_verdicts()  # the survivors of the last run, which may have been cut short before it kept them
         survivors = tally()["survivors"]
         wanted = args.survivors_only or list(survivors)
         unknown = sorted(set(wanted) - set(configured_modules()))

@@ -79,9 +79,8 @@ def changed_lines(name: str) -> str | None:
     orig, mutant = defs.get(func.rpartition("__mutmut_")[0] + "__mutmut_orig"), defs.get(func)
     if orig is None or mutant is None:
         return None
-    body = [(ast.get_source_segment(source, d) or "").splitlines()[1:] for d in (orig, mutant)]  # the def line names the mutant
-    head = [(ast.get_source_segment(source, d) or "").splitlines()[0].replace(d.name, "f") for d in (orig, mutant)]
-    diff = difflib.ndiff([head[0], *body[0]], [head[1], *body[1]])
+    lines = [(ast.get_source_segment(source, d) or "").replace(d.name, "f", 1).splitlines() for d in (orig, mutant)]  # the def line names the mutant
+    diff = difflib.ndiff(*lines)
     return " / ".join(line[2:].strip() for line in diff if line.startswith("+ "))
 
 
@@ -91,11 +90,13 @@ def tally() -> dict:
     equivalent = {n: e for n, e in recorded.items() if n not in moved}
     per_module: dict[str, Counter[str]] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
+    named: set[str] = set()
     for module in configured_modules():
         kept = VERDICTS / f"{module}.json"
         if not kept.exists():
             raise SystemExit(f"no results for {module}: run without --tally first")
         codes = json.loads(kept.read_text())["exit_code_by_key"]
+        named |= set(codes)
         for name, code in codes.items():
             if name in equivalent:
                 state = "equivalent"
@@ -108,7 +109,7 @@ def tally() -> dict:
             per_module[module][state] += 1
             if state not in ("killed", "equivalent", "not_run"):
                 survivors[module].append(name)
-    stale = sorted(set(equivalent) - {n for m in configured_modules() for n in json.loads((VERDICTS / f"{m}.json").read_text())["exit_code_by_key"]})
+    stale = sorted(set(equivalent) - named)
 
     def score(c: Counter[str]) -> float | None:
         """Over the mutants that were run (None: none was; a run cut short is never a pass)."""
